@@ -1,0 +1,1 @@
+"""`bench`: throughput, kernel and loader benchmarks with JSON, Markdown and PNG reports."""

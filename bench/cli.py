@@ -1,0 +1,23 @@
+"""`bench`: measure kernels, loaders and whole training steps; render reports."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> module with `main(argv: list[str]) -> int`
+COMMANDS = {
+    "kernels": "bench.kernels",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        known = ", ".join(sorted(COMMANDS))
+        print(f"usage: bench {{{known}}} [options]   (bench <command> --help for each)")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    return int(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
