@@ -7,6 +7,7 @@ import sys
 # subcommand -> module with `main(argv: list[str]) -> int`
 COMMANDS = {
     "kernels": "bench.kernels",
+    "loaders": "bench.loaders",
 }
 
 

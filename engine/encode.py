@@ -1,0 +1,224 @@
+"""Encode a dataset into a latent store, once: blocks that resume after a kill and split across workers.
+
+Every block is encoded from the same images in the same batches whether or not the run was
+interrupted, and channel statistics are merged in block order, so a resumed or multi-worker
+encode equals an uninterrupted one bit for bit.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import engine
+from engine.autoencoders import Autoencoder
+from engine.sources import Source
+from engine.sources.base import BadImageError
+from engine.sources.folds import assign_folds
+from engine.sources.preprocess import to_model_input
+from engine.store import wds_store, zarr_store
+from engine.store.channel_stats import block_moments, mean_std, merge_moments
+from engine.store.manifest import SCHEMA_VERSION, StoreError, fingerprint, read_manifest, store_format
+from engine.store.plan import SplitPlan, blocks_for_rank, plan_split
+from engine.store.reader import LatentStore, open_store
+from engine.store.split_content import SplitContent
+
+TARGET_STD = 0.5  # the paper standardises latents to per-channel std 0.5, at load time here
+
+
+@dataclass
+class EncodeOptions:
+    out: Path
+    fmt: str = "zarr"  # "zarr" | "wds"
+    image_size: int = 64
+    batch_size: int = 32
+    posterior: bool = False  # also keep the posterior log-variance
+    skip_bad: bool = False
+    overwrite: bool = False
+    rank: int = 0
+    world_size: int = 1
+    block_samples: int | None = None
+    n_folds: int = 5
+    fold_seed: int = 0
+    read_threads: int = 4
+
+
+def split_contents(source: Source, n_folds: int, fold_seed: int) -> dict[str, SplitContent]:
+    """Keys, labels, groups and cross-validation folds of every split (folds over all splits pooled)."""
+    names = list(source.info.split_sizes)
+    labels = [source.labels(s) for s in names]
+    raw_groups = [source.groups(s) for s in names]
+    grouped = all(g is not None for g in raw_groups)
+    groups = [np.asarray(g, dtype=str) if g is not None else np.full(len(l), "", dtype=str)
+              for g, l in zip(raw_groups, labels)]
+    folds_all = assign_folds(np.concatenate(labels), np.concatenate(groups) if grouped else None,
+                             n_folds=n_folds, seed=fold_seed)
+    out, start = {}, 0
+    for name, lab, grp in zip(names, labels, groups):
+        out[name] = SplitContent(keys=np.asarray(source.keys(name), dtype=str), labels=lab,
+                                 folds=folds_all[start:start + len(lab)].astype(np.int8), groups=grp)
+        start += len(lab)
+    return out
+
+
+def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: dict[str, SplitPlan],
+                  grouped: bool) -> dict:
+    """Everything known before encoding; its fingerprint decides whether a store can be resumed."""
+    info = source.info
+    settings = {
+        "schema_version": SCHEMA_VERSION,
+        "format": opts.fmt,
+        "dataset": {"name": info.name, "synthetic": info.synthetic, "class_names": list(info.class_names),
+                    "multilabel": info.multilabel, "provenance": info.provenance},
+        "autoencoder": {"family": ae.family, "source": ae.source, "pretrained": ae.pretrained,
+                        "config_hash": ae.config_hash, "latent_channels": ae.latent_channels,
+                        "downsample": ae.downsample, "input_range": list(ae.input_range),
+                        "scaling_factor": ae.scaling_factor, "shift_factor": ae.shift_factor},
+        "image_size": opts.image_size,
+        "latent_shape": list(ae.latent_shape(opts.image_size)),
+        "latent_dtype": "float16",
+        "latent": "posterior mode",
+        "logvar": opts.posterior,
+        "skip_bad": opts.skip_bad,
+        "folds": {"n_folds": opts.n_folds, "seed": opts.fold_seed, "patient_grouped": grouped},
+        "splits": {name: plan.to_dict() for name, plan in plans.items()},
+    }
+    return {**settings, "settings_fingerprint": fingerprint(settings), "engine_version": engine.__version__,
+            "normalisation": {"target_std": TARGET_STD, "applied_to_stored_latents": False,
+                              "note": "standardise (z - channel_mean) / channel_std * target_std at load time"},
+            "complete": False}
+
+
+def prepare_store(opts: EncodeOptions, manifest: dict, contents: dict[str, SplitContent],
+                  plans: dict[str, SplitPlan], latent_shape: tuple[int, int, int]) -> LatentStore:
+    """Create the store, or reopen a partial one written with the same settings."""
+    out = opts.out
+    if out.exists():
+        try:
+            store_format(out)
+        except StoreError:
+            raise StoreError(f"{out}: exists and is not a latent store; choose another --out (nothing was deleted)")
+        existing = read_manifest(out)
+        same = existing.get("settings_fingerprint") == manifest["settings_fingerprint"]
+        if existing.get("complete") or not same:
+            if not opts.overwrite:
+                why = "holds a complete store" if existing.get("complete") else "holds a partial store written with other settings"
+                raise StoreError(f"{out}: {why}; pass --overwrite to replace it or choose another --out")
+            if opts.rank == 0:
+                trash = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+                os.rename(out, trash)  # atomic: readers never see a half-deleted store
+                shutil.rmtree(trash)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        create = zarr_store.create if opts.fmt == "zarr" else wds_store.create
+        create(out, manifest, {s: (plans[s], contents[s]) for s in plans}, latent_shape, opts.posterior)
+    store = open_store(out, require_complete=False, writable=True)
+    if store.manifest.get("settings_fingerprint") != manifest["settings_fingerprint"]:
+        raise StoreError(f"{out}: another worker created it with other settings; use the same command on every worker")
+    return store
+
+
+def encode_block(source: Source, ae: Autoencoder, split: str, lo: int, hi: int, opts: EncodeOptions,
+                 pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
+    """Latents (fp16), logvar, valid flags and skipped keys of rows [lo, hi)."""
+    def read(i: int) -> np.ndarray | BadImageError:
+        try:
+            return source.image(split, i)
+        except BadImageError as err:
+            if not opts.skip_bad:
+                raise
+            return err
+
+    images = list(pool.map(read, range(lo, hi)))
+    valid = np.array([not isinstance(im, BadImageError) for im in images], dtype=np.uint8)
+    skipped = [im.key for im in images if isinstance(im, BadImageError)]
+    good = [im for im in images if not isinstance(im, BadImageError)]
+    shape = (hi - lo, *ae.latent_shape(opts.image_size))
+    latents = np.zeros(shape, dtype=np.float16)
+    logvar = np.zeros(shape, dtype=np.float16) if opts.posterior else None
+    rows = np.flatnonzero(valid)
+    device = next(ae.module.parameters()).device
+    for start in range(0, len(good), opts.batch_size):
+        batch = to_model_input(good[start:start + opts.batch_size], opts.image_size, ae.input_range)
+        mode, lv = ae.encode(batch.to(device))
+        idx = rows[start:start + len(batch)]
+        latents[idx] = mode.float().cpu().numpy().astype(np.float16)
+        if logvar is not None:
+            if lv is None:
+                raise StoreError(f"--posterior: autoencoder {ae.family} is deterministic and has no log-variance; drop --posterior")
+            logvar[idx] = lv.float().cpu().numpy().astype(np.float16)
+    if not np.isfinite(latents[rows].astype(np.float32)).all():
+        raise StoreError(f"{split} rows {lo}-{hi}: the autoencoder produced NaN/Inf latents (fp16 overflow?); check its weights")
+    return latents, logvar, valid, skipped
+
+
+def finalize(store: LatentStore) -> bool:
+    """Write statistics and mark the store complete once every block of every split is done."""
+    manifest = dict(store.manifest)
+    splits = {name: store.split(name) for name in store.splits}
+    if not all(s.done_flags().all() for s in splits.values()):
+        return False
+    total = []
+    for name, data in splits.items():
+        moments = list(data.block_moments())
+        merged = merge_moments(moments)
+        total.extend(moments)
+        mean, std = mean_std(merged)
+        valid = data.meta("valid").astype(bool)
+        labels = data.meta("labels")[valid]
+        counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(manifest["dataset"]["class_names"]))
+        entry = dict(manifest["splits"][name])
+        entry.update(valid=int(valid.sum()), skipped_keys=data.meta("keys")[~valid].tolist(),
+                     class_counts=[int(c) for c in counts], channel_mean=mean, channel_std=std)
+        manifest["splits"][name] = entry
+    stats_split = "train" if "train" in splits else next(iter(splits))
+    mean_all, std_all = mean_std(merge_moments(total))
+    manifest["channel_stats"] = {"mean": manifest["splits"][stats_split]["channel_mean"],
+                                 "std": manifest["splits"][stats_split]["channel_std"], "over": stats_split,
+                                 "all_splits": {"mean": mean_all, "std": std_all}}
+    manifest["complete"] = True
+    store.set_manifest(manifest)
+    return True
+
+
+def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> LatentStore:
+    """Encode every split of ``source`` into ``opts.out``; returns the (possibly still partial) store."""
+    if opts.fmt not in ("zarr", "wds"):
+        raise ValueError(f"--format {opts.fmt!r}: expected zarr or wds")
+    if not 0 <= opts.rank < opts.world_size:
+        raise ValueError(f"--rank {opts.rank} is outside --world-size {opts.world_size}")
+    latent_shape = ae.latent_shape(opts.image_size)
+    sample_bytes = 2 * int(np.prod(latent_shape))
+    plans = {name: plan_split(name, size, sample_bytes, opts.block_samples)
+             for name, size in source.info.split_sizes.items() if size > 0}
+    contents = split_contents(source, opts.n_folds, opts.fold_seed)
+    grouped = all((c.groups != "").all() for c in contents.values())
+    manifest = base_manifest(source, ae, opts, plans, grouped)
+    store = prepare_store(opts, manifest, contents, plans, latent_shape)
+
+    todo = [(name, b) for name, plan in plans.items() for b in blocks_for_rank(plan, opts.rank, opts.world_size)
+            if not store.split(name).block_done(b)]
+    remaining = sum(plans[n].block_range(b)[1] - plans[n].block_range(b)[0] for n, b in todo)
+    if todo:
+        log(f"encoding {remaining} images in {len(todo)} blocks into {opts.out} ({opts.fmt}), "
+            f"autoencoder {ae.family} ({'pretrained' if ae.pretrained else 'UNTRAINED, pretrained: false'})")
+    with ThreadPoolExecutor(opts.read_threads) as pool, tqdm(total=remaining, unit="img", file=sys.stderr,
+                                                            desc=f"encode rank {opts.rank}") as bar:
+        for name, b in todo:
+            lo, hi = plans[name].block_range(b)
+            latents, logvar, valid, skipped = encode_block(source, ae, name, lo, hi, opts, pool)
+            for key in skipped:
+                log(f"skipped unreadable image {key} (--skip-bad)")
+            store.split(name).write_block(b, latents, logvar, valid, block_moments(latents[valid.astype(bool)]))
+            bar.update(hi - lo)
+    if not finalize(open_store(opts.out, require_complete=False, writable=True)):
+        log(f"rank {opts.rank}: its blocks are done; other workers' blocks remain. "
+            "The last worker to finish (or a rerun of the same command) completes the manifest.")
+    return open_store(opts.out, require_complete=False)

@@ -1,0 +1,161 @@
+"""The webdataset container: tar shards per split, one block per shard, with DALI index files.
+
+Per split: ``meta.npz`` (keys, labels, folds, groups), ``shard-NNNNNN.tar`` holding one sample
+per valid row (``<index>.latent.npy``, ``<index>.label.npy`` [+ ``<index>.logvar.npy``]),
+``shard-NNNNNN.idx`` in the v1.2 format of DALI's ``fn.readers.webdataset``, and
+``shard-NNNNNN.block.npz`` (valid flags, channel moments), written last as the completion record.
+Labels are ``.npy``, not ``.cls``: DALI returns ``.cls`` as ASCII bytes.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from engine.store.manifest import MANIFEST_JSON, StoreError, write_json_atomic
+from engine.store.plan import SplitPlan
+from engine.store.split_content import SplitContent
+
+COMPONENTS = ("latent", "label", "logvar")
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitContent]],
+           latent_shape: tuple[int, int, int], has_logvar: bool) -> bool:
+    """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, (plan, content) in splits.items():
+        (tmp / name).mkdir()
+        np.savez(tmp / name / "meta.npz", keys=content.keys, labels=content.labels, folds=content.folds,
+                 groups=content.groups, block=np.int64(plan.block), n_blocks=np.int64(plan.n_blocks),
+                 has_logvar=np.bool_(has_logvar), latent_shape=np.asarray(latent_shape, dtype=np.int64))
+    write_json_atomic(tmp / MANIFEST_JSON, manifest)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    return True
+
+
+class WdsSplit:
+    """One split of a webdataset store, for reading and for the encoder's shard writes."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name = path / name, name
+        if not (self.path / "meta.npz").is_file():
+            raise StoreError(f"{path}: no split {name!r} (missing {name}/meta.npz)")
+        with np.load(self.path / "meta.npz", allow_pickle=False) as meta:
+            self._meta = {k: meta[k] for k in meta.files}
+        self.block = int(self._meta["block"])
+        self.n_blocks = int(self._meta["n_blocks"])
+        self.has_logvar = bool(self._meta["has_logvar"])
+        self.latent_shape = tuple(int(v) for v in self._meta["latent_shape"])
+
+    @property
+    def size(self) -> int:
+        return int(len(self._meta["keys"]))
+
+    def meta(self, key: str) -> np.ndarray:
+        if key == "valid":
+            return self.read("valid")
+        return self._meta[key]
+
+    def shard(self, b: int, ext: str) -> Path:
+        return self.path / f"shard-{b:06d}.{ext}"
+
+    def shards(self) -> list[tuple[Path, Path]]:
+        """(tar, idx) paths of every block, in block order, for DALI's webdataset reader."""
+        return [(self.shard(b, "tar"), self.shard(b, "idx")) for b in range(self.n_blocks)]
+
+    def block_done(self, b: int) -> bool:
+        return self.shard(b, "block.npz").is_file()
+
+    def write_block(self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray,
+                    moments: np.ndarray) -> None:
+        """Tar and index through temporary names, the completion record last."""
+        lo = b * self.block
+        labels = self._meta["labels"]
+        tmp_tar, lines = self.shard(b, "tar.tmp"), []
+        with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in np.flatnonzero(valid):
+                parts = {"latent": latents[i], "label": labels[lo + i]}
+                if logvar is not None:
+                    parts["logvar"] = logvar[i]
+                entry = []
+                for ext, value in parts.items():
+                    data = _npy_bytes(np.asarray(value))
+                    info = tarfile.TarInfo(f"{lo + i:09d}.{ext}.npy")
+                    info.size, info.mode = len(data), 0o444
+                    data_offset = tar.offset + tarfile.BLOCKSIZE  # a USTAR header is one block
+                    tar.addfile(info, io.BytesIO(data))
+                    entry.append(f"{ext}.npy {data_offset} {len(data)} {info.name}")
+                lines.append(" ".join(entry))
+        os.replace(tmp_tar, self.shard(b, "tar"))
+        tmp_idx = self.shard(b, "idx.tmp")
+        tmp_idx.write_text(f"v1.2 {len(lines)}\n" + "".join(f"{line}\n" for line in lines))
+        os.replace(tmp_idx, self.shard(b, "idx"))
+        tmp_rec = self.shard(b, "block.tmp.npz")
+        np.savez(tmp_rec, valid=valid.astype(np.uint8), moments=moments)
+        os.replace(tmp_rec, self.shard(b, "block.npz"))
+
+    def _record(self, b: int) -> dict:
+        if not self.block_done(b):
+            raise StoreError(f"{self.path}: shard {b} is not encoded yet; run the same `engine encode` again to finish")
+        with np.load(self.shard(b, "block.npz")) as rec:
+            return {k: rec[k] for k in rec.files}
+
+    def done_flags(self) -> np.ndarray:
+        return np.array([self.block_done(b) for b in range(self.n_blocks)], dtype=np.uint8)
+
+    def block_moments(self) -> np.ndarray:
+        return np.stack([self._record(b)["moments"] for b in range(self.n_blocks)])
+
+    def read_block(self, b: int, key: str) -> np.ndarray:
+        """One block's rows of ``latents``/``logvar``/``valid``; skipped rows of latents are zeros."""
+        lo, hi = b * self.block, min((b + 1) * self.block, self.size)
+        valid = self._record(b)["valid"]
+        if key == "valid":
+            return valid
+        ext = {"latents": "latent", "logvar": "logvar"}[key]
+        out = np.zeros((hi - lo, *self.latent_shape), dtype=np.float16)
+        index = self.shard(b, "idx").read_text().split("\n")[1:]
+        raw = self.shard(b, "tar").read_bytes()
+        for line in filter(None, index):
+            fields = line.split()
+            for j in range(0, len(fields), 4):
+                if fields[j] == f"{ext}.npy":
+                    offset, size, name = int(fields[j + 1]), int(fields[j + 2]), fields[j + 3]
+                    out[int(name.split(".")[0]) - lo] = np.load(io.BytesIO(raw[offset:offset + size]))
+        return out
+
+    def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        hi = self.size if hi is None else hi
+        if hi <= lo:
+            return self.read_block(0, key)[:0]
+        blocks = range(lo // self.block, (hi - 1) // self.block + 1)
+        rows = np.concatenate([self.read_block(b, key) for b in blocks])
+        start = blocks[0] * self.block
+        return rows[lo - start:hi - start]
+
+
+class WdsStore:
+    def __init__(self, path: Path, mode: str = "r"):
+        self.path = path
+
+    def split(self, name: str) -> WdsSplit:
+        return WdsSplit(self.path, name)
+
+    def set_manifest(self, manifest: dict) -> None:
+        write_json_atomic(self.path / MANIFEST_JSON, manifest)

@@ -1,0 +1,114 @@
+"""The zarr v3 container: one group per split with sharded chunk arrays.
+
+Layout per split: ``latents`` (N, C, h, w) float16 [+ ``logvar``], ``labels``, ``folds``,
+``keys``, ``groups``, ``valid`` (0 where an unreadable image was skipped), and the completion
+record: ``done`` (one flag per block) and ``moments`` (per-block channel statistics).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from engine.store.manifest import StoreError
+from engine.store.plan import SplitPlan
+from engine.store.split_content import SplitContent
+
+
+def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitContent]],
+           latent_shape: tuple[int, int, int], has_logvar: bool) -> bool:
+    """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = zarr.open_group(tmp, mode="w-")
+    for name, (plan, content) in splits.items():
+        g = root.create_group(name)
+        n, c = plan.size, latent_shape[0]
+        shape, chunk = (n, *latent_shape), (plan.block, *latent_shape)
+        shard = (plan.block * plan.blocks_per_shard, *latent_shape)
+        g.create_array("latents", shape=shape, chunks=chunk, shards=shard, dtype="float16")
+        if has_logvar:
+            g.create_array("logvar", shape=shape, chunks=chunk, shards=shard, dtype="float16")
+        g.create_array("valid", shape=(n,), chunks=(plan.block,), dtype="uint8", fill_value=0)
+        g.create_array("done", shape=(plan.n_blocks,), chunks=(1,), dtype="uint8", fill_value=0)
+        g.create_array("moments", shape=(plan.n_blocks, c, 3), chunks=(1, c, 3), dtype="float64")
+        for key in ("labels", "folds", "keys", "groups"):
+            value = getattr(content, key)
+            arr = g.create_array(key, shape=value.shape, chunks=value.shape or (1,),
+                                 dtype=str if value.dtype.kind == "U" else value.dtype)
+            arr[...] = value
+    root.attrs["manifest"] = manifest
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    return True
+
+
+class ZarrSplit:
+    """One split of a zarr store, for reading and for the encoder's block writes."""
+
+    def __init__(self, group: zarr.Group, name: str, path: Path):
+        self.group, self.name, self.path = group, name, path
+
+    def _array(self, key: str) -> zarr.Array:
+        if key not in self.group:
+            raise StoreError(f"{self.path}: split {self.name!r} has no `{key}` array")
+        return self.group[key]
+
+    @property
+    def has_logvar(self) -> bool:
+        return "logvar" in self.group
+
+    @property
+    def size(self) -> int:
+        return int(self._array("labels").shape[0])
+
+    @property
+    def block(self) -> int:
+        return int(self._array("latents").chunks[0])
+
+    def meta(self, key: str) -> np.ndarray:
+        return np.asarray(self._array(key)[...])
+
+    def block_done(self, b: int) -> bool:
+        return bool(self._array("done")[b])
+
+    def write_block(self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray,
+                    moments: np.ndarray) -> None:
+        """Data first, completion flag last: a kill in between leaves the block to be redone."""
+        lo = b * self.block
+        self._array("latents")[lo:lo + len(latents)] = latents
+        if logvar is not None:
+            self._array("logvar")[lo:lo + len(logvar)] = logvar
+        self._array("valid")[lo:lo + len(valid)] = valid
+        self._array("moments")[b] = moments
+        self._array("done")[b] = 1
+
+    def done_flags(self) -> np.ndarray:
+        return np.asarray(self._array("done")[...])
+
+    def block_moments(self) -> np.ndarray:
+        return np.asarray(self._array("moments")[...])
+
+    def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows [lo, hi) of an array (``latents``, ``logvar``, ``valid``, ...)."""
+        return np.asarray(self._array(key)[lo:hi])
+
+
+class ZarrStore:
+    def __init__(self, path: Path, mode: str = "r"):
+        self.path = path
+        self.root = zarr.open_group(path, mode=mode)
+
+    def split(self, name: str) -> ZarrSplit:
+        if name not in self.root:
+            raise StoreError(f"{self.path}: no split {name!r}; it has {sorted(self.root.group_keys())}")
+        return ZarrSplit(self.root[name], name, self.path)
+
+    def set_manifest(self, manifest: dict) -> None:
+        self.root.attrs["manifest"] = manifest
