@@ -162,7 +162,7 @@ def encode_block(source: Source, ae: Autoencoder, split: str, lo: int, hi: int, 
 def finalize(store: LatentStore) -> bool:
     """Write statistics and mark the store complete once every block of every split is done."""
     manifest = dict(store.manifest)
-    splits = {name: store.split(name) for name in store.splits}
+    splits = {name: store.split(name) for name in sorted(store.splits)}  # one merge order for every container
     if not all(s.done_flags().all() for s in splits.values()):
         return False
     total = []

@@ -1,0 +1,224 @@
+"""A folder of images with a label CSV, in the layout of the paper's four benchmarks.
+
+Columns: ``path`` (relative to the folder, or absolute), ``Split`` (TRAIN/VAL/TEST; without
+it every row is train and cross-validation folds split them), one 0/1 column per class
+(MIMIC-CXR's 19 findings, ISIC-2019's 8 lesions, ...) or a single label column, and an
+optional patient ``id``. Like the paper, multi-label rows become their first positive class
+unless ``multilabel`` keeps them. Every listed file is checked at open, so a CSV that
+disagrees with the folder fails before any encoding starts.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from engine.sources.base import SPLITS, BadImageError, SourceInfo
+from engine.sources.dicom import read_dicom
+
+RESERVED = ("", "index", "unnamed: 0", "path", "split", "id", "fold")  # never class columns
+DICOM_SUFFIXES = (".dcm", ".dicom")
+SHOW = 3  # offending rows or files named in an error
+
+
+class ImageFolder:
+    """Images listed in a CSV; labels from class columns (auto-detected) or ``label_column``."""
+
+    def __init__(self, root: str | Path, csv_path: str | Path | None = None, label_column: str | None = None,
+                 class_columns: list[str] | None = None, multilabel: bool = False,
+                 window: tuple[float, float] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: image folder does not exist; "
+                                    "give the folder the CSV paths are relative to")
+        self.csv_path = Path(csv_path) if csv_path is not None else _find_csv(self.root)
+        self.window = window
+        if not self.csv_path.is_file():
+            raise FileNotFoundError(f"{self.csv_path}: label CSV does not exist; pass csv=PATH")
+        if label_column is not None and (class_columns is not None or multilabel):
+            raise ValueError(f"{self.csv_path}: a single label column gives one class per row; "
+                             "drop label_column to use class columns or multi-label")
+        header, rows = _read_csv(self.csv_path)
+        column = {name.strip().lower(): name for name in header}
+        if "path" not in column:
+            raise ValueError(f"{self.csv_path}: no 'path' column (columns: {header}); add one with the image paths")
+
+        paths = [row[column["path"]].strip() for row in rows]
+        splits = self._splits(rows, column.get("split"))
+        if label_column is not None:
+            names, labels = self._single_label(rows, header, label_column)
+        else:
+            names, labels = self._class_columns(rows, header, class_columns, multilabel)
+        self._check_files(paths)
+
+        self._paths, self._labels, self._groups = {}, {}, {}
+        for split in SPLITS:
+            rows_of = np.flatnonzero(splits == split)
+            if len(rows_of) == 0:
+                continue
+            self._paths[split] = [paths[i] for i in rows_of]
+            self._labels[split] = labels[rows_of]
+            if "id" in column:
+                self._groups[split] = np.array([rows[i][column["id"]].strip() for i in rows_of])
+        self.info = SourceInfo(
+            name=f"folder:{self.root.resolve()}", class_names=names, multilabel=labels.ndim == 2,
+            split_sizes={s: len(p) for s, p in self._paths.items()},
+            provenance={"root": str(self.root.resolve()), "csv": str(self.csv_path.resolve()),
+                        "csv_sha256": hashlib.sha256(self.csv_path.read_bytes()).hexdigest(),
+                        "label_column": label_column, "window": list(window) if window else None})
+
+    def _splits(self, rows: list[dict], split_column: str | None) -> np.ndarray:
+        if split_column is None:
+            return np.full(len(rows), "train")
+        values = [row[split_column].strip().lower() for row in rows]
+        bad = [(i + 2, v) for i, v in enumerate(values) if v not in SPLITS]
+        if bad:
+            raise ValueError(f"{self.csv_path}: {len(bad)} rows have an unknown {split_column} value, e.g. "
+                             f"{_rows(bad)}; use TRAIN, VAL or TEST")
+        return np.array(values)
+
+    def _single_label(self, rows: list[dict], header: list[str], label_column: str):
+        if label_column not in header:
+            raise ValueError(f"{self.csv_path}: no label column '{label_column}' (columns: {header})")
+        values = [row[label_column].strip() for row in rows]
+        empty = [(i + 2, v) for i, v in enumerate(values) if v == ""]
+        if empty:
+            raise ValueError(f"{self.csv_path}: {len(empty)} rows have no '{label_column}' value, e.g. lines "
+                             f"{[r for r, _ in empty[:SHOW]]}; fill or drop them")
+        if all(_is_int(v) for v in values):
+            ids = np.array([int(v) for v in values], dtype=np.int64)
+            if ids.min() < 0:
+                raise ValueError(f"{self.csv_path}: column '{label_column}' holds negative class ids; use 0..K-1")
+            return tuple(f"class_{i}" for i in range(ids.max() + 1)), ids
+        names = tuple(sorted(set(values)))
+        return names, np.array([names.index(v) for v in values], dtype=np.int64)
+
+    def _class_columns(self, rows: list[dict], header: list[str], class_columns: list[str] | None, multilabel: bool):
+        if class_columns is None:
+            class_columns = [c for c in header if c.strip().lower() not in RESERVED]
+        missing = [c for c in class_columns if c not in header]
+        if missing:
+            raise ValueError(f"{self.csv_path}: class column(s) {missing} not found (columns: {header})")
+        if not class_columns:
+            raise ValueError(f"{self.csv_path}: no class columns besides {header}; "
+                             "add 0/1 columns or pass label_column")
+        onehot = np.zeros((len(rows), len(class_columns)), dtype=np.uint8)
+        for j, name in enumerate(class_columns):
+            values = [row[name].strip() for row in rows]
+            bad = [(i + 2, v) for i, v in enumerate(values) if v not in ("0", "1", "0.0", "1.0")]
+            if bad:
+                raise ValueError(f"{self.csv_path}: column '{name}' must hold 0/1 but {len(bad)} rows do not, e.g. "
+                                 f"{_rows(bad)}; fix them or pass class_columns without '{name}'")
+            onehot[:, j] = [v.startswith("1") for v in values]
+        if multilabel:
+            return tuple(class_columns), onehot
+        positives = onehot.sum(axis=1)
+        none = np.flatnonzero(positives == 0)
+        if len(none):
+            raise ValueError(f"{self.csv_path}: {len(none)} rows have no positive class, e.g. lines "
+                             f"{(none[:SHOW] + 2).tolist()}; give each a class or use multilabel")
+        several = int((positives > 1).sum())
+        if several:
+            warnings.warn(f"{self.csv_path}: {several} of {len(rows)} rows have several positive classes; "
+                          "each keeps its first (as the paper does); multilabel=True keeps them all", stacklevel=3)
+        return tuple(class_columns), onehot.argmax(axis=1).astype(np.int64)
+
+    def _check_files(self, paths: list[str]) -> None:
+        duplicates = [p for p, n in Counter(paths).items() if n > 1]
+        if duplicates:
+            raise ValueError(f"{self.csv_path}: {len(duplicates)} paths are listed twice, e.g. "
+                             f"{duplicates[:SHOW]}; keep one row per image")
+        empty = [i + 2 for i, p in enumerate(paths) if not p]
+        if empty:
+            raise ValueError(f"{self.csv_path}: {len(empty)} rows have an empty path, e.g. lines {empty[:SHOW]}")
+        missing = [p for p in paths if not self._resolve(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.csv_path}: {len(missing)} of {len(paths)} listed files do not exist "
+                                    f"under {self.root}, e.g. {missing[:SHOW]}; fix the paths or the folder")
+
+    def _resolve(self, path: str) -> Path:
+        return self.root / path  # an absolute path stays absolute
+
+    def keys(self, split: str) -> list[str]:
+        return list(self._paths[split])
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._labels[split]
+
+    def groups(self, split: str) -> np.ndarray | None:
+        return self._groups.get(split)
+
+    def image(self, split: str, index: int) -> np.ndarray:
+        path = self._resolve(self._paths[split][index])
+        if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_preamble(path):
+            return read_dicom(path, self.window)
+        return read_image(path)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """PNG/JPEG/TIFF/... to float32 [0, 1]: 16-bit data divided by 65535, not by 255."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("1", "P", "LA", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "PA"):
+                im = im.convert("RGB" if mode not in ("1", "LA") else "L")
+            pixels = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(str(path), f"unreadable image ({type(error).__name__}: {error})") from None
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / 255
+    if pixels.dtype.kind in "ui" and pixels.min() >= 0 and pixels.max() <= 65535:  # 16-bit, maybe as int32
+        return pixels.astype(np.float32) / 65535
+    if pixels.dtype.kind == "f" and pixels.min() >= 0 and pixels.max() <= 1:
+        return pixels.astype(np.float32)
+    raise BadImageError(str(path), f"{pixels.dtype} pixels in [{pixels.min()}, {pixels.max()}]; "
+                                   "save 8/16-bit images or floats in [0, 1]")
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    """DICOM files often carry no extension; the standard marks them with 'DICM' at byte 128."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _find_csv(root: Path) -> Path:
+    found = sorted(root.glob("*.csv")) if root.is_dir() else []
+    if len(found) != 1:
+        what = "no CSV" if not found else f"{len(found)} CSVs ({[f.name for f in found]})"
+        raise FileNotFoundError(f"{root}: {what} in the folder; pass csv=PATH")
+    return found[0]
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path}: the CSV has no rows")
+    ragged = [i + 2 for i, row in enumerate(rows) if None in row or None in row.values()]
+    if ragged:
+        raise ValueError(f"{path}: {len(ragged)} rows have more or fewer fields than the header, "
+                         f"e.g. lines {ragged[:SHOW]}")
+    return header, rows
+
+
+def _rows(bad: list[tuple[int, str]]) -> str:
+    return ", ".join(f"line {r}: {v!r}" for r, v in bad[:SHOW])
+
+
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
