@@ -1,0 +1,182 @@
+"""FiLM followed by the channel LayerNorm of ConvNeXt, fused: one pass forward, one backward.
+
+``y = LN_C(x * (1 + scale[b, c]) + shift[b, c]) * weight[c] + bias[c]``, normalising over C at every
+(b, position) of channels-first input, as ConvNeXt's ``LayerNorm2d`` does before a downsampling
+layer or the head. Eager PyTorch needs a permute (a copy) around ``F.layer_norm`` plus the FiLM pass;
+here x is read once forward, and backward re-derives the normalised values from x and the fp32
+(mean, rstd) per position instead of saving them.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.dispatch import use_triton
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TILE = 4096  # elements per program tile (C is held whole; positions fill the rest)
+
+
+@triton.jit
+def _film_layer_norm_fwd(x_ptr, y_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr,
+                         C, S, sxb, sxc, sxs, syb, syc, sys, eps,
+                         BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    cm, sm = c < C, s < S
+    m = cm[:, None] & sm[None, :]
+    x = tl.load(x_ptr + b * sxb + c[:, None] * sxc + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
+    gain = 1.0 + tl.load(scale_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    bias = tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)
+
+    f = tl.where(m, x * gain[:, None] + shift[:, None], 0.0)
+    mean = tl.sum(f, axis=0) / C
+    d = tl.where(m, f - mean[None, :], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
+    y = d * rstd[None, :] * w[:, None] + bias[:, None]
+    tl.store(y_ptr + b * syb + c[:, None] * syc + s[None, :] * sys, y.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(mean_ptr + b * S + s, mean, mask=sm)
+    tl.store(rstd_ptr + b * S + s, rstd, mask=sm)
+
+
+@triton.jit
+def _film_layer_norm_bwd(x_ptr, dy_ptr, dx_ptr, scale_ptr, shift_ptr, w_ptr, mean_ptr, rstd_ptr, partial_ptr,
+                         C, S, n_split, sxb, sxc, sxs, sdyb, sdyc, sdys, sdxb, sdxc, sdxs,
+                         BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr):
+    """Program (p, b) covers BLOCKS_PER_PROGRAM position blocks of sample b and writes fp32 partial sums
+    over them of (dweight, dbias, dscale, dshift) per channel; the caller sums those in a fixed order.
+    The trip count is constexpr because Triton's interpreter cannot loop to a runtime bound under numpy >= 2.4."""
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    cm = c < C
+    gain = 1.0 + tl.load(scale_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    dweight = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dbias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dscale = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dshift = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for i in range(0, BLOCKS_PER_PROGRAM):
+        s = (p * BLOCKS_PER_PROGRAM + i) * BLOCK_S + tl.arange(0, BLOCK_S)
+        sm = s < S
+        m = cm[:, None] & sm[None, :]
+        x = tl.load(x_ptr + b * sxb + c[:, None] * sxc + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + b * sdyb + c[:, None] * sdyc + s[None, :] * sdys, mask=m, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + b * S + s, mask=sm, other=0.0)
+        rstd = tl.load(rstd_ptr + b * S + s, mask=sm, other=0.0)
+
+        fhat = tl.where(m, (x * gain[:, None] + shift[:, None] - mean[None, :]) * rstd[None, :], 0.0)
+        g = dy * w[:, None]
+        mean_g = tl.sum(g, axis=0) / C
+        mean_g_fhat = tl.sum(g * fhat, axis=0) / C
+        df = tl.where(m, (g - mean_g[None, :] - fhat * mean_g_fhat[None, :]) * rstd[None, :], 0.0)
+        dx = df * gain[:, None]
+        tl.store(dx_ptr + b * sdxb + c[:, None] * sdxc + s[None, :] * sdxs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+
+        dweight += tl.sum(dy * fhat, axis=1)
+        dbias += tl.sum(dy, axis=1)
+        dscale += tl.sum(df * x, axis=1)
+        dshift += tl.sum(df, axis=1)
+
+    row = (b * n_split + p) * C + c
+    plane = tl.num_programs(1) * n_split * C
+    tl.store(partial_ptr + row, dweight, mask=cm)
+    tl.store(partial_ptr + plane + row, dbias, mask=cm)
+    tl.store(partial_ptr + 2 * plane + row, dscale, mask=cm)
+    tl.store(partial_ptr + 3 * plane + row, dshift, mask=cm)
+
+
+def _blocks(C: int, S: int) -> tuple[int, int, int]:
+    block_c = triton.next_power_of_2(C)
+    block_s = max(1, min(triton.next_power_of_2(S), _TILE // block_c))
+    return block_c, block_s, 4 if block_c * block_s <= 2048 else 8
+
+
+def _spatial_flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) as (B, C, S): a view when the spatial dims merge (contiguous, channels-last), else a copy."""
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+class _FilmLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, shift, weight, bias, eps):
+        x3 = _spatial_flat(x)
+        B, C, S = x3.shape
+        block_c, block_s, warps = _blocks(C, S)
+        scale, shift, weight, bias = (t.contiguous() for t in (scale, shift, weight, bias))
+        y3 = torch.empty_like(x3)
+        mean = torch.empty(B, S, device=x.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+        _film_layer_norm_fwd[(triton.cdiv(S, block_s), B)](
+            x3, y3, scale, shift, weight, bias, mean, rstd, C, S, *x3.stride(), *y3.stride(), eps,
+            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=warps)
+        ctx.save_for_backward(x3, scale, shift, weight, mean, rstd)
+        ctx.shape, ctx.bias_dtype = x.shape, bias.dtype
+        return y3.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x3, scale, shift, weight, mean, rstd = ctx.saved_tensors
+        B, C, S = x3.shape
+        block_c, block_s, warps = _blocks(C, S)
+        dy3 = _spatial_flat(dy)
+        dx3 = torch.empty_like(x3)
+        n_blocks = triton.cdiv(S, block_s)
+        sms = torch.cuda.get_device_properties(x3.device).multi_processor_count if x3.is_cuda else 1
+        per_program = triton.cdiv(n_blocks, min(n_blocks, triton.cdiv(4 * sms, B)))
+        n_split = triton.cdiv(n_blocks, per_program)
+        partial = torch.empty(4, B, n_split, C, device=x3.device, dtype=torch.float32)
+        _film_layer_norm_bwd[(n_split, B)](
+            x3, dy3, dx3, scale, shift, weight, mean, rstd, partial, C, S, n_split,
+            *x3.stride(), *dy3.stride(), *dx3.stride(),
+            BLOCK_C=block_c, BLOCK_S=block_s, BLOCKS_PER_PROGRAM=per_program, num_warps=warps)
+        dweight, dbias = partial[0].sum((0, 1)), partial[1].sum((0, 1))
+        dscale, dshift = partial[2].sum(1), partial[3].sum(1)
+        return (dx3.view(ctx.shape), dscale.to(scale.dtype), dshift.to(shift.dtype),
+                dweight.to(weight.dtype), dbias.to(ctx.bias_dtype), None)
+
+
+def film_layer_norm_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                              weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Plain torch, computed in at least fp32 (fp64 stays fp64, for gradcheck); returns x's dtype."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    per_channel = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+    f = x.to(dtype) * (1 + scale.to(dtype).view(per_channel)) + shift.to(dtype).view(per_channel)
+    y = torch.nn.functional.layer_norm(f.movedim(1, -1), (x.shape[1],), weight.to(dtype), bias.to(dtype), eps)
+    return y.movedim(-1, 1).to(x.dtype)
+
+
+def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    if x.dim() < 3:
+        raise ValueError(f"film_layer_norm: x must be (B, C, *spatial), got shape {tuple(x.shape)}")
+    B, C = x.shape[:2]
+    for name, t, shape in (("x", x, tuple(x.shape)), ("scale", scale, (B, C)), ("shift", shift, (B, C)),
+                           ("weight", weight, (C,)), ("bias", bias, (C,))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"film_layer_norm: {name} has shape {tuple(t.shape)}, "
+                             f"expected {shape} for x {tuple(x.shape)}")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"film_layer_norm: {name} is {t.dtype}; use float32, float16 or bfloat16")
+        if t.device != x.device:
+            raise ValueError(f"film_layer_norm: {name} is on {t.device} but x is on {x.device}; "
+                             "put all on one device")
+
+
+def film_layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                    weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """LayerNorm over C of ``x * (1 + scale[b, c]) + shift[b, c]``, then ``* weight[c] + bias[c]``.
+
+    x: (B, C, *spatial) in fp32/fp16/bf16 (output in x's dtype, statistics in fp32); scale, shift: (B, C);
+    weight, bias: (C,). Strides are handled in the kernel when the spatial dims merge into one strided
+    axis (contiguous and channels-last do; channels-last output stays channels-last); other layouts are
+    copied to contiguous first.
+    """
+    _check(x, scale, shift, weight, bias)
+    if x.numel() == 0 or not use_triton(x):
+        return film_layer_norm_reference(x, scale, shift, weight, bias, eps)
+    return _FilmLayerNorm.apply(x, scale, shift, weight, bias, eps)

@@ -1,0 +1,127 @@
+"""film_layer_norm: the Triton path (interpreted on CPU) against an fp64 reference, forward and every gradient."""
+import importlib
+
+import pytest
+import torch
+
+from kernels.film_layer_norm import film_layer_norm, film_layer_norm_reference
+
+module = importlib.import_module("kernels.film_layer_norm")  # the package exports a function of the same name
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}  # ||out - ref|| / ||ref||, METHOD.md
+NAMES = ("x", "scale", "shift", "weight", "bias")
+
+
+@pytest.fixture(autouse=True)
+def force_triton(monkeypatch):
+    monkeypatch.setenv("LATENT_ENGINE_KERNELS", "triton")
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every tensor the kernels allocate (outputs, gradients, statistics, partial sums) starts as NaN."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+
+
+def make_inputs(B, C, H, W, dtype=torch.float32, offset=1.0):
+    x = (torch.randn(B, C, H, W) * 2 + offset).to(dtype)
+    scale, shift = torch.randn(B, C) * 0.5, torch.randn(B, C) * 0.5
+    weight, bias = 1 + 0.2 * torch.randn(C), 0.2 * torch.randn(C)
+    return [x, scale, shift, weight, bias], torch.randn(B, C, H, W).to(dtype)
+
+
+def run(inputs, dy):
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    y = film_layer_norm(*leaves)
+    return y, torch.autograd.grad(y, leaves, dy)
+
+
+def assert_matches_fp64(inputs, dy, tol):
+    y, grads = run(inputs, dy)
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    y_ref = film_layer_norm_reference(*leaves)
+    grads_ref = torch.autograd.grad(y_ref, leaves, dy.double())
+    for name, out, ref, like in zip(("y",) + NAMES, (y,) + grads, (y_ref,) + grads_ref, (inputs[0],) + tuple(inputs)):
+        assert out.dtype == like.dtype and out.shape == ref.shape, name
+        assert torch.isfinite(out).all(), f"{name}: not fully written"
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+    return y, grads
+
+
+@pytest.mark.parametrize("tile", [module._TILE, 64])  # 64: one position per program, split loops in backward
+@pytest.mark.parametrize("shape", [(2, 96, 7, 7), (1, 768, 2, 2), (3, 5, 3, 5)])
+def test_fp32_matches_fp64(poisoned, monkeypatch, shape, tile):
+    monkeypatch.setattr(module, "_TILE", tile)
+    assert_matches_fp64(*make_inputs(*shape), TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(poisoned, dtype):
+    assert_matches_fp64(*make_inputs(2, 96, 3, 5, dtype, offset=8.0), TOLERANCE[dtype])  # offset: half sums fail
+
+
+def test_saves_only_x_and_fp32_statistics():
+    inputs, _ = make_inputs(2, 96, 3, 5, torch.bfloat16)
+    x = inputs[0].requires_grad_()
+    saved = film_layer_norm(x, *inputs[1:]).grad_fn.saved_tensors
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), "x itself is the only full-size tensor saved"
+    stats = [t for t in saved if t.shape == (2, 15)]
+    assert len(stats) == 2 and all(t.dtype == torch.float32 for t in stats), "fp32 (mean, rstd) per position"
+
+
+def test_channels_last_stays_channels_last(poisoned):
+    inputs, dy = make_inputs(2, 6, 5, 3)
+    inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    y, grads = assert_matches_fp64(inputs, dy, TOLERANCE[torch.float32])
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_non_contiguous_inputs(poisoned):
+    inputs, _ = make_inputs(2, 5, 5, 3)
+    inputs[0] = (torch.randn(2, 10, 5, 3) + 1)[:, ::2]  # strided channels, handled in place
+    inputs[1] = torch.randn(5, 2).t()  # transposed scale
+    dy = torch.randn(2, 5, 3, 5).transpose(2, 3)  # spatial dims that do not merge: copied
+    assert_matches_fp64(inputs, dy, TOLERANCE[torch.float32])
+    assert_matches_fp64(inputs, torch.randn(1, 5, 1, 1).expand(2, 5, 5, 3), TOLERANCE[torch.float32])  # stride 0
+
+
+def test_backward_is_deterministic(poisoned):
+    inputs, dy = make_inputs(2, 96, 7, 7)
+    _, first = run(inputs, dy)
+    _, second = run(inputs, dy)
+    for name, a, b in zip(NAMES, first, second):
+        assert torch.equal(a, b), name
+
+
+def test_reference_gradcheck():
+    inputs, _ = make_inputs(2, 3, 2, 3)
+    leaves = [t.double().requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(film_layer_norm_reference, leaves)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: a.update(x=a["x"][0, 0]), ValueError, "x must be"),
+    (lambda a: a.update(scale=a["scale"][:, :3]), ValueError, "scale has shape"),
+    (lambda a: a.update(shift=a["shift"][:1]), ValueError, "shift has shape"),
+    (lambda a: a.update(weight=torch.ones(5)), ValueError, "weight has shape"),
+    (lambda a: a.update(bias=a["bias"][None]), ValueError, "bias has shape"),
+    (lambda a: a.update(x=a["x"].double()), TypeError, "x is torch.float64"),
+    (lambda a: a.update(weight=a["weight"].long()), TypeError, "weight is torch.int64"),
+    (lambda a: a.update(bias=a["bias"].to("meta")), ValueError, "bias is on meta"),
+])
+def test_bad_input_raises(change, error, match):
+    inputs, _ = make_inputs(2, 4, 3, 3)
+    args = dict(zip(NAMES, inputs))
+    change(args)
+    with pytest.raises(error, match=match):
+        film_layer_norm(**args)
