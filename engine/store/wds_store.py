@@ -70,7 +70,18 @@ class WdsSplit:
     def meta(self, key: str) -> np.ndarray:
         if key == "valid":
             return self.read("valid")
-        return self._meta[key]
+        if key in self._meta:
+            return self._meta[key]
+        extra = self.path / f"{key}.npy"  # per-row arrays added after encoding (teacher logits)
+        if extra.is_file():
+            return np.load(extra)
+        raise StoreError(f"{self.path}: split {self.name!r} has no `{key}`")
+
+    def write_row_field(self, key: str, values: np.ndarray) -> None:
+        """A per-row array added after encoding (teacher logits), beside meta.npz, written atomically."""
+        tmp = self.path / f".{key}.tmp.npy"
+        np.save(tmp, values)
+        os.replace(tmp, self.path / f"{key}.npy")
 
     def shard(self, b: int, ext: str) -> Path:
         return self.path / f"shard-{b:06d}.{ext}"

@@ -29,9 +29,10 @@ def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitC
         n, c = plan.size, latent_shape[0]
         shape, chunk = (n, *latent_shape), (plan.block, *latent_shape)
         shard = (plan.block * plan.blocks_per_shard, *latent_shape)
-        g.create_array("latents", shape=shape, chunks=chunk, shards=shard, dtype="float16")
+        # uncompressed: zstd saves ~8 % on latents and caps reads at ~60k samples per CPU-second
+        g.create_array("latents", shape=shape, chunks=chunk, shards=shard, dtype="float16", compressors=None)
         if has_logvar:
-            g.create_array("logvar", shape=shape, chunks=chunk, shards=shard, dtype="float16")
+            g.create_array("logvar", shape=shape, chunks=chunk, shards=shard, dtype="float16", compressors=None)
         g.create_array("valid", shape=(n,), chunks=(plan.block,), dtype="uint8", fill_value=0)
         g.create_array("done", shape=(plan.n_blocks,), chunks=(1,), dtype="uint8", fill_value=0)
         g.create_array("moments", shape=(plan.n_blocks, c, 3), chunks=(1, c, 3), dtype="float64")
@@ -54,11 +55,15 @@ class ZarrSplit:
 
     def __init__(self, group: zarr.Group, name: str, path: Path):
         self.group, self.name, self.path = group, name, path
+        self._arrays: dict[str, zarr.Array] = {}
 
     def _array(self, key: str) -> zarr.Array:
-        if key not in self.group:
-            raise StoreError(f"{self.path}: split {self.name!r} has no `{key}` array")
-        return self.group[key]
+        """The array ``key``, opened once (opening re-reads its metadata)."""
+        if key not in self._arrays:
+            if key not in self.group:
+                raise StoreError(f"{self.path}: split {self.name!r} has no `{key}` array")
+            self._arrays[key] = self.group[key]
+        return self._arrays[key]
 
     @property
     def has_logvar(self) -> bool:
@@ -91,6 +96,12 @@ class ZarrSplit:
 
     def done_flags(self) -> np.ndarray:
         return np.asarray(self._array("done")[...])
+
+    def write_row_field(self, key: str, values: np.ndarray) -> None:
+        """A per-row array added after encoding (teacher logits), replacing an older one."""
+        self._arrays.pop(key, None)
+        arr = self.group.create_array(key, shape=values.shape, chunks=values.shape, dtype=values.dtype, overwrite=True)
+        arr[...] = values
 
     def block_moments(self) -> np.ndarray:
         return np.asarray(self._array("moments")[...])

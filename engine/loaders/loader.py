@@ -1,0 +1,99 @@
+"""The contract every loader keeps: epochs, exactly-once order, rank slices, and a one-integer resume state.
+
+The state is the number of samples of the current epoch consumed, counted when a batch is handed
+to the caller (never when it is prefetched), plus the seed, epoch, global batch, order kind and a
+fingerprint of the selection, which are checked on resume. Resuming recomputes the order and
+starts at the recorded step: no replay, no skipping.
+
+Iterating continues the current epoch from the recorded step. When the last batch of epoch e is
+delivered the loader stands at the start of epoch e+1, so a state saved at the end of an epoch
+resumes with the next one. ``set_epoch`` to the epoch the loader stands in keeps the position,
+so the usual loop, ``for e in range(loader.epoch, E): loader.set_epoch(e); for batch in loader``,
+gives the same batches whether or not it was interrupted and resumed.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.loaders.batch import Batch
+from engine.loaders.schedule import RankPlan, Schedule
+from engine.loaders.selection import Selection
+
+STATE_VERSION = 1
+
+
+class LatentLoader:
+    name = "base"
+
+    def __init__(self, selection: Selection, batch_size: int, device: str | torch.device, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, tail: str = "drop"):
+        self.selection, self.device, self.seed = selection, torch.device(device), int(seed)
+        self.schedule = Schedule(selection.size, batch_size, world_size, rank, tail)
+        self.epoch, self._step = 0, 0
+        self._active: Iterator[Batch] | None = None
+
+    # what a subclass provides
+    order_kind: str  # "global" or "block<window>": part of the state, since it decides the order
+
+    def order(self, epoch: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _batches(self, plan: RankPlan, start: int) -> Iterator[Batch]:
+        """Batches of steps start, start+1, ... of ``plan`` on ``self.device``."""
+        raise NotImplementedError
+
+    # the contract
+    def __len__(self) -> int:
+        return self.schedule.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.close()
+            self.epoch, self._step = int(epoch), 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.close()
+        self._active = self._deliver(self._step)
+        return self._active
+
+    def _deliver(self, start: int) -> Iterator[Batch]:
+        batches = self._batches(self.schedule.plan(self.order(self.epoch)), start)
+        try:
+            for step, batch in enumerate(batches, start):
+                self._step = step + 1  # counted at delivery
+                if self._step == len(self):
+                    self.epoch, self._step = self.epoch + 1, 0
+                yield batch
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        """Stop an iteration in progress (its prefetch threads, pipelines and workers)."""
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+
+    def state_dict(self) -> dict:
+        s = self.schedule
+        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "consumed": s.consumed(self._step),
+                "global_batch": s.global_batch, "tail": s.tail, "order": self.order_kind,
+                "fingerprint": self.selection.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        hints = {"seed": "construct the loader with seed={}", "global_batch": "resume with batch size {}",
+                 "tail": "resume with tail={!r}", "order": "resume with the loader that saved it (order {!r}; "
+                 "'global' is the resident loader, 'block*' the DALI and torch loaders)",
+                 "fingerprint": "resume on the same store and selection (fingerprint {})",
+                 "version": "this engine reads loader state version {1}"}
+        for key, hint in hints.items():
+            if state.get(key) != mine[key]:
+                raise ValueError(f"loader state: {key} is {state.get(key)!r}, this loader has {mine[key]!r}; "
+                                 + hint.format(state.get(key), mine[key]))
+        self.close()
+        self.epoch, self._step = int(state["epoch"]), self.schedule.step_of(int(state["consumed"]))
