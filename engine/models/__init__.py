@@ -1,0 +1,5 @@
+"""Classifiers for latents (noise-conditioned ConvNeXt-T and ADM ResNets) and images (ResNet-18/50), by name."""
+from engine.models.pretrained import PretrainedLoad, load_pretrained, read_state_dict
+from engine.models.registry import MODEL_NAMES, build_model, model_config
+
+__all__ = ["MODEL_NAMES", "PretrainedLoad", "build_model", "load_pretrained", "model_config", "read_state_dict"]

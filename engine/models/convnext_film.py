@@ -1,0 +1,185 @@
+"""The paper's latent classifier: ConvNeXt-Tiny with a latent stem and FiLM noise conditioning.
+
+Parameter names are torchvision's ``convnext_tiny`` (``features.*``, ``classifier.0/2``), so ImageNet
+weights load by name (``engine.models.pretrained``); timm's and the paper's own checkpoint names are
+mapped by ``rename_pretrained``. The stem is a patchify Conv2d(C_latent, 96, k=s, stride=s): s = 4 as in
+the paper; latents under 32 px get s = 2 or 1 so that stage 4 still has at least 1x1 positions.
+
+Each stage ends in FiLM ``h * (1 + gamma) + beta``, (gamma, beta) = Linear_s(e) zero-initialised, fused
+with the LayerNorm that follows it (``kernels.film_layer_norm``): the norm that opens the next
+downsampling layer, and after stage 4 the head's norm. torchvision pools before that head norm; FiLM is a
+per-(sample, channel) affine map and average pooling is linear, so pooling first and then applying
+FiLM + LayerNorm to the (B, 768, 1, 1) result equals the paper's FiLM-then-pool exactly, at 1/HW the cost.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
+from kernels import film_layer_norm
+
+CONVNEXT_T = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
+PAPER_STEM_STRIDE = 4
+
+
+def stem_stride_for(latent_size: int | None) -> int:
+    """The paper's stride 4 when the latent has >= 32 px (None: unknown, assume so); else 2 or 1."""
+    if latent_size is None:
+        return PAPER_STEM_STRIDE
+    for stride in (4, 2, 1):
+        if latent_size >= 8 * stride:
+            return stride
+    raise ValueError(f"convnext: latent_size={latent_size} is below 8 px, too small for three 2x downsamplings; "
+                     "use an adm-* model")
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over C of (B, C, H, W) maps, as torchvision's; given (scale, shift), FiLM runs first, fused."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        if scale is None:
+            y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+            return y.permute(0, 3, 1, 2)
+        return film_layer_norm(x, scale, shift, self.weight, self.bias, self.eps)
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Drop the whole residual branch per sample with drop_prob, rescaling survivors (torchvision's "row" mode)."""
+    if not training or drop_prob == 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * (mask / keep if keep > 0 else mask)
+
+
+class Block(nn.Module):
+    """ConvNeXt block: 7x7 depthwise conv, LayerNorm, MLP x4 with GELU, layer scale, stochastic depth."""
+
+    def __init__(self, dim: int, layer_scale: float, drop_prob: float):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute(0, 2, 3, 1), nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Permute(0, 3, 1, 2))
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + stochastic_depth(self.layer_scale * self.block(x), self.drop_prob, self.training)
+
+
+def _timm_block(m: re.Match) -> str:
+    part = {"conv_dw": "block.0", "norm": "block.2", "mlp.fc1": "block.3", "mlp.fc2": "block.5", "gamma": "layer_scale"}
+    return f"features.{2 * int(m[1]) + 1}.{m[2]}.{part[m[3]]}"
+
+
+# (pattern, replacement) from timm's and the paper's (classifier_train_noise_cond.py) names to ours.
+_RENAMES = (
+    (r"^stem\.([01])\.", r"features.0.\1."),
+    (r"^stages\.(\d+)\.downsample\.([01])\.", lambda m: f"features.{2 * int(m[1])}.{m[2]}."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.(conv_dw|norm|mlp\.fc1|mlp\.fc2|gamma)", _timm_block),
+    (r"^head\.norm\.", "classifier.0."),
+    (r"^head\.fc\.", "classifier.2."),
+    (r"^backbone\.", ""),
+    (r"^time_fourier\.", "noise_embedding.fourier."),
+    (r"^time_proj([12])\.", r"noise_embedding.linear\1."),
+    (r"^film_projs\.", "film."),
+)
+_PAPER_STORE_STATS = ("mean", "std")  # the paper's per-channel latent statistics; ours live in the store manifest
+
+
+class ConvNeXtFiLM(nn.Module):
+    """ConvNeXt on latents; with noise_conditioned, forward(x, c_noise) applies FiLM after every stage."""
+
+    # For engine.models.pretrained: names an ImageNet file lacks by design, and names whose shape may differ
+    # by design (stem input channels and kernel, class count); both stay at their fresh initialisation.
+    PRETRAINED_NEW = (r"^noise_embedding\.", r"^film\.")
+    PRETRAINED_REPLACEABLE = (r"^features\.0\.0\.", r"^classifier\.2\.")
+
+    def __init__(self, in_channels: int, num_classes: int, noise_conditioned: bool = True,
+                 depths: Sequence[int] = CONVNEXT_T["depths"], dims: Sequence[int] = CONVNEXT_T["dims"],
+                 stem_stride: int = PAPER_STEM_STRIDE, stochastic_depth_prob: float = 0.1,
+                 layer_scale: float = 1e-6, embedding_channels: int = 256, clean_sigma: float = 0.002):
+        super().__init__()
+        if len(depths) != len(dims):
+            raise ValueError(f"convnext: depths {tuple(depths)} and dims {tuple(dims)} must have one entry per stage")
+        self.noise_conditioned = noise_conditioned
+        self.stem_stride = stem_stride
+        self.clean_sigma = clean_sigma
+        self.num_stages = len(dims)
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, dims[0], stem_stride, stride=stem_stride),
+                                                 LayerNorm2d(dims[0], eps=1e-6))]
+        total, first = sum(depths), 0
+        for stage, (depth, dim) in enumerate(zip(depths, dims)):
+            drop = [stochastic_depth_prob * (first + i) / max(total - 1, 1) for i in range(depth)]
+            layers.append(nn.Sequential(*(Block(dim, layer_scale, p) for p in drop)))
+            first += depth
+            if stage + 1 < len(dims):
+                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[stage + 1], 2, stride=2)))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1),
+                                        nn.Linear(dims[-1], num_classes))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        if noise_conditioned:
+            self.noise_embedding = NoiseEmbedding(embedding_channels)
+            self.film = nn.ModuleList(nn.Linear(embedding_channels, 2 * dim) for dim in dims)
+            for proj in self.film:  # identity at start: the pretrained backbone's features pass unchanged
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) latents -> (B, num_classes) logits; c_noise (B,) = ln(sigma)/4, None for clean input.
+
+        Unconditioned models ignore c_noise.
+        """
+        smallest = 8 * self.stem_stride
+        if x.dim() != 4 or min(x.shape[-2:]) < smallest:
+            raise ValueError(f"convnext: input {tuple(x.shape)} must be (B, C, H, W) with H, W >= {smallest} for "
+                             f"stem stride {self.stem_stride}; build it with latent_size=<H> to pick a smaller stride")
+        film = None
+        if self.noise_conditioned:
+            e = self.noise_embedding(resolve_c_noise(c_noise, x, self.clean_sigma))
+            film = [proj(e).chunk(2, dim=1) for proj in self.film]
+        x = self.features[0](x)
+        for stage in range(self.num_stages):
+            x = self.features[2 * stage + 1](x)
+            scale, shift = film[stage] if film else (None, None)
+            if stage + 1 < self.num_stages:
+                norm, downsample = self.features[2 * stage + 2]
+                x = downsample(norm(x, scale, shift))
+            else:
+                x = self.classifier[0](self.avgpool(x), scale, shift)
+        return self.classifier[2](self.classifier[1](x))
+
+    @staticmethod
+    def rename_pretrained(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision names pass through; timm's (stem., stages.N.blocks.M., head.) and the paper's
+        (backbone., time_fourier., time_proj1/2., film_projs.) become ours."""
+        renamed = {}
+        for key, value in state.items():
+            if key in _PAPER_STORE_STATS:
+                continue
+            for pattern, replacement in _RENAMES:
+                key = re.sub(pattern, replacement, key)
+            if key.endswith(".layer_scale") and value.dim() == 1:  # timm keeps gamma as (C,)
+                value = value.view(-1, 1, 1)
+            renamed[key] = value
+        return renamed
