@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from engine.sources.base import BadImageError
-from engine.store.manifest import StoreError
+from engine.store import StoreError, open_store
 
 # Errors a user can fix: printed as one line, exit 1, no traceback.
-USER_ERRORS = (StoreError, BadImageError, FileNotFoundError, ValueError)
+USER_ERRORS = (StoreError, BadImageError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -43,6 +43,9 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset and of the untrained default autoencoder")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda:$LOCAL_RANK when available)")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="an image-space checkpoint (`engine train --space image`): store its logits for distillation; "
+                        "on an existing complete store only the logits are added")
     p.set_defaults(run=run_encode)
 
 
@@ -54,20 +57,116 @@ def run_encode(args: argparse.Namespace) -> int:
     from engine.sources import open_source
 
     device = args.device or (f"cuda:{_env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    source = open_source(args.dataset, csv=args.csv, label_column=args.label_column,
-                         multilabel=args.multilabel, seed=args.seed)
+    out = args.out or Path("latents_wds" if args.fmt == "wds" else "latents.zarr")
+    if args.teacher is not None and out.exists() and open_store(out, require_complete=False).complete:
+        return add_teacher(out, args.teacher, device)
+    source_args = {"spec": str(Path(args.dataset).resolve()) if args.dataset and args.dataset != "synthetic-cxr" else None,
+                   "csv": str(Path(args.csv).resolve()) if args.csv else None, "label_column": args.label_column,
+                   "multilabel": args.multilabel, "seed": args.seed}
+    source = open_source(**source_args)
     ae = load_autoencoder(args.autoencoder, device=device, seed=args.seed)
     image_size = args.image_size or getattr(source, "native_size", None) or 512
     if image_size % ae.downsample:
         raise ValueError(f"--image-size {image_size} is not a multiple of the autoencoder's factor {ae.downsample}")
-    out = args.out or Path("latents_wds" if args.fmt == "wds" else "latents.zarr")
     opts = EncodeOptions(out=out, fmt=args.fmt, image_size=image_size, batch_size=args.batch_size,
                          posterior=args.posterior, skip_bad=args.skip_bad, overwrite=args.overwrite,
                          rank=args.rank, world_size=args.world_size, block_samples=args.block_samples,
-                         n_folds=args.folds, fold_seed=args.fold_seed)
+                         n_folds=args.folds, fold_seed=args.fold_seed, source_args=source_args)
     store = encode(source, ae, opts)
     if store.complete:
         print(f"wrote {out} ({args.fmt}); check it with `engine inspect {out}`")
+        if args.teacher is not None:
+            return add_teacher(out, args.teacher, device)
+    return 0
+
+
+def add_teacher(out: Path, checkpoint: Path, device: str) -> int:
+    import torch
+
+    from engine.teacher import add_teacher_logits
+
+    record = add_teacher_logits(out, checkpoint, torch.device(device))
+    print(f"stored teacher logits of {record['model']} ({checkpoint}) in {out}")
+    return 0
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from engine.loaders import LOADERS
+    from engine.losses import LOSSES
+    from engine.train_config import DISTILL, NOISE, OPTIMIZERS, SPACES, TrainConfig
+
+    d = TrainConfig(store="")
+    p = sub.add_parser("train", help="train a (noise-conditioned) classifier on a latent store, or its image-space baseline",
+                       description="Train on a store written by `engine encode`. Defaults follow the paper's protocol.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", default=None, help="run directory (default runs/<space>-<model>[-fold<k>])")
+    p.add_argument("--space", choices=SPACES, default=d.space)
+    p.add_argument("--model", default=None, help="convnext-t-film (latent default), adm-s-film, adm-b-film, the "
+                   "unconditioned convnext-t/adm-s/adm-b, resnet50 (image default), resnet18")
+    p.add_argument("--fold", type=int, default=None, help="cross-validation: test fold k, validation fold k+1")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss)
+    p.add_argument("--distill", choices=DISTILL, default=d.distill, help="from stored teacher logits")
+    p.add_argument("--distill-alpha", type=float, default=d.distill_alpha)
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-4, 5e-4 when distilling")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--drw-epoch", type=int, default=d.drw_epoch)
+    p.add_argument("--noise", choices=NOISE, default=d.noise)
+    p.add_argument("--mask-p", type=float, default=d.mask_p)
+    p.add_argument("--target-std", type=float, default=d.target_std)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--loader", choices=LOADERS, default=d.loader)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--init", default=None, help="torchvision/timm/paper weights, loaded by parameter name")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from engine.train import train
+    from engine.train_config import TrainConfig
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    result = train(TrainConfig(**fields))
+    test = result.get("test")
+    if test:
+        mcc = f", MCC {test['mcc']:.4f}" if "mcc" in test else ""
+        print(f"test: balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}{mcc}; "
+              f"results in {result['run']}/eval.json")
+    return 0
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a store: val/test metrics and the noise-level curve")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--store", required=True)
+    p.add_argument("--fold", type=int, default=None, help="default: the fold the checkpoint was trained on")
+    p.add_argument("--out", type=Path, default=None, help="directory for eval.json and the curve (default: beside the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation noise depends on it: keep 256 to match `engine train`")
+    p.add_argument("--loader", default="auto")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.checkpoint import read_checkpoint
+    from engine.evaluate import evaluate_checkpoint
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fold = args.fold if args.fold is not None else read_checkpoint(args.checkpoint)[2]["config"].get("fold")
+    out = args.out or args.checkpoint.parent / f"eval-{Path(args.store).name}"
+    evaluate_checkpoint(args.checkpoint, args.store, out, device, fold, args.loader, args.batch_size)
+    print(f"results in {out}/eval.json")
     return 0
 
 
@@ -93,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_encode(sub)
+    add_train(sub)
+    add_eval(sub)
     add_inspect(sub)
     args = parser.parse_args(argv)
     try:

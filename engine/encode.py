@@ -48,6 +48,7 @@ class EncodeOptions:
     n_folds: int = 5
     fold_seed: int = 0
     read_threads: int = 4
+    source_args: dict | None = None  # open_source(**source_args) reopens the images (image-space runs, teachers)
 
 
 def split_contents(source: Source, n_folds: int, fold_seed: int) -> dict[str, SplitContent]:
@@ -76,7 +77,8 @@ def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: d
         "schema_version": SCHEMA_VERSION,
         "format": opts.fmt,
         "dataset": {"name": info.name, "synthetic": info.synthetic, "class_names": list(info.class_names),
-                    "multilabel": info.multilabel, "provenance": info.provenance},
+                    "multilabel": info.multilabel, "provenance": info.provenance,
+                    "open_args": opts.source_args},
         "autoencoder": {"family": ae.family, "source": ae.source, "pretrained": ae.pretrained,
                         "config_hash": ae.config_hash, "latent_channels": ae.latent_channels,
                         "downsample": ae.downsample, "input_range": list(ae.input_range),

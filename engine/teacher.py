@@ -1,0 +1,65 @@
+"""Teacher logits, computed once: an image-space classifier's outputs stored beside the latents.
+
+The reference code runs the teacher on every distillation step; storing its logits makes
+distillation cost nothing per step and keeps the teacher fixed across runs.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.checkpoint import read_checkpoint
+from engine.image_space import IMAGENET_MEAN, IMAGENET_STD, reopen_source
+from engine.models import build_model
+from engine.sources.base import BadImageError
+from engine.sources.preprocess import to_model_input
+from engine.store import StoreError, open_store
+
+
+def load_teacher(checkpoint: Path, class_names: list[str], device: torch.device) -> tuple[torch.nn.Module, dict]:
+    weights, _, meta = read_checkpoint(checkpoint)
+    if meta["config"]["space"] != "image":
+        raise ValueError(f"{checkpoint}: a teacher must be an image-space checkpoint (`engine train --space image`), "
+                         f"this one was trained in {meta['config']['space']} space")
+    if meta["class_names"] != class_names:
+        raise ValueError(f"{checkpoint}: teacher classes {meta['class_names']} differ from the store's {class_names}")
+    model = build_model(**meta["model"])
+    model.load_state_dict(weights)
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device, batch_size: int = 64) -> dict:
+    """Write ``teacher_logits`` (N, K) float32 for every split of a complete store; returns the manifest record."""
+    store = open_store(store_path, writable=True)
+    class_names = store.manifest["dataset"]["class_names"]
+    model, meta = load_teacher(checkpoint, class_names, device)
+    size = int(meta["image_size"])
+    source = reopen_source(store)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    for name in store.splits:
+        split = store.split(name)
+        valid = split.meta("valid").astype(bool)
+        logits = np.zeros((split.size, len(class_names)), dtype=np.float32)
+        rows = np.flatnonzero(valid)
+        for lo in tqdm(range(0, len(rows), batch_size), desc=f"teacher {name}", unit="batch"):
+            idx = rows[lo:lo + batch_size]
+            try:
+                images = [source.image(name, int(i)) for i in idx]
+            except BadImageError as err:
+                raise StoreError(f"{store_path}: {err}; the image changed since encoding") from err
+            x = (to_model_input(images, size, (0.0, 1.0)).to(device) - mean) / std
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits[idx] = model(x).float().cpu().numpy()
+        split.write_row_field("teacher_logits", logits)
+    record = {"checkpoint": str(Path(checkpoint).resolve()),
+              "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
+              "model": meta["model"]["name"], "image_size": size,
+              "val": meta.get("val"), "fold": meta["config"].get("fold")}
+    store.set_manifest({**store.manifest, "teacher": record})
+    return record

@@ -1,0 +1,71 @@
+"""Everything a training run is decided by, with the paper's protocol as the defaults."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+SPACES = ("latent", "image")
+NOISE = ("karras", "edm", "vp-linear", "vp-cosine", "none")
+DISTILL = ("none", "mse", "kl")
+OPTIMIZERS = ("adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    store: str
+    out: str | None = None  # run directory (default runs/<space>-<model>[-fold<k>])
+    space: str = "latent"
+    model: str | None = None  # default: convnext-t-film (latent), resnet50 (image)
+    fold: int | None = None  # None: the stored train/val/test splits; k: test fold k, validation fold k+1
+    loss: str = "ldam-drw"  # paper: LDAM with deferred re-weighting; multi-label stores use bce
+    distill: str = "none"  # teacher logits stored by `engine encode --teacher`: paper's MSE or KL
+    distill_alpha: float = 0.5  # alpha * classification + (1 - alpha) * distillation
+    temperature: float = 4.0  # for distill="kl"
+    optimizer: str = "adam"
+    lr: float | None = None  # default 1e-4, 5e-4 when distilling (paper)
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 60
+    patience: int = 15  # early stopping on validation balanced accuracy
+    drw_epoch: int = 10  # deferred re-weighting: class-balanced weights and lr x0.1 from this epoch
+    noise: str = "karras"  # paper: uniform over 32 Karras levels (0.002 .. 80, rho 7)
+    mask_p: float = 0.2  # paper's latent augmentation: drop 20 % of elements
+    target_std: float = 0.5  # paper: per-channel standardisation to std 0.5
+    image_size: int | None = None  # image space: default 256, or the stored image size if smaller
+    seed: int = 0
+    loader: str = "auto"
+    compile: bool = False
+    device: str | None = None
+    checkpoint_every: int = 0  # steps between checkpoints inside an epoch (0: at epoch ends only)
+    max_steps: int | None = None  # stop after this many steps (quick runs)
+    init: str | None = None  # torchvision/timm/paper weights loaded by parameter name
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("space", SPACES), ("noise", NOISE), ("distill", DISTILL), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if not 0 <= self.mask_p < 1:
+            raise ValueError(f"--mask-p {self.mask_p}: must be in [0, 1)")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"--distill-alpha {self.distill_alpha}: must be in [0, 1]")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("--batch-size and --epochs must be >= 1")
+        if self.model is None:
+            self.model = "convnext-t-film" if self.space == "latent" else "resnet50"
+        if self.lr is None:
+            self.lr = 5e-4 if self.distill != "none" else 1e-4
+
+    @property
+    def noise_conditioned(self) -> bool:
+        return self.space == "latent" and self.model.endswith("-film")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # what may differ between a run and its resumption
+    RESUMABLE_CHANGES = ("resume", "device", "max_steps")
+
+    def same_run(self, other: dict) -> list[str]:
+        """Fields that differ from a recorded config, ignoring those a resume may change."""
+        return [f.name for f in fields(self) if f.name not in self.RESUMABLE_CHANGES
+                and other.get(f.name) != getattr(self, f.name)]
