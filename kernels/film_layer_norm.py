@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import batch_and_channels, check_operands
 from kernels.dispatch import use_triton
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 4096  # elements per program tile (C is held whole; positions fill the rest)
 
 
@@ -152,19 +152,9 @@ def film_layer_norm_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch
 
 
 def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    if x.dim() < 3:
-        raise ValueError(f"film_layer_norm: x must be (B, C, *spatial), got shape {tuple(x.shape)}")
-    B, C = x.shape[:2]
-    for name, t, shape in (("x", x, tuple(x.shape)), ("scale", scale, (B, C)), ("shift", shift, (B, C)),
-                           ("weight", weight, (C,)), ("bias", bias, (C,))):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"film_layer_norm: {name} has shape {tuple(t.shape)}, "
-                             f"expected {shape} for x {tuple(x.shape)}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"film_layer_norm: {name} is {t.dtype}; use float32, float16 or bfloat16")
-        if t.device != x.device:
-            raise ValueError(f"film_layer_norm: {name} is on {t.device} but x is on {x.device}; "
-                             "put all on one device")
+    B, C = batch_and_channels("film_layer_norm", x)
+    check_operands("film_layer_norm", x, (("x", x, tuple(x.shape)), ("scale", scale, (B, C)), ("shift", shift, (B, C)),
+                                          ("weight", weight, (C,)), ("bias", bias, (C,))))
 
 
 def film_layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,

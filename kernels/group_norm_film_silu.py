@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import batch_and_channels, check_operands
 from kernels.dispatch import use_triton
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 4096  # elements per program tile (all channels of the group; positions fill the rest)
 
 
@@ -216,21 +216,11 @@ def group_norm_film_silu_reference(x: torch.Tensor, num_groups: int, weight: tor
 
 def _check(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
            scale: torch.Tensor, shift: torch.Tensor) -> None:
-    if x.dim() < 3:
-        raise ValueError(f"group_norm_film_silu: x must be (B, C, *spatial), got shape {tuple(x.shape)}")
-    B, C = x.shape[:2]
+    B, C = batch_and_channels("group_norm_film_silu", x)
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm_film_silu: num_groups={num_groups!r} must be a positive int dividing C={C}")
-    for name, t, shape in (("x", x, tuple(x.shape)), ("weight", weight, (C,)), ("bias", bias, (C,)),
-                           ("scale", scale, (B, C)), ("shift", shift, (B, C))):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"group_norm_film_silu: {name} has shape {tuple(t.shape)}, "
-                             f"expected {shape} for x {tuple(x.shape)}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"group_norm_film_silu: {name} is {t.dtype}; use float32, float16 or bfloat16")
-        if t.device != x.device:
-            raise ValueError(f"group_norm_film_silu: {name} is on {t.device} but x is on {x.device}; "
-                             "put all on one device")
+    check_operands("group_norm_film_silu", x, (("x", x, tuple(x.shape)), ("weight", weight, (C,)), ("bias", bias, (C,)),
+                                               ("scale", scale, (B, C)), ("shift", shift, (B, C))))
 
 
 def group_norm_film_silu(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,

@@ -2,31 +2,9 @@
 import pytest
 import torch
 
+from kernel_tolerances import TOLERANCE, rel
 from kernels import film
 from kernels.film import film_reference
-
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture
-def triton_path(monkeypatch):
-    monkeypatch.setenv("LATENT_ENGINE_KERNELS", "triton")
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every float tensor the kernels allocate starts as NaN, so an unwritten element shows up."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def nan(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
-
-
-def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((a.double() - ref).norm() / ref.norm()).item()
 
 
 def run(x, scale, shift, dy):
@@ -53,11 +31,11 @@ def test_forward_and_grads_match_fp64_reference(triton_path, poisoned, shape, dt
     x64, scale64, shift64 = (t.double().requires_grad_() for t in (x, scale, shift))
     ref = film_reference(x64, scale64, shift64)
     refs = torch.autograd.grad(ref, (x64, scale64, shift64), dy.double())
-    assert rel(y, ref) < TOL[dtype]
-    assert rel(dx, refs[0]) < TOL[dtype]
+    assert rel(y, ref) < TOLERANCE[dtype]
+    assert rel(dx, refs[0]) < TOLERANCE[dtype]
     # position sums are fp32; the only error is dy and x rounding in their dtype and the final cast
-    assert rel(dscale, refs[1]) < TOL[param_dtype]
-    assert rel(dshift, refs[2]) < TOL[param_dtype]
+    assert rel(dscale, refs[1]) < TOLERANCE[param_dtype]
+    assert rel(dshift, refs[2]) < TOLERANCE[param_dtype]
 
 
 def test_backward_is_deterministic(triton_path):
