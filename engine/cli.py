@@ -118,6 +118,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", choices=NOISE, default=d.noise)
     p.add_argument("--mask-p", type=float, default=d.mask_p)
     p.add_argument("--target-std", type=float, default=d.target_std)
+    p.add_argument("--precondition", action="store_true",
+                   help="EDM input scaling 1/sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--loader", choices=LOADERS, default=d.loader)

@@ -74,7 +74,8 @@ def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path,
                          f"the store has {store.manifest['latent_shape']}")
     out, conditioned = {}, meta["model"]["name"].endswith("-film") and cfg["space"] == "latent"
     stats = store.manifest["channel_stats"]
-    injector = NoiseInjector(cfg["noise"], stats["mean"], stats["std"], device, 0.0, cfg["target_std"], cfg["seed"])
+    injector = NoiseInjector(cfg["noise"], stats["mean"], stats["std"], device, 0.0, cfg["target_std"], cfg["seed"],
+                             cfg.get("precondition", False))
     for role in ("val", "test"):
         sel = select(store, role, fold)
         ld = make_loader(store, sel, batch_size, device, loader, seed=cfg["seed"], tail="partial", log=lambda *_: None)

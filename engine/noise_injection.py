@@ -1,7 +1,10 @@
 """Turn a batch of stored latents into the classifier's input: standardise, mask, noise, in one pass.
 
 Noise levels and the Philox stream are keyed by (seed, step), never by a running RNG, so a resumed
-run draws exactly what the uninterrupted one drew.
+run draws exactly what the uninterrupted one drew. ``precondition`` applies EDM's input scaling
+c_in = 1 / sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper): without it, inputs at sigma 80
+have std 80 and drown what the low-sigma samples teach. add_noise is linear in alpha and sigma, so
+the scaling rides along in the same pass.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ N_LEVELS = 32  # the paper's discrete Karras levels
 
 class NoiseInjector:
     def __init__(self, family: str, mean: list[float], std: list[float], device: torch.device,
-                 mask_p: float = 0.2, target_std: float = 0.5, seed: int = 0):
+                 mask_p: float = 0.2, target_std: float = 0.5, seed: int = 0, precondition: bool = False):
         self.family, self.mask_p, self.target_std, self.seed = family, mask_p, target_std, seed
+        self.precondition = precondition
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
         self.device = device
@@ -35,10 +39,17 @@ class NoiseInjector:
         zeros = torch.zeros(batch, device=self.device)
         return NoiseLevels(zeros + 1, zeros, c_noise(zeros + karras_sigmas(N_LEVELS)[-1].item()), None)
 
+    def _scaled(self, lv: NoiseLevels) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.precondition:
+            return lv.alpha, lv.sigma
+        c_in = (lv.alpha.square() * self.target_std**2 + lv.sigma.square()).rsqrt()
+        return lv.alpha * c_in, lv.sigma * c_in
+
     def train_input(self, latents: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(noised masked standardised latents, c_noise) for training step ``step``."""
         lv = self.levels(latents.shape[0], step)
-        x = add_noise(latents, self.mean, self.std, lv.alpha, lv.sigma, seed=self._key(step, 2),
+        alpha, sigma = self._scaled(lv)
+        x = add_noise(latents, self.mean, self.std, alpha, sigma, seed=self._key(step, 2),
                       mask_p=self.mask_p, target_std=self.target_std)
         return x, lv.c_noise
 
@@ -46,7 +57,8 @@ class NoiseInjector:
         """Input at Karras level ``level`` (N_LEVELS - 1 = the lowest trained sigma, the 'clean' evaluation)."""
         index = torch.full((latents.shape[0],), level, dtype=torch.long, device=self.device)
         lv = karras_levels(index, N_LEVELS)
-        x = add_noise(latents, self.mean, self.std, lv.alpha, lv.sigma, seed=self._key(salt, 3 + level),
+        alpha, sigma = self._scaled(lv)
+        x = add_noise(latents, self.mean, self.std, alpha, sigma, seed=self._key(salt, 3 + level),
                       mask_p=0.0, target_std=self.target_std)
         return x, lv.c_noise
 

@@ -76,7 +76,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.space == "latent":
         model = build_model(cfg.model, c, len(class_names), latent_size=h)
         stats = manifest["channel_stats"]
-        injector = NoiseInjector(cfg.noise, stats["mean"], stats["std"], ctx.device, cfg.mask_p, cfg.target_std, cfg.seed)
+        injector = NoiseInjector(cfg.noise, stats["mean"], stats["std"], ctx.device, cfg.mask_p, cfg.target_std, cfg.seed,
+                                 cfg.precondition)
 
         def train_input(batch, step):
             x, c_noise = injector.train_input(batch.latents, step)

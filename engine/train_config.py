@@ -30,6 +30,7 @@ class TrainConfig:
     noise: str = "karras"  # paper: uniform over 32 Karras levels (0.002 .. 80, rho 7)
     mask_p: float = 0.2  # paper's latent augmentation: drop 20 % of elements
     target_std: float = 0.5  # paper: per-channel standardisation to std 0.5
+    precondition: bool = False  # EDM input scaling c_in (not in the paper; needed on hard latents, see README)
     image_size: int | None = None  # image space: default 256, or the stored image size if smaller
     seed: int = 0
     loader: str = "auto"
