@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from engine.store.manifest import StoreError
 from engine.store.plan import SplitPlan
@@ -21,6 +20,8 @@ from engine.store.split_content import SplitContent
 def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitContent]],
            latent_shape: tuple[int, int, int], has_logvar: bool) -> bool:
     """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
+    import zarr  # imported on use: device-side runs (bench, resident training) work without zarr installed
+
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(tmp, mode="w-")
@@ -113,6 +114,8 @@ class ZarrSplit:
 
 class ZarrStore:
     def __init__(self, path: Path, mode: str = "r"):
+        import zarr
+
         self.path = path
         self.root = zarr.open_group(path, mode=mode)
 
