@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "kernels": "bench.kernels",
     "loaders": "bench.loaders",
+    "throughput": "bench.throughput",
+    "report": "bench.report",
 }
 
 

@@ -1,0 +1,150 @@
+"""Whole training steps of `engine train`, on inputs already on the device: what `bench throughput` times.
+
+A step is the engine's own code, not a copy: the latent step is ``NoiseInjector.train_input`` (the fused
+standardise + mask + noise pass) then ``engine.train.train_step``; the image step is the image-space
+baseline as `engine train --space image` runs it: uint8 images resident on the device, converted,
+flipped and rotated there (``engine.image_space.flip_rotate``), normalised, then the same ``train_step``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.autograd.profiler import record_function
+
+from bench.step_profile import NOISE_LABEL
+from engine.image_space import IMAGENET_MEAN, IMAGENET_STD, flip_rotate
+from engine.loaders import Batch
+from engine.models import build_model
+from engine.noise_injection import NoiseInjector
+from engine.objective import TrainingLoss
+from engine.train import train_step
+from kernels.dispatch import ENV_VAR
+
+# autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
+LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
+PAPER_SHAPES = ("sd-512", "flux1-512", "flux2-512", "dc-ae-512", "sd-256", "flux1-256", "flux2-256", "dc-ae-256")
+LATENT_MODELS = ("convnext-t-film", "adm-s-film", "adm-b-film", "convnext-t", "adm-s", "adm-b")
+IMAGE_MODELS = ("resnet50", "resnet18")
+NUM_CLASSES = 4
+POOL_BATCHES = 2  # distinct resident batches cycled through, so no step reuses the previous step's input
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model on one input shape: a latent classifier on a latent, or an image ResNet on images."""
+    space: str  # "latent" | "image"
+    model: str
+    shape_name: str  # "flux2-512" or "256px"
+    shape: tuple[int, int, int]  # (C, H, W) of one input sample
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} @ {self.shape_name} ({'x'.join(map(str, self.shape))})"
+
+    @property
+    def source_px(self) -> int:
+        """Side of the image this input stands for (a 512 px latent is compared with 512 px images)."""
+        return int(self.shape_name.rsplit("-", 1)[-1].removesuffix("px"))
+
+
+def latent_shape(shape_name: str) -> tuple[int, int, int]:
+    """(C, h, w) of ``"<family>-<px>"``, e.g. flux2-512 -> (32, 64, 64)."""
+    family, _, px = shape_name.rpartition("-")
+    if family not in LATENT_FAMILIES or not px.isdigit() or int(px) % LATENT_FAMILIES[family][1]:
+        raise ValueError(f"unknown latent shape {shape_name!r}: expected <family>-<image px> with family in "
+                         f"{', '.join(LATENT_FAMILIES)} and px a multiple of its factor, e.g. {', '.join(PAPER_SHAPES[:4])}")
+    channels, factor = LATENT_FAMILIES[family]
+    return (channels, int(px) // factor, int(px) // factor)
+
+
+def latent_case(model: str, shape_name: str) -> Case:
+    if model not in LATENT_MODELS:
+        raise ValueError(f"unknown latent model {model!r}; known: {', '.join(LATENT_MODELS)}")
+    return Case("latent", model, shape_name, latent_shape(shape_name))
+
+
+def image_case(model: str, size: int) -> Case:
+    if model not in IMAGE_MODELS:
+        raise ValueError(f"unknown image model {model!r}; known: {', '.join(IMAGE_MODELS)}")
+    if size < 32 or size % 32:
+        raise ValueError(f"image size {size}: ResNets need a multiple of 32 px (e.g. 256 or 512)")
+    return Case("image", model, f"{size}px", (3, size, size))
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    device: torch.device
+    compile: bool = False
+    channels_last: bool = False
+    loss: str = "ldam-drw"
+    kernels: str = "auto"  # LATENT_ENGINE_KERNELS while the step is built and run: auto | triton | reference
+
+
+def build_net(case: Case, opts: StepOptions) -> torch.nn.Module:
+    in_ch, side = case.shape[0], case.shape[1]
+    net = build_model(case.model, in_ch, NUM_CLASSES, latent_size=side if case.space == "latent" else None)
+    net = net.to(opts.device)
+    return net.to(memory_format=torch.channels_last) if opts.channels_last else net
+
+
+def make_step(case: Case, batch: int, opts: StepOptions, net: torch.nn.Module | None = None
+              ) -> tuple[Callable[[int], torch.Tensor], torch.nn.Module]:
+    """(step(i) -> loss, model): one full training step on device-resident input number ``i``."""
+    device = opts.device
+    net = net if net is not None else build_net(case, opts)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)  # the paper's optimizer
+    runner = torch.compile(net) if opts.compile else net
+    counts = np.full(NUM_CLASSES, 10)
+    counts[0] = 100  # imbalanced, as the medical sets LDAM-DRW is for
+    loss_fn = TrainingLoss(opts.loss, counts, False, device=device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    n = POOL_BATCHES * batch
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g).to(device)
+    ids = torch.arange(n, device=device)
+    valid = torch.ones(n, dtype=torch.bool, device=device)
+    layout = torch.channels_last if opts.channels_last else torch.contiguous_format
+    if case.space == "latent":
+        latents = torch.randn((n, *case.shape), generator=g).half().to(device)  # as a loader delivers them
+        c = case.shape[0]
+        injector = NoiseInjector("karras", [0.0] * c, [1.0] * c, device)
+        conditioned = case.model.endswith("-film")
+
+        def inputs(i: int, sl: slice):
+            with record_function(NOISE_LABEL):
+                x, c_noise = injector.train_input(latents[sl], i)
+            return x.float().contiguous(memory_format=layout), c_noise if conditioned else None
+    else:
+        images = torch.randint(0, 256, (n, *case.shape), dtype=torch.uint8, generator=g).to(device)
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+        def inputs(i: int, sl: slice):  # engine.image_space.ImageCache.batch, augmenting
+            x = flip_rotate(images[sl].float() / 255, seed=i)
+            return ((x - mean) / std).contiguous(memory_format=layout), None
+
+    def step(i: int) -> torch.Tensor:
+        sl = slice((i % POOL_BATCHES) * batch, (i % POOL_BATCHES + 1) * batch)
+        with kernels_env(opts.kernels):
+            x, c_noise = inputs(i, sl)
+            return train_step(runner, optimizer, loss_fn, x, c_noise, Batch(None, labels[sl], ids[sl], valid[sl]))
+
+    return step, net
+
+
+@contextlib.contextmanager
+def kernels_env(choice: str) -> Iterator[None]:
+    """LATENT_ENGINE_KERNELS (the fused-kernels switch of noise injection and the models) for a block."""
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = choice
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old

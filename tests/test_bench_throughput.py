@@ -1,0 +1,129 @@
+"""`bench throughput` end to end at tiny sizes on CPU, its ratios, its search, and `bench report`."""
+import json
+import math
+
+import pytest
+import torch
+
+import bench.throughput as throughput
+from bench.batch_search import largest_batch
+from bench.cli import main as bench_main
+from bench.encode_cost import break_even_epochs
+from bench.memory import peak_memory
+from bench.report import SCHEMA
+
+TINY = ["--device", "cpu", "--latent-models", "adm-s-film", "--image-models", "resnet18", "--shapes", "sd-32",
+        "--image-sizes", "32", "--batch", "2", "--warmup", "1", "--windows", "5", "--steps", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "throughput.json"
+    argv = TINY + ["--max-batch", "2", "--real-size", "32", "--real-samples", "8", "--encode-family", "default-tiny",
+                   "--encode-size", "32", "--encode-images", "2", "--out", str(out)]
+    assert bench_main(["throughput", *argv]) == 0
+    return out
+
+
+def test_result_has_every_part_and_its_files(full_run):
+    report = json.loads(full_run.read_text())
+    assert report["schema"] == SCHEMA and report["device_type"] == "cpu"
+    for key in ("device", "versions", "command", "protocol", "matmul_peak", "rows", "ratios", "batch_search",
+                "profile", "real_input", "encode", "reduced", "load_average"):
+        assert key in report, key
+    assert {(r["regime"], r["space"]) for r in report["rows"]} == {
+        ("equal batch", "latent"), ("equal batch", "image"), ("largest batch", "latent"), ("largest batch", "image")}
+    for row in report["rows"]:
+        assert len(row["window_seconds"]) == 5 and row["iqr"][0] <= row["samples_per_s"] <= row["iqr"][1]
+        assert row["samples_per_s"] == pytest.approx(sorted(row["batch"] / s for s in row["window_seconds"])[2])
+        assert row["peak_memory_bytes"] >= 0 and row["flops_per_sample"] > 0
+        assert row["utilisation"] == pytest.approx(
+            row["flops_per_sample"] * row["samples_per_s"] / report["matmul_peak"]["flop_per_s"])
+    assert report["batch_search"][0]["capped"] and report["batch_search"][0]["batch"] == 2
+    shares = report["profile"]["variants"][0]["shares"]
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["noise_injection"] > 0
+    real = {(r["space"], r["what"]) for r in report["real_input"]["rows"]}
+    assert real == {(s, w) for s in ("latent", "image") for w in ("loader only", "loader + step")}
+    assert report["encode"]["images_per_s"] > 0
+    for suffix in (".md", "-throughput.png", "-memory.png", "-batch.png"):
+        assert full_run.with_name(full_run.stem + suffix).stat().st_size > 0
+    assert "## Headline" in full_run.with_suffix(".md").read_text()
+
+
+def test_ratios_come_from_the_runs_own_rows(full_run):
+    report = json.loads(full_run.read_text())
+    rows = {(r["regime"], r["space"]): r for r in report["rows"]}
+    eq = next(r for r in report["ratios"] if r["regime"] == "equal batch")
+    lat, img = rows[("equal batch", "latent")], rows[("equal batch", "image")]
+    assert eq["throughput_ratio"] == pytest.approx(lat["samples_per_s"] / img["samples_per_s"])
+    assert eq["memory_ratio"] == pytest.approx(img["peak_memory_bytes"] / lat["peak_memory_bytes"])
+
+
+def test_ratios_follow_the_timings_they_are_given(monkeypatch, tmp_path):
+    """measure() patched to report chosen rates and memory: the ratios are computed from them, not typed in."""
+    def fake_measure(case, batch, opts, timing, peak_flops, note=""):
+        rate, mem = (120.0, 10 * 2**20) if case.space == "latent" else (8.0, 35 * 2**20)
+        return {"space": case.space, "model": case.model, "shape_name": case.shape_name, "shape": list(case.shape),
+                "case": case.name, "source_px": case.source_px, "batch": batch, "samples_per_s": rate,
+                "iqr": [rate, rate], "step_ms": 1e3 * batch / rate, "peak_memory_bytes": mem,
+                "flops_per_sample": None, "utilisation": None, "note": note}
+    monkeypatch.setattr(throughput, "measure", fake_measure)
+    out = tmp_path / "fake.json"
+    assert throughput.main(TINY + ["--max-batch", "0", "--no-profile", "--no-real-input", "--no-encode",
+                                   "--out", str(out)]) == 0
+    (ratio,) = json.loads(out.read_text())["ratios"]
+    assert ratio["throughput_ratio"] == pytest.approx(15.0) and ratio["memory_ratio"] == pytest.approx(3.5)
+
+
+def test_report_renders_two_results_and_refuses_other_schemas(full_run, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(full_run.read_text().replace('"AMD', '"Other'))
+    assert bench_main(["report", str(full_run), str(other), "--out", str(tmp_path / "both.md")]) == 0
+    text = (tmp_path / "both.md").read_text()
+    assert "side by side" in text and text.count("adm-s-film @ sd-32") >= 2
+    kernels = tmp_path / "kernels.json"
+    kernels.write_text(json.dumps({"schema": 1, "results": []}))
+    capsys.readouterr()
+    assert bench_main(["report", str(full_run), str(kernels)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "kernels.json" in err and "schema" in err
+
+
+@pytest.mark.parametrize("argv, needle", [(["--latent-models", "vit-huge"], "unknown latent model"),
+                                         (["--shapes", "flux3-512"], "unknown latent shape"),
+                                         (["--image-models", "resnet50", "--image-sizes", "250"], "multiple of 32")])
+def test_bad_input_is_one_line(argv, needle, capsys):
+    assert throughput.main(["--device", "cpu", "--no-profile", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_a_gpu_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        throughput.main(["--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_search_doubles_then_bisects_and_steps_down():
+    found = largest_batch(lambda b: b <= 37, start=8, cap=4096)
+    assert found["batch"] <= 37 and found["batch"] >= 37 * 7 / 8 and not found["capped"]
+    assert [p["batch"] for p in found["probes"]][:4] == [8, 16, 32, 64]
+    down = largest_batch(lambda b: b <= 3, start=16, cap=4096)
+    assert down["batch"] == 3 and [p["batch"] for p in down["probes"]][:4] == [16, 8, 4, 2]
+    assert largest_batch(lambda b: False, start=4, cap=64)["batch"] == 0
+    assert largest_batch(lambda b: True, start=4, cap=64) == {"batch": 64, "capped": True, "probes": [
+        {"batch": b, "fits": True} for b in (4, 8, 16, 32, 64)]}
+
+
+def test_break_even_epochs():
+    # 1000 images: encode 10 s, latent epoch 1 s, image epoch 11 s -> 10 / 10 = 1 epoch
+    assert break_even_epochs(1000, 100, 1000, 1000 / 11) == pytest.approx(1.0)
+    assert math.isinf(break_even_epochs(1000, 100, 10, 20))
+
+
+def test_cpu_peak_memory_sees_an_allocation():
+    with peak_memory(torch.device("cpu")) as mem:
+        x = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched
+        del x
+    assert mem["bytes"] >= 30 * 2**20 and "RSS" in mem["kind"]
