@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from engine.store.manifest import MANIFEST_JSON, StoreError, write_json_atomic
+from engine.store.atomic_create import create_by_rename
 from engine.store.plan import SplitPlan
 from engine.store.split_content import SplitContent
 
@@ -32,21 +32,17 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitContent]],
            latent_shape: tuple[int, int, int], has_logvar: bool) -> bool:
     """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
-    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, (plan, content) in splits.items():
-        (tmp / name).mkdir()
-        np.savez(tmp / name / "meta.npz", keys=content.keys, labels=content.labels, folds=content.folds,
-                 groups=content.groups, block=np.int64(plan.block), n_blocks=np.int64(plan.n_blocks),
-                 has_logvar=np.bool_(has_logvar), latent_shape=np.asarray(latent_shape, dtype=np.int64))
-    write_json_atomic(tmp / MANIFEST_JSON, manifest)
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
-    return True
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        for name, (plan, content) in splits.items():
+            (tmp / name).mkdir()
+            np.savez(tmp / name / "meta.npz", keys=content.keys, labels=content.labels, folds=content.folds,
+                     groups=content.groups, block=np.int64(plan.block), n_blocks=np.int64(plan.n_blocks),
+                     has_logvar=np.bool_(has_logvar), latent_shape=np.asarray(latent_shape, dtype=np.int64))
+        write_json_atomic(tmp / MANIFEST_JSON, manifest)
+
+    return create_by_rename(path, build)
 
 
 class WdsSplit:
