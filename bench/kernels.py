@@ -10,15 +10,10 @@ On a machine without CUDA only the eager reference runs, at a small batch, and t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib
 import json
-import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +24,7 @@ import torch
 import triton
 import triton.testing
 
-from kernels.dispatch import ENV_VAR
+from bench import environment
 
 LATENT = (32, 64, 64)  # FLUX.2 latent of a 512 px image
 STAGES = ((96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2))  # ConvNeXt-T stage maps on that latent
@@ -177,28 +172,6 @@ def _copy_bandwidth(device: str, cuda: bool, reps: int, rep_ms: int) -> dict:
     return _summary(_times_ms(lambda: dst.copy_(src), cuda, max(reps, 5), rep_ms), 2 * n_bytes)
 
 
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
-
-
 def _markdown(report: dict) -> str:
     copy = report["copy_bandwidth"]["gb_per_s"]
     lines = [f"# bench kernels on {report['device']}", "",
@@ -218,10 +191,6 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def main(argv: list[str]) -> int:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(prog="bench kernels", description=__doc__.splitlines()[0])
@@ -237,7 +206,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"--kernels: unknown {', '.join(unknown)}; choose from {', '.join(KERNELS)}")
 
     device = "cuda" if cuda else "cpu"
-    device_name = torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine() or 'unknown'})"
+    device_name = environment.device_name(torch.device(device))
     impls = ["triton", "eager"] + ([] if args.no_compile else ["compile"]) if cuda else ["eager"]
     note = ("" if cuda else "No CUDA device: only the eager PyTorch reference ran, at batch "
             f"{args.batch}; Triton and torch.compile timings need a GPU. CPU numbers are not kernel results.")
@@ -246,7 +215,7 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     copy = _copy_bandwidth(device, cuda, args.reps, args.rep_ms)
     results, skipped = [], []
-    with _env(ENV_VAR, "triton" if cuda else "reference"):
+    with environment.kernels_env("triton" if cuda else "reference"):
         for kernel in kernels:
             fns = _implementations(kernel, impls, skipped)
             if not fns:
@@ -271,13 +240,12 @@ def main(argv: list[str]) -> int:
         "schema": 1, "device": device_name, "device_type": device, "reference_only": not cuda, "note": note,
         "command": " ".join(["bench", "kernels", *argv]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-                     "cuda": torch.version.cuda, "driver": _driver_version() if cuda else None},
+        "versions": environment.versions(cuda),
         "batch": args.batch, "timing": "triton.testing.do_bench, CUDA events, L2 flushed" if cuda else "time.perf_counter",
         "bytes": "minimum per pass: each input read once, each output written once; forward+backward adds both passes",
         "impls": IMPLS, "copy_bandwidth": copy, "results": results, "skipped": skipped,
     }
-    out = args.out or Path(__file__).resolve().parent / "results" / f"kernels-{_slug(device_name)}.json"
+    out = args.out or environment.result_path("kernels", device_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     table = _markdown(report)

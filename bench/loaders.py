@@ -10,11 +10,8 @@ figure is the mean number of distinct chunks per batch, against a uniform shuffl
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -24,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import environment
 from engine.loaders import make_loader, select
 from engine.loaders.order import block_order, global_order
 from engine.loaders.shuffle_quality import shuffle_quality
@@ -101,29 +99,8 @@ def time_loader(store, name: str, batch: int, device: torch.device, epochs: int,
             "GB_per_s": round(rate * sample_bytes / 1e9, 3), "epochs_timed": len(timed)}
 
 
-def _versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for dist in ("zarr", "webdataset", "nvidia-dali-cuda130", "nvidia-dali-cuda120", "latent-engine"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
 def _table(report: dict) -> str:
-    lines = [f"bench loaders on {report['device']}: {report['samples']} samples of "
+    lines = [f"bench loaders on {report['device']} ({report['threads']} threads): {report['samples']} samples of "
              f"{'x'.join(map(str, report['latent_shape']))} fp16, global batch {report['batch']}",
              f"{'loader':<9} {'format':<6} {'workers':>7} {'setup s':>8} {'samples/s':>11} {'GB/s':>7} "
              f"{'1st epoch/s':>12}"]
@@ -191,7 +168,8 @@ def main(argv: list[str]) -> int:
         selection = select(stores[0], "train")
         bounds, shape = selection.chunk_bounds, stores[0].manifest["latent_shape"]
         report = {
-            "command": "bench loaders " + " ".join(argv), "device": _device_name(device), "versions": _versions(),
+            "command": "bench loaders " + " ".join(argv), "device": environment.device_name(device),
+            "threads": torch.get_num_threads(), "versions": environment.versions(device.type == "cuda"),
             "samples": selection.size, "latent_shape": shape, "batch": args.batch,
             "samples_per_chunk": int(np.diff(bounds).max()),
             "timing": "median samples/s over epochs after the first; time.perf_counter, device synchronised at epoch end",
@@ -204,8 +182,7 @@ def main(argv: list[str]) -> int:
                                                                                bounds, args.batch)},
         }
     print(_table(report))
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", report["device"]).strip("-").lower()
-    out = args.out or Path("bench/results") / f"loaders-{slug}.json"
+    out = args.out or environment.result_path("loaders", report["device"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")

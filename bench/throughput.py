@@ -12,18 +12,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import importlib.metadata
-import json
 import math
 import os
-import platform
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from bench import environment
 from bench.batch_search import largest_batch
 from bench.flops import count_flops, matmul_peak
 from bench.memory import peak_memory
@@ -118,37 +114,6 @@ def ratios(rows: list[dict], regime: str) -> list[dict]:
                         "memory_ratio": img["peak_memory_bytes"] / lat["peak_memory_bytes"]
                         if regime == "equal batch" and lat["peak_memory_bytes"] > 0 else None})
     return out
-
-
-def _versions(cuda: bool) -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for dist in ("triton", "numpy", "diffusers", "zarr", "latent-engine"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    if cuda:
-        try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)
-            out["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
-        except (OSError, subprocess.SubprocessError):
-            out["driver"] = None
-    return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine() or "cpu"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -246,9 +211,9 @@ def main(argv: list[str]) -> int:
                 rows.append({"regime": "largest batch", **measure_stepping_down(
                     case, found["batch"], options(case), timing, peak["flop_per_s"], log)})
     report = {
-        "schema": SCHEMA, "command": " ".join(["bench", "throughput", *argv]), "device": device_name(device),
+        "schema": SCHEMA, "command": " ".join(["bench", "throughput", *argv]), "device": environment.device_name(device),
         "device_type": device.type, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(device.type == "cuda"), "reduced": reduced, "paper": PAPER,
+        "versions": environment.versions(device.type == "cuda"), "reduced": reduced, "paper": PAPER,
         "protocol": {
             "step": "engine.train.train_step: forward, loss (LDAM-DRW), backward, Adam step; latent side after "
                     "NoiseInjector.train_input (fused standardise+mask+noise), image side after uint8->float, "
@@ -282,7 +247,7 @@ def main(argv: list[str]) -> int:
     if not args.no_encode:
         report["encode"] = _guarded(log, "encode cost", lambda: _encode_cost(args, device, rows))
     report["load_average"][1] = round(os.getloadavg()[0], 2)
-    out = args.out or Path(__file__).resolve().parent / "results" / f"throughput-{slug(report['device'])}.json"
+    out = args.out or environment.result_path("throughput", report["device"])
     for path in write_outputs(report, out):
         log(f"wrote {path}")
     return 0

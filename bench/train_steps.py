@@ -7,23 +7,21 @@ flipped and rotated there (``engine.image_space.flip_rotate``), normalised, then
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.autograd.profiler import record_function
 
+from bench.environment import kernels_env
 from bench.step_profile import NOISE_LABEL
-from engine.image_space import IMAGENET_MEAN, IMAGENET_STD, flip_rotate
+from engine.image_space import flip_rotate, imagenet_normalise
 from engine.loaders import Batch
 from engine.models import build_model
 from engine.noise_injection import NoiseInjector
 from engine.objective import TrainingLoss
 from engine.train import train_step
-from kernels.dispatch import ENV_VAR
 
 # autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
 LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
@@ -120,12 +118,10 @@ def make_step(case: Case, batch: int, opts: StepOptions, net: torch.nn.Module | 
             return x.float().contiguous(memory_format=layout), c_noise if conditioned else None
     else:
         images = torch.randint(0, 256, (n, *case.shape), dtype=torch.uint8, generator=g).to(device)
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
         def inputs(i: int, sl: slice):  # engine.image_space.ImageCache.batch, augmenting
             x = flip_rotate(images[sl].float() / 255, seed=i)
-            return ((x - mean) / std).contiguous(memory_format=layout), None
+            return imagenet_normalise(x).contiguous(memory_format=layout), None
 
     def step(i: int) -> torch.Tensor:
         sl = slice((i % POOL_BATCHES) * batch, (i % POOL_BATCHES + 1) * batch)
@@ -134,17 +130,3 @@ def make_step(case: Case, batch: int, opts: StepOptions, net: torch.nn.Module | 
             return train_step(runner, optimizer, loss_fn, x, c_noise, Batch(None, labels[sl], ids[sl], valid[sl]))
 
     return step, net
-
-
-@contextlib.contextmanager
-def kernels_env(choice: str) -> Iterator[None]:
-    """LATENT_ENGINE_KERNELS (the fused-kernels switch of noise injection and the models) for a block."""
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = choice
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
