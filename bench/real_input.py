@@ -19,8 +19,9 @@ from torch.autograd.profiler import record_function
 
 from bench.step_profile import NOISE_LABEL
 from bench.timing import time_windows
-from bench.train_steps import NUM_CLASSES, Case, StepOptions, build_net, kernels_env
-from engine.image_space import IMAGENET_MEAN, IMAGENET_STD, flip_rotate
+from bench.environment import kernels_env
+from bench.train_steps import NUM_CLASSES, Case, StepOptions, build_net
+from engine.image_space import flip_rotate, imagenet_normalise
 from engine.loaders import Batch
 from engine.noise_injection import NoiseInjector
 from engine.objective import TrainingLoss
@@ -32,8 +33,6 @@ class PngImages(torch.utils.data.Dataset):
 
     def __init__(self, files: list[Path], labels: np.ndarray):
         self.files, self.labels = files, labels
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -41,7 +40,7 @@ class PngImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         x = torch.from_numpy(np.array(Image.open(self.files[i]).convert("RGB"))).permute(2, 0, 1).float() / 255
         x = flip_rotate(x[None], seed=int(torch.randint(0, 2**31, ()).item()))[0]
-        return (x - self.mean) / self.std, int(self.labels[i])
+        return imagenet_normalise(x), int(self.labels[i])
 
 
 def write_pngs(source, split: str, folder: Path) -> tuple[list[Path], np.ndarray]:

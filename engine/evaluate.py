@@ -72,23 +72,24 @@ def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path,
     if cfg["space"] == "latent" and tuple(store.manifest["latent_shape"][:1]) != (meta["model"]["in_channels"],):
         raise ValueError(f"{checkpoint}: expects {meta['model']['in_channels']}-channel latents, "
                          f"the store has {store.manifest['latent_shape']}")
-    out, conditioned = {}, meta["model"]["name"].endswith("-film") and cfg["space"] == "latent"
+    out, loaders, conditioned = {}, {}, meta["model"]["name"].endswith("-film") and cfg["space"] == "latent"
     stats = store.manifest["channel_stats"]
     injector = NoiseInjector(cfg["noise"], stats["mean"], stats["std"], device, 0.0, cfg["target_std"], cfg["seed"],
                              cfg.get("precondition", False))
     for role in ("val", "test"):
         sel = select(store, role, fold)
-        ld = make_loader(store, sel, batch_size, device, loader, seed=cfg["seed"], tail="partial", log=lambda *_: None)
+        loaders[role] = make_loader(store, sel, batch_size, device, loader, seed=cfg["seed"], tail="partial",
+                                    log=lambda *_: None)
         if cfg["space"] == "latent":
             make = latent_input(injector, CLEAN_LEVEL, conditioned)
         else:
             cache = ImageCache(store, sel, int(meta["image_size"]), device)
             make = lambda b, cache=cache: (cache.batch(b.ids), None)  # noqa: E731
-        out[role] = evaluate(model, ld, make, class_names)
+        out[role] = evaluate(model, loaders[role], make, class_names)
         log(f"{role}: " + ", ".join(f"{k} {out[role][k]:.4f}" for k in ("balanced_accuracy", "auroc", "mcc")
                                     if k in out[role]))
     if conditioned:
-        curve = {sigma: evaluate(model, ld, latent_input(injector, level, True), class_names)
+        curve = {sigma: evaluate(model, loaders["test"], latent_input(injector, level, True), class_names)
                  for level, sigma in enumerate(injector.sigmas())}
         out["test_by_sigma"] = curve
         out_dir.mkdir(parents=True, exist_ok=True)

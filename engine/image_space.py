@@ -6,6 +6,7 @@ augmented there (the paper's flip and 15 degree rotation), so the baseline is no
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -20,6 +21,18 @@ from engine.store import LatentStore, StoreError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=None)
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
+
+
+def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) images in [0, 1] to the ImageNet-normalised input the ResNets expect."""
+    mean, std = _imagenet_stats(x.device)
+    return (x - mean) / std
 
 
 def reopen_source(store: LatentStore):
@@ -49,15 +62,13 @@ class ImageCache:
             imgs = [source.image(str(n), int(r)) for n, r in zip(names[lo:lo + batch], rows[lo:lo + batch])]
             x = to_model_input(imgs, image_size, (0.0, 1.0))
             self.images[lo:lo + len(imgs)] = (x * 255).round().to(torch.uint8).to(device)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def batch(self, ids: torch.Tensor, augment_seed: int | None = None) -> torch.Tensor:
         """Normalised float images of ``ids``; with a seed, the paper's random flip and rotation."""
         x = self.images[ids.to(self.images.device)].float() / 255
         if augment_seed is not None:
             x = flip_rotate(x, augment_seed)
-        return (x - self.mean) / self.std
+        return imagenet_normalise(x)
 
 
 def flip_rotate(x: torch.Tensor, seed: int, max_degrees: float = 15.0) -> torch.Tensor:

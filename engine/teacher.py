@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import read_checkpoint
-from engine.image_space import IMAGENET_MEAN, IMAGENET_STD, reopen_source
+from engine.image_space import imagenet_normalise, reopen_source
 from engine.models import build_model
 from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
@@ -40,8 +40,6 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
     model, meta = load_teacher(checkpoint, class_names, device)
     size = int(meta["image_size"])
     source = reopen_source(store)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     for name in store.splits:
         split = store.split(name)
         valid = split.meta("valid").astype(bool)
@@ -53,7 +51,7 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
                 images = [source.image(name, int(i)) for i in idx]
             except BadImageError as err:
                 raise StoreError(f"{store_path}: {err}; the image changed since encoding") from err
-            x = (to_model_input(images, size, (0.0, 1.0)).to(device) - mean) / std
+            x = imagenet_normalise(to_model_input(images, size, (0.0, 1.0)).to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits[idx] = model(x).float().cpu().numpy()
         split.write_row_field("teacher_logits", logits)

@@ -148,16 +148,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # stochastic depth and dropout, keyed by step
             x, c_noise = train_input(batch, step)
             loss = train_step(net, optimizer, loss_fn, x, c_noise, batch)
-            if not torch.isfinite(loss):
+            value = loss.item()  # the step's one host sync: finiteness, progress bar and log
+            if not math.isfinite(value):
                 keys = sel["train"].keys[batch.ids.cpu().numpy()][:8].tolist()
                 raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} (batch keys {keys}); "
                                          f"the last good checkpoint is {run.last}")
             state["step"] = step + 1
             seen += len(batch) * ctx.world_size
             rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
             if ctx.is_main:
-                run.log({"step": state["step"], "epoch": epoch, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+                run.log({"step": state["step"], "epoch": epoch, "loss": value, "lr": optimizer.param_groups[0]["lr"]})
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 checkpoint(run.last)
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
