@@ -72,12 +72,15 @@ def test_drw_switches_to_class_balanced_weights_and_tenth_lr_at_epoch_10():
     assert build_loss("ce-drw", COUNTS, epoch=12).weight is not None
     assert build_loss("ce-drw", COUNTS, epoch=3).weight is None
     assert build_loss("ldam", COUNTS, epoch=30).weight is None  # plain LDAM never re-weights
+    for epoch in (0, 30):  # class-balanced CE weighs from the first epoch and never steps the rate
+        torch.testing.assert_close(build_loss("ce-cb", COUNTS, epoch=epoch).weight, class_balanced_weights(COUNTS))
+        assert lr_factor("ce-cb", epoch) == 1.0
     assert [lr_factor("ldam-drw", e) for e in (9, 10)] == [1.0, 0.1]
     assert [lr_factor(name, 30) for name in ("ce", "bce", "ldam")] == [1.0, 1.0, 1.0]
 
 
 def test_build_loss_rejects_bad_names_task_mismatch_and_empty_classes():
-    with pytest.raises(ValueError, match="choose one of ce, ce-drw, bce, ldam, ldam-drw"):
+    with pytest.raises(ValueError, match="choose one of ce, ce-cb, ce-drw, bce, ldam, ldam-drw"):
         build_loss("focal", COUNTS)
     with pytest.raises(ValueError, match="choose one of"):
         lr_factor("focal", 0)

@@ -14,7 +14,7 @@ from engine.losses.cross_entropy import BinaryCrossEntropy, CrossEntropy
 from engine.losses.ldam import LDAMLoss
 from engine.losses.reweighting import class_balanced_weights, drw_state
 
-LOSSES = ("ce", "ce-drw", "bce", "ldam", "ldam-drw")
+LOSSES = ("ce", "ce-cb", "ce-drw", "bce", "ldam", "ldam-drw")
 
 
 def check_name(name: str, multilabel: bool) -> None:
@@ -23,7 +23,7 @@ def check_name(name: str, multilabel: bool) -> None:
     if multilabel != (name == "bce"):
         raise ValueError(f"loss {name!r} does not fit a {'multi' if multilabel else 'single'}-label store: "
                          f"multi-label labels (N, K) take 'bce', single-label ones "
-                         f"'ce', 'ce-drw', 'ldam' or 'ldam-drw'")
+                         f"'ce', 'ce-cb', 'ce-drw', 'ldam' or 'ldam-drw'")
 
 
 def build_loss(name: str, class_counts: Sequence[int] | torch.Tensor | None, multilabel: bool = False, *,
@@ -33,10 +33,12 @@ def build_loss(name: str, class_counts: Sequence[int] | torch.Tensor | None, mul
     """The loss module for 0-based ``epoch``; every one is called as ``loss(logits, labels, valid=None)``.
 
     '-drw' names use class-balanced weights (beta) from ``defer_epoch`` on and none before; pair them with
-    ``lr_factor``. class_counts (training samples per class) are needed by all but 'ce' and 'bce'.
+    ``lr_factor``. 'ce-cb' uses them from the first epoch, with no learning-rate step: on a small long-tailed
+    set an unweighted phase only learns the prior. class_counts (training samples per class) are needed by
+    all but 'ce' and 'bce'.
     """
     check_name(name, multilabel)
-    use_weights = name.endswith("-drw") and drw_state(epoch, defer_epoch)[0]
+    use_weights = name == "ce-cb" or (name.endswith("-drw") and drw_state(epoch, defer_epoch)[0])
     weight = class_balanced_weights(class_counts, beta) if use_weights else None
     if name == "bce":
         loss = BinaryCrossEntropy(pos_weight)
