@@ -1,5 +1,6 @@
 """`bench report RESULT.json...`: render `bench throughput` results as Markdown and PNG plots, one file or
-several side by side (other devices, other commits). Every figure comes from the JSON, nothing is typed in.
+several side by side (other devices, other commits); `--readme` writes the README's performance section from
+throughput, kernels and loaders results. Every figure comes from the JSON, nothing is typed in.
 """
 from __future__ import annotations
 
@@ -16,18 +17,26 @@ class SchemaError(ValueError):
     pass
 
 
-def load(path: Path) -> dict:
+def read(path: Path) -> dict:
+    """A result file's JSON object, whatever wrote it."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise SchemaError(f"{path}: not a readable JSON file ({err})") from None
-    schema = report.get("schema") if isinstance(report, dict) else None
+    if not isinstance(report, dict):
+        raise SchemaError(f"{path}: holds a JSON {type(report).__name__}, not an object; pass files written by `bench`")
+    return report
+
+
+def load(path: Path) -> dict:
+    report = read(path)
+    schema = report.get("schema")
     if schema != SCHEMA:
         raise SchemaError(f"{path}: schema {schema!r} is not {SCHEMA!r}; pass files written by `bench throughput`")
     return report
 
 
-def _rate(r: dict) -> str:
+def rate(r: dict) -> str:
     return f"{r['samples_per_s']:,.1f} ({r['iqr'][0]:,.1f}-{r['iqr'][1]:,.1f})"
 
 
@@ -56,26 +65,17 @@ def markdown(report: dict) -> str:
     lines += ["Protocol: " + "; ".join(f"{k}: {val}" for k, val in p.items()), "",
               f"Measured matmul peak: {report['matmul_peak']['flop_per_s'] / 1e12:.3f} TFLOP/s "
               f"({report['matmul_peak']['dtype']}, n={report['matmul_peak']['n']}).", ""]
-    if (h := headline(report)) is not None:
-        lines += ["## Headline", "", "| | this run | paper |", "|---|---:|---:|",
-                  f"| throughput latent/image ({h['latent']} vs {h['image']}, batch {h['latent_batch']}) | "
-                  f"{h['throughput_ratio']:.2f}x | {report['paper']['throughput_ratio']:.0f}x |",
-                  f"| memory image/latent (same) | {_opt(h['memory_ratio'], '.2f')}x | {report['paper']['memory_ratio']:.0f}x |",
-                  ""]
+    if head := headline_lines(report):
+        lines += ["## Headline", "", *head, ""]
     lines += ["## Training steps, inputs on the device", "",
               "| regime | case | batch | samples/s (IQR) | step ms | peak MiB | GFLOP/sample | % of peak | note |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         gflop = None if r["flops_per_sample"] is None else r["flops_per_sample"] / 1e9
         util = None if r["utilisation"] is None else 100 * r["utilisation"]
-        lines.append(f"| {r['regime']} | {r['case']} | {r['batch']} | {_rate(r)} | {r['step_ms']:.1f} | "
+        lines.append(f"| {r['regime']} | {r['case']} | {r['batch']} | {rate(r)} | {r['step_ms']:.1f} | "
                      f"{r['peak_memory_bytes'] / MiB:,.1f} | {_opt(gflop, '.3f')} | {_opt(util, '.1f')} | {r['note']} |")
-    lines += ["", "## Ratios (this run's own timings)", "",
-              "| regime | latent | image | batches | throughput latent/image | memory image/latent |",
-              "|---|---|---|---|---:|---:|"]
-    for r in report["ratios"]:
-        lines.append(f"| {r['regime']} | {r['latent']} | {r['image']} | {r['latent_batch']} / {r['image_batch']} | "
-                     f"{r['throughput_ratio']:.2f}x | {_opt(r['memory_ratio'], '.2f')}{'x' if r['memory_ratio'] else ''} |")
+    lines += ["", "## Ratios (this run's own timings)", "", *ratio_lines(report)]
     if report["batch_search"]:
         lines += ["", "## Largest batch that fits", "", "| case | batch | probes (batch: fits) |", "|---|---:|---|"]
         for s in report["batch_search"]:
@@ -87,6 +87,25 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- {s['case']}: {s['why']}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def headline_lines(report: dict) -> list[str]:
+    """The headline pair beside the paper's ratios, as a table (none when the run has no equal-batch pair)."""
+    if (h := headline(report)) is None:
+        return []
+    return ["| | this run | paper |", "|---|---:|---:|",
+            f"| throughput latent/image ({h['latent']} vs {h['image']}, batch {h['latent_batch']}) | "
+            f"{h['throughput_ratio']:.2f}x | {report['paper']['throughput_ratio']:.0f}x |",
+            f"| memory image/latent (same) | {_opt(h['memory_ratio'], '.2f')}x | {report['paper']['memory_ratio']:.0f}x |"]
+
+
+def ratio_lines(report: dict) -> list[str]:
+    lines = ["| regime | latent | image | batches | throughput latent/image | memory image/latent |",
+             "|---|---|---|---|---:|---:|"]
+    for r in report["ratios"]:
+        lines.append(f"| {r['regime']} | {r['latent']} | {r['image']} | {r['latent_batch']} / {r['image_batch']} | "
+                     f"{r['throughput_ratio']:.2f}x | {_opt(r['memory_ratio'], '.2f')}{'x' if r['memory_ratio'] else ''} |")
+    return lines
 
 
 def _profile_lines(prof: dict | None) -> list[str]:
@@ -117,7 +136,7 @@ def _real_input_lines(real: dict | None) -> list[str]:
     lines = ["", f"## Input path included ({real['image_size']} px, store from {real['autoencoder']})", "",
              "| space | case | what | batch | samples/s (IQR) | input path |", "|---|---|---|---:|---:|---|"]
     for r in real["rows"]:
-        lines.append(f"| {r['space']} | {r['case']} | {r['what']} | {r['batch']} | {_rate(r)} | {r['input_path']} |")
+        lines.append(f"| {r['space']} | {r['case']} | {r['what']} | {r['batch']} | {rate(r)} | {r['input_path']} |")
     return lines
 
 
@@ -207,9 +226,19 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench report", description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+", type=Path, help="JSON files written by `bench throughput`")
+    parser.add_argument("results", nargs="+", type=Path,
+                        help="JSON files written by `bench throughput` (with --readme also `bench kernels`, `bench loaders`)")
     parser.add_argument("--out", type=Path, help="write the Markdown here too (default: print only)")
+    parser.add_argument("--readme", type=Path, help="replace the performance section between this README's markers")
+    parser.add_argument("--check", action="store_true",
+                        help="with --readme: change nothing, exit 1 if the section is not what the files render")
     args = parser.parse_args(argv)
+    if args.readme:
+        if args.out:
+            parser.error("--out: not with --readme (the section goes into the README)")
+        return _readme(args.readme, args.results, args.check)
+    if args.check:
+        parser.error("--check: only with --readme README.md")
     try:
         reports = [load(p) for p in args.results]
     except SchemaError as err:
@@ -219,4 +248,20 @@ def main(argv: list[str]) -> int:
     print(text)
     if args.out:
         args.out.write_text(text)
+    return 0
+
+
+def _readme(readme: Path, results: list[Path], check: bool) -> int:
+    from bench.readme_section import update  # here, not at the top: it builds on this module
+
+    try:
+        changed = update(readme, results, write=not check)
+    except (OSError, ValueError) as err:
+        print(f"bench report: {err}", file=sys.stderr)
+        return 2
+    if check and changed:
+        print(f"bench report: {readme}: the performance section is not what the {len(results)} result files render; "
+              "run the same command without --check to rewrite it", file=sys.stderr)
+        return 1
+    print(f"{readme}: performance section " + ("rewritten" if changed else "up to date"))
     return 0

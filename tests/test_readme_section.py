@@ -1,0 +1,142 @@
+"""The README's performance section: rendered from real (tiny) result files, written between the markers only,
+checked against the files, and the committed README checked against the committed results."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main as bench_main
+from bench.readme_section import BEGIN, END, render, update
+from bench.report import SchemaError
+
+REPO = Path(__file__).resolve().parents[1]
+THROUGHPUT = ["--device", "cpu", "--latent-models", "adm-s-film", "--image-models", "resnet18", "--shapes", "sd-32",
+              "--image-sizes", "32", "--batch", "2", "--warmup", "1", "--windows", "5", "--steps", "1", "--threads", "1",
+              "--max-batch", "0", "--no-profile", "--no-real-input", "--no-encode"]
+KERNELS = ["--batch", "1", "--reps", "1", "--kernels", "film"]
+LOADERS = ["--samples", "200", "--shape", "4x8x8", "--batch", "32", "--epochs", "1", "--workers", "0",
+           "--window", "2", "--loaders", "resident"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One result file of each command, written by the command itself at the smallest sizes."""
+    root = tmp_path_factory.mktemp("made")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors on a shared machine: more threads only wait on each other
+    try:
+        paths = {kind: root / f"{kind}.json" for kind in ("throughput", "kernels", "loaders")}
+        assert bench_main(["throughput", *THROUGHPUT, "--out", str(paths["throughput"])]) == 0
+        assert bench_main(["kernels", *KERNELS, "--out", str(paths["kernels"])]) == 0
+        assert bench_main(["loaders", *LOADERS, "--workdir", str(root / "stores"), "--out", str(paths["loaders"])]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return paths
+
+
+@pytest.fixture
+def repo(made, tmp_path):
+    """A README with the markers and copies of the results under bench/results/, to change freely."""
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    paths = [shutil.copy(made[kind], results / f"{kind}-cpu.json") for kind in ("loaders", "kernels", "throughput")]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nabove\n{BEGIN}\nstale text\n{END}\nbelow\n")
+    return readme, [Path(p) for p in paths]
+
+
+def _edit(path: Path, change) -> None:
+    report = json.loads(path.read_text())
+    change(report)
+    path.write_text(json.dumps(report))
+
+
+def test_render_takes_every_figure_and_command_from_the_files(repo):
+    readme, paths = repo
+    loaders, kernels, throughput = (json.loads(p.read_text()) for p in paths)
+    text = render(paths, readme.parent)
+    for name, report in zip(paths, (loaders, kernels, throughput)):
+        assert f"`bench/results/{name.name}`" in text and f"`{report['command']}`" in text
+        assert f"torch {report['versions']['torch']}" in text and report["device"] in text
+    # throughput first, whatever the order given; reduced sizes said before any figure of the block
+    assert text.index("throughput-cpu.json") < text.index("kernels-cpu.json") < text.index("loaders-cpu.json")
+    assert throughput["reduced"] and text.index("Reduced sizes") < text.index("| case |")
+    ratio = throughput["ratios"][0]
+    assert f"{ratio['throughput_ratio']:.2f}x | {throughput['paper']['throughput_ratio']:.0f}x" in text
+    assert f"{ratio['memory_ratio']:.2f}x | {throughput['paper']['memory_ratio']:.0f}x" in text
+    for row in throughput["rows"]:
+        assert f"| {row['case']} | {row['batch']} | {row['samples_per_s']:,.1f} (" in text
+    assert kernels["reference_only"] and kernels["note"] in text and "| median ms |" not in text
+    for row in loaders["results"]:
+        assert f"| {row['loader']} | {row['format']} | {row['samples_per_s']:,} | {row['GB_per_s']:.3f} |" in text
+
+    # a changed file changes the section
+    _edit(paths[2], lambda r: r["rows"][0].update(samples_per_s=12345.678, iqr=[12000.0, 13000.0]))
+    _edit(paths[0], lambda r: r["results"][0].update(samples_per_s=4242424))
+    _edit(paths[1], lambda r: r.update(reference_only=False))  # as a GPU run: the full table
+    text = render(paths, readme.parent)
+    assert "12,345.7 (12,000.0-13,000.0)" in text and "| 4,242,424 |" in text
+    first = kernels["results"][0]
+    assert f"| {first['impl']} | {first['median_ms']:.4f} | {first['gb_per_s']:.1f} | " in text
+
+
+def test_update_replaces_only_between_the_markers_and_is_idempotent(repo):
+    readme, paths = repo
+    assert update(readme, paths) is True
+    text = readme.read_text()
+    head, rest = text.split(BEGIN + "\n")
+    section, tail = rest.split(END + "\n")
+    assert head == "# title\n\nabove\n" and tail == "below\n"
+    assert "stale text" not in section and section.strip() == render(paths, readme.parent).strip()
+    assert update(readme, paths) is False and readme.read_text() == text
+
+
+def test_check_fails_once_a_result_changes_and_leaves_the_readme_alone(repo, capsys):
+    readme, paths = repo
+    argv = ["report", "--readme", str(readme), *map(str, paths)]
+    assert bench_main(argv + ["--check"]) == 1  # the stale text
+    assert bench_main(argv) == 0 and bench_main(argv + ["--check"]) == 0
+    written = readme.read_text()
+    _edit(paths[2], lambda r: r["ratios"][0].update(throughput_ratio=77.0))
+    capsys.readouterr()
+    assert bench_main(argv + ["--check"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(readme) in err and "--check" in err
+    assert readme.read_text() == written
+    assert bench_main(argv) == 0 and "77.00x" in readme.read_text()
+
+
+@pytest.mark.parametrize("body, missing", [(f"text\n{END}\n", BEGIN), (f"{BEGIN}\ntext\n", END), ("text\n", BEGIN)])
+def test_a_readme_without_the_markers_names_the_one_to_add(repo, body, missing, capsys):
+    readme, paths = repo
+    readme.write_text(body)
+    with pytest.raises(ValueError, match="needs the line") as err:
+        update(readme, paths)
+    assert missing in str(err.value) and str(readme) in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert bench_main(["report", "--readme", str(readme), *map(str, paths)]) == 2
+    assert missing in capsys.readouterr().err and readme.read_text() == body
+
+
+def test_an_unknown_file_is_refused_by_name(repo, made, capsys):
+    readme, paths = repo
+    other = readme.parent / "other.json"
+    other.write_text(json.dumps({"schema": 7, "results": [{"name": "x"}]}))
+    with pytest.raises(SchemaError, match="other.json"):
+        render([*paths, other])
+    before = readme.read_text()
+    assert bench_main(["report", "--readme", str(readme), *map(str, paths), str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other.json" in err and readme.read_text() == before
+    # plain `bench report` keeps taking throughput results only
+    assert bench_main(["report", str(made["throughput"]), str(made["kernels"])]) == 2
+    assert "kernels.json" in capsys.readouterr().err
+
+
+def test_committed_readme_section_matches_committed_results():
+    results = sorted((REPO / "bench" / "results").glob("*.json"))
+    assert results, "no bench/results/*.json committed: run bench throughput, kernels and loaders and commit their JSON"
+    assert not update(REPO / "README.md", results, write=False), (
+        "README.md's performance section is not what bench/results/*.json render: "
+        "run `bench report --readme README.md bench/results/*.json` and commit README.md")
