@@ -48,6 +48,9 @@ def test_result_has_every_part_and_its_files(full_run):
     for suffix in (".md", "-throughput.png", "-memory.png", "-batch.png"):
         assert full_run.with_name(full_run.stem + suffix).stat().st_size > 0
     assert "## Headline" in full_run.with_suffix(".md").read_text()
+    # sizes given on the command line are off the protocol too, and the report says so
+    assert "batch: 2 (GPU default 256)" in report["reduced"] and "image_sizes: 32 (GPU default 256,512)" in report["reduced"]
+    assert not any(r.startswith("dataset_size") for r in report["reduced"])
 
 
 def test_ratios_come_from_the_runs_own_rows(full_run):
