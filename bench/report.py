@@ -61,7 +61,7 @@ def markdown(report: dict) -> str:
              f"load average {report['load_average'][0]} before and {report['load_average'][1]} after "
              "(other work on the machine skews CPU timings)", ""]
     if report["reduced"]:
-        lines += ["**No GPU: reduced sizes** (" + "; ".join(report["reduced"]) + "). These are not the paper's sizes.", ""]
+        lines += ["**Reduced sizes** (" + "; ".join(report["reduced"]) + "). These are not the paper's sizes.", ""]
     lines += ["Protocol: " + "; ".join(f"{k}: {val}" for k, val in p.items()), "",
               f"Measured matmul peak: {report['matmul_peak']['flop_per_s'] / 1e12:.3f} TFLOP/s "
               f"({report['matmul_peak']['dtype']}, n={report['matmul_peak']['n']}).", ""]
@@ -99,10 +99,13 @@ def headline_lines(report: dict) -> list[str]:
             f"| memory image/latent (same) | {_opt(h['memory_ratio'], '.2f')}x | {report['paper']['memory_ratio']:.0f}x |"]
 
 
-def ratio_lines(report: dict) -> list[str]:
+def ratio_lines(report: dict, image_model: str | None = None) -> list[str]:
+    """The ratios table: every pair, or only those against ``image_model`` (e.g. the paper's resnet50)."""
     lines = ["| regime | latent | image | batches | throughput latent/image | memory image/latent |",
              "|---|---|---|---|---:|---:|"]
     for r in report["ratios"]:
+        if image_model is not None and not r["image"].startswith(f"{image_model} @ "):
+            continue
         lines.append(f"| {r['regime']} | {r['latent']} | {r['image']} | {r['latent_batch']} / {r['image_batch']} | "
                      f"{r['throughput_ratio']:.2f}x | {_opt(r['memory_ratio'], '.2f')}{'x' if r['memory_ratio'] else ''} |")
     return lines
