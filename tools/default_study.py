@@ -2,12 +2,13 @@
 
     python tools/default_study.py                      # work in runs/default-study, result in bench/results/
 
-Runs, each as the `engine` command a user would type (skipped when its output is already complete):
-encode the default set; a noise-conditioned latent classifier; the image-space classifier on the same
-samples; that classifier's logits stored once as teacher (`engine encode --teacher`); the latent classifier
-again with distillation (the paper's logit MSE, and KL), same settings otherwise. Writes bench/results/default-study-<device>.json (every
-command, every run's test metrics and noise curve) with a Markdown table beside it; `bench report --readme`
-renders it into the README. Nothing is typed: the gap and the distillation effect are computed here.
+Runs, each as the `engine` command a user would type (skipped when its output is already complete, so a
+killed study resumes): encode the default set; the image-space classifier; its logits stored once as teacher
+(`engine encode --teacher`); then, for each seed, the noise-conditioned latent classifier and the same with
+distillation (the paper's logit MSE, and KL), settings otherwise equal. Writes
+bench/results/default-study-<device>.json (every command, every seed's test metrics and noise curve, the
+teacher logits' own accuracy) with its Markdown beside it; `bench report --readme` renders it into the README.
+Nothing is typed: the gap and the distillation effect (paired by seed, with their spread) are computed here.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench import environment
 from bench.readme_section import STUDY_METRICS, STUDY_SCHEMA, render
+from engine.metrics import classification_metrics
 from engine.store import open_store
 
 # Not the paper's defaults, which stay `engine train`'s: on 2,400 long-tailed 4x8x8 latents of an untrained
@@ -39,23 +42,64 @@ def engine(*args: str) -> list[str]:
 
 
 def run(cmd: list[str], done: Path) -> None:
-    """Run one step unless ``done`` exists (a finished run's eval.json, or a flag file): a killed study resumes."""
-    shown = " ".join(["engine", *cmd[3:]])
+    """Run one step unless ``done`` exists (a finished run's eval.json, or a flag file); a training run killed
+    after its first checkpoint continues with --resume, so a killed study loses nothing."""
     if done.exists():
-        print(f"done already: {shown}", file=sys.stderr)
+        print(f"done already: {' '.join(['engine', *cmd[3:]])}", file=sys.stderr)
         return
+    if (done.parent / "last.safetensors").is_file():
+        cmd = [*cmd, "--resume"]
+    shown = " ".join(["engine", *cmd[3:]])
     print(f"running: {shown}", file=sys.stderr)
     subprocess.run(cmd, check=True)
     if done.suffix == ".flag":
         done.write_text(shown + "\n")
 
 
-def summary(run_dir: Path, command: list[str]) -> dict:
+def summary(run_dir: Path) -> dict:
+    """Test metrics (and, for noise-conditioned runs, the test curve over sigma) of one finished run."""
     ev = json.loads((run_dir / "eval.json").read_text())
-    out = {"command": " ".join(["engine", *command[3:]]), "test": {k: ev["test"][k] for k in STUDY_METRICS},
+    out = {"test": {k: ev["test"][k] for k in STUDY_METRICS},
            "recall": {k.removeprefix("recall/"): v for k, v in ev["test"].items() if k.startswith("recall/")}}
     if "test_by_sigma" in ev:
         out["test_by_sigma"] = {s: {k: m[k] for k in STUDY_METRICS} for s, m in ev["test_by_sigma"].items()}
+    return out
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def pooled(per_seed: list[dict], commands: list[str], seeds: list[int]) -> dict:
+    """One run's seeds: every seed's figures, and the mean and spread the README shows."""
+    out = {"commands": commands, "seeds": seeds, "per_seed": per_seed,
+           "test": {k: mean_sd([r["test"][k] for r in per_seed])[0] for k in STUDY_METRICS},
+           "test_sd": {k: mean_sd([r["test"][k] for r in per_seed])[1] for k in STUDY_METRICS},
+           "recall": {c: mean_sd([r["recall"][c] for r in per_seed])[0] for c in per_seed[0]["recall"]}}
+    if "test_by_sigma" in per_seed[0]:
+        out["test_by_sigma"] = {s: {k: mean_sd([r["test_by_sigma"][s][k] for r in per_seed])[0] for k in STUDY_METRICS}
+                                for s in per_seed[0]["test_by_sigma"]}
+    return out
+
+
+def paired_effect(runs: dict, treated: str, base: str) -> dict:
+    """treated - base per seed (same seed: same initialisation, batches and noise draws), then mean and spread."""
+    pairs = {k: [t["test"][k] - b["test"][k] for t, b in zip(runs[treated]["per_seed"], runs[base]["per_seed"])]
+             for k in STUDY_METRICS}
+    return {k: {"mean": mean_sd(v)[0], "sd": mean_sd(v)[1], "per_seed": v} for k, v in pairs.items()}
+
+
+def teacher_metrics(store_path: Path) -> dict:
+    """How good the stored teacher logits are per split: on the train split the teacher saw those very images."""
+    store = open_store(store_path)
+    out = {}
+    for name in store.splits:
+        split = store.split(name)
+        valid = split.meta("valid").astype(bool)
+        m = classification_metrics(split.meta("teacher_logits")[valid], split.meta("labels")[valid])
+        out[name] = {k: m[k] for k in STUDY_METRICS}
     return out
 
 
@@ -65,36 +109,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, help="an existing store instead of encoding the default into the workdir")
     parser.add_argument("--latent-epochs", type=int, default=40)
     parser.add_argument("--image-epochs", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every latent run (the teacher: seed 0)")
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/default-study-<device>.json)")
     args = parser.parse_args(argv)
     w = args.workdir
     w.mkdir(parents=True, exist_ok=True)
     store = args.store or w / "latents.zarr"
-    epochs = ["--patience", str(max(args.latent_epochs, args.image_epochs))]
-    steps = {
-        "encode": engine("encode", "--out", str(store)),
-        "latent": engine("train", "--store", str(store), "--out", str(w / "latent"), *LATENT,
-                         "--epochs", str(args.latent_epochs), *epochs),
-        "image": engine("train", "--store", str(store), "--out", str(w / "image"), *IMAGE,
-                        "--epochs", str(args.image_epochs), *epochs),
-        "teacher": engine("encode", "--out", str(store), "--teacher", str(w / "image" / "best.safetensors")),
-        **{f"latent+distill-{kind}": engine("train", "--store", str(store), "--out", str(w / f"latent-distill-{kind}"),
-                                            *LATENT, "--epochs", str(args.latent_epochs), *epochs, *flags)
-           for kind, flags in DISTILL.items()},
-    }
-    done = {"encode": w / "encode.flag", "latent": w / "latent" / "eval.json", "image": w / "image" / "eval.json",
-            "teacher": w / "teacher.flag",
-            **{f"latent+distill-{kind}": w / f"latent-distill-{kind}" / "eval.json" for kind in DISTILL}}
-    if args.store:
-        del steps["encode"]
-    for name, cmd in steps.items():
-        run(cmd, done[name])
+    patience = ["--patience", str(max(args.latent_epochs, args.image_epochs))]
+    latent_runs = {"latent": [], **{f"latent+distill-{kind}": flags for kind, flags in DISTILL.items()}}
+    seeds = list(range(args.seeds))
+    steps, done = {}, {}
+    if not args.store:
+        steps["encode"], done["encode"] = engine("encode", "--out", str(store)), w / "encode.flag"
+    steps["image"] = engine("train", "--store", str(store), "--out", str(w / "image"), *IMAGE,
+                            "--epochs", str(args.image_epochs), *patience)
+    done["image"] = w / "image" / "eval.json"
+    steps["teacher"] = engine("encode", "--out", str(store), "--teacher", str(w / "image" / "best.safetensors"))
+    done["teacher"] = w / "teacher.flag"
+    for name, flags in latent_runs.items():
+        for seed in seeds:
+            run_dir = w / f"{name.replace('+', '-')}-s{seed}"
+            steps[(name, seed)] = engine("train", "--store", str(store), "--out", str(run_dir), *LATENT,
+                                         "--epochs", str(args.latent_epochs), *patience, *flags, "--seed", str(seed))
+            done[(name, seed)] = run_dir / "eval.json"
+    for key, cmd in steps.items():
+        run(cmd, done[key])
 
-    runs = {name: summary(done[name].parent, steps[name]) for name in steps if name not in ("encode", "teacher")}
+    shown = {key: " ".join(["engine", *cmd[3:]]) for key, cmd in steps.items()}
+    runs = {"image": pooled([summary(done["image"].parent)], [shown["image"]], [0])}
+    for name in latent_runs:
+        runs[name] = pooled([summary(done[(name, s)].parent) for s in seeds], [shown[(name, s)] for s in seeds], seeds)
+    runs = {"latent": runs["latent"], "image": runs["image"], **{k: v for k, v in runs.items() if "distill" in k}}
     manifest = open_store(store).manifest
-    delta = {k: runs["image"]["test"][k] - runs["latent"]["test"][k] for k in STUDY_METRICS}
-    effect = {kind: {k: runs[f"latent+distill-{kind}"]["test"][k] - runs["latent"]["test"][k] for k in STUDY_METRICS}
-              for kind in DISTILL}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = environment.device_name(torch.device(device))
     report = {
@@ -105,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                  f"{'x'.join(map(str, manifest['latent_shape']))} from {manifest['autoencoder']['family']} "
                  f"(pretrained: {str(manifest['autoencoder']['pretrained']).lower()})",
         "chance": {"balanced_accuracy": 1 / len(manifest["dataset"]["class_names"]), "auroc": 0.5},
-        "steps": {name: " ".join(["engine", *cmd[3:]]) for name, cmd in steps.items()},
-        "runs": runs, "gap": delta, "distillation_effect": effect,
+        "runs": runs,
+        "gap": {k: runs["image"]["test"][k] - runs["latent"]["test"][k] for k in STUDY_METRICS},
+        "distillation_effect": {kind: paired_effect(runs, f"latent+distill-{kind}", "latent") for kind in DISTILL},
+        "teacher_logits": teacher_metrics(store),
     }
     out = args.out or environment.result_path("default-study", device_name)
     out.parent.mkdir(parents=True, exist_ok=True)
