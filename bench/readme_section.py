@@ -1,8 +1,8 @@
 """The README's performance section, rendered from committed result files (`bench report --readme`).
 
 Nothing in the section is typed: every figure, device, version and command comes from a JSON file that
-`bench throughput`, `bench kernels` or `bench loaders` wrote, each block names that file and the command
-that reproduces it, and `bench report --readme README.md --check` fails when the two drift apart.
+`bench throughput`, `bench kernels`, `bench loaders` or tools/default_study.py wrote, each block names that
+file and the command that reproduces it, and `bench report --readme README.md --check` fails when the two drift apart.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def kind(report: dict, path: Path) -> str:
         return "kernels"
     if str(report.get("command", "")).startswith("bench loaders"):
         return "loaders"
-    raise SchemaError(f"{path}: not a result of `bench throughput`, `bench kernels` or `bench loaders` "
+    raise SchemaError(f"{path}: not a result of `bench throughput`, `bench kernels`, `bench loaders` or tools/default_study.py "
                       f"(schema {report.get('schema')!r}, command {report.get('command')!r}); pass only files they wrote")
 
 
@@ -45,14 +45,13 @@ def _throughput(report: dict, name: str) -> list[str]:
     if report["reduced"]:
         lines += ["**Reduced sizes, not the paper's**: " + "; ".join(report["reduced"]) + ".", ""]
     lines += [_source(name, report, "cuda", "triton"), ""]
-    if head := headline_lines(report):
-        lines += [*head, ""]
+    if table := headline_lines(report):
+        lines += [*table, ""]
     lines += ["| case | batch | samples/s (IQR) | peak MiB |", "|---|---:|---:|---:|"]
     lines += [f"| {r['case']} | {r['batch']} | {rate(r)} | {r['peak_memory_bytes'] / MiB:,.1f} |"
               for r in report["rows"] if r["regime"] == "equal batch"]
-    head = headline(report)  # the README keeps the ratios against the headline's image model; the .md has all
-    image_model = head["image"].split(" @ ")[0] if head else None
-    return lines + ["", *ratio_lines(report, image_model)]
+    pair = headline(report)  # the README keeps the ratios against the headline's image model; the .md has all
+    return lines + ["", *ratio_lines(report, pair["image"].split(" @ ")[0] if pair else None)]
 
 
 def _kernels(report: dict, name: str) -> list[str]:
