@@ -41,19 +41,23 @@ def engine(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine.cli", *args]
 
 
+def shown(cmd: list[str]) -> str:
+    """The command as a user types it: `engine ...` rather than this interpreter's `-m engine.cli`."""
+    return " ".join(["engine", *cmd[3:]])
+
+
 def run(cmd: list[str], done: Path) -> None:
     """Run one step unless ``done`` exists (a finished run's eval.json, or a flag file); a training run killed
     after its first checkpoint continues with --resume, so a killed study loses nothing."""
     if done.exists():
-        print(f"done already: {' '.join(['engine', *cmd[3:]])}", file=sys.stderr)
+        print(f"done already: {shown(cmd)}", file=sys.stderr)
         return
     if (done.parent / "last.safetensors").is_file():
         cmd = [*cmd, "--resume"]
-    shown = " ".join(["engine", *cmd[3:]])
-    print(f"running: {shown}", file=sys.stderr)
+    print(f"running: {shown(cmd)}", file=sys.stderr)
     subprocess.run(cmd, check=True)
     if done.suffix == ".flag":
-        done.write_text(shown + "\n")
+        done.write_text(shown(cmd) + "\n")
 
 
 def summary(run_dir: Path) -> dict:
@@ -74,9 +78,9 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def pooled(per_seed: list[dict], commands: list[str], seeds: list[int]) -> dict:
     """One run's seeds: every seed's figures, and the mean and spread the README shows."""
+    stats = {k: mean_sd([r["test"][k] for r in per_seed]) for k in STUDY_METRICS}
     out = {"commands": commands, "seeds": seeds, "per_seed": per_seed,
-           "test": {k: mean_sd([r["test"][k] for r in per_seed])[0] for k in STUDY_METRICS},
-           "test_sd": {k: mean_sd([r["test"][k] for r in per_seed])[1] for k in STUDY_METRICS},
+           "test": {k: mean for k, (mean, _) in stats.items()}, "test_sd": {k: sd for k, (_, sd) in stats.items()},
            "recall": {c: mean_sd([r["recall"][c] for r in per_seed])[0] for c in per_seed[0]["recall"]}}
     if "test_by_sigma" in per_seed[0]:
         out["test_by_sigma"] = {s: {k: mean_sd([r["test_by_sigma"][s][k] for r in per_seed])[0] for k in STUDY_METRICS}
@@ -88,7 +92,7 @@ def paired_effect(runs: dict, treated: str, base: str) -> dict:
     """treated - base per seed (same seed: same initialisation, batches and noise draws), then mean and spread."""
     pairs = {k: [t["test"][k] - b["test"][k] for t, b in zip(runs[treated]["per_seed"], runs[base]["per_seed"])]
              for k in STUDY_METRICS}
-    return {k: {"mean": mean_sd(v)[0], "sd": mean_sd(v)[1], "per_seed": v} for k, v in pairs.items()}
+    return {k: dict(zip(("mean", "sd"), mean_sd(v)), per_seed=v) for k, v in pairs.items()}
 
 
 def teacher_metrics(store_path: Path) -> dict:
@@ -135,11 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, cmd in steps.items():
         run(cmd, done[key])
 
-    shown = {key: " ".join(["engine", *cmd[3:]]) for key, cmd in steps.items()}
-    runs = {"image": pooled([summary(done["image"].parent)], [shown["image"]], [0])}
-    for name in latent_runs:
-        runs[name] = pooled([summary(done[(name, s)].parent) for s in seeds], [shown[(name, s)] for s in seeds], seeds)
-    runs = {"latent": runs["latent"], "image": runs["image"], **{k: v for k, v in runs.items() if "distill" in k}}
+    latent = {name: pooled([summary(done[(name, s)].parent) for s in seeds], [shown(steps[(name, s)]) for s in seeds],
+                           seeds) for name in latent_runs}
+    runs = {"latent": latent.pop("latent"), "image": pooled([summary(done["image"].parent)], [shown(steps["image"])], [0]),
+            **latent}
     manifest = open_store(store).manifest
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = environment.device_name(torch.device(device))
