@@ -27,6 +27,7 @@ from engine.loaders.order import block_order, global_order
 from engine.loaders.shuffle_quality import shuffle_quality
 from engine.store import open_store, wds_store, zarr_store
 from engine.store.channel_stats import block_moments
+from engine.store.integrity import meta_checksums, seal
 from engine.store.manifest import SCHEMA_VERSION, fingerprint
 from engine.store.plan import plan_split
 from engine.store.split_content import SplitContent
@@ -42,7 +43,8 @@ def write_synthetic_store(path: Path, fmt: str, n: int, shape: tuple[int, ...], 
                            labels=rng.integers(0, 4, n).astype(np.int64), folds=(np.arange(n) % 5).astype(np.int8),
                            groups=np.full(n, "", dtype=str))
     settings = {"schema_version": SCHEMA_VERSION, "bench": "loaders", "n": n, "shape": list(shape), "seed": seed}
-    manifest = {**settings, "splits": {"train": plan.to_dict()}, "latent_shape": list(shape), "logvar": False,
+    manifest = {**settings, "splits": {"train": {**plan.to_dict(), "checksums": meta_checksums(vars(content))}},
+                "latent_shape": list(shape), "logvar": False, "image_size": None, "autoencoder": {},
                 "dataset": {"class_names": ["a", "b", "c", "d"], "multilabel": False}, "folds": {"n_folds": 5},
                 "settings_fingerprint": fingerprint(settings), "complete": False}
     (zarr_store if fmt == "zarr" else wds_store).create(path, manifest, {"train": (plan, content)}, shape, False)
@@ -52,6 +54,7 @@ def write_synthetic_store(path: Path, fmt: str, n: int, shape: tuple[int, ...], 
         lo, hi = plan.block_range(b)
         lat = rng.normal(size=(hi - lo, *shape)).astype(np.float16)
         split.write_block(b, lat, None, np.ones(hi - lo, np.uint8), block_moments(lat))
+    seal(store)
     store.set_manifest({**store.manifest, "complete": True})
     return path
 

@@ -2,7 +2,8 @@
 
 safetensors holds only tensors and string metadata, so optimizer scalars, loader state, config and
 history go into the metadata as JSON. Writes go to a temporary name and are renamed into place: a
-kill leaves the previous checkpoint intact, never half a file.
+kill leaves the previous checkpoint intact, never half a file. A checkpoint also records the store it
+was trained on (``store_record``), so evaluating it on a store it does not fit is refused.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from engine.errors import MissingInputError, UsageError
 
 META_KEY = "latent_engine"
 
@@ -54,15 +57,42 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(model state dict, optimizer tensors, meta) of a checkpoint written by ``save_checkpoint``."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if META_KEY not in metadata:
-            raise ValueError(f"{path}: not a latent-engine checkpoint (no `{META_KEY}` metadata)")
-        model, optim = {}, {}
-        for key in f.keys():
-            (model if key.startswith("model.") else optim)[key.split(".", 1)[1] if key.startswith("model.") else key] = f.get_tensor(key)
-    return model, optim, json.loads(metadata[META_KEY])
+        raise MissingInputError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if META_KEY not in metadata:
+                raise UsageError(f"{path}: not a latent-engine checkpoint (no `{META_KEY}` metadata); give a "
+                                 "last/best.safetensors written by `engine train`")
+            model, optim = {}, {}
+            for key in f.keys():
+                if key.startswith("model."):
+                    model[key.split(".", 1)[1]] = f.get_tensor(key)
+                else:
+                    optim[key] = f.get_tensor(key)
+        return model, optim, json.loads(metadata[META_KEY])
+    except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, UsageError):
+            raise
+        raise UsageError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}); it is truncated or not a "
+                         "safetensors file (checkpoints are written atomically, so it changed after writing): use "
+                         "another checkpoint (best.safetensors beside it), or train again") from None
+
+
+def store_record(manifest: dict) -> dict:
+    """What a checkpoint keeps of its store: enough to refuse a store it does not fit."""
+    return {"latent_shape": list(manifest["latent_shape"]), "image_size": manifest["image_size"],
+            "class_names": list(manifest["dataset"]["class_names"]),
+            "dataset_fingerprint": manifest["dataset"]["fingerprint"], "dataset": manifest["dataset"]["name"],
+            "autoencoder": manifest["autoencoder"]["family"]}
+
+
+def store_differences(record: dict, manifest: dict, space: str) -> list[str]:
+    """How a store differs from the one a checkpoint was trained on, in what matters for ``space``."""
+    here = store_record(manifest)
+    keys = ["class_names", "dataset_fingerprint"] + (["latent_shape", "image_size"] if space == "latent" else [])
+    return [f"{key} {record.get(key)} (checkpoint) vs {here[key]} (store)" for key in keys
+            if record.get(key) != here[key]]
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, optim_tensors: dict[str, torch.Tensor], meta: dict) -> None:

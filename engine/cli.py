@@ -1,4 +1,4 @@
-"""`engine`: encode datasets into latent stores, inspect them (train and evaluate come next)."""
+"""`engine`: encode datasets into latent stores, inspect them, train and evaluate classifiers on them."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from engine.sources.base import BadImageError
-from engine.store import StoreError, open_store
-
-# Errors a user can fix: printed as one line, exit 1, no traceback.
-USER_ERRORS = (StoreError, BadImageError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError)
+from engine.errors import UsageError
+from engine.store import open_store
 
 
 def _env_int(name: str, default: int) -> int:
@@ -31,7 +28,8 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="store path (default latents.zarr, or latents_wds with --format wds)")
     p.add_argument("--format", dest="fmt", choices=("zarr", "wds"), default="zarr")
     p.add_argument("--image-size", type=int, default=None,
-                   help="square size fed to the autoencoder (default: the dataset's native size; the paper uses 512)")
+                   help="square size fed to the autoencoder (default: the dataset's native size, which an image "
+                        "folder must share across its images; the paper uses 512)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--posterior", action="store_true", help="also store the posterior log-variance")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and record their keys in the manifest")
@@ -65,16 +63,18 @@ def run_encode(args: argparse.Namespace) -> int:
                    "multilabel": args.multilabel, "seed": args.seed}
     source = open_source(**source_args)
     ae = load_autoencoder(args.autoencoder, device=device, seed=args.seed)
-    image_size = args.image_size or getattr(source, "native_size", None) or 512
+    image_size = args.image_size or source.native_size
     if image_size % ae.downsample:
-        raise ValueError(f"--image-size {image_size} is not a multiple of the autoencoder's factor {ae.downsample}")
+        nearest = max(image_size // ae.downsample, 1) * ae.downsample
+        raise UsageError(f"--image-size {image_size} is not a multiple of the autoencoder's factor {ae.downsample}; "
+                         f"pass --image-size {nearest}")
     opts = EncodeOptions(out=out, fmt=args.fmt, image_size=image_size, batch_size=args.batch_size,
                          posterior=args.posterior, skip_bad=args.skip_bad, overwrite=args.overwrite,
                          rank=args.rank, world_size=args.world_size, block_samples=args.block_samples,
                          n_folds=args.folds, fold_seed=args.fold_seed, source_args=source_args)
     store = encode(source, ae, opts)
     if store.complete:
-        print(f"wrote {out} ({args.fmt}); check it with `engine inspect {out}`")
+        print(f"{out} ({args.fmt}) is complete; check it with `engine inspect {out}`")
         if args.teacher is not None:
             return add_teacher(out, args.teacher, device)
     return 0
@@ -155,6 +155,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation noise depends on it: keep 256 to match `engine train`")
     p.add_argument("--loader", default="auto")
     p.add_argument("--device", default=None)
+    p.add_argument("--allow-other-store", action="store_true",
+                   help="evaluate on a store that differs from the checkpoint's (latent shape, image size, classes, "
+                        "dataset): a warning names what differs, instead of an error")
     p.set_defaults(run=run_eval)
 
 
@@ -167,26 +170,36 @@ def run_eval(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fold = args.fold if args.fold is not None else read_checkpoint(args.checkpoint)[2]["config"].get("fold")
     out = args.out or args.checkpoint.parent / f"eval-{Path(args.store).name}"
-    evaluate_checkpoint(args.checkpoint, args.store, out, device, fold, args.loader, args.batch_size)
+    evaluate_checkpoint(args.checkpoint, args.store, out, device, fold, args.loader, args.batch_size,
+                        allow_other_store=args.allow_other_store)
     print(f"results in {out}/eval.json")
     return 0
 
 
 def add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="show a store's manifest, class balance and statistics; validate it")
+    p = sub.add_parser("inspect", help="show a store's manifest, class balance and statistics; verify its content")
     p.add_argument("store", type=Path)
+    p.add_argument("--quick", action="store_true",
+                   help="check that every file is there at its size, without reading the blocks' checksums")
     p.set_defaults(run=run_inspect)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    import time
+
     from engine.inspect_store import inspect
 
-    text, problems = inspect(args.store)
+    t0 = time.perf_counter()
+    text, problems, warnings = inspect(args.store, quick=args.quick)
     if text:
         print(text)
+    for line in warnings:
+        print(f"WARNING {line}", file=sys.stderr)
     for line in problems:
         print(f"FAIL {line}", file=sys.stderr)
-    print("validation: " + ("ok" if not problems else f"{len(problems)} problem(s)"), file=sys.stderr)
+    what = "files and sizes" if args.quick else "every block's checksum"
+    print("validation: " + ("ok" if not problems else f"{len(problems)} problem(s)")
+          + f" ({what}, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -200,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as err:
+    except UsageError as err:  # anything else is a bug in the engine: it keeps its traceback
         print(f"engine {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -2,11 +2,11 @@
 
 Every block is encoded from the same images in the same batches whether or not the run was
 interrupted, and channel statistics are merged in block order, so a resumed or multi-worker
-encode equals an uninterrupted one bit for bit.
+encode equals an uninterrupted one bit for bit. ``--overwrite`` encodes the new store beside the
+old one and swaps it in only when complete: a failed or killed overwrite loses nothing.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,12 +19,15 @@ from tqdm import tqdm
 
 import engine
 from engine.autoencoders import Autoencoder
+from engine.errors import UsageError
 from engine.sources import Source
 from engine.sources.base import BadImageError
 from engine.sources.folds import assign_folds
 from engine.sources.preprocess import to_model_input
 from engine.store import wds_store, zarr_store
+from engine.store.atomic import remove_replaced, staging_path, swap_in
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
+from engine.store.integrity import meta_checksums, seal
 from engine.store.manifest import SCHEMA_VERSION, StoreError, fingerprint, read_manifest, store_format
 from engine.store.plan import SplitPlan, blocks_for_rank, plan_split
 from engine.store.reader import LatentStore, open_store
@@ -70,15 +73,23 @@ def split_contents(source: Source, n_folds: int, fold_seed: int) -> dict[str, Sp
 
 
 def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: dict[str, SplitPlan],
-                  grouped: bool) -> dict:
-    """Everything known before encoding; its fingerprint decides whether a store can be resumed."""
+                  contents: dict[str, SplitContent], grouped: bool) -> dict:
+    """Everything known before encoding; its fingerprint decides whether a store can be resumed.
+
+    ``--skip-bad`` is not a setting: blocks encoded without it skipped nothing, so a run that stopped on
+    a bad image continues with ``--skip-bad`` and keeps what it wrote.
+    """
     info = source.info
+    checksums = {name: meta_checksums(vars(contents[name])) for name in plans}
+    dataset = {"name": info.name, "synthetic": info.synthetic, "class_names": list(info.class_names),
+               "multilabel": info.multilabel, "provenance": info.provenance, "open_args": opts.source_args}
+    # the same samples, labels and folds, whatever the autoencoder: what `engine eval` checks a checkpoint against
+    dataset["fingerprint"] = fingerprint({"name": info.name, "class_names": list(info.class_names),
+                                          "multilabel": info.multilabel, "splits": checksums})
     settings = {
         "schema_version": SCHEMA_VERSION,
         "format": opts.fmt,
-        "dataset": {"name": info.name, "synthetic": info.synthetic, "class_names": list(info.class_names),
-                    "multilabel": info.multilabel, "provenance": info.provenance,
-                    "open_args": opts.source_args},
+        "dataset": dataset,
         "autoencoder": {"family": ae.family, "source": ae.source, "pretrained": ae.pretrained,
                         "config_hash": ae.config_hash, "latent_channels": ae.latent_channels,
                         "downsample": ae.downsample, "input_range": list(ae.input_range),
@@ -88,9 +99,8 @@ def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: d
         "latent_dtype": "float16",
         "latent": "posterior mode",
         "logvar": opts.posterior,
-        "skip_bad": opts.skip_bad,
         "folds": {"n_folds": opts.n_folds, "seed": opts.fold_seed, "patient_grouped": grouped},
-        "splits": {name: plan.to_dict() for name, plan in plans.items()},
+        "splits": {name: {**plan.to_dict(), "checksums": checksums[name]} for name, plan in plans.items()},
     }
     return {**settings, "settings_fingerprint": fingerprint(settings), "engine_version": engine.__version__,
             "normalisation": {"target_std": TARGET_STD, "applied_to_stored_latents": False,
@@ -98,32 +108,50 @@ def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: d
             "complete": False}
 
 
-def prepare_store(opts: EncodeOptions, manifest: dict, contents: dict[str, SplitContent],
+def _existing_manifest(path: Path) -> dict | None:
+    """The manifest of the store at ``path``; None when nothing is there; an error when something else is."""
+    if not path.exists():
+        return None
+    try:
+        store_format(path)
+    except StoreError:
+        raise StoreError(f"{path}: exists and is not a latent store; choose another --out (nothing was deleted)") from None
+    return read_manifest(path)
+
+
+def encode_target(opts: EncodeOptions, manifest: dict) -> Path | None:
+    """Where this run writes: ``--out`` itself, or beside it when replacing a store there; None when
+    ``--out`` already holds this very store, complete (nothing to do)."""
+    out, staging = opts.out, staging_path(opts.out)
+    existing, mine = _existing_manifest(out), manifest["settings_fingerprint"]
+    replacement = _existing_manifest(staging)
+    if existing is None:  # a swap cut short between its two renames leaves the whole replacement in staging
+        return staging if replacement is not None and replacement.get("settings_fingerprint") == mine else out
+    same = existing.get("settings_fingerprint") == mine
+    if same and not existing.get("complete"):
+        return out  # resume
+    if not opts.overwrite:
+        if same:
+            return None
+        why = "holds a complete store" if existing.get("complete") else "holds a partial store written with other settings"
+        resumable = (f" (--overwrite resumes the replacement encoded so far in {staging})"
+                     if replacement is not None and replacement.get("settings_fingerprint") == mine else "")
+        raise StoreError(f"{out}: {why}; pass --overwrite to replace it{resumable} or choose another --out")
+    if replacement is not None and replacement.get("settings_fingerprint") != mine and opts.rank == 0:
+        shutil.rmtree(staging)  # an earlier replacement with other settings: ours to discard, never the user's store
+    return staging
+
+
+def prepare_store(target: Path, opts: EncodeOptions, manifest: dict, contents: dict[str, SplitContent],
                   plans: dict[str, SplitPlan], latent_shape: tuple[int, int, int]) -> LatentStore:
-    """Create the store, or reopen a partial one written with the same settings."""
-    out = opts.out
-    if out.exists():
-        try:
-            store_format(out)
-        except StoreError:
-            raise StoreError(f"{out}: exists and is not a latent store; choose another --out (nothing was deleted)")
-        existing = read_manifest(out)
-        same = existing.get("settings_fingerprint") == manifest["settings_fingerprint"]
-        if existing.get("complete") or not same:
-            if not opts.overwrite:
-                why = "holds a complete store" if existing.get("complete") else "holds a partial store written with other settings"
-                raise StoreError(f"{out}: {why}; pass --overwrite to replace it or choose another --out")
-            if opts.rank == 0:
-                trash = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-                os.rename(out, trash)  # atomic: readers never see a half-deleted store
-                shutil.rmtree(trash)
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    """Create the store at ``target``, or reopen a partial one written with the same settings."""
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
         create = zarr_store.create if opts.fmt == "zarr" else wds_store.create
-        create(out, manifest, {s: (plans[s], contents[s]) for s in plans}, latent_shape, opts.posterior)
-    store = open_store(out, require_complete=False, writable=True)
+        create(target, manifest, {s: (plans[s], contents[s]) for s in plans}, latent_shape, opts.posterior)
+    store = open_store(target, require_complete=False, writable=True)
     if store.manifest.get("settings_fingerprint") != manifest["settings_fingerprint"]:
-        raise StoreError(f"{out}: another worker created it with other settings; use the same command on every worker")
+        raise StoreError(f"{target}: another worker created it with other settings; use the same command on every worker")
     return store
 
 
@@ -135,7 +163,8 @@ def encode_block(source: Source, ae: Autoencoder, split: str, lo: int, hi: int, 
             return source.image(split, i)
         except BadImageError as err:
             if not opts.skip_bad:
-                raise
+                raise BadImageError(err.key, f"{err.reason}; to skip unreadable images and record their keys, run "
+                                    "the same command with --skip-bad (it continues this encode)") from None
             return err
 
     images = list(pool.map(read, range(lo, hi)))
@@ -162,7 +191,7 @@ def encode_block(source: Source, ae: Autoencoder, split: str, lo: int, hi: int, 
 
 
 def finalize(store: LatentStore) -> bool:
-    """Write statistics and mark the store complete once every block of every split is done."""
+    """Write statistics, the file record, and mark the store complete once every block of every split is done."""
     manifest = dict(store.manifest)
     splits = {name: store.split(name) for name in sorted(store.splits)}  # one merge order for every container
     if not all(s.done_flags().all() for s in splits.values()):
@@ -185,6 +214,7 @@ def finalize(store: LatentStore) -> bool:
     manifest["channel_stats"] = {"mean": manifest["splits"][stats_split]["channel_mean"],
                                  "std": manifest["splits"][stats_split]["channel_std"], "over": stats_split,
                                  "all_splits": {"mean": mean_all, "std": std_all}}
+    seal(store)
     manifest["complete"] = True
     store.set_manifest(manifest)
     return True
@@ -193,23 +223,30 @@ def finalize(store: LatentStore) -> bool:
 def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> LatentStore:
     """Encode every split of ``source`` into ``opts.out``; returns the (possibly still partial) store."""
     if opts.fmt not in ("zarr", "wds"):
-        raise ValueError(f"--format {opts.fmt!r}: expected zarr or wds")
+        raise UsageError(f"--format {opts.fmt!r}: expected zarr or wds")
     if not 0 <= opts.rank < opts.world_size:
-        raise ValueError(f"--rank {opts.rank} is outside --world-size {opts.world_size}")
+        raise UsageError(f"--rank {opts.rank} is outside --world-size {opts.world_size}")
     latent_shape = ae.latent_shape(opts.image_size)
     sample_bytes = 2 * int(np.prod(latent_shape))
     plans = {name: plan_split(name, size, sample_bytes, opts.block_samples)
              for name, size in source.info.split_sizes.items() if size > 0}
     contents = split_contents(source, opts.n_folds, opts.fold_seed)
     grouped = all((c.groups != "").all() for c in contents.values())
-    manifest = base_manifest(source, ae, opts, plans, grouped)
-    store = prepare_store(opts, manifest, contents, plans, latent_shape)
+    manifest = base_manifest(source, ae, opts, plans, contents, grouped)
+    target = encode_target(opts, manifest)
+    if target is None:
+        log(f"{opts.out} already holds this store, complete; nothing to do (--overwrite encodes it again)")
+        return open_store(opts.out)
+    if target != opts.out:
+        log(f"{opts.out} holds a store; encoding its replacement beside it in {target}: the old store stays until "
+            "the new one is complete, and the same command resumes a killed replacement")
+    store = prepare_store(target, opts, manifest, contents, plans, latent_shape)
 
     todo = [(name, b) for name, plan in plans.items() for b in blocks_for_rank(plan, opts.rank, opts.world_size)
             if not store.split(name).block_done(b)]
     remaining = sum(plans[n].block_range(b)[1] - plans[n].block_range(b)[0] for n, b in todo)
     if todo:
-        log(f"encoding {remaining} images in {len(todo)} blocks into {opts.out} ({opts.fmt}), "
+        log(f"encoding {remaining} images in {len(todo)} blocks into {target} ({opts.fmt}), "
             f"autoencoder {ae.family} ({'pretrained' if ae.pretrained else 'UNTRAINED, pretrained: false'})")
     with ThreadPoolExecutor(opts.read_threads) as pool, tqdm(total=remaining, unit="img", file=sys.stderr,
                                                             desc=f"encode rank {opts.rank}") as bar:
@@ -220,7 +257,11 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
                 log(f"skipped unreadable image {key} (--skip-bad)")
             store.split(name).write_block(b, latents, logvar, valid, block_moments(latents[valid.astype(bool)]))
             bar.update(hi - lo)
-    if not finalize(open_store(opts.out, require_complete=False, writable=True)):
+    if not finalize(open_store(target, require_complete=False, writable=True)):
         log(f"rank {opts.rank}: its blocks are done; other workers' blocks remain. "
             "The last worker to finish (or a rerun of the same command) completes the manifest.")
-    return open_store(opts.out, require_complete=False)
+        return open_store(target, require_complete=False)
+    if target != opts.out and swap_in(opts.out, target):
+        log(f"replaced {opts.out} with the new store")
+    remove_replaced(opts.out)
+    return open_store(opts.out)

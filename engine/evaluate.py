@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.checkpoint import read_checkpoint
+from engine.checkpoint import read_checkpoint, store_differences
+from engine.errors import UsageError
 from engine.image_space import ImageCache
 from engine.loaders import LatentLoader, make_loader, select
 from engine.metrics import classification_metrics, noise_curve_table, plot_noise_curve
@@ -54,24 +55,31 @@ def latent_input(injector: NoiseInjector, level: int, conditioned: bool) -> Call
 
 def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path, device: torch.device,
                         fold: int | None = None, loader: str = "auto", batch_size: int = EVAL_BATCH,
-                        log: Callable[[str], None] = print) -> dict:
+                        log: Callable[[str], None] = print, allow_other_store: bool = False) -> dict:
     """Metrics of a checkpoint on the store's val and test selections; writes eval.json (+ curve files)."""
     weights, _, meta = read_checkpoint(checkpoint)
     store = open_store(store_path)
     class_names = store.manifest["dataset"]["class_names"]
-    if meta["class_names"] != class_names:
-        raise ValueError(f"{checkpoint}: trained on classes {meta['class_names']}, the store has {class_names}")
     cfg = meta["config"]
+    differences = store_differences(meta["store"], store.manifest, cfg["space"])
+    if differences and not allow_other_store:
+        raise UsageError(f"{checkpoint}: does not fit {store_path}: {'; '.join(differences)}; evaluate on the store it "
+                         "was trained on, or pass --allow-other-store to evaluate anyway")
+    for line in differences:
+        log(f"WARNING {store_path} differs from the checkpoint's store: {line} (--allow-other-store)")
+    if meta["class_names"] != class_names:
+        raise UsageError(f"{checkpoint}: trained on classes {meta['class_names']}, the store has {class_names}; "
+                         "no option makes those comparable")
+    if cfg["space"] == "latent" and tuple(store.manifest["latent_shape"][:1]) != (meta["model"]["in_channels"],):
+        raise UsageError(f"{checkpoint}: expects {meta['model']['in_channels']}-channel latents, "
+                         f"the store has {store.manifest['latent_shape']}")
     model = build_model(**meta["model"])
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise ValueError(f"{checkpoint}: weights do not fit the recorded architecture {meta['model']['name']}: "
+        raise UsageError(f"{checkpoint}: weights do not fit the recorded architecture {meta['model']['name']}: "
                          f"{str(err).splitlines()[0]}") from err
     model.to(device)
-    if cfg["space"] == "latent" and tuple(store.manifest["latent_shape"][:1]) != (meta["model"]["in_channels"],):
-        raise ValueError(f"{checkpoint}: expects {meta['model']['in_channels']}-channel latents, "
-                         f"the store has {store.manifest['latent_shape']}")
     out, loaders, conditioned = {}, {}, meta["model"]["name"].endswith("-film") and cfg["space"] == "latent"
     stats = store.manifest["channel_stats"]
     injector = NoiseInjector(cfg["noise"], stats["mean"], stats["std"], device, 0.0, cfg["target_std"], cfg["seed"],

@@ -1,27 +1,28 @@
-"""`engine inspect`: what a store holds, and a validation pass that fails loudly."""
+"""`engine inspect`: what a store holds, and a validation pass that fails loudly.
+
+By default every block is read and its checksum compared with the one written at encode time
+(one sequential read of the store); ``quick`` checks only that every file is there at its size.
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from engine.store.manifest import SCHEMA_VERSION, StoreError
+from engine.store.integrity import full_check, quick_check
+from engine.store.manifest import StoreError
 from engine.store.reader import LatentStore, open_store
 
-REQUIRED = ("schema_version", "dataset", "autoencoder", "latent_shape", "splits", "settings_fingerprint")
 
-
-def validate(store: LatentStore) -> list[str]:
-    """Every problem found, one line each naming the split and field; empty when the store is sound."""
-    m, problems = store.manifest, []
-    problems += [f"manifest: missing field `{k}`" for k in REQUIRED if k not in m]
-    if problems:
-        return problems
-    if m["schema_version"] != SCHEMA_VERSION:
-        problems.append(f"manifest: schema_version {m['schema_version']} != {SCHEMA_VERSION}")
+def validate(store: LatentStore, quick: bool = False) -> list[str]:
+    """Every problem found, one line each naming the split, field and file; empty when the store is sound."""
+    m = store.manifest
     if not m.get("complete"):
-        problems.append("manifest: encode incomplete (complete=false); rerun the same `engine encode` to resume")
-    shape = tuple(m["latent_shape"])
+        problems = ["manifest: encode incomplete (complete=false); rerun the same `engine encode` to resume"]
+    else:  # files first: a missing file explains what the checks below would see
+        problems = quick_check(store)
     n_classes = len(m["dataset"]["class_names"])
     for name in store.splits:
         data = store.split(name)
@@ -30,9 +31,11 @@ def validate(store: LatentStore) -> list[str]:
         if not done.all():
             problems.append(f"{where}: {int((done == 0).sum())} of {len(done)} blocks not encoded")
             continue
-        if data.size != m["splits"][name]["size"]:
-            problems.append(f"{where}: {data.size} rows, manifest says {m['splits'][name]['size']}")
-        labels, keys, folds = data.meta("labels"), data.meta("keys"), data.meta("folds")
+        try:
+            labels, keys, folds = data.meta("labels"), data.meta("keys"), data.meta("folds")
+        except StoreError as err:
+            problems.append(f"{where}: {err}")
+            continue
         if m["dataset"]["multilabel"]:
             if labels.ndim != 2 or labels.shape[1] != n_classes or not np.isin(labels, (0, 1)).all():
                 problems.append(f"{where}: labels must be (N, {n_classes}) of 0/1 for a multi-label store")
@@ -42,17 +45,22 @@ def validate(store: LatentStore) -> list[str]:
             problems.append(f"{where}: sample keys are not unique")
         if folds.min(initial=0) < -1 or folds.max(initial=0) >= m["folds"]["n_folds"]:
             problems.append(f"{where}: fold ids outside [-1, {m['folds']['n_folds']})")
-        valid = data.meta("valid").astype(bool)
-        for b in range(len(done)):
-            lo, hi = b * data.block, min((b + 1) * data.block, data.size)
-            lat = data.read("latents", lo, hi)
-            if lat.dtype != np.float16 or lat.shape[1:] != shape:
-                problems.append(f"{where}: latents {lat.dtype} {lat.shape[1:]}, manifest says float16 {shape}")
-                break
-            bad = ~np.isfinite(lat[valid[lo:hi]].astype(np.float32))
-            if bad.any():
-                problems.append(f"{where}: {int(bad.sum())} NaN/Inf latent values in rows {lo}-{hi}")
-    return problems
+    if problems or quick:
+        return problems
+    rows = sum(store.split(name).size for name in store.splits)
+    with tqdm(total=rows, unit="row", desc="verify", file=sys.stderr, leave=False) as bar:
+        return full_check(store, progress=bar.update)
+
+
+def warnings_of(store: LatentStore) -> list[str]:
+    """What is legal but likely a mistake: a class with no training sample cannot be learnt."""
+    m = store.manifest
+    train = m["splits"].get("train", {})
+    if "class_counts" not in train:
+        return []
+    empty = [name for name, n in zip(m["dataset"]["class_names"], train["class_counts"]) if n == 0]
+    return [f"class {name!r} has no training sample in split train; a classifier cannot learn it "
+            "(use --fold k to train on cross-validation folds, or drop the class)" for name in empty]
 
 
 def describe(store: LatentStore) -> str:
@@ -98,11 +106,10 @@ def describe(store: LatentStore) -> str:
     return "\n".join(lines)
 
 
-def inspect(path: str | Path) -> tuple[str, list[str]]:
-    """The description and the list of problems of the store at ``path``."""
+def inspect(path: str | Path, quick: bool = False) -> tuple[str, list[str], list[str]]:
+    """The description, the problems and the warnings of the store at ``path``."""
     try:
         store = open_store(path, require_complete=False)
     except StoreError as err:
-        return "", [str(err)]
-    problems = validate(store)
-    return describe(store), problems
+        return "", [str(err)], []
+    return describe(store), validate(store, quick), warnings_of(store)

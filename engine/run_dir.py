@@ -1,9 +1,17 @@
-"""A run directory: config.json, metrics.jsonl, last/best checkpoints, eval results."""
+"""A run directory: config.json, metrics.jsonl, last/best checkpoints, eval results, and its lock.
+
+One writer per run directory: ``start`` takes an exclusive lock on ``run.lock`` (holding the writer's
+pid) for as long as the run lives. The OS drops the lock when its holder dies, so a killed run never
+blocks its own ``--resume``, while a second ``engine train`` into the same ``--out`` stops at once.
+"""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
+from engine.errors import ExistingOutputError, MissingInputError, UsageError
 from engine.store.manifest import write_json_atomic
 
 
@@ -14,19 +22,43 @@ class RunDir:
         self.best = self.path / "best.safetensors"
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
+        self.lock_file = self.path / "run.lock"
+        self._lock: int | None = None
+
+    def lock(self, resume: bool) -> None:
+        """Hold ``run.lock`` exclusively until ``release`` or the end of the process; a run to resume must exist,
+        a new one must not."""
+        if resume and not self.last.is_file():
+            raise MissingInputError(f"{self.path}: nothing to resume (no last.safetensors); drop --resume")
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(f"{self.path}: another `engine train` (pid {holder}) is writing this run directory; "
+                             "wait for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = fd
+        if not resume and self.last.is_file():
+            self.release()
+            raise ExistingOutputError(f"{self.path}: holds a run already; pass --resume to continue it or choose "
+                                      "another --out")
 
     def start(self, config: dict, resume: bool) -> dict | None:
-        """Create the directory; on resume return the recorded config, else refuse to clobber a run."""
+        """The recorded config of a resumed run; a new run's config.json and an empty metrics log."""
         if resume:
-            if not self.last.is_file():
-                raise FileNotFoundError(f"{self.path}: nothing to resume (no last.safetensors); drop --resume")
             return json.loads(self.config.read_text())
-        if self.last.is_file():
-            raise FileExistsError(f"{self.path}: holds a run already; pass --resume to continue it or choose another --out")
-        self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.config, config)
         self.metrics.write_text("")
         return None
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor drops the lock
+            self._lock = None
 
     def log(self, record: dict) -> None:
         with self.metrics.open("a") as f:

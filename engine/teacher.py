@@ -12,21 +12,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import read_checkpoint
+from engine.checkpoint import read_checkpoint, store_differences
+from engine.errors import UsageError
 from engine.image_space import imagenet_normalise, reopen_source
 from engine.models import build_model
 from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
+from engine.store.integrity import digest, update_field_files
 
 
-def load_teacher(checkpoint: Path, class_names: list[str], device: torch.device) -> tuple[torch.nn.Module, dict]:
+def load_teacher(checkpoint: Path, manifest: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
     weights, _, meta = read_checkpoint(checkpoint)
     if meta["config"]["space"] != "image":
-        raise ValueError(f"{checkpoint}: a teacher must be an image-space checkpoint (`engine train --space image`), "
+        raise UsageError(f"{checkpoint}: a teacher must be an image-space checkpoint (`engine train --space image`), "
                          f"this one was trained in {meta['config']['space']} space")
-    if meta["class_names"] != class_names:
-        raise ValueError(f"{checkpoint}: teacher classes {meta['class_names']} differ from the store's {class_names}")
+    if differences := store_differences(meta["store"], manifest, "image"):
+        raise UsageError(f"{checkpoint}: the teacher was trained on other data than this store holds "
+                         f"({'; '.join(differences)}); train it on a store of the same dataset")
     model = build_model(**meta["model"])
     model.load_state_dict(weights)
     return model.to(device).eval(), meta
@@ -37,7 +40,8 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
     """Write ``teacher_logits`` (N, K) float32 for every split of a complete store; returns the manifest record."""
     store = open_store(store_path, writable=True)
     class_names = store.manifest["dataset"]["class_names"]
-    model, meta = load_teacher(checkpoint, class_names, device)
+    model, meta = load_teacher(checkpoint, store.manifest, device)
+    checksums = {}
     size = int(meta["image_size"])
     source = reopen_source(store)
     for name in store.splits:
@@ -54,10 +58,11 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
             x = imagenet_normalise(to_model_input(images, size, (0.0, 1.0)).to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits[idx] = model(x).float().cpu().numpy()
-        split.write_row_field("teacher_logits", logits)
+        update_field_files(store.path, name, "teacher_logits", split.write_row_field("teacher_logits", logits))
+        checksums[name] = {"teacher_logits": f"{digest(logits):016x}"}
     record = {"checkpoint": str(Path(checkpoint).resolve()),
               "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
               "model": meta["model"]["name"], "image_size": size,
-              "val": meta.get("val"), "fold": meta["config"].get("fold")}
+              "val": meta.get("val"), "fold": meta["config"].get("fold"), "checksums": checksums}
     store.set_manifest({**store.manifest, "teacher": record})
     return record

@@ -16,8 +16,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from engine.checkpoint import read_checkpoint, restore_optimizer, save_checkpoint
+from engine.checkpoint import read_checkpoint, restore_optimizer, save_checkpoint, store_record
 from engine.distributed import init_distributed
+from engine.errors import UsageError
 from engine.evaluate import CLEAN_LEVEL, evaluate, evaluate_checkpoint, latent_input
 from engine.image_space import ImageCache, default_image_size
 from engine.loaders import make_loader, select
@@ -56,6 +57,16 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: 
 
 def train(cfg: TrainConfig, log=print) -> dict:
     ctx = init_distributed(cfg.device)
+    run = RunDir(Path(cfg.out) if cfg.out else default_out(cfg))
+    if ctx.is_main:
+        run.lock(cfg.resume)  # before any work: a second run into the same --out stops at once
+    try:
+        return _train(cfg, ctx, run, log)
+    finally:
+        run.release()
+
+
+def _train(cfg: TrainConfig, ctx, run: RunDir, log) -> dict:
     torch.manual_seed(cfg.seed)
     store = open_store(cfg.store)
     manifest = store.manifest
@@ -66,6 +77,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.distill != "none" and "teacher_logits" not in sel["train"].row_fields:
         raise StoreError(f"{store.path}: --distill {cfg.distill} needs teacher logits; add them with "
                          f"`engine encode --teacher CKPT --out {store.path}`")
+    if cfg.batch_size > sel["train"].size:
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training selection ({sel['train'].size} "
+                         f"samples of {store.path}); pass --batch-size {sel['train'].size} or less")
     say = log if ctx.is_main else (lambda *_: None)
     train_loader = make_loader(store, sel["train"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed,
                                rank=ctx.rank, world_size=ctx.world_size, tail="drop", log=say)
@@ -107,14 +121,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     loss_fn = TrainingLoss(cfg.loss, class_counts, multilabel, cfg.distill, cfg.distill_alpha, cfg.temperature,
                            cfg.drw_epoch, ctx.device)
 
-    run = RunDir(Path(cfg.out) if cfg.out else default_out(cfg))
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
     recorded = run.start({"train": cfg.to_dict(), "model": model_config(model), "store": manifest}, cfg.resume) \
         if ctx.is_main else None
     ctx.barrier()
     if cfg.resume:
         if recorded is not None and (diff := cfg.same_run(recorded["train"])):
-            raise ValueError(f"{run.path}: --resume with other settings ({', '.join(diff)}); resume with the original command")
+            raise UsageError(f"{run.path}: --resume with other settings ({', '.join(diff)}); resume with the original command")
         weights, optim_tensors, meta = read_checkpoint(run.last)
         model.load_state_dict(weights)
         restore_optimizer(optimizer, optim_tensors, meta)
@@ -129,7 +142,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             save_checkpoint(path, model, optimizer, {"state": state, "loader": train_loader.state_dict(),
                                                       "config": cfg.to_dict(), "model": model_config(model),
                                                       "class_names": class_names, "multilabel": multilabel,
-                                                      "image_size": image_size, "val": state.get("best_val")})
+                                                      "image_size": image_size, "val": state.get("best_val"),
+                                                      "store": store_record(manifest)})
 
     stop = False
     for epoch in range(train_loader.epoch, cfg.epochs):
@@ -151,8 +165,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             value = loss.item()  # the step's one host sync: finiteness, progress bar and log
             if not math.isfinite(value):
                 keys = sel["train"].keys[batch.ids.cpu().numpy()][:8].tolist()
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} (batch keys {keys}); "
-                                         f"the last good checkpoint is {run.last}")
+                kept = (f"the last good checkpoint is {run.last}" if run.last.is_file() else
+                        "no checkpoint was written yet (--checkpoint-every N keeps one within an epoch)")
+                raise UsageError(f"non-finite loss at epoch {epoch} step {step} (batch keys {keys}); lower --lr; {kept}")
             state["step"] = step + 1
             seen += len(batch) * ctx.world_size
             rate = seen / (time.perf_counter() - t0)

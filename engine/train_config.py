@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from engine.errors import UsageError
 
 SPACES = ("latent", "image")
 NOISE = ("karras", "edm", "vp-linear", "vp-cosine", "none")
@@ -44,13 +45,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("space", SPACES), ("noise", NOISE), ("distill", DISTILL), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+                raise UsageError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if not 0 <= self.mask_p < 1:
-            raise ValueError(f"--mask-p {self.mask_p}: must be in [0, 1)")
+            raise UsageError(f"--mask-p {self.mask_p}: must be in [0, 1)")
         if not 0 <= self.distill_alpha <= 1:
-            raise ValueError(f"--distill-alpha {self.distill_alpha}: must be in [0, 1]")
+            raise UsageError(f"--distill-alpha {self.distill_alpha}: must be in [0, 1]")
         if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("--batch-size and --epochs must be >= 1")
+            raise UsageError("--batch-size and --epochs must be >= 1")
         if self.model is None:
             self.model = "convnext-t-film" if self.space == "latent" else "resnet50"
         if self.lr is None:
@@ -64,7 +65,7 @@ class TrainConfig:
         return asdict(self)
 
     # what may differ between a run and its resumption
-    RESUMABLE_CHANGES = ("resume", "device", "max_steps")
+    RESUMABLE_CHANGES = ("resume", "device", "max_steps", "out")  # out: a run directory may be moved
 
     def same_run(self, other: dict) -> list[str]:
         """Fields that differ from a recorded config, ignoring those a resume may change."""

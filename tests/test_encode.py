@@ -68,7 +68,7 @@ def test_zarr_and_wds_hold_the_same_content_and_pass_inspect(source, ae, zarr_st
     for key in ("channel_stats", "dataset", "autoencoder", "latent_shape", "folds"):
         assert z["manifest"][key] == w["manifest"][key]
     for path in (zarr_store_path, wds):
-        text, problems = inspect(path)
+        text, problems, _ = inspect(path)
         assert problems == []
         assert "[SYNTHETIC]" in text and "pretrained: false" in text
     assert z["manifest"]["splits"]["train"]["class_counts"] == np.bincount(z["train"]["labels"], minlength=4).tolist()
@@ -140,8 +140,11 @@ def test_resume_after_kill_equals_uninterrupted_run_bit_for_bit(tmp_path):
 
 def test_existing_outputs_are_never_clobbered_without_overwrite(source, ae, zarr_store_path, tmp_path):
     before = _content(zarr_store_path)["train"]["latents"]
+    said = []
+    encode(source, ae, EncodeOptions(out=zarr_store_path, image_size=32, batch_size=16, block_samples=40), log=said.append)
+    assert said == [f"{zarr_store_path} already holds this store, complete; nothing to do (--overwrite encodes it again)"]
     with pytest.raises(StoreError, match="--overwrite"):
-        _encode(source, ae, zarr_store_path)
+        _encode(source, ae, zarr_store_path, posterior=True)
     with pytest.raises(StoreError, match="other settings"):
         partial = tmp_path / "p.zarr"
         _encode(source, ae, partial, rank=1, world_size=2, block_samples=8)

@@ -17,6 +17,7 @@ from engine.store import StoreError, open_store, wds_store, zarr_store
 from engine.store.channel_stats import block_moments
 from engine.store.manifest import SCHEMA_VERSION
 from engine.store.plan import plan_split
+from engine.store.integrity import seal
 from engine.store.split_content import SplitContent
 
 SHAPE = (2, 2, 2)
@@ -38,7 +39,8 @@ def write_store(path: Path, fmt: str, complete: bool = True, teacher: bool = Fal
                 for s, n in SIZES.items()}
     manifest = {"schema_version": SCHEMA_VERSION, "splits": {s: p.to_dict() for s, p in plans.items()},
                 "latent_shape": list(SHAPE), "dataset": {"class_names": ["a", "b", "c"], "multilabel": False},
-                "folds": {"n_folds": 5}, "logvar": True, "settings_fingerprint": "test-store", "complete": False}
+                "folds": {"n_folds": 5}, "logvar": True, "settings_fingerprint": "test-store", "complete": False,
+                "image_size": 0, "autoencoder": {}}
     module = zarr_store if fmt == "zarr" else wds_store
     module.create(path, manifest, {s: (plans[s], contents[s]) for s in SIZES}, SHAPE, has_logvar=True)
     store = open_store(path, require_complete=False, writable=True)
@@ -53,6 +55,7 @@ def write_store(path: Path, fmt: str, complete: bool = True, teacher: bool = Fal
         if teacher:
             split.group.create_array("teacher_logits", data=np.arange(plan.size * 3, dtype=np.float32).reshape(-1, 3))
     if complete:
+        seal(store)
         store.set_manifest({**store.manifest, "complete": True})
     return path
 

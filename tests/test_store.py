@@ -36,6 +36,13 @@ def test_plan_blocks_cover_split_and_ranks_partition_them():
     assert default.block * 8192 <= (1 << 20) and default.block >= 16
 
 
+def _manifest(plan, **fields) -> dict:
+    """The fields every manifest must have, around one train split."""
+    return {"schema_version": SCHEMA_VERSION, "splits": {"train": plan.to_dict()}, "dataset": {}, "autoencoder": {},
+            "image_size": 0, "latent_shape": list(SHAPE), "folds": {}, "settings_fingerprint": "test",
+            "complete": False, **fields}
+
+
 def _content(n: int, rng) -> SplitContent:
     return SplitContent(keys=np.array([f"img/{i:04d}.png" for i in range(n)]),
                         labels=rng.integers(0, 4, n).astype(np.int64),
@@ -47,7 +54,7 @@ def test_block_roundtrip_and_completion_record(tmp_path: Path, module):
     rng = np.random.default_rng(1)
     n, plan = 23, plan_split("train", 23, 0, block=10)
     content = _content(n, rng)
-    manifest = {"schema_version": SCHEMA_VERSION, "splits": {"train": plan.to_dict()}, "complete": False}
+    manifest = _manifest(plan)
     path = tmp_path / "s"
     assert module.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)
     assert not module.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)  # another worker won
@@ -80,7 +87,7 @@ def test_wds_index_matches_dali_tool_and_dali_reads_it(tmp_path: Path):
     n, plan = 9, plan_split("train", 9, 0, block=9)
     content = _content(n, rng)
     path = tmp_path / "w"
-    wds_store.create(path, {"schema_version": SCHEMA_VERSION, "splits": {"train": plan.to_dict()}}, {"train": (plan, content)}, SHAPE, False)
+    wds_store.create(path, _manifest(plan), {"train": (plan, content)}, SHAPE, False)
     split = open_store(path, require_complete=False, writable=True).split("train")
     lat = rng.normal(size=(n, *SHAPE)).astype(np.float16)
     split.write_block(0, lat, None, np.ones(n, np.uint8), block_moments(lat))
@@ -114,7 +121,7 @@ def test_incomplete_and_foreign_stores_are_refused(tmp_path: Path):
         open_store(tmp_path / "plain")
     rng = np.random.default_rng(3)
     plan = plan_split("train", 4, 0, block=4)
-    manifest = {"schema_version": SCHEMA_VERSION, "splits": {"train": plan.to_dict()}, "complete": False}
+    manifest = _manifest(plan)
     zarr_store.create(tmp_path / "z", manifest, {"train": (plan, _content(4, rng))}, SHAPE, False)
     with pytest.raises(StoreError, match="encode has not finished"):
         open_store(tmp_path / "z")

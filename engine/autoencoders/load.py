@@ -17,8 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from engine.autoencoders import medvae
+from engine.errors import MissingInputError, UsageError
 from engine.autoencoders.registry import DEFAULT_FAMILY, FAMILIES, FamilyInfo
 
 CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderDC", "AutoencoderTiny")
@@ -44,7 +46,7 @@ class Autoencoder:
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size % self.downsample:
             nearest = max(image_size // self.downsample, 1) * self.downsample
-            raise ValueError(f"image size {image_size} is not a multiple of autoencoder {self.family}'s factor "
+            raise UsageError(f"image size {image_size} is not a multiple of autoencoder {self.family}'s factor "
                              f"{self.downsample}; pick {nearest}")
         side = image_size // self.downsample
         return (self.latent_channels, side, side)
@@ -96,7 +98,7 @@ def _resolve(spec: str, seed: int) -> tuple[torch.nn.Module, str | None, str]:
     if colon and name in FAMILIES:
         path = Path(rest).expanduser()
         if not rest or not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or directory (from --autoencoder {spec})")
+            raise MissingInputError(f"{path}: no such file or directory (from --autoencoder {spec})")
         return _from_path(path, name)
     if spec in FAMILIES:
         return _from_family(FAMILIES[spec])
@@ -105,7 +107,7 @@ def _resolve(spec: str, seed: int) -> tuple[torch.nn.Module, str | None, str]:
         return _from_path(path, None)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return _from_hub_id(spec), None, spec
-    raise FileNotFoundError(f"--autoencoder {spec}: no such file or directory, and not a family "
+    raise MissingInputError(f"--autoencoder {spec}: no such file or directory, and not a family "
                             f"({', '.join(FAMILIES)})")
 
 
@@ -129,7 +131,7 @@ def _from_family(family: FamilyInfo) -> tuple[torch.nn.Module, str, str]:
                 hub, subfolder=family.subfolder, low_cpu_mem_usage=False)
             return module, family.name, hub
     except OSError as err:  # offline, not cached, gated or absent: all say "no weights here"
-        raise FileNotFoundError(_where_to_put(family)) from err
+        raise MissingInputError(_where_to_put(family)) from err
     module, _, _ = _from_path(path, family.name)
     return module, family.name, f"{hub}/{family.hub_file}"
 
@@ -153,7 +155,7 @@ def _from_hub_id(repo: str) -> torch.nn.Module:
             continue
         cls = _diffusers_class(_class_name(config, f"{repo} config.json"))
         return cls.from_pretrained(repo, subfolder=subfolder, low_cpu_mem_usage=False)
-    raise FileNotFoundError(f"--autoencoder {repo}: not a local path, and no config.json for this hub id in the HF "
+    raise MissingInputError(f"--autoencoder {repo}: not a local path, and no config.json for this hub id in the HF "
                             f"cache (offline?); download it, or pass a local diffusers directory")
 
 
@@ -164,7 +166,7 @@ def _from_path(path: Path, family: str | None) -> tuple[torch.nn.Module, str | N
     state = _read_state_dict(path)
     if medvae.is_compvis(state):
         if family is None and not medvae.has_medvae_head(state):
-            raise ValueError(f"{path}: a CompVis-format autoencoder; name its family, e.g. sd:{path} or medvae:{path}")
+            raise UsageError(f"{path}: a CompVis-format autoencoder; name its family, e.g. sd:{path} or medvae:{path}")
         family = family or "medvae"
         config, state = medvae.to_diffusers(state, None if family == "medvae" else FAMILIES[family].config)
     else:
@@ -177,13 +179,21 @@ def _from_directory(path: Path) -> torch.nn.Module:
     """A save_pretrained directory (config.json + weights), or a pipeline directory with a vae/ inside."""
     root = path if (path / "config.json").is_file() or not (path / "vae").is_dir() else path / "vae"
     if not (root / "config.json").is_file():
-        raise FileNotFoundError(f"{root}: not a diffusers autoencoder directory, config.json is missing "
+        raise MissingInputError(f"{root}: not a diffusers autoencoder directory, config.json is missing "
                                 f"(save_pretrained writes config.json + {_WEIGHTS}.safetensors)")
     if not any(root.glob(f"{_WEIGHTS}*")):
-        raise FileNotFoundError(f"{root}: {_WEIGHTS}.safetensors is missing beside config.json; copy the weights there")
-    config = json.loads((root / "config.json").read_text())
+        raise MissingInputError(f"{root}: {_WEIGHTS}.safetensors is missing beside config.json; copy the weights there")
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except ValueError as err:
+        raise UsageError(f"{root / 'config.json'}: not valid JSON ({err}); restore the autoencoder's config") from None
     cls = _diffusers_class(_class_name(config, root / "config.json"))
-    return cls.from_pretrained(root, low_cpu_mem_usage=False)
+    try:
+        return cls.from_pretrained(root, low_cpu_mem_usage=False)
+    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as err:
+        weights = next(root.glob(f"{_WEIGHTS}*"))
+        raise UsageError(f"{weights}: unreadable autoencoder weights ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); the file is truncated or damaged, copy it again") from None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -191,18 +201,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise UsageError(f"{path}: unreadable safetensors file ({err}); it is truncated or damaged, "
+                             "download or copy it again") from None
     elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError) as err:
-            raise ValueError(f"{path}: holds more than tensors and is unsafe to unpickle; "
+        except pickle.UnpicklingError as err:
+            raise UsageError(f"{path}: holds more than tensors and is unsafe to unpickle; "
                              f"re-save its state_dict as .safetensors") from err
+        except (RuntimeError, EOFError, OSError) as err:
+            raise UsageError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                             "it is truncated or damaged, download or copy it again") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     else:
-        raise ValueError(f"{path}: expected a .safetensors file (or a .ckpt/.pt checkpoint) or a diffusers directory")
+        raise UsageError(f"{path}: expected a .safetensors file (or a .ckpt/.pt checkpoint) or a diffusers directory")
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: no tensors found; expected an autoencoder state dict")
+        raise UsageError(f"{path}: no tensors found; expected an autoencoder state dict")
     tensors = {}
     for key, value in state.items():
         while key.startswith(_WRAPPERS):
@@ -222,10 +239,10 @@ def _infer_family(state: dict[str, torch.Tensor], path: Path) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise ValueError(f"{path}: tensors fit several families ({', '.join(matches)}); name one, "
+        raise UsageError(f"{path}: tensors fit several families ({', '.join(matches)}); name one, "
                          f"e.g. --autoencoder {matches[0]}:{path}")
     closest = min(FAMILIES, key=lambda name: len(set(_signature(name).items()) ^ set(shapes.items())))
-    raise ValueError(f"{path}: tensors match no registered family (closest {closest}: "
+    raise UsageError(f"{path}: tensors match no registered family (closest {closest}: "
                      f"{_mismatch(_signature(closest), shapes)}); name it as FAMILY:{path} or use a diffusers dir")
 
 
@@ -246,7 +263,7 @@ def _from_state_dict(family: str, config: dict, state: dict[str, torch.Tensor], 
     expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
     got = {key: tuple(value.shape) for key, value in state.items()}
     if expected != got:
-        raise ValueError(f"{where}: does not fit family {family} ({class_name}): {_mismatch(expected, got)}")
+        raise UsageError(f"{where}: does not fit family {family} ({class_name}): {_mismatch(expected, got)}")
     module.load_state_dict(state, strict=True, assign=True)
     return module.float()
 
@@ -286,7 +303,7 @@ def _downsample(config: dict) -> int:
 def _class_name(config: dict, where: str | Path) -> str:
     name = config.get("_class_name")
     if name not in CLASSES:
-        raise ValueError(f"{where}: _class_name {name!r} is not an image autoencoder the engine encodes with "
+        raise UsageError(f"{where}: _class_name {name!r} is not an image autoencoder the engine encodes with "
                          f"({', '.join(CLASSES)})")
     return name
 

@@ -18,6 +18,7 @@ from engine.loaders.resident import ResidentLoader, default_budget, gib, residen
 from engine.loaders.selection import Selection
 from engine.loaders.streaming import WINDOW_CHUNKS
 from engine.store import LatentStore, StoreError
+from engine.errors import UsageError
 
 LOADERS = ("auto", "resident", "dali", "torch")
 
@@ -37,13 +38,13 @@ def make_loader(store: LatentStore, selection: Selection, batch_size: int, devic
     ``memory_budget`` (bytes) bounds the resident loader: default half the free device memory.
     """
     if loader not in LOADERS:
-        raise ValueError(f"--loader {loader!r}: expected one of {LOADERS}")
+        raise UsageError(f"--loader {loader!r}: expected one of {LOADERS}")
     if not store.complete:
         raise StoreError(f"{store.path}: encode has not finished (manifest.complete is false); "
                          "run the same `engine encode` again, or wait for the process writing it")
     same_store = selection.store_fingerprint == store.manifest.get("settings_fingerprint", "")
     if Path(selection.store_path).resolve() != Path(store.path).resolve() or not same_store:
-        raise ValueError(f"selection was made from {selection.store_path}, not {store.path}; call select() on this store")
+        raise UsageError(f"selection was made from {selection.store_path}, not {store.path}; call select() on this store")
     if with_logvar and not all(store.split(name).has_logvar for name in selection.splits):
         raise StoreError(f"{store.path}: the store has no posterior log-variance; re-encode with --posterior")
     device = torch.device(device)
@@ -61,7 +62,7 @@ def make_loader(store: LatentStore, selection: Selection, batch_size: int, devic
             why = (f"the selection ({gib(need)}) exceeds the memory budget ({gib(budget)}); "
                    + ("DALI is installed" if name == "dali" else "DALI is not installed, using the torch fallback"))
     if name == "dali" and not dali_available():
-        raise ValueError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130); "
+        raise UsageError("--loader dali: nvidia-dali is not installed (pip install nvidia-dali-cuda130); "
                          "use --loader torch or auto")
     log(f"loader: {name} ({why}); {selection.size} samples of {selection.role}"
         f"{'' if selection.fold is None else f' (fold {selection.fold})'}, global batch {batch_size}, "

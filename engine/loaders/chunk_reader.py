@@ -25,12 +25,14 @@ class ChunkReader:
         self.latent_shape = tuple(int(v) for v in latent_shape)
         self._opened: dict = {}
 
-    def _open(self, name: str, key: str):
-        """The split (webdataset) or its zarr array, opened once per process: zarr re-reads metadata on every lookup."""
-        if (name, key) not in self._opened:
-            split = open_store(self.selection.store_path).split(name)
-            self._opened[name, key] = split.group[key] if self.fmt == "zarr" else split
-        return self._opened[name, key]
+    def _split(self, name: str):
+        """The split, opened once per process (a zarr split keeps its arrays open: zarr re-reads metadata on lookup).
+
+        The loader checked the store when it was made; a reader in a worker process does not repeat it.
+        """
+        if name not in self._opened:
+            self._opened[name] = open_store(self.selection.store_path, check=False).split(name)
+        return self._opened[name]
 
     def __call__(self, c: int) -> Chunk:
         name, lo, local = self.selection.chunk_rows(c)
@@ -41,28 +43,35 @@ class ChunkReader:
         return latents, logvar
 
     def _read_zarr(self, name: str, lo: int, local: np.ndarray, key: str) -> np.ndarray:
-        array = self._open(name, key)
-        block = array[lo:lo + array.chunks[0]]
+        split = self._split(name)
+        block = split.read_written(key, lo, min(lo + split.block, split.size))  # errors name the shard file
         return block if len(local) == len(block) else block[local]
 
     def _read_tar(self, name: str, lo: int, local: np.ndarray, key: str) -> np.ndarray:
-        split = self._open(name, "split")
+        split = self._split(name)
         b = lo // split.block
         ext = {"latents": "latent.npy", "logvar": "logvar.npy"}[key]
-        members = {}
-        for line in split.shard(b, "idx").read_text().splitlines()[1:]:
-            fields = line.split()
-            for j in range(0, len(fields), 4):
-                if fields[j] == ext:
-                    members[int(fields[j + 3].split(".", 1)[0]) - lo] = (int(fields[j + 1]), int(fields[j + 2]))
-        raw = np.fromfile(split.shard(b, "tar"), dtype=np.uint8)
+        tar, members = split.shard(b, "tar"), {}
+        try:
+            for line in split.shard(b, "idx").read_text().splitlines()[1:]:
+                fields = line.split()
+                for j in range(0, len(fields), 4):
+                    if fields[j] == ext:
+                        members[int(fields[j + 3].split(".", 1)[0]) - lo] = (int(fields[j + 1]), int(fields[j + 2]))
+            raw = np.fromfile(tar, dtype=np.uint8)
+        except (OSError, ValueError, IndexError) as err:
+            raise StoreError(f"{tar}: unreadable shard or index ({err}); the store is damaged, re-encode it with "
+                             "--overwrite") from None
         count = int(np.prod(self.latent_shape))
         out = np.empty((len(local), *self.latent_shape), dtype=np.float16)
         for i, row in enumerate(local.tolist()):
             if row not in members:
-                raise StoreError(f"{split.shard(b, 'tar')}: no {ext} for row {lo + row}; "
-                                 "the shard is incomplete, re-encode it")
+                raise StoreError(f"{tar}: no {ext} for row {lo + row}; the shard is incomplete, re-encode the store "
+                                 "with --overwrite")
             offset, size = members[row]
+            if offset + size > len(raw) or size < 2 * count:
+                raise StoreError(f"{tar}: truncated ({len(raw)} bytes, row {lo + row} needs bytes {offset}-"
+                                 f"{offset + size}); the store is damaged, re-encode it with --overwrite")
             # the array's bytes end the .npy member; its header length does not matter
             out[i] = np.frombuffer(raw, np.float16, count, offset + size - 2 * count).reshape(self.latent_shape)
         return out

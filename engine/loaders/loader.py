@@ -21,6 +21,7 @@ import torch
 from engine.loaders.batch import Batch
 from engine.loaders.schedule import RankPlan, Schedule
 from engine.loaders.selection import Selection
+from engine.errors import UsageError
 
 STATE_VERSION = 1
 
@@ -93,7 +94,7 @@ class LatentLoader:
                  "version": "this engine reads loader state version {1}"}
         for key, hint in hints.items():
             if state.get(key) != mine[key]:
-                raise ValueError(f"loader state: {key} is {state.get(key)!r}, this loader has {mine[key]!r}; "
+                raise UsageError(f"loader state: {key} is {state.get(key)!r}, this loader has {mine[key]!r}; "
                                  + hint.format(state.get(key), mine[key]))
         self.close()
         self.epoch, self._step = int(state["epoch"]), self.schedule.step_of(int(state["consumed"]))

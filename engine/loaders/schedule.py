@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from engine.errors import UsageError
 
 TAILS = ("drop", "pad_masked", "partial")
 
@@ -42,17 +43,17 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.tail not in TAILS:
-            raise ValueError(f"tail {self.tail!r}: expected one of {TAILS}")
+            raise UsageError(f"tail {self.tail!r}: expected one of {TAILS}")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+            raise UsageError(f"rank {self.rank} is outside world size {self.world_size}")
         if self.global_batch < 1 or self.global_batch % self.world_size:
-            raise ValueError(f"global batch {self.global_batch} must be a positive multiple of the world size "
+            raise UsageError(f"global batch {self.global_batch} must be a positive multiple of the world size "
                              f"{self.world_size} (each rank takes an equal slice)")
         if self.size < 1:
-            raise ValueError("the selection is empty: nothing to load")
+            raise UsageError("the selection is empty: nothing to load")
         if self.tail == "drop" and self.global_batch > self.size:
-            raise ValueError(f"batch size {self.global_batch} is larger than the selection ({self.size} samples) with "
-                             "tail='drop': an epoch would have no steps; lower the batch size or use tail='partial'")
+            raise UsageError(f"batch size {self.global_batch} is larger than the selection ({self.size} samples) with "
+                             "tail='drop': an epoch would have no steps; lower the batch size (--batch-size)")
 
     @property
     def per_rank(self) -> int:
@@ -69,7 +70,7 @@ class Schedule:
 
     def step_of(self, consumed: int) -> int:
         if consumed % self.global_batch or not 0 <= consumed < self.steps * self.global_batch:
-            raise ValueError(f"loader state: consumed {consumed} is not a step boundary of this epoch "
+            raise UsageError(f"loader state: consumed {consumed} is not a step boundary of this epoch "
                              f"(multiples of {self.global_batch} below {self.steps * self.global_batch})")
         return consumed // self.global_batch
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from engine.store import LatentStore, StoreError
 from engine.store.manifest import fingerprint
+from engine.errors import UsageError
 
 ROLES = ("train", "val", "test")
 OPTIONAL_ROW_FIELDS = ("teacher_logits",)  # per-row arrays a store may carry beside the labels
@@ -82,7 +83,7 @@ def _optional_field(split, key: str) -> np.ndarray | None:
 def select(store: LatentStore, role: str, fold: int | None = None) -> Selection:
     """The valid samples of ``role``: the stored split of that name (fold None) or fold ``fold``'s share."""
     if role not in ROLES:
-        raise ValueError(f"selection role {role!r}: expected one of {ROLES}")
+        raise UsageError(f"selection role {role!r}: expected one of {ROLES}")
     if not store.complete:
         raise StoreError(f"{store.path}: encode has not finished (manifest.complete is false); "
                          "run the same `engine encode` again, or wait for the process writing it")
@@ -91,7 +92,7 @@ def select(store: LatentStore, role: str, fold: int | None = None) -> Selection:
         raise StoreError(f"{store.path}: manifest folds.n_folds is {n_folds}; "
                          "--fold needs a store encoded with --folds >= 3")
     if fold is not None and not 0 <= fold < n_folds:
-        raise ValueError(f"--fold {fold}: the store has folds 0..{n_folds - 1}")
+        raise UsageError(f"--fold {fold}: the store has folds 0..{n_folds - 1}")
     names = [role] if fold is None else sorted(store.splits)  # cross-validation pools every stored split
     data = [store.split(name) for name in names]  # a StoreError naming the existing splits when one is absent
     rows = [np.flatnonzero(_kept(store, d, role, fold, n_folds)) for d in data]

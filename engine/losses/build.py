@@ -13,15 +13,16 @@ from torch import nn
 from engine.losses.cross_entropy import BinaryCrossEntropy, CrossEntropy
 from engine.losses.ldam import LDAMLoss
 from engine.losses.reweighting import class_balanced_weights, drw_state
+from engine.errors import UsageError
 
 LOSSES = ("ce", "ce-cb", "ce-drw", "bce", "ldam", "ldam-drw")
 
 
 def check_name(name: str, multilabel: bool) -> None:
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+        raise UsageError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     if multilabel != (name == "bce"):
-        raise ValueError(f"loss {name!r} does not fit a {'multi' if multilabel else 'single'}-label store: "
+        raise UsageError(f"loss {name!r} does not fit a {'multi' if multilabel else 'single'}-label store: "
                          f"multi-label labels (N, K) take 'bce', single-label ones "
                          f"'ce', 'ce-cb', 'ce-drw', 'ldam' or 'ldam-drw'")
 
@@ -52,5 +53,5 @@ def build_loss(name: str, class_counts: Sequence[int] | torch.Tensor | None, mul
 def lr_factor(name: str, epoch: int, defer_epoch: int = 10) -> float:
     """The learning-rate multiplier the loss asks for at 0-based ``epoch``: 0.1 once '-drw' re-weights, else 1."""
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+        raise UsageError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return drw_state(epoch, defer_epoch)[1] if name.endswith("-drw") else 1.0

@@ -22,6 +22,7 @@ from torch import nn
 
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import film_layer_norm
+from engine.errors import UsageError
 
 CONVNEXT_T = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
 PAPER_STEM_STRIDE = 4
@@ -34,7 +35,7 @@ def stem_stride_for(latent_size: int | None) -> int:
     for stride in (4, 2, 1):
         if latent_size >= 8 * stride:
             return stride
-    raise ValueError(f"convnext: latent_size={latent_size} is below 8 px, too small for three 2x downsamplings; "
+    raise UsageError(f"convnext: latent_size={latent_size} is below 8 px, too small for three 2x downsamplings; "
                      "use an adm-* model")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from engine.errors import MissingInputError, UsageError
 
 _CONTAINERS = ("state_dict", "model", "weights", "model_state_dict")  # where checkpoints nest the weights
 _WRAPPERS = ("module.", "_orig_mod.", "model.")  # DDP, torch.compile, Lightning-style prefixes
@@ -32,7 +33,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or torch file, unwrapped from checkpoint dicts and DDP/compile prefixes."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--init {path}: no such file")
+        raise MissingInputError(f"--init {path}: no such file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(path)
@@ -41,7 +42,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     while isinstance(state, dict) and (inner := next((k for k in _CONTAINERS if isinstance(state.get(k), dict)), None)):
         state = state[inner]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"--init {path}: not a state dict of tensors (looked inside keys {', '.join(_CONTAINERS)})")
+        raise UsageError(f"--init {path}: not a state dict of tensors (looked inside keys {', '.join(_CONTAINERS)})")
     while (prefix := next((p for p in _WRAPPERS if all(k.startswith(p) for k in state)), None)):
         state = {k[len(prefix):]: v for k, v in state.items()}
     return state
@@ -82,7 +83,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedLoad:
     if unexpected or reshaped or missing:
         problems = [_listed(kind, names) for kind, names in (
             ("missing in file", missing), ("not in model", unexpected), ("shape file vs model", reshaped)) if names]
-        raise ValueError(f"--init {path}: names do not match {type(model).__name__}: {'; '.join(problems)}. "
+        raise UsageError(f"--init {path}: names do not match {type(model).__name__}: {'; '.join(problems)}. "
                          "Is it a checkpoint of another architecture? Pick the matching model name")
     model.load_state_dict(loaded, strict=False)
     return PretrainedLoad(tuple(loaded), tuple(reinitialised), tuple(n for n in absent if is_new(n)))

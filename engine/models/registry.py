@@ -13,6 +13,7 @@ from torch import nn
 from engine.models.adm_resnet import ADM_PRESETS, ADMResNet
 from engine.models.convnext_film import CONVNEXT_T, ConvNeXtFiLM, stem_stride_for
 from engine.models.resnet import RESNETS, ResNet
+from engine.errors import UsageError
 
 FILM_SUFFIX = "-film"
 
@@ -57,17 +58,17 @@ def build_model(name: str, in_channels: int, num_classes: int, latent_size: int 
     only to confirm the name. kw: architecture options of the family's class (e.g. stochastic_depth_prob).
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
     conditioned = name.endswith(FILM_SUFFIX)
     if noise_conditioned is not None and noise_conditioned != conditioned:
         other = name.removesuffix(FILM_SUFFIX) if conditioned else name + FILM_SUFFIX
-        raise ValueError(f"model {name!r} is {'' if conditioned else 'not '}noise-conditioned but "
+        raise UsageError(f"model {name!r} is {'' if conditioned else 'not '}noise-conditioned but "
                          f"noise_conditioned={noise_conditioned}; pick {other}")
     family = name.removesuffix(FILM_SUFFIX)
     builder, cls, _ = _FAMILIES[family]
     options = [p for p in inspect.signature(cls).parameters if p not in _NOT_OPTIONS]
     if unknown := sorted(set(kw) - set(options)):
-        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; options: {', '.join(options)}")
+        raise UsageError(f"model {name!r} has no option {', '.join(unknown)}; options: {', '.join(options)}")
     model, resolved = builder(in_channels, num_classes, latent_size, conditioned, kw)
     model.build_config = {"name": name, "in_channels": in_channels, "num_classes": num_classes,
                           "latent_size": latent_size, **{k: list(v) if isinstance(v, tuple) else v
@@ -80,6 +81,6 @@ def model_config(model: nn.Module) -> dict:
     while isinstance(inner := getattr(model, "module", None) or getattr(model, "_orig_mod", None), nn.Module):
         model = inner
     if not hasattr(model, "build_config"):
-        raise ValueError(f"model_config: this {type(model).__name__} was not made by engine.models.build_model, "
+        raise UsageError(f"model_config: this {type(model).__name__} was not made by engine.models.build_model, "
                          "so its architecture is unrecorded; build it with build_model")
     return dict(model.build_config)

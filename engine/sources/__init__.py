@@ -5,6 +5,7 @@ import inspect
 from pathlib import Path
 
 from engine.sources.base import SPLITS, BadImageError, Source, SourceInfo
+from engine.errors import UsageError
 
 __all__ = ["SPLITS", "BadImageError", "Source", "SourceInfo", "open_source"]
 
@@ -37,7 +38,7 @@ def open_source(spec: str | Path | None = None, **options) -> Source:
         from engine.sources.image_folder import ImageFolder
 
         if "csv_path" in options:
-            raise ValueError(f"--dataset {spec} is the CSV already; drop --csv (or give the folder as --dataset)")
+            raise UsageError(f"--dataset {spec} is the CSV already; drop --csv (or give the folder as --dataset)")
         root = options.pop("root", None) or path.parent
         return _construct(ImageFolder, spec, root, csv_path=path, **options)
     if path.is_dir():
@@ -45,7 +46,7 @@ def open_source(spec: str | Path | None = None, **options) -> Source:
 
         return _construct(ImageFolder, spec, path, **options)
     what = "no such file or folder" if not path.exists() else "not a known source"
-    raise ValueError(f"--dataset {spec}: {what}; accepted: {', '.join(ACCEPTED)}")
+    raise UsageError(f"--dataset {spec}: {what}; accepted: {', '.join(ACCEPTED)}")
 
 
 def _construct(kind: type, spec, *args, **options) -> Source:
@@ -53,5 +54,5 @@ def _construct(kind: type, spec, *args, **options) -> Source:
     takes = [p for p in inspect.signature(kind).parameters][len(args):]
     unknown = sorted(set(options) - set(takes))
     if unknown:
-        raise ValueError(f"--dataset {spec}: option(s) {unknown} do not apply to this source; it takes {takes}")
+        raise UsageError(f"--dataset {spec}: option(s) {unknown} do not apply to this source; it takes {takes}")
     return kind(*args, **options)

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
+from engine.errors import UsageError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -26,10 +28,10 @@ class SourceInfo:
 
 
 class Source(Protocol):
-    """A dataset. Sources whose images all share one size also expose ``native_size`` (int),
-    the default encode size (synthetic-cxr, MedMNIST); an image folder's sizes vary."""
+    """A dataset: labelled images by (split, index), and the size an encoder takes them at by default."""
 
     info: SourceInfo
+    native_size: int  # the images' own square side; an image folder of mixed sizes raises, asking for --image-size
 
     def keys(self, split: str) -> list[str]:
         """Stable unique sample keys of a split, in index order."""
@@ -47,9 +49,9 @@ class Source(Protocol):
         """
 
 
-class BadImageError(ValueError):
+class BadImageError(UsageError):
     """An image that cannot be read or decoded; the message names the file."""
 
     def __init__(self, key: str, reason: str):
         super().__init__(f"{key}: {reason}")
-        self.key = key
+        self.key, self.reason = key, reason

@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from engine.errors import UsageError
 
 
 def assign_folds(labels: np.ndarray, groups: np.ndarray | None = None, n_folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -17,9 +18,9 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray | None = None, n_folds: 
     labels = np.asarray(labels)
     strata = labels.argmax(axis=1) if labels.ndim == 2 else labels
     if len(strata) < n_folds:
-        raise ValueError(f"folds: {len(strata)} samples cannot fill {n_folds} folds; use fewer folds")
+        raise UsageError(f"folds: {len(strata)} samples cannot fill {n_folds} folds; use fewer folds")
     if groups is not None and len(np.unique(groups)) < n_folds:
-        raise ValueError(f"folds: {len(np.unique(groups))} patient groups cannot fill {n_folds} folds; use fewer folds")
+        raise UsageError(f"folds: {len(np.unique(groups))} patient groups cannot fill {n_folds} folds; use fewer folds")
     if groups is None:
         splitter, groups = StratifiedKFold(n_folds, shuffle=True, random_state=seed), None
     else:
@@ -36,5 +37,5 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray | None = None, n_folds: 
 def fold_roles(k: int, n_folds: int = 5) -> tuple[int, int]:
     """(test fold, validation fold) of run k: test k, validation k+1, the rest trains."""
     if not 0 <= k < n_folds:
-        raise ValueError(f"folds: fold {k} is outside 0..{n_folds - 1}")
+        raise UsageError(f"folds: fold {k} is outside 0..{n_folds - 1}")
     return k, (k + 1) % n_folds

@@ -20,10 +20,12 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.sources.base import SPLITS, BadImageError, SourceInfo
 from engine.sources.dicom import read_dicom
+from engine.errors import MissingInputError, UsageError
 
 RESERVED = ("", "index", "unnamed: 0", "path", "split", "id", "fold")  # never class columns
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SHOW = 3  # offending rows or files named in an error
+NATIVE_PROBE = 8  # images read to find the folder's native size
 
 
 class ImageFolder:
@@ -34,19 +36,19 @@ class ImageFolder:
                  window: tuple[float, float] | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: image folder does not exist; "
+            raise MissingInputError(f"{self.root}: image folder does not exist; "
                                     "give the folder the CSV paths are relative to")
         self.csv_path = Path(csv_path) if csv_path is not None else _find_csv(self.root)
         self.window = window
         if not self.csv_path.is_file():
-            raise FileNotFoundError(f"{self.csv_path}: label CSV does not exist; pass csv=PATH")
+            raise MissingInputError(f"{self.csv_path}: label CSV does not exist; pass csv=PATH")
         if label_column is not None and (class_columns is not None or multilabel):
-            raise ValueError(f"{self.csv_path}: a single label column gives one class per row; "
+            raise UsageError(f"{self.csv_path}: a single label column gives one class per row; "
                              "drop label_column to use class columns or multi-label")
         header, rows = _read_csv(self.csv_path)
         column = {name.strip().lower(): name for name in header}
         if "path" not in column:
-            raise ValueError(f"{self.csv_path}: no 'path' column (columns: {header}); add one with the image paths")
+            raise UsageError(f"{self.csv_path}: no 'path' column (columns: {header}); add one with the image paths")
 
         paths = [row[column["path"]].strip() for row in rows]
         splits = self._splits(rows, column.get("split"))
@@ -78,22 +80,22 @@ class ImageFolder:
         values = [row[split_column].strip().lower() for row in rows]
         bad = [(i + 2, v) for i, v in enumerate(values) if v not in SPLITS]
         if bad:
-            raise ValueError(f"{self.csv_path}: {len(bad)} rows have an unknown {split_column} value, e.g. "
+            raise UsageError(f"{self.csv_path}: {len(bad)} rows have an unknown {split_column} value, e.g. "
                              f"{_rows(bad)}; use TRAIN, VAL or TEST")
         return np.array(values)
 
     def _single_label(self, rows: list[dict], header: list[str], label_column: str):
         if label_column not in header:
-            raise ValueError(f"{self.csv_path}: no label column '{label_column}' (columns: {header})")
+            raise UsageError(f"{self.csv_path}: no label column '{label_column}' (columns: {header})")
         values = [row[label_column].strip() for row in rows]
         empty = [(i + 2, v) for i, v in enumerate(values) if v == ""]
         if empty:
-            raise ValueError(f"{self.csv_path}: {len(empty)} rows have no '{label_column}' value, e.g. lines "
+            raise UsageError(f"{self.csv_path}: {len(empty)} rows have no '{label_column}' value, e.g. lines "
                              f"{[r for r, _ in empty[:SHOW]]}; fill or drop them")
         if all(_is_int(v) for v in values):
             ids = np.array([int(v) for v in values], dtype=np.int64)
             if ids.min() < 0:
-                raise ValueError(f"{self.csv_path}: column '{label_column}' holds negative class ids; use 0..K-1")
+                raise UsageError(f"{self.csv_path}: column '{label_column}' holds negative class ids; use 0..K-1")
             return tuple(f"class_{i}" for i in range(ids.max() + 1)), ids
         names = tuple(sorted(set(values)))
         return names, np.array([names.index(v) for v in values], dtype=np.int64)
@@ -103,16 +105,16 @@ class ImageFolder:
             class_columns = [c for c in header if c.strip().lower() not in RESERVED]
         missing = [c for c in class_columns if c not in header]
         if missing:
-            raise ValueError(f"{self.csv_path}: class column(s) {missing} not found (columns: {header})")
+            raise UsageError(f"{self.csv_path}: class column(s) {missing} not found (columns: {header})")
         if not class_columns:
-            raise ValueError(f"{self.csv_path}: no class columns besides {header}; "
+            raise UsageError(f"{self.csv_path}: no class columns besides {header}; "
                              "add 0/1 columns or pass label_column")
         onehot = np.zeros((len(rows), len(class_columns)), dtype=np.uint8)
         for j, name in enumerate(class_columns):
             values = [row[name].strip() for row in rows]
             bad = [(i + 2, v) for i, v in enumerate(values) if v not in ("0", "1", "0.0", "1.0")]
             if bad:
-                raise ValueError(f"{self.csv_path}: column '{name}' must hold 0/1 but {len(bad)} rows do not, e.g. "
+                raise UsageError(f"{self.csv_path}: column '{name}' must hold 0/1 but {len(bad)} rows do not, e.g. "
                                  f"{_rows(bad)}; fix them or pass class_columns without '{name}'")
             onehot[:, j] = [v.startswith("1") for v in values]
         if multilabel:
@@ -120,7 +122,7 @@ class ImageFolder:
         positives = onehot.sum(axis=1)
         none = np.flatnonzero(positives == 0)
         if len(none):
-            raise ValueError(f"{self.csv_path}: {len(none)} rows have no positive class, e.g. lines "
+            raise UsageError(f"{self.csv_path}: {len(none)} rows have no positive class, e.g. lines "
                              f"{(none[:SHOW] + 2).tolist()}; give each a class or use multilabel")
         several = int((positives > 1).sum())
         if several:
@@ -131,14 +133,14 @@ class ImageFolder:
     def _check_files(self, paths: list[str]) -> None:
         duplicates = [p for p, n in Counter(paths).items() if n > 1]
         if duplicates:
-            raise ValueError(f"{self.csv_path}: {len(duplicates)} paths are listed twice, e.g. "
+            raise UsageError(f"{self.csv_path}: {len(duplicates)} paths are listed twice, e.g. "
                              f"{duplicates[:SHOW]}; keep one row per image")
         empty = [i + 2 for i, p in enumerate(paths) if not p]
         if empty:
-            raise ValueError(f"{self.csv_path}: {len(empty)} rows have an empty path, e.g. lines {empty[:SHOW]}")
+            raise UsageError(f"{self.csv_path}: {len(empty)} rows have an empty path, e.g. lines {empty[:SHOW]}")
         missing = [p for p in paths if not self._resolve(p).is_file()]
         if missing:
-            raise FileNotFoundError(f"{self.csv_path}: {len(missing)} of {len(paths)} listed files do not exist "
+            raise MissingInputError(f"{self.csv_path}: {len(missing)} of {len(paths)} listed files do not exist "
                                     f"under {self.root}, e.g. {missing[:SHOW]}; fix the paths or the folder")
 
     def _resolve(self, path: str) -> Path:
@@ -152,6 +154,21 @@ class ImageFolder:
 
     def groups(self, split: str) -> np.ndarray | None:
         return self._groups.get(split)
+
+    @property
+    def native_size(self) -> int:
+        """The side of the folder's images, when the first few are square and of one size (else an error asking
+        for --image-size: a folder's sizes may vary, and guessing one would silently resample everything)."""
+        probe = [(split, i) for split, paths in self._paths.items() for i in range(min(NATIVE_PROBE, len(paths)))]
+        sizes = {}
+        for split, i in probe[:NATIVE_PROBE]:
+            image = self.image(split, i)
+            sizes.setdefault(image.shape[:2], self._paths[split][i])
+        if len(sizes) == 1 and (shape := next(iter(sizes)))[0] == shape[1]:
+            return int(shape[0])
+        seen = ", ".join(f"{path} is {w}x{h}" for (h, w), path in list(sizes.items())[:SHOW])
+        raise UsageError(f"{self.root}: the images are not all one square size ({seen}); pass --image-size "
+                         "(the paper resizes to 512)")
 
     def image(self, split: str, index: int) -> np.ndarray:
         path = self._resolve(self._paths[split][index])
@@ -194,7 +211,7 @@ def _find_csv(root: Path) -> Path:
     found = sorted(root.glob("*.csv")) if root.is_dir() else []
     if len(found) != 1:
         what = "no CSV" if not found else f"{len(found)} CSVs ({[f.name for f in found]})"
-        raise FileNotFoundError(f"{root}: {what} in the folder; pass csv=PATH")
+        raise MissingInputError(f"{root}: {what} in the folder; pass csv=PATH")
     return found[0]
 
 
@@ -204,10 +221,10 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
         header = list(reader.fieldnames or [])
         rows = list(reader)
     if not rows:
-        raise ValueError(f"{path}: the CSV has no rows")
+        raise UsageError(f"{path}: the CSV has no rows")
     ragged = [i + 2 for i, row in enumerate(rows) if None in row or None in row.values()]
     if ragged:
-        raise ValueError(f"{path}: {len(ragged)} rows have more or fewer fields than the header, "
+        raise UsageError(f"{path}: {len(ragged)} rows have more or fewer fields than the header, "
                          f"e.g. lines {ragged[:SHOW]}")
     return header, rows
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.sources.base import SPLITS, SourceInfo
+from engine.errors import MissingInputError, UsageError
 
 ORGANS = (
     "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
@@ -54,12 +55,12 @@ class MedMNISTNpz:
     def __init__(self, path: str | Path, class_names: list[str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such MedMNIST .npz file; give the path of e.g. chestmnist_64.npz")
+            raise MissingInputError(f"{self.path}: no such MedMNIST .npz file; give the path of e.g. chestmnist_64.npz")
         try:
             self._npz = np.load(self.path)
             keys = set(self._npz.files)
         except Exception as error:
-            raise ValueError(f"{self.path}: not a readable .npz file ({error}); re-download it") from None
+            raise UsageError(f"{self.path}: not a readable .npz file ({error}); re-download it") from None
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}
         shape = None
@@ -69,16 +70,16 @@ class MedMNISTNpz:
                 continue
             for name in names:
                 if name not in keys:
-                    raise ValueError(f"{self.path}: key '{name}' missing (has {sorted(keys)}); "
+                    raise UsageError(f"{self.path}: key '{name}' missing (has {sorted(keys)}); "
                                      "a MedMNIST file holds {split}_images with {split}_labels")
             shape = self._check_images(split, shape)
             self._labels[split] = self._check_labels(split)
         if not self._labels:
-            raise ValueError(f"{self.path}: no train_/val_/test_ images and labels keys (has {sorted(keys)}); "
+            raise UsageError(f"{self.path}: no train_/val_/test_ images and labels keys (has {sorted(keys)}); "
                              "not a MedMNIST file")
         widths = {lab.shape[1] for lab in self._labels.values()}
         if len(widths) > 1:
-            raise ValueError(f"{self.path}: label columns differ between splits {widths}")
+            raise UsageError(f"{self.path}: label columns differ between splits {widths}")
         match = FILE_NAME.match(self.path.stem)
         flag = match["flag"] if match and match["flag"] in FLAGS else None
         multilabel = widths.pop() > 1
@@ -98,11 +99,11 @@ class MedMNISTNpz:
         gray = len(shape) == 3
         rgb = len(shape) == 4 and shape[3] in (1, 3)
         if not (gray or rgb):
-            raise ValueError(f"{self.path}: key '{key}' has shape {shape}; expected (N, H, W) or (N, H, W, 3)")
+            raise UsageError(f"{self.path}: key '{key}' has shape {shape}; expected (N, H, W) or (N, H, W, 3)")
         if dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"{self.path}: key '{key}' has dtype {dtype}; expected uint8 as MedMNIST publishes")
+            raise UsageError(f"{self.path}: key '{key}' has dtype {dtype}; expected uint8 as MedMNIST publishes")
         if previous is not None and shape[1:] != previous[1:]:
-            raise ValueError(f"{self.path}: key '{key}' has image shape {shape[1:]}, other splits {previous[1:]}")
+            raise UsageError(f"{self.path}: key '{key}' has image shape {shape[1:]}, other splits {previous[1:]}")
         return shape
 
     def _check_labels(self, split: str) -> np.ndarray:
@@ -112,14 +113,14 @@ class MedMNISTNpz:
             labels = labels[:, None]
         n_images = _npy_header(self._npz, f"{split}_images")[0][0]
         if labels.ndim != 2 or len(labels) != n_images:
-            raise ValueError(f"{self.path}: key '{key}' has shape {labels.shape}; expected ({n_images}, 1) "
+            raise UsageError(f"{self.path}: key '{key}' has shape {labels.shape}; expected ({n_images}, 1) "
                              f"or ({n_images}, K) to match {split}_images")
         if not np.issubdtype(labels.dtype, np.integer) and not np.all(labels == np.round(labels)):
-            raise ValueError(f"{self.path}: key '{key}' holds non-integer labels")
+            raise UsageError(f"{self.path}: key '{key}' holds non-integer labels")
         if labels.min(initial=0) < 0:
-            raise ValueError(f"{self.path}: key '{key}' holds negative labels")
+            raise UsageError(f"{self.path}: key '{key}' holds negative labels")
         if labels.shape[1] > 1 and labels.max(initial=0) > 1:
-            raise ValueError(f"{self.path}: key '{key}' is multi-label ({labels.shape[1]} columns) but holds "
+            raise UsageError(f"{self.path}: key '{key}' is multi-label ({labels.shape[1]} columns) but holds "
                              "values other than 0/1")
         return labels.astype(np.int64)
 
@@ -133,7 +134,7 @@ class MedMNISTNpz:
         else:
             return tuple(f"class_{i}" for i in range(n_classes))
         if len(names) < n_classes or (multilabel and len(names) != n_classes):
-            raise ValueError(f"{self.path}: {len(names)} class names for labels that need {n_classes}; "
+            raise UsageError(f"{self.path}: {len(names)} class names for labels that need {n_classes}; "
                              "pass matching class names")
         return names
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.sources.base import SPLITS, SourceInfo
+from engine.errors import UsageError
 
 GENERATOR_VERSION = 1
 NAME = "synthetic-cxr"
@@ -297,15 +298,15 @@ class SyntheticCXR:
     def __init__(self, image_size: int = 64, seed: int = 0, sizes: dict[str, int] | None = None,
                  cache_dir: str | Path | None = None):
         if not SIZE_RANGE[0] <= image_size <= SIZE_RANGE[1]:
-            raise ValueError(f"synthetic-cxr: image_size {image_size} is outside {SIZE_RANGE[0]}..{SIZE_RANGE[1]}")
+            raise UsageError(f"synthetic-cxr: image_size {image_size} is outside {SIZE_RANGE[0]}..{SIZE_RANGE[1]}")
         if seed < 0:
-            raise ValueError(f"synthetic-cxr: seed {seed} must be >= 0")
+            raise UsageError(f"synthetic-cxr: seed {seed} must be >= 0")
         unknown = set(sizes or {}) - set(SPLITS)
         if unknown:
-            raise ValueError(f"synthetic-cxr: unknown split(s) {sorted(unknown)} in sizes; use {list(SPLITS)}")
+            raise UsageError(f"synthetic-cxr: unknown split(s) {sorted(unknown)} in sizes; use {list(SPLITS)}")
         sizes = DEFAULT_SIZES | dict(sizes or {})
         if any(n < 0 for n in sizes.values()):
-            raise ValueError(f"synthetic-cxr: split sizes must be >= 0, got {sizes}")
+            raise UsageError(f"synthetic-cxr: split sizes must be >= 0, got {sizes}")
         self.image_size, self.seed = image_size, seed
         self.native_size = image_size  # what an encoder resizes to unless told otherwise
         split_sizes = {s: int(sizes[s]) for s in SPLITS if sizes[s] > 0}

@@ -10,12 +10,14 @@ import json
 import os
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from engine.errors import UsageError
+
+SCHEMA_VERSION = 2  # 2: block checksums, metadata checksums, integrity.json
 MANIFEST_JSON = "manifest.json"
 ZARR_META = "zarr.json"
 
 
-class StoreError(RuntimeError):
+class StoreError(UsageError):
     """A store that cannot be used as asked; the message names the store, the field and the fix."""
 
 
@@ -35,16 +37,21 @@ def store_format(path: Path) -> str:
     raise StoreError(f"{path}: not a latent store (no {ZARR_META} or {MANIFEST_JSON}); was it written by `engine encode`?")
 
 
+REQUIRED = ("schema_version", "dataset", "autoencoder", "image_size", "latent_shape", "splits", "folds",
+            "settings_fingerprint")
+
+
 def read_manifest(path: Path) -> dict:
-    """The manifest of the store at ``path``, checked for a schema version this engine reads."""
+    """The manifest of the store at ``path``, checked for a schema version this engine reads and its fields."""
     fmt = store_format(path)
-    if fmt == "zarr":
-        meta = json.loads((path / ZARR_META).read_text())
-        manifest = meta.get("attributes", {}).get("manifest")
-        if manifest is None:
-            raise StoreError(f"{path}: zarr group without a `manifest` attribute; it was not written by `engine encode`")
-    else:
-        manifest = json.loads((path / MANIFEST_JSON).read_text())
+    file = path / (ZARR_META if fmt == "zarr" else MANIFEST_JSON)
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{file}: unreadable ({err}); the store's manifest is damaged, re-encode the store") from None
+    manifest = meta.get("attributes", {}).get("manifest") if fmt == "zarr" else meta
+    if manifest is None:
+        raise StoreError(f"{path}: zarr group without a `manifest` attribute; it was not written by `engine encode`")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise StoreError(
@@ -52,6 +59,9 @@ def read_manifest(path: Path) -> dict:
             "re-encode with `engine encode --overwrite` or use the engine version that wrote it "
             f"({manifest.get('engine_version', 'unknown')})"
         )
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise StoreError(f"{file}: manifest lacks {', '.join(missing)}; it was edited or damaged, re-encode the store")
     return manifest
 
 

@@ -6,6 +6,7 @@ worker owns whole shards, so no two processes ever write the same file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from engine.errors import UsageError
 
 CHUNK_BYTES = 1 << 20  # about 1 MiB of latents per block (DESIGN: chunks of 1-4 MiB)
 BLOCKS_PER_SHARD = 8
@@ -34,7 +35,7 @@ def plan_split(name: str, size: int, sample_bytes: int, block: int | None = None
     if block is None:
         block = max(16, min(8192, CHUNK_BYTES // max(sample_bytes, 1)))
     if block < 1:
-        raise ValueError(f"--block-samples must be >= 1, got {block}")
+        raise UsageError(f"--block-samples must be >= 1, got {block}")
     return SplitPlan(name, size, min(block, max(size, 1)), BLOCKS_PER_SHARD)
 
 

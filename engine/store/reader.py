@@ -1,4 +1,4 @@
-"""Open a latent store of either container behind one interface."""
+"""Open a latent store of either container behind one interface, checked before it is used."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from engine.store import wds_store, zarr_store
+from engine.store.integrity import quick_check, summarise
 from engine.store.manifest import StoreError, read_manifest, store_format
 
 
@@ -20,19 +21,30 @@ class SplitData(Protocol):
     def size(self) -> int: ...
     @property
     def block(self) -> int: ...
+    @property
+    def n_blocks(self) -> int: ...
+    @property
+    def latent_shape(self) -> tuple[int, ...]: ...
     def meta(self, key: str) -> np.ndarray:
         """``keys``, ``labels``, ``folds``, ``groups`` or ``valid``, all rows."""
     def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Rows [lo, hi) of ``latents``, ``logvar`` or ``valid``."""
     def done_flags(self) -> np.ndarray: ...
     def block_moments(self) -> np.ndarray: ...
+    def block_checksum(self, b: int) -> int: ...
+    def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(latents, logvar or None, valid) of block ``b``, as its checksum covers them."""
+    def block_file(self, b: int) -> Path: ...
+    def blocks_in_file(self, rel: str) -> list[int]: ...
+    def data_files(self) -> dict[str, list[Path]]: ...
+    def write_row_field(self, key: str, values: np.ndarray) -> list[Path]: ...
 
 
 class LatentStore:
     def __init__(self, path: Path, manifest: dict, fmt: str, writable: bool = False):
         self.path, self.manifest, self.format = path, manifest, fmt
         container = zarr_store.ZarrStore if fmt == "zarr" else wds_store.WdsStore
-        self._container = container(path, mode="r+" if writable else "r")
+        self._container = container(path, writable=writable)
 
     @property
     def splits(self) -> list[str]:
@@ -52,8 +64,13 @@ class LatentStore:
         self.manifest = manifest
 
 
-def open_store(path: str | Path, require_complete: bool = True, writable: bool = False) -> LatentStore:
-    """Open a store; by default refuse one whose encode has not finished (it would give short epochs)."""
+def open_store(path: str | Path, require_complete: bool = True, writable: bool = False,
+               check: bool | None = None) -> LatentStore:
+    """Open a store; by default refuse one whose encode has not finished (it would give short epochs).
+
+    ``check`` (default: when completeness is required) runs the quick integrity check, so a missing or
+    truncated file is refused here, before any step, and never read back as zeros.
+    """
     path = Path(path)
     fmt = store_format(path)
     manifest = read_manifest(path)
@@ -62,4 +79,8 @@ def open_store(path: str | Path, require_complete: bool = True, writable: bool =
             f"{path}: encode has not finished (manifest.complete is false); run the same "
             "`engine encode` command again to resume it, or wait for the process writing it"
         )
-    return LatentStore(path, manifest, fmt, writable=writable)
+    store = LatentStore(path, manifest, fmt, writable=writable)
+    if (require_complete if check is None else check) and (problems := quick_check(store)):
+        raise StoreError("; ".join(summarise(problems)[:3]) + (f" (and {len(problems) - 3} more problems; "
+                         f"`engine inspect {path}` lists them)" if len(problems) > 3 else ""))
+    return store

@@ -3,8 +3,9 @@
 Per split: ``meta.npz`` (keys, labels, folds, groups), ``shard-NNNNNN.tar`` holding one sample
 per valid row (``<index>.latent.npy``, ``<index>.label.npy`` [+ ``<index>.logvar.npy``]),
 ``shard-NNNNNN.idx`` in the v1.2 format of DALI's ``fn.readers.webdataset``, and
-``shard-NNNNNN.block.npz`` (valid flags, channel moments), written last as the completion record.
-Labels are ``.npy``, not ``.cls``: DALI returns ``.cls`` as ASCII bytes.
+``shard-NNNNNN.block.npz`` (valid flags, channel moments, checksum of the decoded block), written
+last as the completion record. Labels are ``.npy``, not ``.cls``: DALI returns ``.cls`` as ASCII bytes.
+A shard that is missing, truncated or lacks a member of a valid row is an error naming the file.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.store.atomic import create_by_rename
+from engine.store.integrity import block_checksum
 from engine.store.manifest import MANIFEST_JSON, StoreError, write_json_atomic
-from engine.store.atomic_create import create_by_rename
 from engine.store.plan import SplitPlan
 from engine.store.split_content import SplitContent
 
 COMPONENTS = ("latent", "label", "logvar")
+DAMAGED = "the store is damaged, re-encode it with --overwrite or restore it from a copy"
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -52,8 +55,11 @@ class WdsSplit:
         self.path, self.name = path / name, name
         if not (self.path / "meta.npz").is_file():
             raise StoreError(f"{path}: no split {name!r} (missing {name}/meta.npz)")
-        with np.load(self.path / "meta.npz", allow_pickle=False) as meta:
-            self._meta = {k: meta[k] for k in meta.files}
+        try:
+            with np.load(self.path / "meta.npz", allow_pickle=False) as meta:
+                self._meta = {k: meta[k] for k in meta.files}
+        except (OSError, ValueError, EOFError) as err:
+            raise StoreError(f"{self.path / 'meta.npz'}: unreadable ({err}); {DAMAGED}") from None
         self.block = int(self._meta["block"])
         self.n_blocks = int(self._meta["n_blocks"])
         self.has_logvar = bool(self._meta["has_logvar"])
@@ -70,14 +76,18 @@ class WdsSplit:
             return self._meta[key]
         extra = self.path / f"{key}.npy"  # per-row arrays added after encoding (teacher logits)
         if extra.is_file():
-            return np.load(extra)
+            try:
+                return np.load(extra)
+            except (OSError, ValueError, EOFError) as err:
+                raise StoreError(f"{extra}: unreadable ({err}); {DAMAGED}") from None
         raise StoreError(f"{self.path}: split {self.name!r} has no `{key}`")
 
-    def write_row_field(self, key: str, values: np.ndarray) -> None:
+    def write_row_field(self, key: str, values: np.ndarray) -> list[Path]:
         """A per-row array added after encoding (teacher logits), beside meta.npz, written atomically."""
         tmp = self.path / f".{key}.tmp.npy"
         np.save(tmp, values)
         os.replace(tmp, self.path / f"{key}.npy")
+        return [self.path / f"{key}.npy"]
 
     def shard(self, b: int, ext: str) -> Path:
         return self.path / f"shard-{b:06d}.{ext}"
@@ -114,14 +124,21 @@ class WdsSplit:
         tmp_idx.write_text(f"v1.2 {len(lines)}\n" + "".join(f"{line}\n" for line in lines))
         os.replace(tmp_idx, self.shard(b, "idx"))
         tmp_rec = self.shard(b, "block.tmp.npz")
-        np.savez(tmp_rec, valid=valid.astype(np.uint8), moments=moments)
+        np.savez(tmp_rec, valid=valid.astype(np.uint8), moments=moments,
+                 checksum=np.uint64(block_checksum(latents, logvar, valid)))
         os.replace(tmp_rec, self.shard(b, "block.npz"))
 
     def _record(self, b: int) -> dict:
         if not self.block_done(b):
             raise StoreError(f"{self.path}: shard {b} is not encoded yet; run the same `engine encode` again to finish")
-        with np.load(self.shard(b, "block.npz")) as rec:
-            return {k: rec[k] for k in rec.files}
+        try:
+            with np.load(self.shard(b, "block.npz")) as rec:
+                return {k: rec[k] for k in rec.files}
+        except (OSError, ValueError, EOFError) as err:
+            raise StoreError(f"{self.shard(b, 'block.npz')}: unreadable ({err}); {DAMAGED}") from None
+
+    def block_checksum(self, b: int) -> int:
+        return int(self._record(b)["checksum"])
 
     def done_flags(self) -> np.ndarray:
         return np.array([self.block_done(b) for b in range(self.n_blocks)], dtype=np.uint8)
@@ -137,15 +154,50 @@ class WdsSplit:
             return valid
         ext = {"latents": "latent", "logvar": "logvar"}[key]
         out = np.zeros((hi - lo, *self.latent_shape), dtype=np.float16)
-        index = self.shard(b, "idx").read_text().split("\n")[1:]
-        raw = self.shard(b, "tar").read_bytes()
+        tar, found = self.shard(b, "tar"), np.zeros(hi - lo, dtype=bool)
+        try:
+            index = self.shard(b, "idx").read_text().split("\n")[1:]
+            raw = tar.read_bytes()
+        except OSError as err:
+            raise StoreError(f"{err.filename}: unreadable ({err.strerror}); {DAMAGED}") from None
         for line in filter(None, index):
             fields = line.split()
             for j in range(0, len(fields), 4):
                 if fields[j] == f"{ext}.npy":
                     offset, size, name = int(fields[j + 1]), int(fields[j + 2]), fields[j + 3]
-                    out[int(name.split(".")[0]) - lo] = np.load(io.BytesIO(raw[offset:offset + size]))
+                    if offset + size > len(raw):
+                        raise StoreError(f"{tar}: truncated ({len(raw)} bytes; member {name} ends at byte "
+                                         f"{offset + size}); {DAMAGED}")
+                    row = int(name.split(".")[0]) - lo
+                    try:
+                        out[row] = np.load(io.BytesIO(raw[offset:offset + size]))
+                    except (ValueError, EOFError) as err:
+                        raise StoreError(f"{tar}: member {name} is not a {self.latent_shape} array ({err}); "
+                                         f"{DAMAGED}") from None
+                    found[row] = True
+        if (missing := np.flatnonzero(valid.astype(bool) & ~found)).size:
+            raise StoreError(f"{tar}: no {ext}.npy for rows {(lo + missing[:3]).tolist()} (valid in the block record); "
+                             f"{DAMAGED}")
         return out
+
+    def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        return (self.read_block(b, "latents"), self.read_block(b, "logvar") if self.has_logvar else None,
+                self.read_block(b, "valid"))
+
+    def block_file(self, b: int) -> Path:
+        return self.shard(b, "tar")
+
+    def blocks_in_file(self, rel: str) -> list[int]:
+        name = Path(rel).name
+        return [int(name[6:12])] if name.startswith("shard-") else []
+
+    def data_files(self) -> dict[str, list[Path]]:
+        """The split's files by what they hold: metadata, shards, their indices, block records, row fields."""
+        files = {"meta": [self.path / "meta.npz"], "shards": [self.shard(b, "tar") for b in range(self.n_blocks)],
+                 "index": [self.shard(b, "idx") for b in range(self.n_blocks)],
+                 "blocks": [self.shard(b, "block.npz") for b in range(self.n_blocks)]}
+        files |= {p.stem: [p] for p in sorted(self.path.glob("*.npy"))}
+        return files
 
     def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
         hi = self.size if hi is None else hi
@@ -158,7 +210,7 @@ class WdsSplit:
 
 
 class WdsStore:
-    def __init__(self, path: Path, mode: str = "r"):
+    def __init__(self, path: Path, writable: bool = False):
         self.path = path
 
     def split(self, name: str) -> WdsSplit:

@@ -2,7 +2,8 @@
 
 Layout per split: ``latents`` (N, C, h, w) float16 [+ ``logvar``], ``labels``, ``folds``,
 ``keys``, ``groups``, ``valid`` (0 where an unreadable image was skipped), and the completion
-record: ``done`` (one flag per block) and ``moments`` (per-block channel statistics).
+record: ``done`` (one flag per block), ``checksum`` (per block, of its decoded arrays) and
+``moments`` (per-block channel statistics). Reads that fail name the file they failed on.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.store.atomic import create_by_rename
+from engine.store.integrity import block_checksum
 from engine.store.manifest import StoreError
-from engine.store.atomic_create import create_by_rename
 from engine.store.plan import SplitPlan
 from engine.store.split_content import SplitContent
 
@@ -34,15 +36,20 @@ def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitC
                 g.create_array("logvar", shape=shape, chunks=chunk, shards=shard, dtype="float16", compressors=None)
             g.create_array("valid", shape=(n,), chunks=(plan.block,), dtype="uint8", fill_value=0)
             g.create_array("done", shape=(plan.n_blocks,), chunks=(1,), dtype="uint8", fill_value=0)
+            g.create_array("checksum", shape=(plan.n_blocks,), chunks=(1,), dtype="uint64", fill_value=0)
             g.create_array("moments", shape=(plan.n_blocks, c, 3), chunks=(1, c, 3), dtype="float64")
             for key in ("labels", "folds", "keys", "groups"):
                 value = getattr(content, key)
                 arr = g.create_array(key, shape=value.shape, chunks=value.shape or (1,),
-                                     dtype=str if value.dtype.kind == "U" else value.dtype)
+                                     dtype=str if value.dtype.kind == "U" else value.dtype,
+                                     config={"write_empty_chunks": True})
                 arr[...] = value
         root.attrs["manifest"] = manifest
 
     return create_by_rename(path, build)
+
+
+BLOCK_INDEXED = ("done", "checksum", "moments")  # one entry per block; the others have one per row
 
 
 class ZarrSplit:
@@ -53,11 +60,15 @@ class ZarrSplit:
         self._arrays: dict[str, zarr.Array] = {}
 
     def _array(self, key: str) -> zarr.Array:
-        """The array ``key``, opened once (opening re-reads its metadata)."""
+        """The array ``key``, opened once (opening re-reads its metadata).
+
+        Chunks equal to the fill value are written too (zarr skips them by default), so in a finished
+        block every chunk has its file, and a missing file is damage, never an all-zero chunk.
+        """
         if key not in self._arrays:
             if key not in self.group:
                 raise StoreError(f"{self.path}: split {self.name!r} has no `{key}` array")
-            self._arrays[key] = self.group[key]
+            self._arrays[key] = self.group[key].with_config({"write_empty_chunks": True})
         return self._arrays[key]
 
     @property
@@ -72,46 +83,110 @@ class ZarrSplit:
     def block(self) -> int:
         return int(self._array("latents").chunks[0])
 
+    @property
+    def n_blocks(self) -> int:
+        return int(self._array("done").shape[0])
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self._array("latents").shape[1:])
+
     def meta(self, key: str) -> np.ndarray:
-        return np.asarray(self._array(key)[...])
+        return self.read(key)
 
     def block_done(self, b: int) -> bool:
         return bool(self._array("done")[b])
 
     def write_block(self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray,
                     moments: np.ndarray) -> None:
-        """Data first, completion flag last: a kill in between leaves the block to be redone."""
+        """Data first, checksum, completion flag last: a kill in between leaves the block to be redone."""
         lo = b * self.block
         self._array("latents")[lo:lo + len(latents)] = latents
         if logvar is not None:
             self._array("logvar")[lo:lo + len(logvar)] = logvar
         self._array("valid")[lo:lo + len(valid)] = valid
         self._array("moments")[b] = moments
+        self._array("checksum")[b] = block_checksum(latents, logvar, valid)
         self._array("done")[b] = 1
 
     def done_flags(self) -> np.ndarray:
-        return np.asarray(self._array("done")[...])
+        return self.read("done")
 
-    def write_row_field(self, key: str, values: np.ndarray) -> None:
-        """A per-row array added after encoding (teacher logits), replacing an older one."""
+    def block_checksum(self, b: int) -> int:
+        return int(self.read("checksum", b, b + 1)[0])
+
+    def write_row_field(self, key: str, values: np.ndarray) -> list[Path]:
+        """A per-row array added after encoding (teacher logits), replacing an older one; returns its files."""
         self._arrays.pop(key, None)
-        arr = self.group.create_array(key, shape=values.shape, chunks=values.shape, dtype=values.dtype, overwrite=True)
+        arr = self.group.create_array(key, shape=values.shape, chunks=values.shape, dtype=values.dtype, overwrite=True,
+                                      config={"write_empty_chunks": True})
         arr[...] = values
+        return self.data_files()[key]
 
     def block_moments(self) -> np.ndarray:
-        return np.asarray(self._array("moments")[...])
+        return self.read("moments")
 
     def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Rows [lo, hi) of an array (``latents``, ``logvar``, ``valid``, ...)."""
-        return np.asarray(self._array(key)[lo:hi])
+        array = self._array(key)
+        try:
+            return np.asarray(array[lo:hi])
+        except Exception as err:  # noqa: BLE001 - zarr and numcodecs raise many kinds; all mean a damaged file
+            raise StoreError(f"{self._file_of_rows(key, lo)}: unreadable ({type(err).__name__}: {err}); the store is "
+                             "damaged, re-encode it with --overwrite or restore it from a copy") from None
+
+    def read_written(self, key: str, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of finished blocks: a missing file is an error, never zarr's fill value."""
+        array = self._array(key)
+        per_file = (array.shards or array.chunks)[0]
+        for row in range(lo - lo % per_file, hi, per_file):
+            if not (path := self._file_of_rows(key, row)).is_file():
+                raise StoreError(f"{path}: missing (split {self.name}, array {key}, rows {row}-"
+                                 f"{min(row + per_file, self.size) - 1}); the store is damaged, re-encode it with "
+                                 "--overwrite or restore it from a copy")
+        return self.read(key, lo, hi)
+
+    def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        lo, hi = b * self.block, min((b + 1) * self.block, self.size)
+        return (self.read_written("latents", lo, hi), self.read_written("logvar", lo, hi) if self.has_logvar else None,
+                self.read_written("valid", lo, hi))
+
+    def _file_of_rows(self, key: str, row: int) -> Path:
+        array = self._array(key)
+        per_file = (array.shards or array.chunks)[0] if array.ndim else 1
+        coords = (row // per_file, *([0] * (array.ndim - 1))) if array.ndim else ()
+        return self.path / self.name / key / array.metadata.encode_chunk_key(coords)
+
+    def block_file(self, b: int) -> Path:
+        """The file holding block ``b``'s latents (a shard holds several blocks)."""
+        return self._file_of_rows("latents", b * self.block)
+
+    def blocks_in_file(self, rel: str) -> list[int]:
+        """Blocks whose data a file (path relative to the store) holds; [] for metadata and whole-split arrays."""
+        parts = Path(rel).parts
+        if len(parts) < 4 or parts[2] != "c" or parts[1] not in self.group:
+            return []
+        array = self._array(parts[1])
+        first = int(parts[3])
+        if parts[1] in BLOCK_INDEXED:
+            return [first]
+        if parts[1] not in ("latents", "logvar", "valid"):
+            return []
+        per_file = (array.shards or array.chunks)[0] // self.block
+        return list(range(first * per_file, min((first + 1) * per_file, self.n_blocks)))
+
+    def data_files(self) -> dict[str, list[Path]]:
+        """Every file of every array of the split, by array name."""
+        return {key: sorted(p for p in (self.path / self.name / key).rglob("*") if p.is_file())
+                for key in sorted(self.group.array_keys())}
 
 
 class ZarrStore:
-    def __init__(self, path: Path, mode: str = "r"):
+    def __init__(self, path: Path, writable: bool = False):
         import zarr
 
         self.path = path
-        self.root = zarr.open_group(path, mode=mode)
+        self.root = zarr.open_group(path, mode="r+" if writable else "r")
 
     def split(self, name: str) -> ZarrSplit:
         if name not in self.root:
