@@ -15,17 +15,14 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.autograd.profiler import record_function
 
-from bench.step_profile import NOISE_LABEL
-from bench.timing import time_windows
 from bench.environment import kernels_env
+from bench.timing import time_windows
 from bench.train_steps import NUM_CLASSES, Case, StepOptions, build_net
-from engine.image_space import flip_rotate, imagenet_normalise
 from engine.loaders import Batch
-from engine.noise_injection import NoiseInjector
-from engine.objective import TrainingLoss
-from engine.train import train_step
+from engine.losses import RECIPES
+from engine.training.inputs import LatentInputs, flip_rotate, imagenet_normalise
+from engine.training.objective import LatentObjective, TrainingLoss, autocast, train_step
 
 
 class PngImages(torch.utils.data.Dataset):
@@ -41,6 +38,18 @@ class PngImages(torch.utils.data.Dataset):
         x = torch.from_numpy(np.array(Image.open(self.files[i]).convert("RGB"))).permute(2, 0, 1).float() / 255
         x = flip_rotate(x[None], seed=int(torch.randint(0, 2**31, ()).item()))[0]
         return imagenet_normalise(x), int(self.labels[i])
+
+
+class LoadedImages:
+    """The image objective for images the DataLoader already decoded, flipped and rotated."""
+
+    def __init__(self, x: torch.Tensor, loss: TrainingLoss):
+        self.x, self.loss = x, loss
+
+    def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
+        with autocast(self.x.device):
+            logits = net(self.x, None)
+        return self.loss(logits.float(), batch)
 
 
 def write_pngs(source, split: str, folder: Path) -> tuple[list[Path], np.ndarray]:
@@ -63,7 +72,7 @@ def _cycle(make_epoch: Callable[[int], Iterator]) -> Iterator:
 def _loss(device: torch.device) -> TrainingLoss:
     counts = np.full(NUM_CLASSES, 10)
     counts[0] = 100
-    return TrainingLoss("ldam-drw", counts, False, device=device)
+    return TrainingLoss(RECIPES["ldam-drw"], counts, device=device)
 
 
 def run_real_input(latent_model: str, image_model: str, image_size: int, samples: int, batch: int,
@@ -90,7 +99,7 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
         shape = tuple(store.manifest["latent_shape"])
         stats = store.manifest["channel_stats"]
         loader = make_loader(store, select(store, "train"), batch, device, seed=0, log=lambda *_: None)
-        injector = NoiseInjector("karras", stats["mean"], stats["std"], device)
+        inputs = LatentInputs(channel_mean=stats["mean"], channel_std=stats["std"], device=device)
 
         def latent_epoch(epoch: int) -> Iterator[Batch]:
             loader.set_epoch(epoch)
@@ -103,18 +112,15 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
         latent_case = Case("latent", latent_model, f"{autoencoder}-{image_size}", shape)
         image_case = Case("image", image_model, f"{image_size}px", (3, image_size, image_size))
         nets = {"latent": build_net(latent_case, opts), "image": build_net(image_case, opts)}
-        conditioned = latent_model.endswith("-film")
         loss_fn = _loss(device)
+        objective = LatentObjective(inputs, loss_fn, nets["latent"].noise_conditioned)
 
         def latent_step(batches: Iterator[Batch]):
             opt = torch.optim.Adam(nets["latent"].parameters(), lr=1e-4)
 
             def step(i: int) -> torch.Tensor:
-                b = next(batches)
-                with kernels_env(opts.kernels), record_function(NOISE_LABEL):
-                    x, c_noise = injector.train_input(b.latents, i)
                 with kernels_env(opts.kernels):
-                    return train_step(nets["latent"], opt, loss_fn, x.float(), c_noise if conditioned else None, b)
+                    return train_step(nets["latent"], opt, objective, next(batches), i)
             return step
 
         def image_step(batches: Iterator):
@@ -124,7 +130,7 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
                 x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 b = Batch(None, y, torch.arange(len(y), device=device), torch.ones(len(y), dtype=torch.bool, device=device))
-                return train_step(nets["image"], opt, loss_fn, x, None, b)
+                return train_step(nets["image"], opt, LoadedImages(x, loss_fn), b, i)
             return step
 
         def loader_only(batches: Iterator):

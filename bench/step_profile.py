@@ -16,7 +16,9 @@ import torch
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
-NOISE_LABEL, NORM_LABEL = "bench:noise_injection", "bench:film_norm"
+from engine.training.objective import NOISE_LABEL
+
+NORM_LABEL = "bench:film_norm"
 CATEGORIES = (  # first match wins
     ("noise_injection", re.compile(rf"{NOISE_LABEL}|add_noise|AddNoise", re.I)),
     ("optimizer", re.compile(r"Optimizer\.step|Optimizer\.zero_grad|adam|multi_tensor_apply", re.I)),

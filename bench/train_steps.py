@@ -1,9 +1,10 @@
 """Whole training steps of `engine train`, on inputs already on the device: what `bench throughput` times.
 
-A step is the engine's own code, not a copy: the latent step is ``NoiseInjector.train_input`` (the fused
-standardise + mask + noise pass) then ``engine.train.train_step``; the image step is the image-space
-baseline as `engine train --space image` runs it: uint8 images resident on the device, converted,
-flipped and rotated there (``engine.image_space.flip_rotate``), normalised, then the same ``train_step``.
+A step is the engine's own code, not a copy: ``engine.training.objective.train_step`` with the
+objective `engine train` builds. The latent step is ``LatentObjective`` (sigma, the fused standardise +
+mask + noise pass, the network, the loss); the image step is ``ImageObjective`` as `engine train
+--space image` runs it: uint8 images resident on the device, converted, flipped and rotated there,
+normalised, then the network and the loss.
 """
 from __future__ import annotations
 
@@ -12,16 +13,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.autograd.profiler import record_function
 
 from bench.environment import kernels_env
-from bench.step_profile import NOISE_LABEL
-from engine.image_space import flip_rotate, imagenet_normalise
 from engine.loaders import Batch
+from engine.losses import RECIPES
 from engine.models import build_model
-from engine.noise_injection import NoiseInjector
-from engine.objective import TrainingLoss
-from engine.train import train_step
+from engine.training.inputs import ImageInputs, LatentInputs
+from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 
 # autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
 LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
@@ -99,34 +97,26 @@ def make_step(case: Case, batch: int, opts: StepOptions, net: torch.nn.Module | 
     runner = torch.compile(net) if opts.compile else net
     counts = np.full(NUM_CLASSES, 10)
     counts[0] = 100  # imbalanced, as the medical sets LDAM-DRW is for
-    loss_fn = TrainingLoss(opts.loss, counts, False, device=device)
+    loss = TrainingLoss(RECIPES[opts.loss], counts, device=device)
     g = torch.Generator(device="cpu").manual_seed(0)
     n = POOL_BATCHES * batch
     labels = torch.randint(0, NUM_CLASSES, (n,), generator=g).to(device)
     ids = torch.arange(n, device=device)
     valid = torch.ones(n, dtype=torch.bool, device=device)
-    layout = torch.channels_last if opts.channels_last else torch.contiguous_format
     if case.space == "latent":
         latents = torch.randn((n, *case.shape), generator=g).half().to(device)  # as a loader delivers them
         c = case.shape[0]
-        injector = NoiseInjector("karras", [0.0] * c, [1.0] * c, device)
-        conditioned = case.model.endswith("-film")
-
-        def inputs(i: int, sl: slice):
-            with record_function(NOISE_LABEL):
-                x, c_noise = injector.train_input(latents[sl], i)
-            return x.float().contiguous(memory_format=layout), c_noise if conditioned else None
+        inputs = LatentInputs(channel_mean=[0.0] * c, channel_std=[1.0] * c, device=device)
+        objective = LatentObjective(inputs, loss, net.noise_conditioned)
     else:
+        latents = None
         images = torch.randint(0, 256, (n, *case.shape), dtype=torch.uint8, generator=g).to(device)
-
-        def inputs(i: int, sl: slice):  # engine.image_space.ImageCache.batch, augmenting
-            x = flip_rotate(images[sl].float() / 255, seed=i)
-            return imagenet_normalise(x).contiguous(memory_format=layout), None
+        objective = ImageObjective(ImageInputs(images), loss, seed=0)
 
     def step(i: int) -> torch.Tensor:
         sl = slice((i % POOL_BATCHES) * batch, (i % POOL_BATCHES + 1) * batch)
+        b = Batch(None if latents is None else latents[sl], labels[sl], ids[sl], valid[sl])
         with kernels_env(opts.kernels):
-            x, c_noise = inputs(i, sl)
-            return train_step(runner, optimizer, loss_fn, x, c_noise, Batch(None, labels[sl], ids[sl], valid[sl]))
+            return train_step(runner, optimizer, objective, b, i)
 
     return step, net

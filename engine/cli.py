@@ -93,7 +93,7 @@ def add_teacher(out: Path, checkpoint: Path, device: str) -> int:
 def add_train(sub: argparse._SubParsersAction) -> None:
     from engine.loaders import LOADERS
     from engine.losses import LOSSES
-    from engine.train_config import DISTILL, NOISE, OPTIMIZERS, SPACES, TrainConfig
+    from engine.training.config import DISTILL, NOISE, OPTIMIZERS, SPACES, TrainConfig
 
     d = TrainConfig(store="")
     p = sub.add_parser("train", help="train a (noise-conditioned) classifier on a latent store, or its image-space baseline",
@@ -134,7 +134,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from engine.train import train
-    from engine.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     fields = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     result = train(TrainConfig(**fields))
@@ -164,7 +164,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.checkpoint import read_checkpoint
+    from engine.training.checkpoint import read_checkpoint
     from engine.evaluate import evaluate_checkpoint
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

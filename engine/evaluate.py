@@ -12,17 +12,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine.checkpoint import read_checkpoint, store_differences
 from engine.errors import UsageError
-from engine.image_space import ImageCache
-from engine.loaders import LatentLoader, make_loader, select
+from engine.loaders import Batch, LatentLoader, make_loader, select
 from engine.metrics import classification_metrics, noise_curve_table, plot_noise_curve
 from engine.models import build_model
-from engine.noise_injection import N_LEVELS, NoiseInjector
 from engine.store import open_store
 from engine.store.manifest import write_json_atomic
+from engine.training.checkpoint import read_checkpoint, store_differences
+from engine.training.config import TrainConfig
+from engine.training.inputs import CLEAN_LEVEL, ImageInputs, LatentInputs
 
-CLEAN_LEVEL = N_LEVELS - 1  # sigma 0.002: inside the trained range, unlike the reference code's 1e-5
 EVAL_BATCH = 256  # evaluation noise is keyed by batch position: one batch size makes every evaluation agree
 
 
@@ -46,10 +45,11 @@ def evaluate(model: torch.nn.Module, loader: LatentLoader, make_input: Callable,
     return classification_metrics(logits, labels, class_names=class_names)
 
 
-def latent_input(injector: NoiseInjector, level: int, conditioned: bool) -> Callable:
-    def make(batch):
-        x, c_noise = injector.eval_input(batch.latents, level)
-        return x.float(), c_noise if conditioned else None
+def latent_eval_input(inputs: LatentInputs, level: int, conditioned: bool) -> Callable[[Batch], tuple]:
+    """(x, c_noise) of a batch at Karras level ``level``; c_noise None for an unconditioned model."""
+    def make(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, levels = inputs.at_level(batch.latents, level)
+        return x, levels.c_noise if conditioned else None
     return make
 
 
@@ -60,8 +60,8 @@ def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path,
     weights, _, meta = read_checkpoint(checkpoint)
     store = open_store(store_path)
     class_names = store.manifest["dataset"]["class_names"]
-    cfg = meta["config"]
-    differences = store_differences(meta["store"], store.manifest, cfg["space"])
+    cfg = TrainConfig.from_dict(meta["config"])
+    differences = store_differences(meta["store"], store.manifest, cfg.space)
     if differences and not allow_other_store:
         raise UsageError(f"{checkpoint}: does not fit {store_path}: {'; '.join(differences)}; evaluate on the store it "
                          "was trained on, or pass --allow-other-store to evaluate anyway")
@@ -70,7 +70,7 @@ def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path,
     if meta["class_names"] != class_names:
         raise UsageError(f"{checkpoint}: trained on classes {meta['class_names']}, the store has {class_names}; "
                          "no option makes those comparable")
-    if cfg["space"] == "latent" and tuple(store.manifest["latent_shape"][:1]) != (meta["model"]["in_channels"],):
+    if cfg.space == "latent" and tuple(store.manifest["latent_shape"][:1]) != (meta["model"]["in_channels"],):
         raise UsageError(f"{checkpoint}: expects {meta['model']['in_channels']}-channel latents, "
                          f"the store has {store.manifest['latent_shape']}")
     model = build_model(**meta["model"])
@@ -80,25 +80,22 @@ def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path,
         raise UsageError(f"{checkpoint}: weights do not fit the recorded architecture {meta['model']['name']}: "
                          f"{str(err).splitlines()[0]}") from err
     model.to(device)
-    out, loaders, conditioned = {}, {}, meta["model"]["name"].endswith("-film") and cfg["space"] == "latent"
-    stats = store.manifest["channel_stats"]
-    injector = NoiseInjector(cfg["noise"], stats["mean"], stats["std"], device, 0.0, cfg["target_std"], cfg["seed"],
-                             cfg.get("precondition", False))
+    out, loaders, conditioned = {}, {}, model.noise_conditioned
+    inputs = LatentInputs.from_config(cfg, store.manifest, device) if cfg.space == "latent" else None
     for role in ("val", "test"):
         sel = select(store, role, fold)
-        loaders[role] = make_loader(store, sel, batch_size, device, loader, seed=cfg["seed"], tail="partial",
+        loaders[role] = make_loader(store, sel, batch_size, device, loader, seed=cfg.seed, tail="partial",
                                     log=lambda *_: None)
-        if cfg["space"] == "latent":
-            make = latent_input(injector, CLEAN_LEVEL, conditioned)
+        if inputs is not None:
+            make = latent_eval_input(inputs, CLEAN_LEVEL, conditioned)
         else:
-            cache = ImageCache(store, sel, int(meta["image_size"]), device)
-            make = lambda b, cache=cache: (cache.batch(b.ids), None)  # noqa: E731
+            make = ImageInputs.cache(store, sel, int(meta["image_size"]), device).eval_input
         out[role] = evaluate(model, loaders[role], make, class_names)
         log(f"{role}: " + ", ".join(f"{k} {out[role][k]:.4f}" for k in ("balanced_accuracy", "auroc", "mcc")
                                     if k in out[role]))
     if conditioned:
-        curve = {sigma: evaluate(model, loaders["test"], latent_input(injector, level, True), class_names)
-                 for level, sigma in enumerate(injector.sigmas())}
+        curve = {sigma: evaluate(model, loaders["test"], latent_eval_input(inputs, level, True), class_names)
+                 for level, sigma in enumerate(inputs.sigmas())}
         out["test_by_sigma"] = curve
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "noise_curve.md").write_text(noise_curve_table(curve))

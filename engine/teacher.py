@@ -12,21 +12,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import read_checkpoint, store_differences
 from engine.errors import UsageError
-from engine.image_space import imagenet_normalise, reopen_source
 from engine.models import build_model
 from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
 from engine.store.integrity import digest, update_field_files
+from engine.training.checkpoint import read_checkpoint, store_differences
+from engine.training.config import TrainConfig
+from engine.training.inputs import imagenet_normalise, reopen_source
 
 
 def load_teacher(checkpoint: Path, manifest: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
     weights, _, meta = read_checkpoint(checkpoint)
-    if meta["config"]["space"] != "image":
+    space = TrainConfig.from_dict(meta["config"]).space
+    if space != "image":
         raise UsageError(f"{checkpoint}: a teacher must be an image-space checkpoint (`engine train --space image`), "
-                         f"this one was trained in {meta['config']['space']} space")
+                         f"this one was trained in {space} space")
     if differences := store_differences(meta["store"], manifest, "image"):
         raise UsageError(f"{checkpoint}: the teacher was trained on other data than this store holds "
                          f"({'; '.join(differences)}); train it on a store of the same dataset")
@@ -63,6 +65,6 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
     record = {"checkpoint": str(Path(checkpoint).resolve()),
               "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
               "model": meta["model"]["name"], "image_size": size,
-              "val": meta.get("val"), "fold": meta["config"].get("fold"), "checksums": checksums}
+              "val": meta.get("val"), "fold": TrainConfig.from_dict(meta["config"]).fold, "checksums": checksums}
     store.set_manifest({**store.manifest, "teacher": record})
     return record

@@ -1,14 +1,19 @@
-"""`engine train`: one readable training loop for latent (and image-space) classifiers.
+"""`engine train`: setup from the config once, then one readable training loop.
 
-Every random draw of a step (noise levels, Philox stream, mask, augmentation, stochastic depth) is
-keyed by (seed, step), and the loader resumes from one integer, so a killed run continued with
-``--resume`` ends with the same weights as an uninterrupted one.
+Where things happen, by name: the noise is injected by ``LatentObjective`` (``kernels.add_noise``:
+standardise + mask + noise in one pass); FiLM is applied inside the model (``engine.models``: FiLM after
+every ConvNeXt stage fused with the next LayerNorm in ``kernels.film_layer_norm``, in every ADM block
+fused with GroupNorm + SiLU in ``kernels.group_norm_film_silu``); the loss is ``TrainingLoss`` (the
+``--loss`` recipe, with ``Distillation``); checkpoints are written by ``Checkpoints.save``
+(``save_checkpoint``, atomic). Every random draw of a step is keyed by (seed, step) and the loader resumes from one integer,
+so a killed run continued with ``--resume`` ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +21,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from engine.checkpoint import read_checkpoint, restore_optimizer, save_checkpoint, store_record
-from engine.distributed import init_distributed
 from engine.errors import UsageError
-from engine.evaluate import CLEAN_LEVEL, evaluate, evaluate_checkpoint, latent_input
-from engine.image_space import ImageCache, default_image_size
-from engine.loaders import make_loader, select
-from engine.objective import TrainingLoss
+from engine.evaluate import evaluate, evaluate_checkpoint, latent_eval_input
+from engine.loaders import LatentLoader, Selection, make_loader, select
 from engine.models import build_model, load_pretrained, model_config
-from engine.noise_injection import NoiseInjector
-from engine.run_dir import RunDir
-from engine.store import StoreError, open_store
-from engine.train_config import TrainConfig
+from engine.store import LatentStore, StoreError, open_store
+from engine.training.checkpoint import RunState, read_checkpoint, restore_optimizer, save_checkpoint, store_record
+from engine.training.config import TrainConfig
+from engine.training.distributed import DistContext, init_distributed
+from engine.training.inputs import CLEAN_LEVEL, ImageInputs, LatentInputs, default_image_size, step_seed
+from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
+from engine.training.run_dir import RunDir
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -40,39 +44,21 @@ def selection_score(metrics: dict, multilabel: bool) -> float:
     return metrics["auroc"] if multilabel else metrics["balanced_accuracy"]
 
 
-def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: TrainingLoss, x: torch.Tensor,
-               c_noise: torch.Tensor | None, batch) -> torch.Tensor:
-    """Forward (bf16 autocast on CUDA), loss, backward, optimizer step, with no host sync.
-
-    `bench throughput` times this very function. The caller checks the returned loss.
-    """
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-        logits = net(x, c_noise)
-    loss = loss_fn(logits.float(), batch.labels, batch.valid, batch.teacher_logits)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
 def train(cfg: TrainConfig, log=print) -> dict:
+    """Train, evaluate the best checkpoint; returns the run directory, its state and the test metrics."""
     ctx = init_distributed(cfg.device)
     run = RunDir(Path(cfg.out) if cfg.out else default_out(cfg))
     if ctx.is_main:
         run.lock(cfg.resume)  # before any work: a second run into the same --out stops at once
     try:
-        return _train(cfg, ctx, run, log)
+        return _train(cfg, ctx, run, log if ctx.is_main else (lambda *_: None))
     finally:
         run.release()
 
 
-def _train(cfg: TrainConfig, ctx, run: RunDir, log) -> dict:
-    torch.manual_seed(cfg.seed)
+def open_selections(cfg: TrainConfig) -> tuple[LatentStore, dict[str, Selection]]:
+    """The store (checked) and its train/val/test selections: stored splits, or fold k's roles."""
     store = open_store(cfg.store)
-    manifest = store.manifest
-    multilabel = manifest["dataset"]["multilabel"]
-    class_names = manifest["dataset"]["class_names"]
-    c, h, _ = manifest["latent_shape"]
     sel = {role: select(store, role, cfg.fold) for role in ("train", "val", "test")}
     if cfg.distill != "none" and "teacher_logits" not in sel["train"].row_fields:
         raise StoreError(f"{store.path}: --distill {cfg.distill} needs teacher logits; add them with "
@@ -80,128 +66,155 @@ def _train(cfg: TrainConfig, ctx, run: RunDir, log) -> dict:
     if cfg.batch_size > sel["train"].size:
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training selection ({sel['train'].size} "
                          f"samples of {store.path}); pass --batch-size {sel['train'].size} or less")
-    say = log if ctx.is_main else (lambda *_: None)
+    return store, sel
+
+
+def build_network(cfg: TrainConfig, store: LatentStore, device: torch.device, log) -> torch.nn.Module:
+    """The classifier of ``--model`` for the store's latents (or images), optionally initialised from weights."""
+    c, h, _ = store.manifest["latent_shape"]
+    classes = len(store.manifest["dataset"]["class_names"])
+    model = build_model(cfg.model, c, classes, latent_size=h) if cfg.space == "latent" else \
+        build_model(cfg.model, 3, classes)
+    if cfg.init:
+        loaded = load_pretrained(model, cfg.init)
+        log(f"init from {cfg.init}: {len(loaded.loaded)} tensors loaded, {len(loaded.reinitialised)} kept fresh")
+    return model.to(device)
+
+
+def build_objective(cfg: TrainConfig, store: LatentStore, sel: dict[str, Selection], model: torch.nn.Module,
+                    image_size: int, device: torch.device):
+    """(training objective, validation input): noised latents for latent runs, augmented images for image runs."""
+    multilabel = store.manifest["dataset"]["multilabel"]
+    labels = np.asarray(sel["train"].labels)
+    counts = labels.sum(0) if multilabel else np.bincount(labels, minlength=len(store.manifest["dataset"]["class_names"]))
+    loss = TrainingLoss.from_config(cfg, counts, multilabel, device)
+    if cfg.space == "latent":
+        inputs = LatentInputs.from_config(cfg, store.manifest, device)
+        return (LatentObjective(inputs, loss, model.noise_conditioned),
+                latent_eval_input(inputs, CLEAN_LEVEL, model.noise_conditioned))
+    images = {role: ImageInputs.cache(store, sel[role], image_size, device) for role in ("train", "val")}
+    return ImageObjective(images["train"], loss, cfg.seed), images["val"].eval_input
+
+
+@dataclass
+class Checkpoints:
+    """Writes the run's checkpoints, on the main rank only: weights, optimizer, loader position, state, and
+    what the run was trained on (config, model, store)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: LatentLoader
+    cfg: TrainConfig
+    manifest: dict
+    image_size: int
+    main: bool
+
+    def save(self, path: Path, state: RunState) -> None:
+        if not self.main:
+            return
+        save_checkpoint(path, self.model, self.optimizer, {
+            "state": state.to_dict(), "loader": self.loader.state_dict(), "config": self.cfg.to_dict(),
+            "model": model_config(self.model), "class_names": self.manifest["dataset"]["class_names"],
+            "multilabel": self.manifest["dataset"]["multilabel"], "image_size": self.image_size,
+            "val": state.best_val or None, "store": store_record(self.manifest)})
+
+
+def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
+    # setup: data, model, objective, optimizer, run directory (or the checkpoint a resume continues from)
+    torch.manual_seed(cfg.seed)
+    store, sel = open_selections(cfg)
+    manifest, multilabel = store.manifest, store.manifest["dataset"]["multilabel"]
     train_loader = make_loader(store, sel["train"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed,
                                rank=ctx.rank, world_size=ctx.world_size, tail="drop", log=say)
     val_loader = make_loader(store, sel["val"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed,
                              tail="partial", log=say)
-
     image_size = cfg.image_size or default_image_size(store)
-    if cfg.space == "latent":
-        model = build_model(cfg.model, c, len(class_names), latent_size=h)
-        stats = manifest["channel_stats"]
-        injector = NoiseInjector(cfg.noise, stats["mean"], stats["std"], ctx.device, cfg.mask_p, cfg.target_std, cfg.seed,
-                                 cfg.precondition)
-
-        def train_input(batch, step):
-            x, c_noise = injector.train_input(batch.latents, step)
-            return x.float(), c_noise if cfg.noise_conditioned else None
-
-        val_input = latent_input(injector, CLEAN_LEVEL, cfg.noise_conditioned)
-    else:
-        model = build_model(cfg.model, 3, len(class_names))
-        caches = {role: ImageCache(store, sel[role], image_size, ctx.device) for role in ("train", "val")}
-
-        def train_input(batch, step):
-            return caches["train"].batch(batch.ids, augment_seed=cfg.seed * 1_000_003 + step), None
-
-        def val_input(batch):
-            return caches["val"].batch(batch.ids), None
-    if cfg.init:
-        loaded = load_pretrained(model, cfg.init)
-        say(f"init from {cfg.init}: {len(loaded.loaded)} tensors loaded, {len(loaded.reinitialised)} kept fresh")
-    model.to(ctx.device)
+    model = build_network(cfg, store, ctx.device, say)
+    objective, val_input = build_objective(cfg, store, sel, model, image_size, ctx.device)
     net = DistributedDataParallel(model) if ctx.world_size > 1 else model
-    if cfg.compile:
-        net = torch.compile(net)
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    class_counts = np.asarray(sel["train"].labels)
-    class_counts = class_counts.sum(0) if multilabel else np.bincount(class_counts, minlength=len(class_names))
-    loss_fn = TrainingLoss(cfg.loss, class_counts, multilabel, cfg.distill, cfg.distill_alpha, cfg.temperature,
-                           cfg.drw_epoch, ctx.device)
-
-    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+    net = torch.compile(net) if cfg.compile else net
+    optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    recipe = objective.loss.recipe
+    state = RunState()
     recorded = run.start({"train": cfg.to_dict(), "model": model_config(model), "store": manifest}, cfg.resume) \
         if ctx.is_main else None
     ctx.barrier()
     if cfg.resume:
         if recorded is not None and (diff := cfg.same_run(recorded["train"])):
-            raise UsageError(f"{run.path}: --resume with other settings ({', '.join(diff)}); resume with the original command")
+            raise UsageError(f"{run.path}: --resume with other settings ({', '.join(diff)}); resume with the "
+                             "original command")
         weights, optim_tensors, meta = read_checkpoint(run.last)
         model.load_state_dict(weights)
         restore_optimizer(optimizer, optim_tensors, meta)
         train_loader.load_state_dict(meta["loader"])
-        state = meta["state"]
+        state = RunState.from_dict(meta["state"])
         if ctx.is_main:
-            run.truncate_metrics(state["step"])
-        say(f"resumed {run.path} at epoch {state['epoch']}, step {state['step']}")
-
-    def checkpoint(path: Path) -> None:
-        if ctx.is_main:
-            save_checkpoint(path, model, optimizer, {"state": state, "loader": train_loader.state_dict(),
-                                                      "config": cfg.to_dict(), "model": model_config(model),
-                                                      "class_names": class_names, "multilabel": multilabel,
-                                                      "image_size": image_size, "val": state.get("best_val"),
-                                                      "store": store_record(manifest)})
+            run.truncate_metrics(state.step)
+        say(f"resumed {run.path} at epoch {state.epoch}, step {state.step}")
+    checkpoints = Checkpoints(model, optimizer, train_loader, cfg, manifest, image_size, ctx.is_main)
 
     stop = False
     for epoch in range(train_loader.epoch, cfg.epochs):
+        # the epoch's schedule: loss weights and learning rate (DRW: class-balanced and lr x0.1 from --drw-epoch)
         train_loader.set_epoch(epoch)
-        loss_fn.set_epoch(epoch)
+        objective.loss.set_epoch(epoch)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * loss_fn.lr_factor
-        if epoch == cfg.drw_epoch and cfg.loss == "ldam-drw":
-            state["bad_epochs"] = 0  # the paper resets early stopping when re-weighting starts
+            group["lr"] = cfg.lr * recipe.lr_factor(epoch, cfg.drw_epoch)
+        if recipe.restarts_patience(epoch, cfg.drw_epoch):
+            state.bad_epochs = 0  # the paper restarts early stopping when re-weighting starts
         net.train()
         t0, seen, rate = time.perf_counter(), 0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch}", unit="step", file=sys.stderr, disable=not ctx.is_main,
                    initial=train_loader.state_dict()["consumed"] // max(cfg.batch_size, 1))
         for batch in bar:
-            step = state["step"]
-            torch.manual_seed(cfg.seed * 1_000_003 + step)  # stochastic depth and dropout, keyed by step
-            x, c_noise = train_input(batch, step)
-            loss = train_step(net, optimizer, loss_fn, x, c_noise, batch)
-            value = loss.item()  # the step's one host sync: finiteness, progress bar and log
+            # one step: sigma, noise injection, the FiLM network, the loss, backward, Adam (engine/training/objective.py)
+            step = state.step
+            torch.manual_seed(step_seed(cfg.seed, step))  # stochastic depth and dropout, keyed by step
+            value = train_step(net, optimizer, objective, batch, step).item()  # the step's one host sync
             if not math.isfinite(value):
                 keys = sel["train"].keys[batch.ids.cpu().numpy()][:8].tolist()
                 kept = (f"the last good checkpoint is {run.last}" if run.last.is_file() else
                         "no checkpoint was written yet (--checkpoint-every N keeps one within an epoch)")
                 raise UsageError(f"non-finite loss at epoch {epoch} step {step} (batch keys {keys}); lower --lr; {kept}")
-            state["step"] = step + 1
+            # bookkeeping: progress, the metrics log, a checkpoint within the epoch, --max-steps
+            state.step = step + 1
             seen += len(batch) * ctx.world_size
             rate = seen / (time.perf_counter() - t0)
             bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
             if ctx.is_main:
-                run.log({"step": state["step"], "epoch": epoch, "loss": value, "lr": optimizer.param_groups[0]["lr"]})
-            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-                checkpoint(run.last)
-            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+                run.log({"step": state.step, "epoch": epoch, "loss": value, "lr": optimizer.param_groups[0]["lr"]})
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                checkpoints.save(run.last, state)
+            if cfg.max_steps is not None and state.step >= cfg.max_steps:
                 stop = True
                 break
         if stop and train_loader.state_dict()["consumed"]:
-            checkpoint(run.last)
+            checkpoints.save(run.last, state)
             break
-        val = evaluate(model, val_loader, val_input, class_names)
+        # validation: keep the best checkpoint, stop early when it stops improving
+        val = evaluate(model, val_loader, val_input, manifest["dataset"]["class_names"])
         score = selection_score(val, multilabel)
-        state["epoch"] = epoch + 1
-        improved = score > state["best_score"]
+        state.epoch = epoch + 1
+        improved = score > state.best_score
         if improved:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0, best_val=val)
+            state.best_score, state.best_epoch, state.bad_epochs, state.best_val = score, epoch, 0, val
         else:
-            state["bad_epochs"] += 1
+            state.bad_epochs += 1
         if ctx.is_main:
-            run.log({"step": state["step"], "epoch": epoch, "val": val, "samples_per_s": rate})
-            say(f"epoch {epoch}: val balanced accuracy {val['balanced_accuracy']:.4f}, "
-                f"AUROC {val['auroc']:.4f}{' (best)' if improved else ''}, {rate:.0f} samples/s")
-        checkpoint(run.last)
+            run.log({"step": state.step, "epoch": epoch, "val": val, "samples_per_s": rate})
+        say(f"epoch {epoch}: val balanced accuracy {val['balanced_accuracy']:.4f}, "
+            f"AUROC {val['auroc']:.4f}{' (best)' if improved else ''}, {rate:.0f} samples/s")
+        checkpoints.save(run.last, state)
         if improved:
-            checkpoint(run.best)
-        if state["bad_epochs"] >= cfg.patience or stop:
+            checkpoints.save(run.best, state)
+        if state.bad_epochs >= cfg.patience or stop:
             say(f"early stopping after epoch {epoch} (no improvement for {cfg.patience} epochs)")
             break
+
+    # the end: ranks agree, the best checkpoint on val and test (and the noise-level curve)
     ctx.barrier()
-    result = {"run": str(run.path), "state": state}
+    result = {"run": str(run.path), "state": state.to_dict()}
     if ctx.world_size > 1:
         result["ranks_in_sync"] = ranks_in_sync(model)
         say(f"ranks in sync: identical weights on {ctx.world_size} ranks")

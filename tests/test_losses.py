@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.losses import (LOSSES, BinaryCrossEntropy, CrossEntropy, Distillation, LDAMLoss, build_loss,
-                           class_balanced_weights, drw_state, ldam_margins, logit_mse, lr_factor, sigmoid_kl,
+from engine.losses import (LOSSES, RECIPES, BinaryCrossEntropy, CrossEntropy, Distillation, LDAMLoss, build_loss,
+                           class_balanced_weights, drw_state, ldam_margins, logit_mse, sigmoid_kl,
                            softmax_kl)
 
 COUNTS = [100, 10, 1]
@@ -74,16 +74,21 @@ def test_drw_switches_to_class_balanced_weights_and_tenth_lr_at_epoch_10():
     assert build_loss("ldam", COUNTS, epoch=30).weight is None  # plain LDAM never re-weights
     for epoch in (0, 30):  # class-balanced CE weighs from the first epoch and never steps the rate
         torch.testing.assert_close(build_loss("ce-cb", COUNTS, epoch=epoch).weight, class_balanced_weights(COUNTS))
-        assert lr_factor("ce-cb", epoch) == 1.0
-    assert [lr_factor("ldam-drw", e) for e in (9, 10)] == [1.0, 0.1]
-    assert [lr_factor(name, 30) for name in ("ce", "bce", "ldam")] == [1.0, 1.0, 1.0]
+        assert RECIPES["ce-cb"].lr_factor(epoch, 10) == 1.0
+    assert [RECIPES["ldam-drw"].lr_factor(e, 10) for e in (9, 10)] == [1.0, 0.1]
+    assert [RECIPES[name].lr_factor(30, 10) for name in ("ce", "bce", "ldam")] == [1.0, 1.0, 1.0]
+
+
+def test_every_drw_recipe_restarts_early_stopping_at_its_reweighting_epoch():
+    drw = {name for name, r in RECIPES.items() if r.weighting == "drw"}
+    assert drw == {"ce-drw", "ldam-drw"}  # the paper's LDAM-DRW and its CE twin, which used to be missed
+    for name, r in RECIPES.items():
+        assert [r.restarts_patience(e, 5) for e in (4, 5, 6)] == [False, name in drw, False]
 
 
 def test_build_loss_rejects_bad_names_task_mismatch_and_empty_classes():
     with pytest.raises(ValueError, match="choose one of ce, ce-cb, ce-drw, bce, ldam, ldam-drw"):
         build_loss("focal", COUNTS)
-    with pytest.raises(ValueError, match="choose one of"):
-        lr_factor("focal", 0)
     with pytest.raises(ValueError, match="multi-label labels .* take 'bce'"):
         build_loss("ldam", COUNTS, multilabel=True)
     with pytest.raises(ValueError, match="single-label"):

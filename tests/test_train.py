@@ -121,3 +121,14 @@ def test_bad_runs_fail_with_one_line_and_keep_the_last_checkpoint(store, tmp_pat
     assert "non-finite loss" in err and "step" in err and "keys" in err
     assert load_file(str(nan / "last.safetensors"))  # the last good checkpoint is intact
     assert engine_main(["eval", str(run / "best.safetensors"), "--store", str(tmp_path / "missing.zarr")]) == 1
+
+
+@pytest.mark.parametrize("loss", ["ce-drw", "ldam-drw"])
+def test_drw_losses_restart_early_stopping_when_reweighting_starts(store, tmp_path, loss):
+    # lr 0: the weights never move, so epoch 0 is the best and no later epoch improves on it
+    run = tmp_path / loss
+    assert engine_main(["train", "--store", str(store), "--out", str(run), "--model", "adm-s-film", "--batch-size", "32",
+                        "--lr", "0", "--epochs", "8", "--patience", "2", "--drw-epoch", "2", "--loss", loss]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # epochs 0 and 1, early stopping restarted at the re-weighting epoch 2, stopped after 3 (without it: after 2)
+    assert [r["epoch"] for r in records if "val" in r] == [0, 1, 2, 3]

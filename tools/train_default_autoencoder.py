@@ -35,9 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.sources import open_source  # noqa: E402
-from engine.sources import synthetic_cxr  # noqa: E402
-from engine.sources.preprocess import to_model_input  # noqa: E402
+from engine.sources import (
+    open_source,
+    synthetic_cxr,
+)
+from engine.sources.preprocess import to_model_input
 
 DATA_SEED_BASE = 1_000_003  # synthetic-cxr seeds DATA_SEED_BASE + k: never the benchmark's seed 0 (nor small seeds)
 CHUNK = 2400  # images per data seed (one "train" split of the generator)
@@ -139,8 +141,8 @@ def augment(x: torch.Tensor, rng: np.random.Generator, strength: float) -> torch
     """(B, 1, H, W) in [0, 1] -> augmented, requantised to 8 bits. Every draw is made whether used or not, so the
     stream of random numbers does not depend on the images."""
     b, _, h, w = x.shape
-    p = lambda q: rng.random(b) < q * strength  # noqa: E731
-    u = lambda lo, hi: rng.uniform(lo, hi, b)  # noqa: E731
+    p = lambda q: rng.random(b) < q * strength
+    u = lambda lo, hi: rng.uniform(lo, hi, b)
     hflip, vflip = p(0.5), p(0.1)
     geo, zoom, rot, tx, ty = p(0.6), u(0.85, 1.2), u(-0.14, 0.14), u(-0.1, 0.1), u(-0.1, 0.1)
     tone, gamma, gain, offset = p(0.7), np.exp(u(-0.35, 0.35)), u(0.8, 1.2), u(-0.08, 0.08)
@@ -158,7 +160,7 @@ def augment(x: torch.Tensor, rng: np.random.Generator, strength: float) -> torch
         moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         x = torch.where(torch.from_numpy(geo)[:, None, None, None], moved, x)
     if tone.any():
-        t = lambda a: torch.from_numpy(a.astype(np.float32))[:, None, None, None]  # noqa: E731
+        t = lambda a: torch.from_numpy(a.astype(np.float32))[:, None, None, None]
         toned = (t(gain) * x.clamp(0, 1) ** t(gamma) + t(offset)).clamp(0, 1)
         x = torch.where(torch.from_numpy(tone)[:, None, None, None], toned, x)
     if tex.any():
@@ -195,7 +197,10 @@ def reconstruct(vae, x: torch.Tensor, batch: int = 100) -> torch.Tensor:
 
 def psnr_ssim(recon: torch.Tensor, target: torch.Tensor) -> dict:
     """Mean per-image PSNR (dB) and SSIM on [0, 1] images (torchmetrics), plus the PSNR of the pooled MSE."""
-    from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
 
     r, t = (recon + 1) / 2, (target + 1) / 2
     per_image = peak_signal_noise_ratio(r, t, data_range=1.0, dim=(1, 2, 3), reduction="none")
@@ -226,7 +231,10 @@ def learning_rate(step: int, args) -> float:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from diffusers import AutoencoderKL
-    from torchmetrics.functional import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)

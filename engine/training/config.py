@@ -1,8 +1,14 @@
-"""Everything a training run is decided by, with the paper's protocol as the defaults."""
+"""Everything a training run is decided by, with the paper's protocol as the defaults.
+
+The one path from a recorded config back to objects is ``TrainConfig.from_dict``: `engine eval`, the
+teacher and a resumed run read a checkpoint's config through it, never as a loose dict.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
 from engine.errors import UsageError
+from engine.losses import LossRecipe, recipe
 
 SPACES = ("latent", "image")
 NOISE = ("karras", "edm", "vp-linear", "vp-cosine", "none")
@@ -57,12 +63,23 @@ class TrainConfig:
         if self.lr is None:
             self.lr = 5e-4 if self.distill != "none" else 1e-4
 
-    @property
-    def noise_conditioned(self) -> bool:
-        return self.space == "latent" and self.model.endswith("-film")
+    def recipe(self, multilabel: bool) -> LossRecipe:
+        """The classification loss and its schedule; multi-label stores train with BCE whatever --loss says
+        (LDAM and CE are single-label losses, and ldam-drw is the default)."""
+        return recipe("bce" if multilabel else self.loss, multilabel)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> TrainConfig:
+        """The config a run recorded (config.json, a checkpoint's metadata); unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(recorded) - names)
+        if unknown:
+            raise UsageError(f"recorded training config has fields {unknown} this engine does not know; "
+                             "evaluate or resume it with the engine version that wrote it")
+        return cls(**recorded)
 
     # what may differ between a run and its resumption
     RESUMABLE_CHANGES = ("resume", "device", "max_steps", "out")  # out: a run directory may be moved

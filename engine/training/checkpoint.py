@@ -8,7 +8,9 @@ was trained on (``store_record``), so evaluating it on a store it does not fit i
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,6 +42,25 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint restores besides the weights, the optimizer and the loader."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    best_score: float = -math.inf  # validation selection score of the best checkpoint
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs since the best, for early stopping
+    best_val: dict = field(default_factory=dict)  # validation metrics of the best checkpoint
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> RunState:
+        return cls(**recorded)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, meta: dict) -> None:

@@ -1,0 +1,179 @@
+"""What the classifier sees: stored latents standardised, masked and noised in one pass, or augmented images.
+
+Every random draw is keyed by (seed, step) through ``step_seed``, never by a running RNG, so a resumed
+run draws exactly what the uninterrupted one drew.
+
+Latents (``LatentInputs``): per-channel standardisation to ``target_std`` (the paper's 0.5, from the
+manifest's statistics: the stored latents are never rewritten), 20 % element masking and
+``alpha * z + sigma * eps`` in one ``kernels.add_noise`` pass, with Philox in the kernel (no noise or mask
+tensor). ``precondition`` applies EDM's input scaling c_in = 1 / sqrt(alpha^2 target_std^2 + sigma^2)
+(not in the paper): without it, inputs at sigma 80 have std 80 and drown what the low-sigma samples
+teach; add_noise is linear in alpha and sigma, so the scaling rides along in the same pass.
+
+Images (``ImageInputs``): the store's own samples, cached as uint8 on the device and augmented there
+(the paper's flip and 15 degree rotation), so the image-space baseline is not loader-starved.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine.loaders import Selection
+from engine.sources import Source, open_source
+from engine.sources.preprocess import to_model_input
+from engine.store import LatentStore, StoreError
+from kernels import add_noise, c_noise
+from kernels.noise_levels import NoiseLevels, karras_levels, karras_sigmas, sample_edm_lognormal, sample_karras, sample_vp
+
+N_LEVELS = 32  # the paper's discrete Karras levels
+CLEAN_LEVEL = N_LEVELS - 1  # sigma 0.002: evaluation inside the trained range, unlike the reference code's 1e-5
+IMAGE_SIZE = 256  # the paper's image-space classifiers take 256 px
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STREAMS = 7  # random streams a latent step may draw from (levels, noise and mask, evaluation levels...)
+
+
+def step_seed(seed: int, index: int) -> int:
+    """The seed of draw ``index`` of a run seeded ``seed``: dropout and augmentation use the step itself,
+    the latent inputs ``STREAMS * step + stream``."""
+    return (seed * 1_000_003 + index) % (2**62)
+
+
+class LatentInputs:
+    """Stored fp16 latents -> the classifier's input and its noise levels."""
+
+    def __init__(self, *, channel_mean: list[float], channel_std: list[float], device: torch.device,
+                 noise: str = "karras", mask_p: float = 0.2, target_std: float = 0.5, precondition: bool = False,
+                 seed: int = 0):
+        self.noise, self.mask_p, self.target_std, self.seed = noise, mask_p, target_std, seed
+        self.precondition = precondition
+        self.mean = torch.tensor(channel_mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(channel_std, dtype=torch.float32, device=device)
+        self.device = device
+
+    @classmethod
+    def from_config(cls, cfg, manifest: dict, device: torch.device) -> LatentInputs:
+        """The inputs of a run of ``cfg`` (a TrainConfig) on the store whose manifest is given."""
+        stats = manifest["channel_stats"]
+        return cls(channel_mean=stats["mean"], channel_std=stats["std"], device=device, noise=cfg.noise,
+                   mask_p=cfg.mask_p, target_std=cfg.target_std, precondition=cfg.precondition, seed=cfg.seed)
+
+    def _key(self, step: int, stream: int) -> int:
+        return step_seed(self.seed, STREAMS * step + stream)
+
+    def draw_levels(self, batch: int, step: int) -> NoiseLevels:
+        """One noise level per sample of training step ``step`` (the paper: uniform over the 32 Karras levels)."""
+        g = torch.Generator(device="cpu").manual_seed(self._key(step, 1))
+        if self.noise == "karras":
+            return sample_karras(batch, g, self.device, n=N_LEVELS)
+        if self.noise == "edm":
+            return sample_edm_lognormal(batch, g, self.device)
+        if self.noise in ("vp-linear", "vp-cosine"):
+            return sample_vp(batch, g, self.device, schedule=self.noise.split("-")[1])
+        zeros = torch.zeros(batch, device=self.device)
+        return NoiseLevels(zeros + 1, zeros, c_noise(zeros + karras_sigmas(N_LEVELS)[-1].item()), None)
+
+    def _scaled(self, lv: NoiseLevels) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.precondition:
+            return lv.alpha, lv.sigma
+        c_in = (lv.alpha.square() * self.target_std**2 + lv.sigma.square()).rsqrt()
+        return lv.alpha * c_in, lv.sigma * c_in
+
+    def noised(self, latents: torch.Tensor, levels: NoiseLevels, step: int) -> torch.Tensor:
+        """Standardised, masked (``mask_p``) and noised latents of training step ``step``, float32."""
+        alpha, sigma = self._scaled(levels)
+        return add_noise(latents, self.mean, self.std, alpha, sigma, seed=self._key(step, 2), mask_p=self.mask_p,
+                         target_std=self.target_std).float()
+
+    def at_level(self, latents: torch.Tensor, level: int) -> tuple[torch.Tensor, NoiseLevels]:
+        """Unmasked input at Karras level ``level`` (CLEAN_LEVEL: the lowest trained sigma), for evaluation."""
+        lv = karras_levels(torch.full((latents.shape[0],), level, dtype=torch.long, device=self.device), N_LEVELS)
+        alpha, sigma = self._scaled(lv)
+        x = add_noise(latents, self.mean, self.std, alpha, sigma, seed=self._key(0, 3 + level), mask_p=0.0,
+                      target_std=self.target_std)
+        return x.float(), lv
+
+    @staticmethod
+    def sigmas() -> list[float]:
+        return karras_sigmas(N_LEVELS).tolist()
+
+
+@functools.lru_cache(maxsize=None)
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
+
+
+def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) images in [0, 1] to the ImageNet-normalised input the ResNets expect."""
+    mean, std = _imagenet_stats(x.device)
+    return (x - mean) / std
+
+
+def reopen_source(store: LatentStore) -> Source:
+    """The dataset a store was encoded from, as its manifest records how to open it."""
+    args = store.manifest["dataset"].get("open_args")
+    if args is None:
+        raise StoreError(f"{store.path}: the manifest does not record how to reopen its images "
+                         "(dataset.open_args); re-encode it with this engine version")
+    args = dict(args)
+    return open_source(args.pop("spec"), **args)
+
+
+def default_image_size(store: LatentStore) -> int:
+    """The paper's 256 px, or the store's image size when smaller."""
+    return min(IMAGE_SIZE, int(store.manifest["image_size"]))
+
+
+class ImageInputs:
+    """uint8 (N, 3, S, S) images on the device, indexed by a selection's sample ids."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    @classmethod
+    def cache(cls, store: LatentStore, selection: Selection, image_size: int, device: torch.device,
+              batch: int = 64) -> ImageInputs:
+        """The selection's images from the store's source, resized once; the memory is printed first."""
+        source = reopen_source(store)
+        names, rows = selection.locate(np.arange(selection.size))
+        need = selection.size * 3 * image_size**2
+        print(f"caching {selection.size} images of {selection.role} at {image_size} px on {device}: "
+              f"{need / 2**30:.2f} GiB")
+        images = torch.empty((selection.size, 3, image_size, image_size), dtype=torch.uint8, device=device)
+        for lo in tqdm(range(0, selection.size, batch), desc=f"images {selection.role}", unit="batch"):
+            imgs = [source.image(str(n), int(r)) for n, r in zip(names[lo:lo + batch], rows[lo:lo + batch])]
+            x = to_model_input(imgs, image_size, (0.0, 1.0))
+            images[lo:lo + len(imgs)] = (x * 255).round().to(torch.uint8).to(device)
+        return cls(images)
+
+    def clean(self, ids: torch.Tensor) -> torch.Tensor:
+        """Normalised float images of ``ids``, as evaluation sees them."""
+        return imagenet_normalise(self.images[ids.to(self.images.device)].float() / 255)
+
+    def eval_input(self, batch) -> tuple[torch.Tensor, None]:
+        """(x, c_noise) of an evaluation batch: the clean images, and no noise level."""
+        return self.clean(batch.ids), None
+
+    def augmented(self, ids: torch.Tensor, seed: int) -> torch.Tensor:
+        """Normalised float images of ``ids`` with the paper's random flip and rotation, drawn from ``seed``."""
+        x = flip_rotate(self.images[ids.to(self.images.device)].float() / 255, seed)
+        return imagenet_normalise(x)
+
+
+def flip_rotate(x: torch.Tensor, seed: int, max_degrees: float = 15.0) -> torch.Tensor:
+    """Horizontal flip with p=0.5 and a rotation uniform in +-max_degrees, per sample, on x's device."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    b = x.shape[0]
+    angle = (torch.rand(b, generator=g) * 2 - 1) * math.radians(max_degrees)
+    flip = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros(b)], 1),
+                         torch.stack([sin * flip, cos, torch.zeros(b)], 1)], 1).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

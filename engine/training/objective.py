@@ -1,0 +1,95 @@
+"""The loss of one training step, read top to bottom, as edm2's ``EDM2Loss``.
+
+``LatentObjective``: draw sigma per sample -> standardise + mask + noise the stored latents
+(``kernels.add_noise``, one pass) -> the network, noise-conditioned through FiLM from the EDM2
+embedding of c_noise = ln(sigma)/4 -> classification loss (+ distillation from stored teacher logits).
+``ImageObjective``: augment the cached images -> the network -> the same loss. ``train_step`` adds the
+backward pass and the optimizer step; `bench throughput` times that very function.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch.autograd.profiler import record_function
+
+from engine.loaders import Batch
+from engine.losses import Distillation, LossRecipe
+from engine.training.inputs import ImageInputs, LatentInputs, step_seed
+
+NOISE_LABEL = "noise_injection"  # profiler label of the fused input pass: the benchmark attributes step time by it
+
+
+class TrainingLoss:
+    """Classification loss of the recipe for the current epoch, optionally mixed with distillation.
+
+    Rebuilt per epoch from the epoch number alone, so a resumed run gets the same loss.
+    """
+
+    def __init__(self, recipe: LossRecipe, class_counts: np.ndarray, *, distill: str = "none", alpha: float = 0.5,
+                 temperature: float = 4.0, drw_epoch: int = 10, device: torch.device | None = None):
+        self.recipe, self.counts, self.device = recipe, class_counts, device
+        self.distill, self.alpha, self.temperature, self.drw_epoch = distill, alpha, temperature, drw_epoch
+        self.set_epoch(0)
+
+    @classmethod
+    def from_config(cls, cfg, class_counts: np.ndarray, multilabel: bool, device: torch.device) -> TrainingLoss:
+        return cls(cfg.recipe(multilabel), class_counts, distill=cfg.distill, alpha=cfg.distill_alpha,
+                   temperature=cfg.temperature, drw_epoch=cfg.drw_epoch, device=device)
+
+    def set_epoch(self, epoch: int) -> None:
+        loss = self.recipe.build(self.counts, epoch=epoch, defer_epoch=self.drw_epoch, device=self.device)
+        if self.distill != "none":
+            loss = Distillation(loss, self.alpha, self.distill, self.temperature if self.distill == "kl" else 1.0,
+                                self.recipe.multilabel)
+        self.loss = loss
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if self.distill != "none":
+            return self.loss(logits, batch.labels, batch.teacher_logits, batch.valid)
+        return self.loss(logits, batch.labels, batch.valid)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the network on CUDA; none on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class LatentObjective:
+    """sigma -> noised latents -> the (FiLM) network -> the loss."""
+
+    def __init__(self, inputs: LatentInputs, loss: TrainingLoss, noise_conditioned: bool):
+        self.inputs, self.loss, self.noise_conditioned = inputs, loss, noise_conditioned
+
+    def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
+        with record_function(NOISE_LABEL):
+            levels = self.inputs.draw_levels(len(batch), step)  # sigma per sample (paper: 32 Karras levels)
+            x = self.inputs.noised(batch.latents, levels, step)  # (z - mean) / std * 0.5, masked, + sigma * eps
+        c_noise = levels.c_noise if self.noise_conditioned else None  # ln(sigma) / 4, embedded as in EDM2
+        with autocast(x.device):
+            logits = net(x, c_noise)  # FiLM h * (1 + gamma) + beta after every stage, fused with the next norm
+        return self.loss(logits.float(), batch)  # LDAM-DRW / CE (+ distillation from stored teacher logits)
+
+
+class ImageObjective:
+    """augmented images -> the network -> the loss."""
+
+    def __init__(self, images: ImageInputs, loss: TrainingLoss, seed: int):
+        self.images, self.loss, self.seed = images, loss, seed
+
+    def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
+        x = self.images.augmented(batch.ids, step_seed(self.seed, step))  # flip + 15 degree rotation, on the device
+        with autocast(x.device):
+            logits = net(x, None)
+        return self.loss(logits.float(), batch)
+
+
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: LatentObjective | ImageObjective,
+               batch: Batch, step: int) -> torch.Tensor:
+    """The objective's loss, backward, optimizer step, with no host sync; the caller checks the returned loss."""
+    loss = objective(net, batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
