@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from kernels.dispatch import ENV_VAR
+from kernels.common import ENV_VAR
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("numpy", "triton", "diffusers", "zarr", "webdataset", "nvidia-dali-cuda130", "nvidia-dali-cuda120",

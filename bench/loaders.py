@@ -24,13 +24,12 @@ import torch
 from bench import environment
 from engine.loaders import make_loader, select
 from engine.loaders.order import block_order, global_order
-from engine.loaders.shuffle_quality import shuffle_quality
+from bench.shuffle_quality import shuffle_quality
 from engine.store import open_store, wds_store, zarr_store
 from engine.store.channel_stats import block_moments
 from engine.store.integrity import meta_checksums, seal
 from engine.store.manifest import SCHEMA_VERSION, fingerprint
-from engine.store.plan import plan_split
-from engine.store.split_content import SplitContent
+from engine.store.plan import SplitContent, plan_split
 
 LOADER_NAMES = ("resident", "dali", "torch")
 

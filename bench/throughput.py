@@ -1,6 +1,6 @@
 """`bench throughput`: whole training steps of latent classifiers against image-space ResNets, on one device.
 
-Times `engine.train.train_step` itself (with the engine's noise injection on the latent side and the
+Times `engine.training.objective.train_step` itself (with the engine's noise injection on the latent side and the
 paper's on-device flip/rotation on the image side), at equal batch and at each model's largest batch
 that fits; counts FLOPs and sets them against a matmul peak measured in the same run; reports the ratios
 latent/image beside the paper's 64x and 120x; profiles the latent step; includes the input path in a
@@ -170,9 +170,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str]) -> int:
     args, reduced = parse_args(argv)
-    device = torch.device(args.device)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return run(args, reduced, argv)
+    finally:
+        torch.set_num_threads(threads)  # an in-process caller keeps its own setting
+
+
+def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
+    device = torch.device(args.device)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         cases = [latent_case(m, s) for m in _items(args.latent_models) for s in _items(args.shapes)]
@@ -215,8 +223,8 @@ def main(argv: list[str]) -> int:
         "device_type": device.type, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": environment.versions(device.type == "cuda"), "reduced": reduced, "paper": PAPER,
         "protocol": {
-            "step": "engine.train.train_step: forward, loss (LDAM-DRW), backward, Adam step; latent side after "
-                    "NoiseInjector.train_input (fused standardise+mask+noise), image side after uint8->float, "
+            "step": "engine.training.objective.train_step: forward, loss (LDAM-DRW), backward, Adam step; latent side "
+                    "LatentObjective (fused standardise+mask+noise, then the network), image side after uint8->float, "
                     "flip_rotate and normalisation on the device; inputs resident on the device",
             "precision": "bf16 autocast (fp32 weights and optimizer)" if device.type == "cuda" else "fp32 (CPU)",
             "channels_last": args.channels_last, "compile": args.compile, "equal_batch": args.batch,

@@ -29,9 +29,8 @@ from engine.store.atomic import remove_replaced, staging_path, swap_in
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
 from engine.store.integrity import meta_checksums, seal
 from engine.store.manifest import SCHEMA_VERSION, StoreError, fingerprint, read_manifest, store_format
-from engine.store.plan import SplitPlan, blocks_for_rank, plan_split
+from engine.store.plan import SplitContent, SplitPlan, blocks_for_rank, plan_split
 from engine.store.reader import LatentStore, open_store
-from engine.store.split_content import SplitContent
 
 TARGET_STD = 0.5  # the paper standardises latents to per-channel std 0.5, at load time here
 

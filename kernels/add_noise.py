@@ -17,10 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import use_triton
+from kernels.common import check_x, plane_tile, spatial_flat, use_triton
 from kernels.philox import check_seed_offset, keep_uniform, uniform_and_normal, uniform_and_normal_reference
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 2048  # elements per program: 8 per thread at 8 warps (one 16-byte fp16 vector), Philox state in registers
 
 
@@ -65,24 +64,18 @@ def _add_noise_bwd(dy_ptr, dx_ptr, std_ptr, alpha_ptr, seed, offset, mask_p, tar
     tl.store(dx_ptr + (b * sxb + c * sxc)[:, None] + s[None, :] * sxs, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
-def _tile(n_rows: int, S: int) -> tuple[int, int, tuple[int, int]]:
-    """(ROWS, BLOCK_S, grid): whole short planes per program, long planes split along positions."""
-    block_s = min(triton.next_power_of_2(S), _TILE)
-    rows = min(triton.next_power_of_2(n_rows), max(1, _TILE // block_s))
+def _grid(n_rows: int, S: int) -> tuple[int, int, tuple[int, int]]:
+    """(ROWS, BLOCK_S, grid) of the plane-wise add_noise kernels."""
+    rows, block_s = plane_tile(n_rows, S, _TILE)
     return rows, block_s, (triton.cdiv(n_rows, rows), triton.cdiv(S, block_s))
-
-
-def _spatial_flat(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) as (B, C, S): a view when the spatial dims merge (contiguous, channels-last), else a copy."""
-    return t.reshape(t.shape[0], t.shape[1], -1)
 
 
 class _AddNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, std, alpha, sigma, seed, offset, mask_p, target_std, return_noise):
-        x3 = _spatial_flat(x)
+        x3 = spatial_flat(x)
         B, C, S = x3.shape
-        rows, block_s, grid = _tile(B * C, S)
+        rows, block_s, grid = _grid(B * C, S)
         out3 = torch.empty_like(x3)
         noise = torch.empty(x.shape, dtype=torch.float32, device=x.device) if return_noise else out3
         _add_noise_fwd[grid](x3, out3, noise, mean, std, alpha, sigma, seed, offset, mask_p, target_std, C, S, B * C,
@@ -100,9 +93,9 @@ class _AddNoise(torch.autograd.Function):
     def backward(ctx, dy, *_):
         std, alpha = ctx.saved_tensors
         seed, offset, mask_p, target_std = ctx.rng
-        dy3 = _spatial_flat(dy)
+        dy3 = spatial_flat(dy)
         B, C, S = dy3.shape
-        rows, block_s, grid = _tile(B * C, S)
+        rows, block_s, grid = _grid(B * C, S)
         dx3 = torch.empty_like(dy3)
         _add_noise_bwd[grid](dy3, dx3, std, alpha, seed, offset, mask_p, target_std, C, S, B * C,
                              *dy3.stride(), *dx3.stride(),
@@ -185,10 +178,7 @@ def add_noise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, alpha, sig
     (contiguous and channels-last do; the output keeps that layout); other layouts are copied first.
     The small per-channel/per-sample tensors are made contiguous fp32.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
-        raise ValueError(f"add_noise: x must be a (B, C, H, W) or (B, C, T, H, W) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"add_noise: x is {x.dtype}; use float32, float16 or bfloat16")
+    check_x("add_noise", x, dims=(4, 5))
     alpha, sigma = (_per_sample(v, x.shape[0], x.device) for v in (alpha, sigma))
     _check(x, {"mean": mean, "std": std, "alpha": alpha, "sigma": sigma}, mask_p, target_std)
     check_seed_offset(seed, offset, x.numel(), "add_noise")

@@ -1,5 +1,9 @@
 """FiLM modulation ``y = x * (1 + scale[b, c]) + shift[b, c]`` with a one-pass backward.
 
+No model calls it: the models apply FiLM fused with the norm that follows it (``film_layer_norm``,
+``group_norm_film_silu``). It is kept as the unfused op `bench kernels` measures beside them, which shows
+what the fusion saves.
+
 The backward reads dy and x once and writes dx together with dscale = sum over positions of dy * x
 and dshift = sum over positions of dy. Each program owns whole (b, c) planes, so scale and shift are
 scalars per row and the position sums finish inside one program in a fixed order: fp32 and
@@ -11,9 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import use_triton
+from kernels.common import check_operands, check_x, plane_tile, spatial_flat, use_triton
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TILE = 2048  # elements per program tile: 8 per thread at 8 warps
 
 
@@ -59,24 +62,18 @@ def _film_bwd(x_ptr, dy_ptr, dx_ptr, scale_ptr, dscale_ptr, dshift_ptr, S, n_row
     tl.store(dshift_ptr + rows, tl.sum(dshift, axis=1), mask=rm)
 
 
-def _tile(n_rows: int, S: int) -> tuple[int, int, int]:
-    """(ROWS, BLOCK_S, num_warps): short planes packed several per program, long ones walked in blocks."""
-    block_s = min(triton.next_power_of_2(S), _TILE)
-    rows = min(triton.next_power_of_2(n_rows), max(1, _TILE // block_s))
+def _launch(n_rows: int, S: int) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_S, num_warps) of the film kernels."""
+    rows, block_s = plane_tile(n_rows, S, _TILE)
     return rows, block_s, 8 if rows * block_s >= 2048 else 4
-
-
-def _spatial_flat(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) as (B, C, S): a view when the spatial dims merge (contiguous, channels-last), else a copy."""
-    return t.reshape(t.shape[0], t.shape[1], -1)
 
 
 class _Film(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, shift):
-        x3 = _spatial_flat(x)
+        x3 = spatial_flat(x)
         B, C, S = x3.shape
-        rows, block_s, warps = _tile(B * C, S)
+        rows, block_s, warps = _launch(B * C, S)
         y3 = torch.empty_like(x3)
         _film_fwd[(triton.cdiv(B * C, rows), triton.cdiv(S, block_s))](
             x3, y3, scale, shift, S, B * C, *x3.stride(), *y3.stride(), C,
@@ -89,8 +86,8 @@ class _Film(torch.autograd.Function):
     def backward(ctx, dy):
         x3, scale = ctx.saved_tensors
         B, C, S = x3.shape
-        rows, block_s, warps = _tile(B * C, S)
-        dy3 = _spatial_flat(dy)
+        rows, block_s, warps = _launch(B * C, S)
+        dy3 = spatial_flat(dy)
         dx3 = torch.empty_like(x3)
         dscale = torch.empty(B, C, dtype=torch.float32, device=x3.device)
         dshift = torch.empty_like(dscale)
@@ -109,19 +106,9 @@ def film_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
 
 
 def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() < 3:
-        raise ValueError(f"film: x must be a (B, C, *spatial) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"film: x is {x.dtype}; use float32, float16 or bfloat16")
-    for name, t in (("scale", scale), ("shift", shift)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"film: {name} must be a (B, C) tensor, got {type(t).__name__}")
-        if tuple(t.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"film: {name} has shape {tuple(t.shape)}, expected {tuple(x.shape[:2])} for x {tuple(x.shape)}")
-        if t.dtype not in (torch.float32, x.dtype):
-            raise TypeError(f"film: {name} is {t.dtype}; use float32 or x's dtype {x.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"film: {name} is on {t.device} but x is on {x.device}; put all inputs on one device")
+    B, C = check_x("film", x)
+    check_operands("film", x, (("scale", scale, (B, C)), ("shift", shift, (B, C))),
+                   dtypes=tuple(dict.fromkeys((torch.float32, x.dtype))))
 
 
 def film(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

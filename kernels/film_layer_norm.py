@@ -12,8 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import batch_and_channels, check_operands
-from kernels.dispatch import use_triton
+from kernels.common import check_operands, check_x, spatial_flat, use_triton
 
 _TILE = 4096  # elements per program tile (C is held whole; positions fill the rest)
 
@@ -97,15 +96,10 @@ def _blocks(C: int, S: int) -> tuple[int, int, int]:
     return block_c, block_s, 4 if block_c * block_s <= 2048 else 8
 
 
-def _spatial_flat(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) as (B, C, S): a view when the spatial dims merge (contiguous, channels-last), else a copy."""
-    return t.reshape(t.shape[0], t.shape[1], -1)
-
-
 class _FilmLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, shift, weight, bias, eps):
-        x3 = _spatial_flat(x)
+        x3 = spatial_flat(x)
         B, C, S = x3.shape
         block_c, block_s, warps = _blocks(C, S)
         scale, shift, weight, bias = (t.contiguous() for t in (scale, shift, weight, bias))
@@ -124,7 +118,7 @@ class _FilmLayerNorm(torch.autograd.Function):
         x3, scale, shift, weight, mean, rstd = ctx.saved_tensors
         B, C, S = x3.shape
         block_c, block_s, warps = _blocks(C, S)
-        dy3 = _spatial_flat(dy)
+        dy3 = spatial_flat(dy)
         dx3 = torch.empty_like(x3)
         n_blocks = triton.cdiv(S, block_s)
         sms = torch.cuda.get_device_properties(x3.device).multi_processor_count if x3.is_cuda else 1
@@ -152,8 +146,8 @@ def film_layer_norm_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch
 
 
 def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    B, C = batch_and_channels("film_layer_norm", x)
-    check_operands("film_layer_norm", x, (("x", x, tuple(x.shape)), ("scale", scale, (B, C)), ("shift", shift, (B, C)),
+    B, C = check_x("film_layer_norm", x)
+    check_operands("film_layer_norm", x, (("scale", scale, (B, C)), ("shift", shift, (B, C)),
                                           ("weight", weight, (C,)), ("bias", bias, (C,))))
 
 

@@ -12,8 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import batch_and_channels, check_operands
-from kernels.dispatch import use_triton
+from kernels.common import check_operands, check_x, spatial_flat, use_triton
 
 _TILE = 4096  # elements per program tile (all channels of the group; positions fill the rest)
 
@@ -163,15 +162,10 @@ def _blocks(CG: int, S: int) -> tuple[int, int, int, int]:
     return block_cg, block_s, triton.cdiv(S, block_s), 4 if block_cg * block_s <= 2048 else 8
 
 
-def _spatial_flat(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, *spatial) as (B, C, S): a view when the spatial dims merge (contiguous, channels-last), else a copy."""
-    return t.reshape(t.shape[0], t.shape[1], -1)
-
-
 class _GroupNormFilmSilu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, num_groups, weight, bias, scale, shift, eps):
-        x3 = _spatial_flat(x)
+        x3 = spatial_flat(x)
         B, C, S = x3.shape
         CG = C // num_groups
         block_cg, block_s, chunks, warps = _blocks(CG, S)
@@ -192,7 +186,7 @@ class _GroupNormFilmSilu(torch.autograd.Function):
         (B, C, S), num_groups = x3.shape, mean.shape[1]
         CG = C // num_groups
         block_cg, block_s, chunks, warps = _blocks(CG, S)
-        dy3 = _spatial_flat(dy)
+        dy3 = spatial_flat(dy)
         dx3 = torch.empty_like(x3)
         dscale, dshift = torch.empty_like(scale), torch.empty_like(shift)
         partial = torch.empty(2, B, C, device=x3.device, dtype=torch.float32)
@@ -216,10 +210,10 @@ def group_norm_film_silu_reference(x: torch.Tensor, num_groups: int, weight: tor
 
 def _check(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
            scale: torch.Tensor, shift: torch.Tensor) -> None:
-    B, C = batch_and_channels("group_norm_film_silu", x)
+    B, C = check_x("group_norm_film_silu", x)
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm_film_silu: num_groups={num_groups!r} must be a positive int dividing C={C}")
-    check_operands("group_norm_film_silu", x, (("x", x, tuple(x.shape)), ("weight", weight, (C,)), ("bias", bias, (C,)),
+    check_operands("group_norm_film_silu", x, (("weight", weight, (C,)), ("bias", bias, (C,)),
                                                ("scale", scale, (B, C)), ("shift", shift, (B, C))))
 
 

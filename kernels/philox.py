@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import use_triton
+from kernels.common import use_triton
 
 MAX_SEED = 2**63  # seeds and counters are non-negative int64: Triton passes Python ints as i32/i64
 _M32 = 0xFFFFFFFF
@@ -111,7 +111,7 @@ def uniform_and_normal_reference(seed: int, counter: torch.Tensor,
 def randint4x(seed: int, counter: torch.Tensor) -> torch.Tensor:
     """The four Philox lanes for int64 ``counter`` (any shape) as (4, *shape) int64 uint32 values.
 
-    Runs the Triton generator the kernels use (or the reference, by ``kernels.dispatch``); exists so
+    Runs the Triton generator the kernels use (or the reference, by ``kernels.common.use_triton``); exists so
     tests can compare the device stream with an independent Philox bit for bit.
     """
     if counter.dtype != torch.int64:

@@ -49,8 +49,16 @@ def run(store: Path, root: Path, name: str) -> dict:
 
 
 def record(root: Path) -> dict:
-    store = make_store(root)
-    return {name: run(store, root, name) for name in RUNS}
+    """Every run on one thread: the thread count changes float summation order, and with it the last digits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store = make_store(root)
+        return {name: run(store, root, name) for name in RUNS}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_same(got: dict, want: dict, rtol: float = 1e-5) -> None:

@@ -16,9 +16,8 @@ from engine.loaders.resident import MemoryBudgetError
 from engine.store import StoreError, open_store, wds_store, zarr_store
 from engine.store.channel_stats import block_moments
 from engine.store.manifest import SCHEMA_VERSION
-from engine.store.plan import plan_split
+from engine.store.plan import SplitContent, plan_split
 from engine.store.integrity import seal
-from engine.store.split_content import SplitContent
 
 SHAPE = (2, 2, 2)
 SIZES = {"train": 150, "val": 41}

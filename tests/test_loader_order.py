@@ -5,7 +5,7 @@ import pytest
 from engine.loaders.assembler import assemble, chunk_plan
 from engine.loaders.order import block_order, global_order
 from engine.loaders.schedule import Schedule
-from engine.loaders.shuffle_quality import expected_distinct_chunks, shuffle_quality
+from bench.shuffle_quality import expected_distinct_chunks, shuffle_quality
 
 
 def _bounds(sizes):

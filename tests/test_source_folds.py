@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.sources.folds import assign_folds, fold_roles
+from engine.sources.folds import assign_folds
 
 
 def long_tailed(n=600, seed=0):
@@ -50,10 +50,7 @@ def test_without_groups_stratified_folds_and_multilabel_argmax():
     assert np.array_equal(assign_folds(onehot, None, n_folds=4), assign_folds(onehot.argmax(1), None, n_folds=4))
 
 
-def test_fold_roles_and_bad_inputs():
-    assert fold_roles(0) == (0, 1) and fold_roles(4) == (4, 0) and fold_roles(2, 3) == (2, 0)
-    with pytest.raises(ValueError, match="fold 5 is outside 0..4"):
-        fold_roles(5)
+def test_bad_inputs():
     with pytest.raises(ValueError, match="3 samples cannot fill 5 folds"):
         assign_folds(np.array([0, 1, 0]))
     with pytest.raises(ValueError, match="2 patient groups cannot fill 5 folds"):

@@ -8,8 +8,7 @@ import pytest
 from engine.store import StoreError, open_store, wds_store, zarr_store
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
 from engine.store.manifest import SCHEMA_VERSION, read_manifest
-from engine.store.plan import blocks_for_rank, plan_split
-from engine.store.split_content import SplitContent
+from engine.store.plan import SplitContent, blocks_for_rank, plan_split
 
 SHAPE = (3, 4, 5)
 

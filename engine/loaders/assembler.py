@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from engine.loaders.batch import Batch
+from engine.loaders.loader import Batch
 from engine.loaders.chunk_reader import Chunk
 from engine.loaders.schedule import RankPlan
 from engine.loaders.selection import Selection

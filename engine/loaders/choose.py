@@ -74,6 +74,6 @@ def make_loader(store: LatentStore, selection: Selection, batch_size: int, devic
         from engine.loaders.dali import DaliLoader
 
         return DaliLoader(store, selection, batch_size, device, window_chunks=window_chunks, workers=workers, **common)
-    from engine.loaders.torch_fallback import TorchLoader
+    from engine.loaders.streaming import TorchLoader
 
     return TorchLoader(store, selection, batch_size, device, window_chunks=window_chunks, workers=workers, **common)

@@ -81,7 +81,7 @@ def read_chunks(reader: ChunkReader, chunks: np.ndarray, threads: int) -> Iterat
     """Chunks in the given order, ``threads`` reads in flight (0: one at a time in this thread).
 
     Threads, not processes: zstd decompression and file reads release the GIL, and a chunk read
-    in a thread needs no copy through shared memory (DataLoader workers cost ~3x more CPU here).
+    in a thread needs no copy through shared memory (DataLoader worker processes pay that copy on every chunk).
     """
     if not threads:
         yield from map(reader, chunks.tolist())

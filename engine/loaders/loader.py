@@ -1,4 +1,5 @@
-"""The contract every loader keeps: epochs, exactly-once order, rank slices, and a one-integer resume state.
+"""The contract every loader keeps: epochs, exactly-once order, rank slices, and a one-integer resume state,
+and what it yields (``Batch``: one rank's share of one step, on the training device).
 
 The state is the number of samples of the current epoch consumed, counted when a batch is handed
 to the caller (never when it is prefetched), plus the seed, epoch, global batch, order kind and a
@@ -13,17 +14,34 @@ gives the same batches whether or not it was interrupted and resumed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from engine.loaders.batch import Batch
 from engine.loaders.schedule import RankPlan, Schedule
 from engine.loaders.selection import Selection
 from engine.errors import UsageError
 
 STATE_VERSION = 1
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # (B, C, h, w) float16, as stored (standardise at use)
+    labels: torch.Tensor  # (B,) int64, or (B, K) uint8 multi-label
+    ids: torch.Tensor  # (B,) int64 sample ids of the selection (``selection.keys[ids]`` are their keys)
+    valid: torch.Tensor  # (B,) bool; False only for the padding of tail="pad_masked": loss and metrics skip it
+    logvar: torch.Tensor | None = None  # posterior log-variance, when the store has it and it was asked for
+    teacher_logits: torch.Tensor | None = None  # (B, K), when the store carries them
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v.to(device, non_blocking=non_blocking) for k, v in moved.items() if v is not None})
 
 
 class LatentLoader:

@@ -12,9 +12,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from engine.loaders.batch import Batch
 from engine.loaders.chunk_reader import ChunkReader, read_chunks
-from engine.loaders.loader import LatentLoader
+from engine.loaders.loader import Batch, LatentLoader
 from engine.loaders.order import global_order
 from engine.loaders.schedule import RankPlan
 from engine.loaders.selection import Selection
@@ -63,7 +62,7 @@ class ResidentLoader(LatentLoader):
         if need > budget:
             raise MemoryBudgetError(
                 f"resident loader: {selection.size} samples need {gib(need)} on {self.device}, over the memory budget "
-                f"of {gib(budget)}; raise the budget (--memory-budget) or use --loader dali / torch")
+                f"of {gib(budget)}; use --loader dali or --loader torch, which stream the store from disk")
         log(f"resident loader: caching {selection.size} samples of {'x'.join(map(str, shape))} fp16"
             f"{' + logvar' if with_logvar else ''} = {gib(need)} on {self.device} (budget {gib(budget)})")
         latents = np.empty((selection.size, *shape), dtype=np.float16)

@@ -1,7 +1,7 @@
 """Image-space ResNet-50 (the paper's image and reconstruction classifier) and ResNet-18, in plain torch.
 
-torchvision cannot be imported with this machine's CPU torch, so the architecture is written out here
-under torchvision's parameter names (which timm's ResNets share): ``--init`` loads ImageNet weights by
+torchvision's compiled ops do not load beside every torch build (the CPU wheels among them), so the
+architecture is written out here under torchvision's parameter names (which timm's ResNets share): ``--init`` loads ImageNet weights by
 name. ResNet v1.5 (stride in the 3x3 conv), initialised as torchvision does. Any in_channels works (the
 paper also runs ResNet-50 on latents with a fresh first conv).
 """
@@ -11,9 +11,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-
-DEFAULT_IMAGE_SIZE = 256  # the paper's image-space resolution (images resized from 512 px)
-
 
 class BasicBlock(nn.Module):
     expansion = 1

@@ -32,10 +32,3 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray | None = None, n_folds: 
         for k, (_, test) in enumerate(splitter.split(np.zeros(len(strata)), strata, groups)):
             folds[test] = k
     return folds
-
-
-def fold_roles(k: int, n_folds: int = 5) -> tuple[int, int]:
-    """(test fold, validation fold) of run k: test k, validation k+1, the rest trains."""
-    if not 0 <= k < n_folds:
-        raise UsageError(f"folds: fold {k} is outside 0..{n_folds - 1}")
-    return k, (k + 1) % n_folds

@@ -1,15 +1,35 @@
-"""How a split is cut into blocks: the unit of encoding, of resuming and of sharing among workers.
+"""The layout of a split before any latent is computed: what it holds, and how it is cut into blocks.
 
-A block is one zarr chunk or one webdataset shard. Blocks are grouped into zarr shards, and a
-worker owns whole shards, so no two processes ever write the same file.
+``SplitContent`` is the split's keys, labels, folds and patient groups. A block is the unit of
+encoding, of resuming and of sharing among workers: one zarr chunk or one webdataset shard. Blocks
+are grouped into zarr shards, and a worker owns whole shards, so no two processes ever write the
+same file.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+import numpy as np
 from engine.errors import UsageError
 
-CHUNK_BYTES = 1 << 20  # about 1 MiB of latents per block (DESIGN: chunks of 1-4 MiB)
+CHUNK_BYTES = 1 << 20  # about 1 MiB of latents per block: large sequential reads, small resume units
 BLOCKS_PER_SHARD = 8
+
+
+@dataclass
+class SplitContent:
+    keys: np.ndarray  # (N,) str, unique within the split
+    labels: np.ndarray  # (N,) int64 or (N, K) uint8 multi-label
+    folds: np.ndarray  # (N,) int8 cross-validation fold, -1 when folds were not assigned
+    groups: np.ndarray  # (N,) str patient id ("" when the source has none)
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        for name in ("labels", "folds", "groups"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"split content: {name} has {len(getattr(self, name))} rows, keys {n}")
+        if len(set(self.keys.tolist())) != n:
+            raise ValueError("split content: sample keys are not unique")
 
 
 @dataclass(frozen=True)

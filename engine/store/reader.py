@@ -43,8 +43,7 @@ class SplitData(Protocol):
 class LatentStore:
     def __init__(self, path: Path, manifest: dict, fmt: str, writable: bool = False):
         self.path, self.manifest, self.format = path, manifest, fmt
-        container = zarr_store.ZarrStore if fmt == "zarr" else wds_store.WdsStore
-        self._container = container(path, writable=writable)
+        self._container = zarr_store.ZarrStore(path, writable) if fmt == "zarr" else wds_store.WdsStore(path)
 
     @property
     def splits(self) -> list[str]:

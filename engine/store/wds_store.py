@@ -19,8 +19,7 @@ import numpy as np
 from engine.store.atomic import create_by_rename
 from engine.store.integrity import block_checksum
 from engine.store.manifest import MANIFEST_JSON, StoreError, write_json_atomic
-from engine.store.plan import SplitPlan
-from engine.store.split_content import SplitContent
+from engine.store.plan import SplitContent, SplitPlan
 
 COMPONENTS = ("latent", "label", "logvar")
 DAMAGED = "the store is damaged, re-encode it with --overwrite or restore it from a copy"
@@ -210,7 +209,9 @@ class WdsSplit:
 
 
 class WdsStore:
-    def __init__(self, path: Path, writable: bool = False):
+    """Plain files: any split is writable by whoever may write the directory."""
+
+    def __init__(self, path: Path):
         self.path = path
 
     def split(self, name: str) -> WdsSplit:

@@ -14,8 +14,7 @@ import numpy as np
 from engine.store.atomic import create_by_rename
 from engine.store.integrity import block_checksum
 from engine.store.manifest import StoreError
-from engine.store.plan import SplitPlan
-from engine.store.split_content import SplitContent
+from engine.store.plan import SplitContent, SplitPlan
 
 
 def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitContent]],

@@ -1,0 +1,77 @@
+"""What every op module shares, kept once (as Liger-Kernel's ops/utils.py): which path runs a call, the
+dtypes the kernels take, operand checks, the (B, C, S) view of spatial tensors and the tile of a
+plane-wise kernel.
+
+Path (``use_triton``): by default (``auto``) Triton runs on CUDA tensors and the reference on CPU
+tensors. ``LATENT_ENGINE_KERNELS`` forces either (``triton`` or ``reference``); forcing ``triton`` on
+CPU tensors needs ``TRITON_INTERPRET=1`` (Triton's interpreter), which is how the tests check the
+kernels without a GPU while the rest of the suite keeps the fast reference path.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+ENV_VAR = "LATENT_ENGINE_KERNELS"
+_CHOICES = ("auto", "triton", "reference")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True when the call on ``x`` should run the Triton kernel."""
+    choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(f"{ENV_VAR}={choice!r}: expected one of {', '.join(_CHOICES)}")
+    if choice == "reference":
+        return False
+    runnable = x.is_cuda or _interpreting()
+    if choice == "triton":
+        if not runnable:
+            raise RuntimeError(
+                f"{ENV_VAR}=triton but the tensor is on {x.device} and TRITON_INTERPRET is not set; "
+                "use a CUDA tensor or set TRITON_INTERPRET=1"
+            )
+        return True
+    return x.is_cuda
+
+
+def check_x(op: str, x: torch.Tensor, dims: tuple[int, ...] | None = None) -> tuple[int, int]:
+    """(B, C) of x, which must be a (B, C, *spatial) tensor (of ``dims`` dimensions) in a dtype the kernels take."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 3 or (dims is not None and x.dim() not in dims):
+        want = " or ".join(f"{d}-d" for d in dims) if dims else "(B, C, *spatial)"
+        raise ValueError(f"{op}: x must be a {want} tensor, got shape {tuple(getattr(x, 'shape', ()))}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: x is {x.dtype}; use float32, float16 or bfloat16")
+    return x.shape[0], x.shape[1]
+
+
+def check_operands(op: str, x: torch.Tensor, operands: tuple[tuple[str, torch.Tensor, tuple[int, ...]], ...],
+                   dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES) -> None:
+    """Each (name, tensor, expected shape) is a tensor of that shape, in one of ``dtypes``, on x's device."""
+    for name, t, shape in operands:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor of shape {shape}, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {shape} for x {tuple(x.shape)}")
+        if t.dtype not in dtypes:
+            raise TypeError(f"{op}: {name} is {t.dtype}; use {' or '.join(str(d).removeprefix('torch.') for d in dtypes)}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}; put all inputs on one device")
+
+
+def spatial_flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) as (B, C, S): a view when the spatial dims merge (contiguous, channels-last), else a copy."""
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def plane_tile(n_rows: int, S: int, tile: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_S) of a kernel over (row, position) planes: whole short planes, several per program;
+    long planes split along positions, ``tile`` elements per program."""
+    block_s = min(triton.next_power_of_2(S), tile)
+    return min(triton.next_power_of_2(n_rows), max(1, tile // block_s)), block_s
