@@ -3,9 +3,10 @@
 ``fits(batch)`` runs real steps and answers False on out-of-memory; the search never guesses from a model
 size. Every probe is kept, so the report shows how the answer was found.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def largest_batch(fits: Callable[[int], bool], start: int, cap: int, resolution: float = 0.125) -> dict:

@@ -1,4 +1,5 @@
 """`bench`: measure kernels, loaders and whole training steps; render reports."""
+
 from __future__ import annotations
 
 import importlib

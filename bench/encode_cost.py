@@ -5,6 +5,7 @@ weights reach the benchmark machines, and the speed of a network does not depend
 Inputs are synthetic images already in memory, so decoding and store writes are not included.
 diffusers is imported here only, when this part runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,12 +33,19 @@ def autoencoder(family: str, device: torch.device):
         torch.manual_seed(0)
         module = getattr(diffusers, info.diffusers_class)(**info.config)
     module.to(device).eval().requires_grad_(False)
-    return dataclasses.replace(ae, module=module, family=f"{family} (random weights)", pretrained=False,
-                               latent_channels=info.latent_channels, downsample=info.downsample)
+    return dataclasses.replace(
+        ae,
+        module=module,
+        family=f"{family} (random weights)",
+        pretrained=False,
+        latent_channels=info.latent_channels,
+        downsample=info.downsample,
+    )
 
 
-def encode_throughput(family: str, image_size: int, device: torch.device, batch: int, images: int,
-                      repeats: int = 3) -> dict:
+def encode_throughput(
+    family: str, image_size: int, device: torch.device, batch: int, images: int, repeats: int = 3
+) -> dict:
     """images/s of `Autoencoder.encode` (the call `engine encode` makes) on random images in [-1, 1]."""
     ae = autoencoder(family, device)
     x = torch.rand(batch, 3, image_size, image_size, device=device) * 2 - 1
@@ -53,11 +61,19 @@ def encode_throughput(family: str, image_size: int, device: torch.device, batch:
         sync(device)
         rates.append(done / (time.perf_counter() - start))
     q1, median, q3 = quartiles(rates)
-    return {"family": ae.family, "pretrained": ae.pretrained, "image_size": image_size,
-            "latent_shape": list(ae.latent_shape(image_size)), "batch": batch, "images_per_repeat": images,
-            "images_per_s": median, "iqr": [q1, q3],
-            "note": "full-size architecture, random weights: speed does not depend on weight values"
-            if not ae.pretrained else "the engine's seeded default autoencoder"}
+    return {
+        "family": ae.family,
+        "pretrained": ae.pretrained,
+        "image_size": image_size,
+        "latent_shape": list(ae.latent_shape(image_size)),
+        "batch": batch,
+        "images_per_repeat": images,
+        "images_per_s": median,
+        "iqr": [q1, q3],
+        "note": "full-size architecture, random weights: speed does not depend on weight values"
+        if not ae.pretrained
+        else "the engine's seeded default autoencoder",
+    }
 
 
 def break_even_epochs(dataset_size: int, encode_per_s: float, latent_per_s: float, image_per_s: float) -> float:

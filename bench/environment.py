@@ -3,6 +3,7 @@
 One description of the device, the library versions and the result path, so result files of
 `bench kernels`, `bench loaders` and `bench throughput` from one machine line up in `bench report`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,16 +12,24 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from kernels.common import ENV_VAR
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PACKAGES = ("numpy", "triton", "diffusers", "zarr", "webdataset", "nvidia-dali-cuda130", "nvidia-dali-cuda120",
-            "latent-engine")
+PACKAGES = (
+    "numpy",
+    "triton",
+    "diffusers",
+    "zarr",
+    "webdataset",
+    "nvidia-dali-cuda130",
+    "nvidia-dali-cuda120",
+    "latent-engine",
+)
 
 
 def device_name(device: torch.device) -> str:
@@ -36,8 +45,12 @@ def device_name(device: torch.device) -> str:
 
 def driver_version() -> str | None:
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
@@ -45,8 +58,12 @@ def driver_version() -> str | None:
 
 def versions(cuda: bool) -> dict:
     """Python, torch, CUDA, the NVIDIA driver (on CUDA) and the installed versions of PACKAGES (None if absent)."""
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "driver": driver_version() if cuda else None}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": driver_version() if cuda else None,
+    }
     for dist in PACKAGES:
         try:
             out[dist] = importlib.metadata.version(dist)

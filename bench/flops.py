@@ -3,10 +3,11 @@
 The peak is measured, not looked up: a large bf16 matmul on GPU (tensor cores, what the models run in under
 autocast), an fp32 matmul on CPU (what they run in there), timed in the same process as the steps.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode

@@ -7,6 +7,7 @@ add_noise's reference is a bit-exact Philox oracle, slow by design, so it is als
 the code people write (torch.rand_like/randn_like), eager and compiled (see IMPLS).
 On a machine without CUDA only the eager reference runs, at a small batch, and the report says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import triton
@@ -30,11 +31,13 @@ LATENT = (32, 64, 64)  # FLUX.2 latent of a 512 px image
 STAGES = ((96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2))  # ConvNeXt-T stage maps on that latent
 KERNELS = ("add_noise", "film", "film_layer_norm", "group_norm_film_silu")
 MODES = ("forward", "forward+backward")
-IMPLS = {"triton": "the kernels package's public function (Triton kernel)",
-         "eager": "its plain-torch reference, eager (for add_noise: the Philox oracle in int64 torch ops)",
-         "compile": "torch.compile of that reference (dynamic=False)",
-         "eager_torch_rng": "add_noise as eager code writes it: torch.rand_like/randn_like materialised",
-         "compile_torch_rng": "torch.compile of eager_torch_rng (Inductor fuses its own Philox)"}
+IMPLS = {
+    "triton": "the kernels package's public function (Triton kernel)",
+    "eager": "its plain-torch reference, eager (for add_noise: the Philox oracle in int64 torch ops)",
+    "compile": "torch.compile of that reference (dynamic=False)",
+    "eager_torch_rng": "add_noise as eager code writes it: torch.rand_like/randn_like materialised",
+    "compile_torch_rng": "torch.compile of eager_torch_rng (Inductor fuses its own Philox)",
+}
 F32 = 4
 
 
@@ -56,13 +59,23 @@ def _add_noise_case(B: int, shape: tuple[int, ...], device: str) -> Case:
     alpha, sigma = torch.ones(B, device=device), 10 * torch.rand(B, device=device)
     n = x.numel() * x.element_size()
     # paper setting: alpha = 1, target_std = 0.5, 20 % of elements dropped
-    return Case("add_noise", (B, *shape), x.dtype, (x, mean, std, alpha, sigma, 1234, 0, 0.2, 0.5), (x,),
-                2 * n + (2 * C + 2 * B) * F32, 2 * n + (C + B) * F32)
+    return Case(
+        "add_noise",
+        (B, *shape),
+        x.dtype,
+        (x, mean, std, alpha, sigma, 1234, 0, 0.2, 0.5),
+        (x,),
+        2 * n + (2 * C + 2 * B) * F32,
+        2 * n + (C + B) * F32,
+    )
 
 
 def _film_case(B: int, shape: tuple[int, ...], device: str) -> Case:
     x = torch.randn(B, *shape, device=device).bfloat16().requires_grad_()
-    scale, shift = (0.1 * torch.randn(B, shape[0], device=device)).requires_grad_(), torch.randn(B, shape[0], device=device).requires_grad_()
+    scale, shift = (
+        (0.1 * torch.randn(B, shape[0], device=device)).requires_grad_(),
+        torch.randn(B, shape[0], device=device).requires_grad_(),
+    )
     n, bc = x.numel() * x.element_size(), B * shape[0] * F32
     return Case("film", (B, *shape), x.dtype, (x, scale, shift), (x, scale, shift), 2 * n + 2 * bc, 3 * n + 3 * bc)
 
@@ -70,8 +83,14 @@ def _film_case(B: int, shape: tuple[int, ...], device: str) -> Case:
 def _norm_tensors(B: int, shape: tuple[int, ...], device: str):
     C = shape[0]
     x = torch.randn(B, *shape, device=device).bfloat16().requires_grad_()
-    scale, shift = (0.1 * torch.randn(B, C, device=device)).requires_grad_(), torch.randn(B, C, device=device).requires_grad_()
-    weight, bias = (1 + 0.1 * torch.randn(C, device=device)).requires_grad_(), (0.1 * torch.randn(C, device=device)).requires_grad_()
+    scale, shift = (
+        (0.1 * torch.randn(B, C, device=device)).requires_grad_(),
+        torch.randn(B, C, device=device).requires_grad_(),
+    )
+    weight, bias = (
+        (1 + 0.1 * torch.randn(C, device=device)).requires_grad_(),
+        (0.1 * torch.randn(C, device=device)).requires_grad_(),
+    )
     n, params = x.numel() * x.element_size(), (2 * B * C + 2 * C) * F32
     # forward reads the parameters and writes y; backward reads dy, x and the parameters and writes dx
     # and all four parameter gradients (the fp32 statistics are the kernel's own business)
@@ -80,18 +99,36 @@ def _norm_tensors(B: int, shape: tuple[int, ...], device: str):
 
 def _film_layer_norm_case(B: int, shape: tuple[int, ...], device: str) -> Case:
     x, scale, shift, weight, bias, fwd, bwd = _norm_tensors(B, shape, device)
-    return Case("film_layer_norm", (B, *shape), x.dtype, (x, scale, shift, weight, bias, 1e-6),
-                (x, scale, shift, weight, bias), fwd, bwd)
+    return Case(
+        "film_layer_norm",
+        (B, *shape),
+        x.dtype,
+        (x, scale, shift, weight, bias, 1e-6),
+        (x, scale, shift, weight, bias),
+        fwd,
+        bwd,
+    )
 
 
 def _group_norm_film_silu_case(B: int, shape: tuple[int, ...], device: str) -> Case:
     x, scale, shift, weight, bias, fwd, bwd = _norm_tensors(B, shape, device)
-    return Case("group_norm_film_silu", (B, *shape), x.dtype, (x, 32, weight, bias, scale, shift, 1e-5),
-                (x, weight, bias, scale, shift), fwd, bwd)
+    return Case(
+        "group_norm_film_silu",
+        (B, *shape),
+        x.dtype,
+        (x, 32, weight, bias, scale, shift, 1e-5),
+        (x, weight, bias, scale, shift),
+        fwd,
+        bwd,
+    )
 
 
-BUILDERS = {"add_noise": (_add_noise_case, (LATENT,)), "film": (_film_case, STAGES),
-            "film_layer_norm": (_film_layer_norm_case, STAGES), "group_norm_film_silu": (_group_norm_film_silu_case, STAGES)}
+BUILDERS = {
+    "add_noise": (_add_noise_case, (LATENT,)),
+    "film": (_film_case, STAGES),
+    "film_layer_norm": (_film_layer_norm_case, STAGES),
+    "group_norm_film_silu": (_group_norm_film_silu_case, STAGES),
+}
 
 
 def _add_noise_torch_rng(x, mean, std, alpha, sigma, seed, offset, mask_p, target_std):
@@ -106,8 +143,10 @@ def _add_noise_torch_rng(x, mean, std, alpha, sigma, seed, offset, mask_p, targe
 # kernels whose reference (the Philox oracle) is not what eager code would write: time that too
 TORCH_RNG_BASELINES = {"add_noise": _add_noise_torch_rng}
 # references torch.compile cannot take, and why (measured: torch 2.13, more than 8 minutes on CPU)
-UNCOMPILABLE = {"add_noise": "Inductor inlines the 10 unrolled int64 Philox rounds into one expression and "
-                             "its lowering grows exponentially; compile_torch_rng is the compiled baseline"}
+UNCOMPILABLE = {
+    "add_noise": "Inductor inlines the 10 unrolled int64 Philox rounds into one expression and "
+    "its lowering grows exponentially; compile_torch_rng is the compiled baseline"
+}
 
 
 def _implementations(kernel: str, names: list[str], skipped: list[dict]) -> dict[str, Callable]:
@@ -160,8 +199,13 @@ def _times_ms(step: Callable[[], None], cuda: bool, reps: int, rep_ms: int) -> l
 def _summary(times: list[float], n_bytes: int) -> dict:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     median = statistics.median(times)
-    return {"bytes": n_bytes, "times_ms": times, "median_ms": median, "iqr_ms": [q[0], q[2]],
-            "gb_per_s": n_bytes / median / 1e6}
+    return {
+        "bytes": n_bytes,
+        "times_ms": times,
+        "median_ms": median,
+        "iqr_ms": [q[0], q[2]],
+        "gb_per_s": n_bytes / median / 1e6,
+    }
 
 
 def _copy_bandwidth(device: str, cuda: bool, reps: int, rep_ms: int) -> dict:
@@ -174,19 +218,29 @@ def _copy_bandwidth(device: str, cuda: bool, reps: int, rep_ms: int) -> dict:
 
 def _markdown(report: dict) -> str:
     copy = report["copy_bandwidth"]["gb_per_s"]
-    lines = [f"# bench kernels on {report['device']}", "",
-             f"torch {report['versions']['torch']}, triton {report['versions']['triton']}; "
-             f"copy bandwidth {copy:.0f} GB/s (read + write); `{report['command']}`", ""]
+    lines = [
+        f"# bench kernels on {report['device']}",
+        "",
+        f"torch {report['versions']['torch']}, triton {report['versions']['triton']}; "
+        f"copy bandwidth {copy:.0f} GB/s (read + write); `{report['command']}`",
+        "",
+    ]
     if report["reference_only"]:
         lines += [f"**{report['note']}**", ""]
-    lines += ["| kernel | shape | dtype | mode | impl | median ms | GB/s | % of copy | x eager |",
-              "|---|---|---|---|---|---:|---:|---:|---:|"]
-    eager = {(r["kernel"], tuple(r["shape"]), r["mode"]): r["median_ms"] for r in report["results"] if r["impl"] == "eager"}
+    lines += [
+        "| kernel | shape | dtype | mode | impl | median ms | GB/s | % of copy | x eager |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    eager = {
+        (r["kernel"], tuple(r["shape"]), r["mode"]): r["median_ms"] for r in report["results"] if r["impl"] == "eager"
+    }
     for r in report["results"]:
         base = eager.get((r["kernel"], tuple(r["shape"]), r["mode"]))
         speedup = f"{base / r['median_ms']:.2f}" if base else "-"
-        lines.append(f"| {r['kernel']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['mode']} | {r['impl']} | "
-                     f"{r['median_ms']:.4f} | {r['gb_per_s']:.1f} | {100 * r['fraction_of_copy']:.1f} | {speedup} |")
+        lines.append(
+            f"| {r['kernel']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} | {r['mode']} | {r['impl']} | "
+            f"{r['median_ms']:.4f} | {r['gb_per_s']:.1f} | {100 * r['fraction_of_copy']:.1f} | {speedup} |"
+        )
     lines += [f"| {s['kernel']} | - | - | - | {s['impl']}: skipped | {s['reason']} | | | |" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 
@@ -194,12 +248,20 @@ def _markdown(report: dict) -> str:
 def main(argv: list[str]) -> int:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(prog="bench kernels", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="JSON path (default bench/results/kernels-<device>.json); Markdown beside it")
-    parser.add_argument("--batch", type=int, default=256 if cuda else 2, help="batch size (default 256 on CUDA, 2 on CPU)")
+    parser.add_argument(
+        "--out", type=Path, help="JSON path (default bench/results/kernels-<device>.json); Markdown beside it"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=256 if cuda else 2, help="batch size (default 256 on CUDA, 2 on CPU)"
+    )
     parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated subset of " + ",".join(KERNELS))
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the references (compiles take minutes)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile of the references (compiles take minutes)"
+    )
     parser.add_argument("--reps", type=int, default=5, help="timed calls per case on CPU")
-    parser.add_argument("--rep-ms", type=int, default=200, help="milliseconds of timed calls per case on CUDA (do_bench)")
+    parser.add_argument(
+        "--rep-ms", type=int, default=200, help="milliseconds of timed calls per case on CUDA (do_bench)"
+    )
     args = parser.parse_args(argv)
     kernels = [k for k in args.kernels.split(",") if k]
     if unknown := sorted(set(kernels) - set(KERNELS)):
@@ -208,8 +270,12 @@ def main(argv: list[str]) -> int:
     device = "cuda" if cuda else "cpu"
     device_name = environment.device_name(torch.device(device))
     impls = ["triton", "eager"] + ([] if args.no_compile else ["compile"]) if cuda else ["eager"]
-    note = ("" if cuda else "No CUDA device: only the eager PyTorch reference ran, at batch "
-            f"{args.batch}; Triton and torch.compile timings need a GPU. CPU numbers are not kernel results.")
+    note = (
+        ""
+        if cuda
+        else "No CUDA device: only the eager PyTorch reference ran, at batch "
+        f"{args.batch}; Triton and torch.compile timings need a GPU. CPU numbers are not kernel results."
+    )
     if cuda and "compile" in impls:
         torch._dynamo.config.recompile_limit = 64  # one graph per shape and mode, never a silent eager fallback
     torch.manual_seed(0)
@@ -227,9 +293,14 @@ def main(argv: list[str]) -> int:
                 for mode in MODES:
                     n_bytes = case.bytes_forward + (case.bytes_backward if mode != "forward" else 0)
                     for impl, fn in fns.items():
-                        row = {"kernel": kernel, "shape": list(case.shape), "dtype": str(case.dtype).removeprefix("torch."),
-                               "mode": mode, "impl": impl,
-                               **_summary(_times_ms(_step(fn, case, mode), cuda, args.reps, args.rep_ms), n_bytes)}
+                        row = {
+                            "kernel": kernel,
+                            "shape": list(case.shape),
+                            "dtype": str(case.dtype).removeprefix("torch."),
+                            "mode": mode,
+                            "impl": impl,
+                            **_summary(_times_ms(_step(fn, case, mode), cuda, args.reps, args.rep_ms), n_bytes),
+                        }
                         row["fraction_of_copy"] = row["gb_per_s"] / copy["gb_per_s"]
                         results.append(row)
                 del case
@@ -237,13 +308,21 @@ def main(argv: list[str]) -> int:
                     torch.cuda.empty_cache()
 
     report = {
-        "schema": 1, "device": device_name, "device_type": device, "reference_only": not cuda, "note": note,
+        "schema": 1,
+        "device": device_name,
+        "device_type": device,
+        "reference_only": not cuda,
+        "note": note,
         "command": " ".join(["bench", "kernels", *argv]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": environment.versions(cuda),
-        "batch": args.batch, "timing": "triton.testing.do_bench, CUDA events, L2 flushed" if cuda else "time.perf_counter",
+        "batch": args.batch,
+        "timing": "triton.testing.do_bench, CUDA events, L2 flushed" if cuda else "time.perf_counter",
         "bytes": "minimum per pass: each input read once, each output written once; forward+backward adds both passes",
-        "impls": IMPLS, "copy_bandwidth": copy, "results": results, "skipped": skipped,
+        "impls": IMPLS,
+        "copy_bandwidth": copy,
+        "results": results,
+        "skipped": skipped,
     }
     out = args.out or environment.result_path("kernels", device_name)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ against a device copy of the same bytes measured in the same run. Without ``--st
 store of random fp16 latents is written in both formats first (not timed). The shuffle-quality
 figure is the mean number of distinct chunks per batch, against a uniform shuffle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 
 from bench import environment
+from bench.shuffle_quality import shuffle_quality
 from engine.loaders import make_loader, select
 from engine.loaders.order import block_order, global_order
-from bench.shuffle_quality import shuffle_quality
 from engine.store import open_store, wds_store, zarr_store
 from engine.store.channel_stats import block_moments
 from engine.store.integrity import meta_checksums, seal
@@ -38,14 +39,25 @@ def write_synthetic_store(path: Path, fmt: str, n: int, shape: tuple[int, ...], 
     """A complete store with one train split of ``n`` random fp16 latents (compressible like real ones: barely)."""
     rng = np.random.default_rng(seed)
     plan = plan_split("train", n, 2 * int(np.prod(shape)))
-    content = SplitContent(keys=np.array([f"synthetic/{i:08d}" for i in range(n)]),
-                           labels=rng.integers(0, 4, n).astype(np.int64), folds=(np.arange(n) % 5).astype(np.int8),
-                           groups=np.full(n, "", dtype=str))
+    content = SplitContent(
+        keys=np.array([f"synthetic/{i:08d}" for i in range(n)]),
+        labels=rng.integers(0, 4, n).astype(np.int64),
+        folds=(np.arange(n) % 5).astype(np.int8),
+        groups=np.full(n, "", dtype=str),
+    )
     settings = {"schema_version": SCHEMA_VERSION, "bench": "loaders", "n": n, "shape": list(shape), "seed": seed}
-    manifest = {**settings, "splits": {"train": {**plan.to_dict(), "checksums": meta_checksums(vars(content))}},
-                "latent_shape": list(shape), "logvar": False, "image_size": None, "autoencoder": {},
-                "dataset": {"class_names": ["a", "b", "c", "d"], "multilabel": False}, "folds": {"n_folds": 5},
-                "settings_fingerprint": fingerprint(settings), "complete": False}
+    manifest = {
+        **settings,
+        "splits": {"train": {**plan.to_dict(), "checksums": meta_checksums(vars(content))}},
+        "latent_shape": list(shape),
+        "logvar": False,
+        "image_size": None,
+        "autoencoder": {},
+        "dataset": {"class_names": ["a", "b", "c", "d"], "multilabel": False},
+        "folds": {"n_folds": 5},
+        "settings_fingerprint": fingerprint(settings),
+        "complete": False,
+    }
     (zarr_store if fmt == "zarr" else wds_store).create(path, manifest, {"train": (plan, content)}, shape, False)
     store = open_store(path, require_complete=False, writable=True)
     split = store.split("train")
@@ -77,13 +89,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_loader(store, name: str, batch: int, device: torch.device, epochs: int, workers: int | None,
-                window: int) -> dict:
+def time_loader(
+    store, name: str, batch: int, device: torch.device, epochs: int, workers: int | None, window: int
+) -> dict:
     selection = select(store, "train")
     sample_bytes = 2 * int(np.prod(store.manifest["latent_shape"]))
     t = time.perf_counter()
-    loader = make_loader(store, selection, batch, device, loader=name, workers=workers, window_chunks=window,
-                         log=lambda line: None)
+    loader = make_loader(
+        store, selection, batch, device, loader=name, workers=workers, window_chunks=window, log=lambda line: None
+    )
     setup = time.perf_counter() - t
     rates = []
     for epoch in range(epochs):
@@ -95,49 +109,74 @@ def time_loader(store, name: str, batch: int, device: torch.device, epochs: int,
         rates.append(n / (time.perf_counter() - t))
     timed = rates[1:] or rates
     rate = statistics.median(timed)
-    return {"loader": name, "format": store.format, "samples": selection.size, "batch": batch,
-            "workers": getattr(loader, "workers", None), "order": loader.order_kind, "setup_s": round(setup, 3),
-            "first_epoch_samples_per_s": round(rates[0]), "samples_per_s": round(rate),
-            "GB_per_s": round(rate * sample_bytes / 1e9, 3), "epochs_timed": len(timed)}
+    return {
+        "loader": name,
+        "format": store.format,
+        "samples": selection.size,
+        "batch": batch,
+        "workers": getattr(loader, "workers", None),
+        "order": loader.order_kind,
+        "setup_s": round(setup, 3),
+        "first_epoch_samples_per_s": round(rates[0]),
+        "samples_per_s": round(rate),
+        "GB_per_s": round(rate * sample_bytes / 1e9, 3),
+        "epochs_timed": len(timed),
+    }
 
 
 def _table(report: dict) -> str:
-    lines = [f"bench loaders on {report['device']} ({report['threads']} threads): {report['samples']} samples of "
-             f"{'x'.join(map(str, report['latent_shape']))} fp16, global batch {report['batch']}",
-             f"{'loader':<9} {'format':<6} {'workers':>7} {'setup s':>8} {'samples/s':>11} {'GB/s':>7} "
-             f"{'1st epoch/s':>12}"]
+    lines = [
+        f"bench loaders on {report['device']} ({report['threads']} threads): {report['samples']} samples of "
+        f"{'x'.join(map(str, report['latent_shape']))} fp16, global batch {report['batch']}",
+        f"{'loader':<9} {'format':<6} {'workers':>7} {'setup s':>8} {'samples/s':>11} {'GB/s':>7} {'1st epoch/s':>12}",
+    ]
     for r in report["results"]:
         workers = "-" if r["workers"] is None else str(r["workers"])
-        lines.append(f"{r['loader']:<9} {r['format']:<6} {workers:>7} {r['setup_s']:>8.2f} {r['samples_per_s']:>11,} "
-                     f"{r['GB_per_s']:>7.3f} {r['first_epoch_samples_per_s']:>12,}")
+        lines.append(
+            f"{r['loader']:<9} {r['format']:<6} {workers:>7} {r['setup_s']:>8.2f} {r['samples_per_s']:>11,} "
+            f"{r['GB_per_s']:>7.3f} {r['first_epoch_samples_per_s']:>12,}"
+        )
     for r in report["skipped"]:
         lines.append(f"{r['loader']:<9} {r['format']:<6} skipped: {r['why']}")
     copy = report["copy_GB_per_s"]
     resident = [f"{r['GB_per_s'] / copy:.0%} ({r['format']})" for r in report["results"] if r["loader"] == "resident"]
-    lines.append(f"device copy of the same bytes: {copy:.2f} GB/s; resident gather reaches {', '.join(resident) or '-'}")
+    lines.append(
+        f"device copy of the same bytes: {copy:.2f} GB/s; resident gather reaches {', '.join(resident) or '-'}"
+    )
     lines.append(f"load average before/after: {report['load_average'][0]} / {report['load_average'][1]}")
     for kind, q in report["shuffle_quality"].items():
-        lines.append(f"shuffle quality, {kind}: {q['distinct_chunks_per_batch']:.1f} distinct chunks per batch "
-                     f"of {q['batch']} (uniform shuffle: {q['ideal']:.1f}), ratio {q['ratio']:.2f}")
+        lines.append(
+            f"shuffle quality, {kind}: {q['distinct_chunks_per_batch']:.1f} distinct chunks per batch "
+            f"of {q['batch']} (uniform shuffle: {q['ideal']:.1f}), ratio {q['ratio']:.2f}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench loaders", description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, action="append",
-                        help="an existing store to read (repeat for a zarr and a wds one); default: write synthetic ones")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        action="append",
+        help="an existing store to read (repeat for a zarr and a wds one); default: write synthetic ones",
+    )
     parser.add_argument("--samples", type=int, default=20000, help="synthetic store size (default 20000)")
     parser.add_argument("--shape", default="4x32x32", help="synthetic latent shape (default 4x32x32)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per loader; the first is reported apart")
     parser.add_argument("--loaders", default=",".join(LOADER_NAMES))
     parser.add_argument("--formats", default="zarr,wds")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="chunk reads in flight: threads (torch, resident) or processes (DALI on zarr); "
-                             "default make_loader's")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="chunk reads in flight: threads (torch, resident) or processes (DALI on zarr); default make_loader's",
+    )
     parser.add_argument("--window", type=int, default=16, help="chunks per shuffle window of the DALI/torch loaders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workdir", type=Path, help="where synthetic stores are written and reused (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, help="where synthetic stores are written and reused (default: a temp dir)"
+    )
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/loaders-<device>.json)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -156,8 +195,10 @@ def main(argv: list[str]) -> int:
             for fmt in args.formats.split(","):
                 path = root / f"synthetic-{args.samples}-{args.shape}.{fmt}"
                 if not path.exists():
-                    print(f"writing a synthetic {fmt} store of {args.samples} latents to {path} (not timed)",
-                          file=sys.stderr)
+                    print(
+                        f"writing a synthetic {fmt} store of {args.samples} latents to {path} (not timed)",
+                        file=sys.stderr,
+                    )
                     write_synthetic_store(path, fmt, args.samples, shape)
                 stores.append(open_store(path))
         results, skipped, load_before = [], [], os.getloadavg()[0]
@@ -170,18 +211,26 @@ def main(argv: list[str]) -> int:
         selection = select(stores[0], "train")
         bounds, shape = selection.chunk_bounds, stores[0].manifest["latent_shape"]
         report = {
-            "command": "bench loaders " + " ".join(argv), "device": environment.device_name(device),
-            "threads": torch.get_num_threads(), "versions": environment.versions(device.type == "cuda"),
-            "samples": selection.size, "latent_shape": shape, "batch": args.batch,
+            "command": "bench loaders " + " ".join(argv),
+            "device": environment.device_name(device),
+            "threads": torch.get_num_threads(),
+            "versions": environment.versions(device.type == "cuda"),
+            "samples": selection.size,
+            "latent_shape": shape,
+            "batch": args.batch,
             "samples_per_chunk": int(np.diff(bounds).max()),
-            "timing": "median samples/s over epochs after the first; time.perf_counter, device synchronised at epoch end",
+            "timing": "median samples/s over epochs after the first; time.perf_counter, "
+            "device synchronised at epoch end",
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # other work on the machine
             "copy_GB_per_s": copy_bandwidth(selection.size * 2 * int(np.prod(shape)), device),
-            "results": results, "skipped": skipped,
+            "results": results,
+            "skipped": skipped,
             "shuffle_quality": {
                 "global (resident)": shuffle_quality(global_order(selection.size, 0, 0), bounds, args.batch),
-                f"block of {args.window} chunks (dali, torch)": shuffle_quality(block_order(bounds, 0, 0, args.window),
-                                                                               bounds, args.batch)},
+                f"block of {args.window} chunks (dali, torch)": shuffle_quality(
+                    block_order(bounds, 0, 0, args.window), bounds, args.batch
+                ),
+            },
         }
     print(_table(report))
     out = args.out or environment.result_path("loaders", report["device"])

@@ -3,14 +3,16 @@
 On CPU the kernel's high-water mark (VmHWM) is reset through /proc/self/clear_refs before the block, so the
 figure is the block's own peak above the resident set it started from (model and data made before
 it are not counted). Freed heap pages are handed back first (glibc malloc_trim): otherwise a block reuses
-what earlier work freed and its RSS peak reads near zero. Where that reset is not allowed the process-lifetime peak is reported and named so.
+what earlier work freed and its RSS peak reads near zero. Where that reset is not allowed the
+process-lifetime peak is reported and named so.
 """
+
 from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -49,13 +51,18 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
         torch.cuda.reset_peak_memory_stats(device)
         yield out
         torch.cuda.synchronize(device)
-        out.update(bytes=int(torch.cuda.max_memory_allocated(device)),
-                   kind="torch.cuda.max_memory_allocated (allocator peak, everything live on the device)")
+        out.update(
+            bytes=int(torch.cuda.max_memory_allocated(device)),
+            kind="torch.cuda.max_memory_allocated (allocator peak, everything live on the device)",
+        )
         return
     reset = _reset_rss_peak()
     base = _status_kib("VmRSS")
     yield out
     peak = _status_kib("VmHWM")
-    out.update(bytes=1024 * max(peak - base, 0) if reset else 1024 * peak,
-               kind="peak RSS above the RSS at the start (VmHWM after clear_refs)" if reset
-               else "process-lifetime peak RSS (VmHWM; /proc/self/clear_refs not writable)")
+    out.update(
+        bytes=1024 * max(peak - base, 0) if reset else 1024 * peak,
+        kind="peak RSS above the RSS at the start (VmHWM after clear_refs)"
+        if reset
+        else "process-lifetime peak RSS (VmHWM; /proc/self/clear_refs not writable)",
+    )

@@ -6,11 +6,12 @@ Latent side: `engine encode` writes a zarr store of the synthetic dataset; `engi
 PNG files, decoded and augmented (the paper's flip and 15 degree rotation) per sample in the workers of a
 plain torch DataLoader, then copied to the device. zarr and diffusers are imported here only.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -75,15 +76,24 @@ def _loss(device: torch.device) -> TrainingLoss:
     return TrainingLoss(RECIPES["ldam-drw"], counts, device=device)
 
 
-def run_real_input(latent_model: str, image_model: str, image_size: int, samples: int, batch: int,
-                   opts: StepOptions, autoencoder: str, workers: int, timing: dict, log=print) -> dict:
+def run_real_input(
+    latent_model: str,
+    image_model: str,
+    image_size: int,
+    samples: int,
+    batch: int,
+    opts: StepOptions,
+    autoencoder: str,
+    workers: int,
+    timing: dict,
+    log=print,
+) -> dict:
     """Latent and image steps fed by their real loaders, plus each loader alone; returns rows for the report."""
+    from bench.encode_cost import autoencoder as build_autoencoder
     from engine.encode import EncodeOptions, encode
     from engine.loaders import make_loader, select
     from engine.sources import open_source
     from engine.store import open_store
-
-    from bench.encode_cost import autoencoder as build_autoencoder
 
     device = opts.device
     rows = []
@@ -93,8 +103,12 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
         source = open_source(None, image_size=image_size, sizes=sizes, cache_dir=tmp / "cache")
         ae = build_autoencoder(autoencoder, device)
         log(f"real input: encoding {samples} synthetic {image_size} px images with {ae.family} (not timed)")
-        encode(source, ae, EncodeOptions(out=tmp / "latents.zarr", image_size=image_size, batch_size=16),
-               log=lambda *_: None)
+        encode(
+            source,
+            ae,
+            EncodeOptions(out=tmp / "latents.zarr", image_size=image_size, batch_size=16),
+            log=lambda *_: None,
+        )
         store = open_store(tmp / "latents.zarr")
         shape = tuple(store.manifest["latent_shape"])
         stats = store.manifest["channel_stats"]
@@ -106,9 +120,15 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
             return iter(loader)
 
         files, labels = write_pngs(source, "train", tmp / "png")
-        images = torch.utils.data.DataLoader(PngImages(files, labels), batch_size=batch, shuffle=True, drop_last=True,
-                                             num_workers=workers, pin_memory=device.type == "cuda",
-                                             persistent_workers=workers > 0)
+        images = torch.utils.data.DataLoader(
+            PngImages(files, labels),
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         latent_case = Case("latent", latent_model, f"{autoencoder}-{image_size}", shape)
         image_case = Case("image", image_model, f"{image_size}px", (3, image_size, image_size))
         nets = {"latent": build_net(latent_case, opts), "image": build_net(image_case, opts)}
@@ -121,6 +141,7 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
             def step(i: int) -> torch.Tensor:
                 with kernels_env(opts.kernels):
                     return train_step(nets["latent"], opt, objective, next(batches), i)
+
             return step
 
         def image_step(batches: Iterator):
@@ -129,8 +150,11 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
             def step(i: int) -> torch.Tensor:
                 x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                b = Batch(None, y, torch.arange(len(y), device=device), torch.ones(len(y), dtype=torch.bool, device=device))
+                b = Batch(
+                    None, y, torch.arange(len(y), device=device), torch.ones(len(y), dtype=torch.bool, device=device)
+                )
                 return train_step(nets["image"], opt, LoadedImages(x, loss_fn), b, i)
+
             return step
 
         def loader_only(batches: Iterator):
@@ -138,17 +162,32 @@ def run_real_input(latent_model: str, image_model: str, image_size: int, samples
                 b = next(batches)
                 x = b.latents if isinstance(b, Batch) else b[0].to(device, non_blocking=True)
                 return x.flatten()[:1].float()  # touch it; finite, as time_windows checks
+
             return step
 
-        for space, case, epoch_fn in (("latent", latent_case, latent_epoch),
-                                      ("image", image_case, lambda e: iter(images))):
-            for what, make in (("loader only", loader_only),
-                               ("loader + step", latent_step if space == "latent" else image_step)):
+        for space, case, epoch_fn in (
+            ("latent", latent_case, latent_epoch),
+            ("image", image_case, lambda e: iter(images)),
+        ):
+            for what, make in (
+                ("loader only", loader_only),
+                ("loader + step", latent_step if space == "latent" else image_step),
+            ):
                 log(f"real input: {space} {what}")
                 t = time_windows(make(_cycle(epoch_fn)), batch, device, **timing)
-                rows.append({"space": space, "case": case.name, "model": case.model, "shape": list(case.shape),
-                             "what": what, "batch": batch, "samples": samples,
-                             "input_path": f"make_loader ({loader.__class__.__name__}) on a zarr store from engine encode"
-                             if space == "latent" else f"PNG decode + flip/rotate in a torch DataLoader, {workers} workers",
-                             **t})
+                rows.append(
+                    {
+                        "space": space,
+                        "case": case.name,
+                        "model": case.model,
+                        "shape": list(case.shape),
+                        "what": what,
+                        "batch": batch,
+                        "samples": samples,
+                        "input_path": f"make_loader ({loader.__class__.__name__}) on a zarr store from engine encode"
+                        if space == "latent"
+                        else f"PNG decode + flip/rotate in a torch DataLoader, {workers} workers",
+                        **t,
+                    }
+                )
     return {"autoencoder": autoencoder, "image_size": image_size, "rows": rows}

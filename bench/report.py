@@ -2,6 +2,7 @@
 several side by side (other devices, other commits); `--readme` writes the README's performance section from
 throughput, kernels and loaders results. Every figure comes from the JSON, nothing is typed in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,26 +56,39 @@ def headline(report: dict) -> dict | None:
 def markdown(report: dict) -> str:
     p = report["protocol"]
     v = report["versions"]
-    lines = [f"# bench throughput on {report['device']}", "",
-             f"`{report['command']}` ({report['created']}); torch {v['torch']}, CUDA {v.get('cuda')}, "
-             f"driver {v.get('driver')}, triton {v.get('triton')}; {report['torch_threads']} torch threads, "
-             f"load average {report['load_average'][0]} before and {report['load_average'][1]} after "
-             "(other work on the machine skews CPU timings)", ""]
+    lines = [
+        f"# bench throughput on {report['device']}",
+        "",
+        f"`{report['command']}` ({report['created']}); torch {v['torch']}, CUDA {v.get('cuda')}, "
+        f"driver {v.get('driver')}, triton {v.get('triton')}; {report['torch_threads']} torch threads, "
+        f"load average {report['load_average'][0]} before and {report['load_average'][1]} after "
+        "(other work on the machine skews CPU timings)",
+        "",
+    ]
     if report["reduced"]:
         lines += ["**Reduced sizes** (" + "; ".join(report["reduced"]) + "). These are not the paper's sizes.", ""]
-    lines += ["Protocol: " + "; ".join(f"{k}: {val}" for k, val in p.items()), "",
-              f"Measured matmul peak: {report['matmul_peak']['flop_per_s'] / 1e12:.3f} TFLOP/s "
-              f"({report['matmul_peak']['dtype']}, n={report['matmul_peak']['n']}).", ""]
+    lines += [
+        "Protocol: " + "; ".join(f"{k}: {val}" for k, val in p.items()),
+        "",
+        f"Measured matmul peak: {report['matmul_peak']['flop_per_s'] / 1e12:.3f} TFLOP/s "
+        f"({report['matmul_peak']['dtype']}, n={report['matmul_peak']['n']}).",
+        "",
+    ]
     if head := headline_lines(report):
         lines += ["## Headline", "", *head, ""]
-    lines += ["## Training steps, inputs on the device", "",
-              "| regime | case | batch | samples/s (IQR) | step ms | peak MiB | GFLOP/sample | % of peak | note |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "## Training steps, inputs on the device",
+        "",
+        "| regime | case | batch | samples/s (IQR) | step ms | peak MiB | GFLOP/sample | % of peak | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in report["rows"]:
         gflop = None if r["flops_per_sample"] is None else r["flops_per_sample"] / 1e9
         util = None if r["utilisation"] is None else 100 * r["utilisation"]
-        lines.append(f"| {r['regime']} | {r['case']} | {r['batch']} | {rate(r)} | {r['step_ms']:.1f} | "
-                     f"{r['peak_memory_bytes'] / MiB:,.1f} | {_opt(gflop, '.3f')} | {_opt(util, '.1f')} | {r['note']} |")
+        lines.append(
+            f"| {r['regime']} | {r['case']} | {r['batch']} | {rate(r)} | {r['step_ms']:.1f} | "
+            f"{r['peak_memory_bytes'] / MiB:,.1f} | {_opt(gflop, '.3f')} | {_opt(util, '.1f')} | {r['note']} |"
+        )
     lines += ["", "## Ratios (this run's own timings)", "", *ratio_lines(report)]
     if report["batch_search"]:
         lines += ["", "## Largest batch that fits", "", "| case | batch | probes (batch: fits) |", "|---|---:|---|"]
@@ -93,21 +107,28 @@ def headline_lines(report: dict) -> list[str]:
     """The headline pair beside the paper's ratios, as a table (none when the run has no equal-batch pair)."""
     if (h := headline(report)) is None:
         return []
-    return ["| | this run | paper |", "|---|---:|---:|",
-            f"| throughput latent/image ({h['latent']} vs {h['image']}, batch {h['latent_batch']}) | "
-            f"{h['throughput_ratio']:.2f}x | {report['paper']['throughput_ratio']:.0f}x |",
-            f"| memory image/latent (same) | {_opt(h['memory_ratio'], '.2f')}x | {report['paper']['memory_ratio']:.0f}x |"]
+    return [
+        "| | this run | paper |",
+        "|---|---:|---:|",
+        f"| throughput latent/image ({h['latent']} vs {h['image']}, batch {h['latent_batch']}) | "
+        f"{h['throughput_ratio']:.2f}x | {report['paper']['throughput_ratio']:.0f}x |",
+        f"| memory image/latent (same) | {_opt(h['memory_ratio'], '.2f')}x | {report['paper']['memory_ratio']:.0f}x |",
+    ]
 
 
 def ratio_lines(report: dict, image_model: str | None = None) -> list[str]:
     """The ratios table: every pair, or only those against ``image_model`` (e.g. the paper's resnet50)."""
-    lines = ["| regime | latent | image | batches | throughput latent/image | memory image/latent |",
-             "|---|---|---|---|---:|---:|"]
+    lines = [
+        "| regime | latent | image | batches | throughput latent/image | memory image/latent |",
+        "|---|---|---|---|---:|---:|",
+    ]
     for r in report["ratios"]:
         if image_model is not None and not r["image"].startswith(f"{image_model} @ "):
             continue
-        lines.append(f"| {r['regime']} | {r['latent']} | {r['image']} | {r['latent_batch']} / {r['image_batch']} | "
-                     f"{r['throughput_ratio']:.2f}x | {_opt(r['memory_ratio'], '.2f')}{'x' if r['memory_ratio'] else ''} |")
+        lines.append(
+            f"| {r['regime']} | {r['latent']} | {r['image']} | {r['latent_batch']} / {r['image_batch']} | "
+            f"{r['throughput_ratio']:.2f}x | {_opt(r['memory_ratio'], '.2f')}{'x' if r['memory_ratio'] else ''} |"
+        )
     return lines
 
 
@@ -119,15 +140,19 @@ def _profile_lines(prof: dict | None) -> list[str]:
     lines = ["", f"## Profile of the latent step: {prof['case']}, batch {prof['batch']}", ""]
     if prof.get("note"):
         lines += [prof["note"], ""]
-    lines += ["| fused kernels | compile | ms/step | noise injection | FiLM + norm | rest of model | optimizer | time |",
-              "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "| fused kernels | compile | ms/step | noise injection | FiLM + norm | rest of model | optimizer | time |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for v in prof["variants"]:
         if "skipped" in v:
             lines.append(f"| {v['kernels']} | {v['compile']} | skipped: {v['skipped']} | | | | | |")
             continue
         s = v["shares"]
-        lines.append(f"| {v['kernels']} | {v['compile']} | {v['total_ms_per_step']:.2f} | {100 * s['noise_injection']:.1f} % | "
-                     f"{100 * s['film_norm']:.1f} % | {100 * s['model']:.1f} % | {100 * s['optimizer']:.1f} % | {v['time']} |")
+        lines.append(
+            f"| {v['kernels']} | {v['compile']} | {v['total_ms_per_step']:.2f} | {100 * s['noise_injection']:.1f} % | "
+            f"{100 * s['film_norm']:.1f} % | {100 * s['model']:.1f} % | {100 * s['optimizer']:.1f} % | {v['time']} |"
+        )
     return lines
 
 
@@ -136,8 +161,13 @@ def _real_input_lines(real: dict | None) -> list[str]:
         return []
     if "skipped" in real:
         return ["", f"## Input path included: skipped ({real['skipped']})"]
-    lines = ["", f"## Input path included ({real['image_size']} px, store from {real['autoencoder']})", "",
-             "| space | case | what | batch | samples/s (IQR) | input path |", "|---|---|---|---:|---:|---|"]
+    lines = [
+        "",
+        f"## Input path included ({real['image_size']} px, store from {real['autoencoder']})",
+        "",
+        "| space | case | what | batch | samples/s (IQR) | input path |",
+        "|---|---|---|---:|---:|---|",
+    ]
     for r in real["rows"]:
         lines.append(f"| {r['space']} | {r['case']} | {r['what']} | {r['batch']} | {rate(r)} | {r['input_path']} |")
     return lines
@@ -148,43 +178,64 @@ def _encode_lines(enc: dict | None) -> list[str]:
         return []
     if "skipped" in enc:
         return ["", f"## Encode cost: skipped ({enc['skipped']})"]
-    lines = ["", "## Encode cost", "",
-             f"{enc['family']} at {enc['image_size']} px (latent {'x'.join(map(str, enc['latent_shape']))}), batch "
-             f"{enc['batch']}: {enc['images_per_s']:,.2f} images/s (IQR {enc['iqr'][0]:,.2f}-{enc['iqr'][1]:,.2f}); {enc['note']}."]
+    lines = [
+        "",
+        "## Encode cost",
+        "",
+        f"{enc['family']} at {enc['image_size']} px (latent {'x'.join(map(str, enc['latent_shape']))}), batch "
+        f"{enc['batch']}: {enc['images_per_s']:,.2f} images/s "
+        f"(IQR {enc['iqr'][0]:,.2f}-{enc['iqr'][1]:,.2f}); {enc['note']}.",
+    ]
     if enc.get("break_even") is None:
         lines.append(f"Break-even: not computed ({enc.get('why')}).")
     else:
-        lines.append(f"Break-even for {enc['dataset_size']:,} images, {enc['latent']} (batch {enc['latent_batch']}) "
-                     f"against {enc['image']} (batch {enc['image_batch']}): {enc['break_even']}.")
+        lines.append(
+            f"Break-even for {enc['dataset_size']:,} images, {enc['latent']} (batch {enc['latent_batch']}) "
+            f"against {enc['image']} (batch {enc['image_batch']}): {enc['break_even']}."
+        )
     return lines
 
 
 def side_by_side(reports: list[dict], names: list[str]) -> str:
     """One table of every (regime, case) across reports, then each report's headline."""
     lines = ["# bench throughput, side by side", ""]
-    lines += [f"- **{n}**: {r['device']}, torch {r['versions']['torch']}, `{r['command']}`"
-              + (" (reduced sizes)" if r["reduced"] else "") for n, r in zip(names, reports)]
+    lines += [
+        f"- **{n}**: {r['device']}, torch {r['versions']['torch']}, `{r['command']}`"
+        + (" (reduced sizes)" if r["reduced"] else "")
+        for n, r in zip(names, reports)
+    ]
     keys = list(dict.fromkeys((r["regime"], r["case"]) for rep in reports for r in rep["rows"]))
-    lines += ["", "| regime | case | " + " | ".join(f"{n} samples/s (batch) | {n} peak MiB" for n in names) + " |",
-              "|---|---|" + "---:|---:|" * len(names)]
+    lines += [
+        "",
+        "| regime | case | " + " | ".join(f"{n} samples/s (batch) | {n} peak MiB" for n in names) + " |",
+        "|---|---|" + "---:|---:|" * len(names),
+    ]
     for regime, case in keys:
         cells = []
         for rep in reports:
             row = next((r for r in rep["rows"] if (r["regime"], r["case"]) == (regime, case)), None)
-            cells += ["-", "-"] if row is None else [f"{row['samples_per_s']:,.1f} ({row['batch']})",
-                                                      f"{row['peak_memory_bytes'] / MiB:,.1f}"]
+            cells += (
+                ["-", "-"]
+                if row is None
+                else [f"{row['samples_per_s']:,.1f} ({row['batch']})", f"{row['peak_memory_bytes'] / MiB:,.1f}"]
+            )
         lines.append(f"| {regime} | {case} | " + " | ".join(cells) + " |")
     lines += ["", "| result | headline pair | throughput latent/image | memory image/latent |", "|---|---|---:|---:|"]
     for n, rep in zip(names, reports):
         h = headline(rep)
-        lines.append(f"| {n} | - | - | - |" if h is None else
-                     f"| {n} | {h['latent']} vs {h['image']} | {h['throughput_ratio']:.2f}x | {_opt(h['memory_ratio'], '.2f')}x |")
+        lines.append(
+            f"| {n} | - | - | - |"
+            if h is None
+            else f"| {n} | {h['latent']} vs {h['image']} | {h['throughput_ratio']:.2f}x | "
+            f"{_opt(h['memory_ratio'], '.2f')}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plots(report: dict, stem: Path) -> list[Path]:
     """Throughput and memory bars (log scale) at equal batch, and samples/s against batch size."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -193,8 +244,10 @@ def plots(report: dict, stem: Path) -> list[Path]:
         return []
     written = []
     colours = ["tab:blue" if r["space"] == "latent" else "tab:red" for r in eq]
-    for key, label, scale, suffix in (("samples_per_s", "samples/s", 1, "throughput"),
-                                      ("peak_memory_bytes", "peak memory (MiB)", MiB, "memory")):
+    for key, label, scale, suffix in (
+        ("samples_per_s", "samples/s", 1, "throughput"),
+        ("peak_memory_bytes", "peak memory (MiB)", MiB, "memory"),
+    ):
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(eq) + 1.5))
         ax.barh([r["case"] for r in eq], [max(r[key] / scale, 1e-6) for r in eq], color=colours)
         ax.set_xscale("log")
@@ -229,12 +282,19 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench report", description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+", type=Path,
-                        help="JSON files written by `bench throughput` (with --readme also `bench kernels`, `bench loaders`)")
+    parser.add_argument(
+        "results",
+        nargs="+",
+        type=Path,
+        help="JSON files written by `bench throughput` (with --readme also `bench kernels`, `bench loaders`)",
+    )
     parser.add_argument("--out", type=Path, help="write the Markdown here too (default: print only)")
     parser.add_argument("--readme", type=Path, help="replace the performance section between this README's markers")
-    parser.add_argument("--check", action="store_true",
-                        help="with --readme: change nothing, exit 1 if the section is not what the files render")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="with --readme: change nothing, exit 1 if the section is not what the files render",
+    )
     args = parser.parse_args(argv)
     if args.readme:
         if args.out:
@@ -263,8 +323,11 @@ def _readme(readme: Path, results: list[Path], check: bool) -> int:
         print(f"bench report: {err}", file=sys.stderr)
         return 2
     if check and changed:
-        print(f"bench report: {readme}: the performance section is not what the {len(results)} result files render; "
-              "run the same command without --check to rewrite it", file=sys.stderr)
+        print(
+            f"bench report: {readme}: the performance section is not what the {len(results)} result files render; "
+            "run the same command without --check to rewrite it",
+            file=sys.stderr,
+        )
         return 1
     print(f"{readme}: performance section " + ("rewritten" if changed else "up to date"))
     return 0

@@ -4,6 +4,7 @@ Samples in one chunk were encoded together (often from one class or patient when
 sorted), so a batch drawn from few chunks is correlated. A uniform shuffle draws a batch of b
 from n samples; chunk c (n_c samples) is then missed with probability C(n - n_c, b) / C(n, b).
 """
+
 from __future__ import annotations
 
 from math import lgamma
@@ -30,7 +31,7 @@ def shuffle_quality(order: np.ndarray, chunk_bounds: np.ndarray, batch: int) -> 
     steps = len(order) // batch
     if steps == 0:
         raise ValueError(f"shuffle quality: batch {batch} is larger than the order ({len(order)} samples)")
-    chunk = np.searchsorted(chunk_bounds, order[:steps * batch], side="right").reshape(steps, batch) - 1
+    chunk = np.searchsorted(chunk_bounds, order[: steps * batch], side="right").reshape(steps, batch) - 1
     chunk.sort(axis=1)
     distinct = float(1 + (np.diff(chunk, axis=1) != 0).sum(axis=1).mean())
     ideal = expected_distinct_chunks(np.diff(chunk_bounds), batch)

@@ -7,10 +7,11 @@ wrapped in a record_function by forward hooks, so their forward is found whateve
 backward only the names say it (the fused kernels' autograd nodes, native layer/group norm backward,
 Inductor's fused kernel names): elementwise FiLM backward of the reference path counts as "model".
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.autograd.profiler import record_function
@@ -31,12 +32,14 @@ def label_norm_layers(net: torch.nn.Module) -> Callable[[], None]:
     handles = []
     for module in net.modules():
         if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+
             def pre(m, args):
                 m._bench_range = record_function(NORM_LABEL)
                 m._bench_range.__enter__()
 
             def post(m, args, out):
                 m._bench_range.__exit__(None, None, None)
+
             handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     return lambda: [h.remove() for h in handles]
 
@@ -73,7 +76,10 @@ def profile_steps(step: Callable[[int], torch.Tensor], device: torch.device, ste
         by_op[event.name] = by_op.get(event.name, 0.0) + us
     total = sum(totals.values()) or 1.0
     top = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]
-    return {"time": "self device (kernel) time" if cuda else "self CPU time (coarse: CPU ops, not kernels)",
-            "steps": steps, "total_ms_per_step": total / 1e3 / steps,
-            "shares": {k: v / total for k, v in totals.items()},
-            "top_ops": [{"op": name, "ms_per_step": us / 1e3 / steps} for name, us in top]}
+    return {
+        "time": "self device (kernel) time" if cuda else "self CPU time (coarse: CPU ops, not kernels)",
+        "steps": steps,
+        "total_ms_per_step": total / 1e3 / steps,
+        "shares": {k: v / total for k, v in totals.items()},
+        "top_ops": [{"op": name, "ms_per_step": us / 1e3 / steps} for name, us in top],
+    }

@@ -3,11 +3,12 @@
 The median over windows, not the mean, and its interquartile range: a shared machine's hiccups show
 up as spread instead of moving the figure. Inside a window nothing syncs, as in training.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -25,8 +26,14 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def time_windows(step: Callable[[int], torch.Tensor], batch: int, device: torch.device, warmup: int = 3,
-                 windows: int = 5, steps_per_window: int = 5) -> dict:
+def time_windows(
+    step: Callable[[int], torch.Tensor],
+    batch: int,
+    device: torch.device,
+    warmup: int = 3,
+    windows: int = 5,
+    steps_per_window: int = 5,
+) -> dict:
     """samples/s of ``step`` (one training step of ``batch`` samples per call) over timed windows.
 
     Raises FloatingPointError when the loss goes non-finite: a diverged step is not a timing.
@@ -47,5 +54,11 @@ def time_windows(step: Callable[[int], torch.Tensor], batch: int, device: torch.
         raise FloatingPointError(f"loss is {loss.item()} after {i + 1} steps")
     rates = [batch * steps_per_window / s for s in seconds]
     q1, median, q3 = quartiles(rates)
-    return {"samples_per_s": median, "iqr": [q1, q3], "window_seconds": seconds, "steps_per_window": steps_per_window,
-            "warmup_steps": warmup, "step_ms": 1e3 * batch / median}
+    return {
+        "samples_per_s": median,
+        "iqr": [q1, q3],
+        "window_seconds": seconds,
+        "steps_per_window": steps_per_window,
+        "warmup_steps": warmup,
+        "step_ms": 1e3 * batch / median,
+    }

@@ -6,10 +6,11 @@ mask + noise pass, the network, the loss); the image step is ``ImageObjective`` 
 --space image` runs it: uint8 images resident on the device, converted, flipped and rotated there,
 normalised, then the network and the loss.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ POOL_BATCHES = 2  # distinct resident batches cycled through, so no step reuses 
 @dataclass(frozen=True)
 class Case:
     """One model on one input shape: a latent classifier on a latent, or an image ResNet on images."""
+
     space: str  # "latent" | "image"
     model: str
     shape_name: str  # "flux2-512" or "256px"
@@ -52,8 +54,10 @@ def latent_shape(shape_name: str) -> tuple[int, int, int]:
     """(C, h, w) of ``"<family>-<px>"``, e.g. flux2-512 -> (32, 64, 64)."""
     family, _, px = shape_name.rpartition("-")
     if family not in LATENT_FAMILIES or not px.isdigit() or int(px) % LATENT_FAMILIES[family][1]:
-        raise ValueError(f"unknown latent shape {shape_name!r}: expected <family>-<image px> with family in "
-                         f"{', '.join(LATENT_FAMILIES)} and px a multiple of its factor, e.g. {', '.join(PAPER_SHAPES[:4])}")
+        raise ValueError(
+            f"unknown latent shape {shape_name!r}: expected <family>-<image px> with family in "
+            f"{', '.join(LATENT_FAMILIES)} and px a multiple of its factor, e.g. {', '.join(PAPER_SHAPES[:4])}"
+        )
     channels, factor = LATENT_FAMILIES[family]
     return (channels, int(px) // factor, int(px) // factor)
 
@@ -88,8 +92,9 @@ def build_net(case: Case, opts: StepOptions) -> torch.nn.Module:
     return net.to(memory_format=torch.channels_last) if opts.channels_last else net
 
 
-def make_step(case: Case, batch: int, opts: StepOptions, net: torch.nn.Module | None = None
-              ) -> tuple[Callable[[int], torch.Tensor], torch.nn.Module]:
+def make_step(
+    case: Case, batch: int, opts: StepOptions, net: torch.nn.Module | None = None
+) -> tuple[Callable[[int], torch.Tensor], torch.nn.Module]:
     """(step(i) -> loss, model): one full training step on device-resident input number ``i``."""
     device = opts.device
     net = net if net is not None else build_net(case, opts)

@@ -1,4 +1,5 @@
 """`engine`: encode datasets into latent stores, inspect them, train and evaluate classifiers on them."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,35 +16,57 @@ def _env_int(name: str, default: int) -> int:
 
 
 def add_encode(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("encode", help="encode a dataset into a latent store (zarr or webdataset), once",
-                       description="Encode a dataset into a latent store. With no --dataset/--autoencoder it uses "
-                                   "the embedded SYNTHETIC chest-radiograph benchmark and an UNTRAINED seeded autoencoder.")
+    p = sub.add_parser(
+        "encode",
+        help="encode a dataset into a latent store (zarr or webdataset), once",
+        description="Encode a dataset into a latent store. With no --dataset/--autoencoder it uses "
+        "the embedded SYNTHETIC chest-radiograph benchmark and an UNTRAINED seeded autoencoder.",
+    )
     p.add_argument("--dataset", default=None, help="synthetic-cxr (default) | MedMNIST .npz | image folder or CSV")
     p.add_argument("--csv", default=None, help="label CSV of an image folder (default: the folder's only .csv)")
     p.add_argument("--label-column", default=None, help="one column holding the class of each row")
     p.add_argument("--multilabel", action="store_true", help="keep rows with several positive classes multi-label")
-    p.add_argument("--autoencoder", default=None,
-                   help="default-tiny (default, untrained) | a family (sd, flux1, flux2, sdxl, sd3, dc-ae, taesd, medvae) "
-                        "| a diffusers directory | [family:]file.safetensors")
-    p.add_argument("--out", type=Path, default=None, help="store path (default latents.zarr, or latents_wds with --format wds)")
+    p.add_argument(
+        "--autoencoder",
+        default=None,
+        help="default-tiny (default, untrained) | a family (sd, flux1, flux2, sdxl, sd3, dc-ae, taesd, medvae) "
+        "| a diffusers directory | [family:]file.safetensors",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="store path (default latents.zarr, or latents_wds with --format wds)"
+    )
     p.add_argument("--format", dest="fmt", choices=("zarr", "wds"), default="zarr")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="square size fed to the autoencoder (default: the dataset's native size, which an image "
-                        "folder must share across its images; the paper uses 512)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square size fed to the autoencoder (default: the dataset's native size, which an image "
+        "folder must share across its images; the paper uses 512)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--posterior", action="store_true", help="also store the posterior log-variance")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and record their keys in the manifest")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable images and record their keys in the manifest"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--rank", type=int, default=_env_int("RANK", 0), help="this worker (default $RANK or 0)")
-    p.add_argument("--world-size", type=int, default=_env_int("WORLD_SIZE", 1), help="workers (default $WORLD_SIZE or 1)")
+    p.add_argument(
+        "--world-size", type=int, default=_env_int("WORLD_SIZE", 1), help="workers (default $WORLD_SIZE or 1)"
+    )
     p.add_argument("--block-samples", type=int, default=None, help="samples per block (resume unit; default ~1 MiB)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds stored per sample")
     p.add_argument("--fold-seed", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset and of the untrained default autoencoder")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic dataset and of the untrained default autoencoder"
+    )
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda:$LOCAL_RANK when available)")
-    p.add_argument("--teacher", type=Path, default=None,
-                   help="an image-space checkpoint (`engine train --space image`): store its logits for distillation; "
-                        "on an existing complete store only the logits are added")
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="an image-space checkpoint (`engine train --space image`): store its logits for distillation; "
+        "on an existing complete store only the logits are added",
+    )
     p.set_defaults(run=run_encode)
 
 
@@ -58,20 +81,37 @@ def run_encode(args: argparse.Namespace) -> int:
     out = args.out or Path("latents_wds" if args.fmt == "wds" else "latents.zarr")
     if args.teacher is not None and out.exists() and open_store(out, require_complete=False).complete:
         return add_teacher(out, args.teacher, device)
-    source_args = {"spec": str(Path(args.dataset).resolve()) if args.dataset and args.dataset != "synthetic-cxr" else None,
-                   "csv": str(Path(args.csv).resolve()) if args.csv else None, "label_column": args.label_column,
-                   "multilabel": args.multilabel, "seed": args.seed}
+    source_args = {
+        "spec": str(Path(args.dataset).resolve()) if args.dataset and args.dataset != "synthetic-cxr" else None,
+        "csv": str(Path(args.csv).resolve()) if args.csv else None,
+        "label_column": args.label_column,
+        "multilabel": args.multilabel,
+        "seed": args.seed,
+    }
     source = open_source(**source_args)
     ae = load_autoencoder(args.autoencoder, device=device, seed=args.seed)
     image_size = args.image_size or source.native_size
     if image_size % ae.downsample:
         nearest = max(image_size // ae.downsample, 1) * ae.downsample
-        raise UsageError(f"--image-size {image_size} is not a multiple of the autoencoder's factor {ae.downsample}; "
-                         f"pass --image-size {nearest}")
-    opts = EncodeOptions(out=out, fmt=args.fmt, image_size=image_size, batch_size=args.batch_size,
-                         posterior=args.posterior, skip_bad=args.skip_bad, overwrite=args.overwrite,
-                         rank=args.rank, world_size=args.world_size, block_samples=args.block_samples,
-                         n_folds=args.folds, fold_seed=args.fold_seed, source_args=source_args)
+        raise UsageError(
+            f"--image-size {image_size} is not a multiple of the autoencoder's factor {ae.downsample}; "
+            f"pass --image-size {nearest}"
+        )
+    opts = EncodeOptions(
+        out=out,
+        fmt=args.fmt,
+        image_size=image_size,
+        batch_size=args.batch_size,
+        posterior=args.posterior,
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        rank=args.rank,
+        world_size=args.world_size,
+        block_samples=args.block_samples,
+        n_folds=args.folds,
+        fold_seed=args.fold_seed,
+        source_args=source_args,
+    )
     store = encode(source, ae, opts)
     if store.complete:
         print(f"{out} ({args.fmt}) is complete; check it with `engine inspect {out}`")
@@ -96,13 +136,20 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     from engine.training.config import DISTILL, NOISE, OPTIMIZERS, SPACES, TrainConfig
 
     d = TrainConfig(store="")
-    p = sub.add_parser("train", help="train a (noise-conditioned) classifier on a latent store, or its image-space baseline",
-                       description="Train on a store written by `engine encode`. Defaults follow the paper's protocol.")
+    p = sub.add_parser(
+        "train",
+        help="train a (noise-conditioned) classifier on a latent store, or its image-space baseline",
+        description="Train on a store written by `engine encode`. Defaults follow the paper's protocol.",
+    )
     p.add_argument("--store", required=True)
     p.add_argument("--out", default=None, help="run directory (default runs/<space>-<model>[-fold<k>])")
     p.add_argument("--space", choices=SPACES, default=d.space)
-    p.add_argument("--model", default=None, help="convnext-t-film (latent default), adm-s-film, adm-b-film, the "
-                   "unconditioned convnext-t/adm-s/adm-b, resnet50 (image default), resnet18")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="convnext-t-film (latent default), adm-s-film, adm-b-film, the "
+        "unconditioned convnext-t/adm-s/adm-b, resnet50 (image default), resnet18",
+    )
     p.add_argument("--fold", type=int, default=None, help="cross-validation: test fold k, validation fold k+1")
     p.add_argument("--loss", choices=LOSSES, default=d.loss)
     p.add_argument("--distill", choices=DISTILL, default=d.distill, help="from stored teacher logits")
@@ -118,8 +165,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", choices=NOISE, default=d.noise)
     p.add_argument("--mask-p", type=float, default=d.mask_p)
     p.add_argument("--target-std", type=float, default=d.target_std)
-    p.add_argument("--precondition", action="store_true",
-                   help="EDM input scaling 1/sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper)")
+    p.add_argument(
+        "--precondition",
+        action="store_true",
+        help="EDM input scaling 1/sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper)",
+    )
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--loader", choices=LOADERS, default=d.loader)
@@ -141,8 +191,10 @@ def run_train(args: argparse.Namespace) -> int:
     test = result.get("test")
     if test:
         mcc = f", MCC {test['mcc']:.4f}" if "mcc" in test else ""
-        print(f"test: balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}{mcc}; "
-              f"results in {result['run']}/eval.json")
+        print(
+            f"test: balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f}{mcc}; "
+            f"results in {result['run']}/eval.json"
+        )
     return 0
 
 
@@ -151,27 +203,42 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--store", required=True)
     p.add_argument("--fold", type=int, default=None, help="default: the fold the checkpoint was trained on")
-    p.add_argument("--out", type=Path, default=None, help="directory for eval.json and the curve (default: beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation noise depends on it: keep 256 to match `engine train`")
+    p.add_argument(
+        "--out", type=Path, default=None, help="directory for eval.json and the curve (default: beside the checkpoint)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="evaluation noise depends on it: keep 256 to match `engine train`"
+    )
     p.add_argument("--loader", default="auto")
     p.add_argument("--device", default=None)
-    p.add_argument("--allow-other-store", action="store_true",
-                   help="evaluate on a store that differs from the checkpoint's (latent shape, image size, classes, "
-                        "dataset): a warning names what differs, instead of an error")
+    p.add_argument(
+        "--allow-other-store",
+        action="store_true",
+        help="evaluate on a store that differs from the checkpoint's (latent shape, image size, classes, "
+        "dataset): a warning names what differs, instead of an error",
+    )
     p.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.training.checkpoint import read_checkpoint
     from engine.evaluate import evaluate_checkpoint
+    from engine.training.checkpoint import read_checkpoint
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fold = args.fold if args.fold is not None else read_checkpoint(args.checkpoint)[2]["config"].get("fold")
     out = args.out or args.checkpoint.parent / f"eval-{Path(args.store).name}"
-    evaluate_checkpoint(args.checkpoint, args.store, out, device, fold, args.loader, args.batch_size,
-                        allow_other_store=args.allow_other_store)
+    evaluate_checkpoint(
+        args.checkpoint,
+        args.store,
+        out,
+        device,
+        fold,
+        args.loader,
+        args.batch_size,
+        allow_other_store=args.allow_other_store,
+    )
     print(f"results in {out}/eval.json")
     return 0
 
@@ -179,8 +246,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show a store's manifest, class balance and statistics; verify its content")
     p.add_argument("store", type=Path)
-    p.add_argument("--quick", action="store_true",
-                   help="check that every file is there at its size, without reading the blocks' checksums")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check that every file is there at its size, without reading the blocks' checksums",
+    )
     p.set_defaults(run=run_inspect)
 
 
@@ -198,8 +268,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     for line in problems:
         print(f"FAIL {line}", file=sys.stderr)
     what = "files and sizes" if args.quick else "every block's checksum"
-    print("validation: " + ("ok" if not problems else f"{len(problems)} problem(s)")
-          + f" ({what}, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    print(
+        "validation: "
+        + ("ok" if not problems else f"{len(problems)} problem(s)")
+        + f" ({what}, {time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr,
+    )
     return 1 if problems else 0
 
 

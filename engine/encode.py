@@ -5,6 +5,7 @@ interrupted, and channel statistics are merged in block order, so a resumed or m
 encode equals an uninterrupted one bit for bit. ``--overwrite`` encodes the new store beside the
 old one and swaps it in only when complete: a failed or killed overwrite loses nothing.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import engine
@@ -59,20 +59,33 @@ def split_contents(source: Source, n_folds: int, fold_seed: int) -> dict[str, Sp
     labels = [source.labels(s) for s in names]
     raw_groups = [source.groups(s) for s in names]
     grouped = all(g is not None for g in raw_groups)
-    groups = [np.asarray(g, dtype=str) if g is not None else np.full(len(l), "", dtype=str)
-              for g, l in zip(raw_groups, labels)]
-    folds_all = assign_folds(np.concatenate(labels), np.concatenate(groups) if grouped else None,
-                             n_folds=n_folds, seed=fold_seed)
+    groups = [
+        np.asarray(g, dtype=str) if g is not None else np.full(len(lab), "", dtype=str)
+        for g, lab in zip(raw_groups, labels)
+    ]
+    folds_all = assign_folds(
+        np.concatenate(labels), np.concatenate(groups) if grouped else None, n_folds=n_folds, seed=fold_seed
+    )
     out, start = {}, 0
     for name, lab, grp in zip(names, labels, groups):
-        out[name] = SplitContent(keys=np.asarray(source.keys(name), dtype=str), labels=lab,
-                                 folds=folds_all[start:start + len(lab)].astype(np.int8), groups=grp)
+        out[name] = SplitContent(
+            keys=np.asarray(source.keys(name), dtype=str),
+            labels=lab,
+            folds=folds_all[start : start + len(lab)].astype(np.int8),
+            groups=grp,
+        )
         start += len(lab)
     return out
 
 
-def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: dict[str, SplitPlan],
-                  contents: dict[str, SplitContent], grouped: bool) -> dict:
+def base_manifest(
+    source: Source,
+    ae: Autoencoder,
+    opts: EncodeOptions,
+    plans: dict[str, SplitPlan],
+    contents: dict[str, SplitContent],
+    grouped: bool,
+) -> dict:
     """Everything known before encoding; its fingerprint decides whether a store can be resumed.
 
     ``--skip-bad`` is not a setting: blocks encoded without it skipped nothing, so a run that stopped on
@@ -80,19 +93,33 @@ def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: d
     """
     info = source.info
     checksums = {name: meta_checksums(vars(contents[name])) for name in plans}
-    dataset = {"name": info.name, "synthetic": info.synthetic, "class_names": list(info.class_names),
-               "multilabel": info.multilabel, "provenance": info.provenance, "open_args": opts.source_args}
+    dataset = {
+        "name": info.name,
+        "synthetic": info.synthetic,
+        "class_names": list(info.class_names),
+        "multilabel": info.multilabel,
+        "provenance": info.provenance,
+        "open_args": opts.source_args,
+    }
     # the same samples, labels and folds, whatever the autoencoder: what `engine eval` checks a checkpoint against
-    dataset["fingerprint"] = fingerprint({"name": info.name, "class_names": list(info.class_names),
-                                          "multilabel": info.multilabel, "splits": checksums})
+    dataset["fingerprint"] = fingerprint(
+        {"name": info.name, "class_names": list(info.class_names), "multilabel": info.multilabel, "splits": checksums}
+    )
     settings = {
         "schema_version": SCHEMA_VERSION,
         "format": opts.fmt,
         "dataset": dataset,
-        "autoencoder": {"family": ae.family, "source": ae.source, "pretrained": ae.pretrained,
-                        "config_hash": ae.config_hash, "latent_channels": ae.latent_channels,
-                        "downsample": ae.downsample, "input_range": list(ae.input_range),
-                        "scaling_factor": ae.scaling_factor, "shift_factor": ae.shift_factor},
+        "autoencoder": {
+            "family": ae.family,
+            "source": ae.source,
+            "pretrained": ae.pretrained,
+            "config_hash": ae.config_hash,
+            "latent_channels": ae.latent_channels,
+            "downsample": ae.downsample,
+            "input_range": list(ae.input_range),
+            "scaling_factor": ae.scaling_factor,
+            "shift_factor": ae.shift_factor,
+        },
         "image_size": opts.image_size,
         "latent_shape": list(ae.latent_shape(opts.image_size)),
         "latent_dtype": "float16",
@@ -101,10 +128,17 @@ def base_manifest(source: Source, ae: Autoencoder, opts: EncodeOptions, plans: d
         "folds": {"n_folds": opts.n_folds, "seed": opts.fold_seed, "patient_grouped": grouped},
         "splits": {name: {**plan.to_dict(), "checksums": checksums[name]} for name, plan in plans.items()},
     }
-    return {**settings, "settings_fingerprint": fingerprint(settings), "engine_version": engine.__version__,
-            "normalisation": {"target_std": TARGET_STD, "applied_to_stored_latents": False,
-                              "note": "standardise (z - channel_mean) / channel_std * target_std at load time"},
-            "complete": False}
+    return {
+        **settings,
+        "settings_fingerprint": fingerprint(settings),
+        "engine_version": engine.__version__,
+        "normalisation": {
+            "target_std": TARGET_STD,
+            "applied_to_stored_latents": False,
+            "note": "standardise (z - channel_mean) / channel_std * target_std at load time",
+        },
+        "complete": False,
+    }
 
 
 def _existing_manifest(path: Path) -> dict | None:
@@ -114,7 +148,9 @@ def _existing_manifest(path: Path) -> dict | None:
     try:
         store_format(path)
     except StoreError:
-        raise StoreError(f"{path}: exists and is not a latent store; choose another --out (nothing was deleted)") from None
+        raise StoreError(
+            f"{path}: exists and is not a latent store; choose another --out (nothing was deleted)"
+        ) from None
     return read_manifest(path)
 
 
@@ -132,17 +168,30 @@ def encode_target(opts: EncodeOptions, manifest: dict) -> Path | None:
     if not opts.overwrite:
         if same:
             return None
-        why = "holds a complete store" if existing.get("complete") else "holds a partial store written with other settings"
-        resumable = (f" (--overwrite resumes the replacement encoded so far in {staging})"
-                     if replacement is not None and replacement.get("settings_fingerprint") == mine else "")
+        why = (
+            "holds a complete store"
+            if existing.get("complete")
+            else "holds a partial store written with other settings"
+        )
+        resumable = (
+            f" (--overwrite resumes the replacement encoded so far in {staging})"
+            if replacement is not None and replacement.get("settings_fingerprint") == mine
+            else ""
+        )
         raise StoreError(f"{out}: {why}; pass --overwrite to replace it{resumable} or choose another --out")
     if replacement is not None and replacement.get("settings_fingerprint") != mine and opts.rank == 0:
         shutil.rmtree(staging)  # an earlier replacement with other settings: ours to discard, never the user's store
     return staging
 
 
-def prepare_store(target: Path, opts: EncodeOptions, manifest: dict, contents: dict[str, SplitContent],
-                  plans: dict[str, SplitPlan], latent_shape: tuple[int, int, int]) -> LatentStore:
+def prepare_store(
+    target: Path,
+    opts: EncodeOptions,
+    manifest: dict,
+    contents: dict[str, SplitContent],
+    plans: dict[str, SplitPlan],
+    latent_shape: tuple[int, int, int],
+) -> LatentStore:
     """Create the store at ``target``, or reopen a partial one written with the same settings."""
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,20 +199,27 @@ def prepare_store(target: Path, opts: EncodeOptions, manifest: dict, contents: d
         create(target, manifest, {s: (plans[s], contents[s]) for s in plans}, latent_shape, opts.posterior)
     store = open_store(target, require_complete=False, writable=True)
     if store.manifest.get("settings_fingerprint") != manifest["settings_fingerprint"]:
-        raise StoreError(f"{target}: another worker created it with other settings; use the same command on every worker")
+        raise StoreError(
+            f"{target}: another worker created it with other settings; use the same command on every worker"
+        )
     return store
 
 
-def encode_block(source: Source, ae: Autoencoder, split: str, lo: int, hi: int, opts: EncodeOptions,
-                 pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
+def encode_block(
+    source: Source, ae: Autoencoder, split: str, lo: int, hi: int, opts: EncodeOptions, pool: ThreadPoolExecutor
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
     """Latents (fp16), logvar, valid flags and skipped keys of rows [lo, hi)."""
+
     def read(i: int) -> np.ndarray | BadImageError:
         try:
             return source.image(split, i)
         except BadImageError as err:
             if not opts.skip_bad:
-                raise BadImageError(err.key, f"{err.reason}; to skip unreadable images and record their keys, run "
-                                    "the same command with --skip-bad (it continues this encode)") from None
+                raise BadImageError(
+                    err.key,
+                    f"{err.reason}; to skip unreadable images and record their keys, run "
+                    "the same command with --skip-bad (it continues this encode)",
+                ) from None
             return err
 
     images = list(pool.map(read, range(lo, hi)))
@@ -176,16 +232,20 @@ def encode_block(source: Source, ae: Autoencoder, split: str, lo: int, hi: int, 
     rows = np.flatnonzero(valid)
     device = next(ae.module.parameters()).device
     for start in range(0, len(good), opts.batch_size):
-        batch = to_model_input(good[start:start + opts.batch_size], opts.image_size, ae.input_range)
+        batch = to_model_input(good[start : start + opts.batch_size], opts.image_size, ae.input_range)
         mode, lv = ae.encode(batch.to(device))
-        idx = rows[start:start + len(batch)]
+        idx = rows[start : start + len(batch)]
         latents[idx] = mode.float().cpu().numpy().astype(np.float16)
         if logvar is not None:
             if lv is None:
-                raise StoreError(f"--posterior: autoencoder {ae.family} is deterministic and has no log-variance; drop --posterior")
+                raise StoreError(
+                    f"--posterior: autoencoder {ae.family} is deterministic and has no log-variance; drop --posterior"
+                )
             logvar[idx] = lv.float().cpu().numpy().astype(np.float16)
     if not np.isfinite(latents[rows].astype(np.float32)).all():
-        raise StoreError(f"{split} rows {lo}-{hi}: the autoencoder produced NaN/Inf latents (fp16 overflow?); check its weights")
+        raise StoreError(
+            f"{split} rows {lo}-{hi}: the autoencoder produced NaN/Inf latents (fp16 overflow?); check its weights"
+        )
     return latents, logvar, valid, skipped
 
 
@@ -203,16 +263,28 @@ def finalize(store: LatentStore) -> bool:
         mean, std = mean_std(merged)
         valid = data.meta("valid").astype(bool)
         labels = data.meta("labels")[valid]
-        counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(manifest["dataset"]["class_names"]))
+        counts = (
+            labels.sum(axis=0)
+            if labels.ndim == 2
+            else np.bincount(labels, minlength=len(manifest["dataset"]["class_names"]))
+        )
         entry = dict(manifest["splits"][name])
-        entry.update(valid=int(valid.sum()), skipped_keys=data.meta("keys")[~valid].tolist(),
-                     class_counts=[int(c) for c in counts], channel_mean=mean, channel_std=std)
+        entry.update(
+            valid=int(valid.sum()),
+            skipped_keys=data.meta("keys")[~valid].tolist(),
+            class_counts=[int(c) for c in counts],
+            channel_mean=mean,
+            channel_std=std,
+        )
         manifest["splits"][name] = entry
     stats_split = "train" if "train" in splits else next(iter(splits))
     mean_all, std_all = mean_std(merge_moments(total))
-    manifest["channel_stats"] = {"mean": manifest["splits"][stats_split]["channel_mean"],
-                                 "std": manifest["splits"][stats_split]["channel_std"], "over": stats_split,
-                                 "all_splits": {"mean": mean_all, "std": std_all}}
+    manifest["channel_stats"] = {
+        "mean": manifest["splits"][stats_split]["channel_mean"],
+        "std": manifest["splits"][stats_split]["channel_std"],
+        "over": stats_split,
+        "all_splits": {"mean": mean_all, "std": std_all},
+    }
     seal(store)
     manifest["complete"] = True
     store.set_manifest(manifest)
@@ -227,8 +299,11 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
         raise UsageError(f"--rank {opts.rank} is outside --world-size {opts.world_size}")
     latent_shape = ae.latent_shape(opts.image_size)
     sample_bytes = 2 * int(np.prod(latent_shape))
-    plans = {name: plan_split(name, size, sample_bytes, opts.block_samples)
-             for name, size in source.info.split_sizes.items() if size > 0}
+    plans = {
+        name: plan_split(name, size, sample_bytes, opts.block_samples)
+        for name, size in source.info.split_sizes.items()
+        if size > 0
+    }
     contents = split_contents(source, opts.n_folds, opts.fold_seed)
     grouped = all((c.groups != "").all() for c in contents.values())
     manifest = base_manifest(source, ae, opts, plans, contents, grouped)
@@ -237,18 +312,28 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
         log(f"{opts.out} already holds this store, complete; nothing to do (--overwrite encodes it again)")
         return open_store(opts.out)
     if target != opts.out:
-        log(f"{opts.out} holds a store; encoding its replacement beside it in {target}: the old store stays until "
-            "the new one is complete, and the same command resumes a killed replacement")
+        log(
+            f"{opts.out} holds a store; encoding its replacement beside it in {target}: the old store stays until "
+            "the new one is complete, and the same command resumes a killed replacement"
+        )
     store = prepare_store(target, opts, manifest, contents, plans, latent_shape)
 
-    todo = [(name, b) for name, plan in plans.items() for b in blocks_for_rank(plan, opts.rank, opts.world_size)
-            if not store.split(name).block_done(b)]
+    todo = [
+        (name, b)
+        for name, plan in plans.items()
+        for b in blocks_for_rank(plan, opts.rank, opts.world_size)
+        if not store.split(name).block_done(b)
+    ]
     remaining = sum(plans[n].block_range(b)[1] - plans[n].block_range(b)[0] for n, b in todo)
     if todo:
-        log(f"encoding {remaining} images in {len(todo)} blocks into {target} ({opts.fmt}), "
-            f"autoencoder {ae.family} ({'pretrained' if ae.pretrained else 'UNTRAINED, pretrained: false'})")
-    with ThreadPoolExecutor(opts.read_threads) as pool, tqdm(total=remaining, unit="img", file=sys.stderr,
-                                                            desc=f"encode rank {opts.rank}") as bar:
+        log(
+            f"encoding {remaining} images in {len(todo)} blocks into {target} ({opts.fmt}), "
+            f"autoencoder {ae.family} ({'pretrained' if ae.pretrained else 'UNTRAINED, pretrained: false'})"
+        )
+    with (
+        ThreadPoolExecutor(opts.read_threads) as pool,
+        tqdm(total=remaining, unit="img", file=sys.stderr, desc=f"encode rank {opts.rank}") as bar,
+    ):
         for name, b in todo:
             lo, hi = plans[name].block_range(b)
             latents, logvar, valid, skipped = encode_block(source, ae, name, lo, hi, opts, pool)
@@ -257,8 +342,10 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
             store.split(name).write_block(b, latents, logvar, valid, block_moments(latents[valid.astype(bool)]))
             bar.update(hi - lo)
     if not finalize(open_store(target, require_complete=False, writable=True)):
-        log(f"rank {opts.rank}: its blocks are done; other workers' blocks remain. "
-            "The last worker to finish (or a rerun of the same command) completes the manifest.")
+        log(
+            f"rank {opts.rank}: its blocks are done; other workers' blocks remain. "
+            "The last worker to finish (or a rerun of the same command) completes the manifest."
+        )
         return open_store(target, require_complete=False)
     if target != opts.out and swap_in(opts.out, target):
         log(f"replaced {opts.out} with the new store")

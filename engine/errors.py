@@ -5,6 +5,7 @@ any other exception is a bug in the engine and keeps its traceback. The subclass
 built-in error a caller would expect (``FileNotFoundError``, ``FileExistsError``), so library code can
 catch either.
 """
+
 from __future__ import annotations
 
 

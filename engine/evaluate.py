@@ -4,10 +4,11 @@
 checkpoint on val and test, and for noise-conditioned latent models the test metrics at each of the
 32 Karras levels (the diagnostic curve), as JSON, a Markdown table and a PNG.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,15 +48,25 @@ def evaluate(model: torch.nn.Module, loader: LatentLoader, make_input: Callable,
 
 def latent_eval_input(inputs: LatentInputs, level: int, conditioned: bool) -> Callable[[Batch], tuple]:
     """(x, c_noise) of a batch at Karras level ``level``; c_noise None for an unconditioned model."""
+
     def make(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, levels = inputs.at_level(batch.latents, level)
         return x, levels.c_noise if conditioned else None
+
     return make
 
 
-def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path, device: torch.device,
-                        fold: int | None = None, loader: str = "auto", batch_size: int = EVAL_BATCH,
-                        log: Callable[[str], None] = print, allow_other_store: bool = False) -> dict:
+def evaluate_checkpoint(
+    checkpoint: Path,
+    store_path: str | Path,
+    out_dir: Path,
+    device: torch.device,
+    fold: int | None = None,
+    loader: str = "auto",
+    batch_size: int = EVAL_BATCH,
+    log: Callable[[str], None] = print,
+    allow_other_store: bool = False,
+) -> dict:
     """Metrics of a checkpoint on the store's val and test selections; writes eval.json (+ curve files)."""
     weights, _, meta = read_checkpoint(checkpoint)
     store = open_store(store_path)
@@ -63,43 +74,60 @@ def evaluate_checkpoint(checkpoint: Path, store_path: str | Path, out_dir: Path,
     cfg = TrainConfig.from_dict(meta["config"])
     differences = store_differences(meta["store"], store.manifest, cfg.space)
     if differences and not allow_other_store:
-        raise UsageError(f"{checkpoint}: does not fit {store_path}: {'; '.join(differences)}; evaluate on the store it "
-                         "was trained on, or pass --allow-other-store to evaluate anyway")
+        raise UsageError(
+            f"{checkpoint}: does not fit {store_path}: {'; '.join(differences)}; evaluate on the store it "
+            "was trained on, or pass --allow-other-store to evaluate anyway"
+        )
     for line in differences:
         log(f"WARNING {store_path} differs from the checkpoint's store: {line} (--allow-other-store)")
     if meta["class_names"] != class_names:
-        raise UsageError(f"{checkpoint}: trained on classes {meta['class_names']}, the store has {class_names}; "
-                         "no option makes those comparable")
+        raise UsageError(
+            f"{checkpoint}: trained on classes {meta['class_names']}, the store has {class_names}; "
+            "no option makes those comparable"
+        )
     if cfg.space == "latent" and tuple(store.manifest["latent_shape"][:1]) != (meta["model"]["in_channels"],):
-        raise UsageError(f"{checkpoint}: expects {meta['model']['in_channels']}-channel latents, "
-                         f"the store has {store.manifest['latent_shape']}")
+        raise UsageError(
+            f"{checkpoint}: expects {meta['model']['in_channels']}-channel latents, "
+            f"the store has {store.manifest['latent_shape']}"
+        )
     model = build_model(**meta["model"])
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise UsageError(f"{checkpoint}: weights do not fit the recorded architecture {meta['model']['name']}: "
-                         f"{str(err).splitlines()[0]}") from err
+        raise UsageError(
+            f"{checkpoint}: weights do not fit the recorded architecture {meta['model']['name']}: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
     model.to(device)
     out, loaders, conditioned = {}, {}, model.noise_conditioned
     inputs = LatentInputs.from_config(cfg, store.manifest, device) if cfg.space == "latent" else None
     for role in ("val", "test"):
         sel = select(store, role, fold)
-        loaders[role] = make_loader(store, sel, batch_size, device, loader, seed=cfg.seed, tail="partial",
-                                    log=lambda *_: None)
+        loaders[role] = make_loader(
+            store, sel, batch_size, device, loader, seed=cfg.seed, tail="partial", log=lambda *_: None
+        )
         if inputs is not None:
             make = latent_eval_input(inputs, CLEAN_LEVEL, conditioned)
         else:
             make = ImageInputs.cache(store, sel, int(meta["image_size"]), device).eval_input
         out[role] = evaluate(model, loaders[role], make, class_names)
-        log(f"{role}: " + ", ".join(f"{k} {out[role][k]:.4f}" for k in ("balanced_accuracy", "auroc", "mcc")
-                                    if k in out[role]))
+        log(
+            f"{role}: "
+            + ", ".join(f"{k} {out[role][k]:.4f}" for k in ("balanced_accuracy", "auroc", "mcc") if k in out[role])
+        )
     if conditioned:
-        curve = {sigma: evaluate(model, loaders["test"], latent_eval_input(inputs, level, True), class_names)
-                 for level, sigma in enumerate(inputs.sigmas())}
+        curve = {
+            sigma: evaluate(model, loaders["test"], latent_eval_input(inputs, level, True), class_names)
+            for level, sigma in enumerate(inputs.sigmas())
+        }
         out["test_by_sigma"] = curve
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "noise_curve.md").write_text(noise_curve_table(curve))
-        plot_noise_curve(curve, out_dir / "noise_curve.png", title=f"{meta['model']['name']} on {Path(store_path).name}")
+        plot_noise_curve(
+            curve, out_dir / "noise_curve.png", title=f"{meta['model']['name']} on {Path(store_path).name}"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "eval.json", {"checkpoint": str(checkpoint), "store": str(store_path), "fold": fold, **out})
+    write_json_atomic(
+        out_dir / "eval.json", {"checkpoint": str(checkpoint), "store": str(store_path), "fold": fold, **out}
+    )
     return out

@@ -3,6 +3,7 @@
 By default every block is read and its checksum compared with the one written at encode time
 (one sequential read of the store); ``quick`` checks only that every file is there at its size.
 """
+
 from __future__ import annotations
 
 import sys
@@ -39,7 +40,12 @@ def validate(store: LatentStore, quick: bool = False) -> list[str]:
         if m["dataset"]["multilabel"]:
             if labels.ndim != 2 or labels.shape[1] != n_classes or not np.isin(labels, (0, 1)).all():
                 problems.append(f"{where}: labels must be (N, {n_classes}) of 0/1 for a multi-label store")
-        elif labels.ndim != 1 or labels.dtype != np.int64 or labels.min(initial=0) < 0 or labels.max(initial=0) >= n_classes:
+        elif (
+            labels.ndim != 1
+            or labels.dtype != np.int64
+            or labels.min(initial=0) < 0
+            or labels.max(initial=0) >= n_classes
+        ):
             problems.append(f"{where}: labels must be int64 class ids in [0, {n_classes})")
         if len(set(keys.tolist())) != len(keys):
             problems.append(f"{where}: sample keys are not unique")
@@ -59,8 +65,11 @@ def warnings_of(store: LatentStore) -> list[str]:
     if "class_counts" not in train:
         return []
     empty = [name for name, n in zip(m["dataset"]["class_names"], train["class_counts"]) if n == 0]
-    return [f"class {name!r} has no training sample in split train; a classifier cannot learn it "
-            "(use --fold k to train on cross-validation folds, or drop the class)" for name in empty]
+    return [
+        f"class {name!r} has no training sample in split train; a classifier cannot learn it "
+        "(use --fold k to train on cross-validation folds, or drop the class)"
+        for name in empty
+    ]
 
 
 def describe(store: LatentStore) -> str:
@@ -75,7 +84,8 @@ def describe(store: LatentStore) -> str:
         f"  config {ae['config_hash']}",
         f"latents      {m['latent_dtype']} {tuple(m['latent_shape'])} ({m['latent']}) from {m['image_size']} px images"
         f"{', with logvar' if m.get('logvar') else ''}",
-        f"folds        {m['folds']['n_folds']}-fold, seed {m['folds']['seed']}, patient-grouped: {m['folds']['patient_grouped']}",
+        f"folds        {m['folds']['n_folds']}-fold, seed {m['folds']['seed']}, "
+        f"patient-grouped: {m['folds']['patient_grouped']}",
         f"complete     {str(bool(m.get('complete'))).lower()}",
         "",
     ]
@@ -96,8 +106,12 @@ def describe(store: LatentStore) -> str:
     lines.append(f"{'(rows)':<{width}} {sizes}")
     if "channel_stats" in m:
         stats = m["channel_stats"]
-        lines += ["", f"channel statistics over {stats['over']} (applied at load time, target std "
-                  f"{m['normalisation']['target_std']}):", "  ch      mean       std"]
+        lines += [
+            "",
+            f"channel statistics over {stats['over']} (applied at load time, target std "
+            f"{m['normalisation']['target_std']}):",
+            "  ch      mean       std",
+        ]
         lines += [f"  {c:>2} {mu:>9.4f} {sd:>9.4f}" for c, (mu, sd) in enumerate(zip(stats["mean"], stats["std"]))]
     skipped = {s: m["splits"][s].get("skipped_keys", []) for s in store.splits}
     if any(skipped.values()):

@@ -3,6 +3,7 @@
 The reference code runs the teacher on every distillation step; storing its logits makes
 distillation cost nothing per step and keeps the teacher fixed across runs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,11 +28,15 @@ def load_teacher(checkpoint: Path, manifest: dict, device: torch.device) -> tupl
     weights, _, meta = read_checkpoint(checkpoint)
     space = TrainConfig.from_dict(meta["config"]).space
     if space != "image":
-        raise UsageError(f"{checkpoint}: a teacher must be an image-space checkpoint (`engine train --space image`), "
-                         f"this one was trained in {space} space")
+        raise UsageError(
+            f"{checkpoint}: a teacher must be an image-space checkpoint (`engine train --space image`), "
+            f"this one was trained in {space} space"
+        )
     if differences := store_differences(meta["store"], manifest, "image"):
-        raise UsageError(f"{checkpoint}: the teacher was trained on other data than this store holds "
-                         f"({'; '.join(differences)}); train it on a store of the same dataset")
+        raise UsageError(
+            f"{checkpoint}: the teacher was trained on other data than this store holds "
+            f"({'; '.join(differences)}); train it on a store of the same dataset"
+        )
     model = build_model(**meta["model"])
     model.load_state_dict(weights)
     return model.to(device).eval(), meta
@@ -52,7 +57,7 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
         logits = np.zeros((split.size, len(class_names)), dtype=np.float32)
         rows = np.flatnonzero(valid)
         for lo in tqdm(range(0, len(rows), batch_size), desc=f"teacher {name}", unit="batch"):
-            idx = rows[lo:lo + batch_size]
+            idx = rows[lo : lo + batch_size]
             try:
                 images = [source.image(name, int(i)) for i in idx]
             except BadImageError as err:
@@ -62,9 +67,14 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
                 logits[idx] = model(x).float().cpu().numpy()
         update_field_files(store.path, name, "teacher_logits", split.write_row_field("teacher_logits", logits))
         checksums[name] = {"teacher_logits": f"{digest(logits):016x}"}
-    record = {"checkpoint": str(Path(checkpoint).resolve()),
-              "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
-              "model": meta["model"]["name"], "image_size": size,
-              "val": meta.get("val"), "fold": TrainConfig.from_dict(meta["config"]).fold, "checksums": checksums}
+    record = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
+        "model": meta["model"]["name"],
+        "image_size": size,
+        "val": meta.get("val"),
+        "fold": TrainConfig.from_dict(meta["config"]).fold,
+        "checksums": checksums,
+    }
     store.set_manifest({**store.manifest, "teacher": record})
     return record

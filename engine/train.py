@@ -5,9 +5,11 @@ standardise + mask + noise in one pass); FiLM is applied inside the model (``eng
 every ConvNeXt stage fused with the next LayerNorm in ``kernels.film_layer_norm``, in every ADM block
 fused with GroupNorm + SiLU in ``kernels.group_norm_film_silu``); the loss is ``TrainingLoss`` (the
 ``--loss`` recipe, with ``Distillation``); checkpoints are written by ``Checkpoints.save``
-(``save_checkpoint``, atomic). Every random draw of a step is keyed by (seed, step) and the loader resumes from one integer,
-so a killed run continued with ``--resume`` ends with the same weights as an uninterrupted one.
+(``save_checkpoint``, atomic). Every random draw of a step is keyed by (seed, step) and the loader resumes
+from one integer, so a killed run continued with ``--resume`` ends with the same weights as an
+uninterrupted one.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,11 +63,15 @@ def open_selections(cfg: TrainConfig) -> tuple[LatentStore, dict[str, Selection]
     store = open_store(cfg.store)
     sel = {role: select(store, role, cfg.fold) for role in ("train", "val", "test")}
     if cfg.distill != "none" and "teacher_logits" not in sel["train"].row_fields:
-        raise StoreError(f"{store.path}: --distill {cfg.distill} needs teacher logits; add them with "
-                         f"`engine encode --teacher CKPT --out {store.path}`")
+        raise StoreError(
+            f"{store.path}: --distill {cfg.distill} needs teacher logits; add them with "
+            f"`engine encode --teacher CKPT --out {store.path}`"
+        )
     if cfg.batch_size > sel["train"].size:
-        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training selection ({sel['train'].size} "
-                         f"samples of {store.path}); pass --batch-size {sel['train'].size} or less")
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} is larger than the training selection ({sel['train'].size} "
+            f"samples of {store.path}); pass --batch-size {sel['train'].size} or less"
+        )
     return store, sel
 
 
@@ -73,25 +79,38 @@ def build_network(cfg: TrainConfig, store: LatentStore, device: torch.device, lo
     """The classifier of ``--model`` for the store's latents (or images), optionally initialised from weights."""
     c, h, _ = store.manifest["latent_shape"]
     classes = len(store.manifest["dataset"]["class_names"])
-    model = build_model(cfg.model, c, classes, latent_size=h) if cfg.space == "latent" else \
-        build_model(cfg.model, 3, classes)
+    model = (
+        build_model(cfg.model, c, classes, latent_size=h)
+        if cfg.space == "latent"
+        else build_model(cfg.model, 3, classes)
+    )
     if cfg.init:
         loaded = load_pretrained(model, cfg.init)
         log(f"init from {cfg.init}: {len(loaded.loaded)} tensors loaded, {len(loaded.reinitialised)} kept fresh")
     return model.to(device)
 
 
-def build_objective(cfg: TrainConfig, store: LatentStore, sel: dict[str, Selection], model: torch.nn.Module,
-                    image_size: int, device: torch.device):
+def build_objective(
+    cfg: TrainConfig,
+    store: LatentStore,
+    sel: dict[str, Selection],
+    model: torch.nn.Module,
+    image_size: int,
+    device: torch.device,
+):
     """(training objective, validation input): noised latents for latent runs, augmented images for image runs."""
     multilabel = store.manifest["dataset"]["multilabel"]
     labels = np.asarray(sel["train"].labels)
-    counts = labels.sum(0) if multilabel else np.bincount(labels, minlength=len(store.manifest["dataset"]["class_names"]))
+    counts = (
+        labels.sum(0) if multilabel else np.bincount(labels, minlength=len(store.manifest["dataset"]["class_names"]))
+    )
     loss = TrainingLoss.from_config(cfg, counts, multilabel, device)
     if cfg.space == "latent":
         inputs = LatentInputs.from_config(cfg, store.manifest, device)
-        return (LatentObjective(inputs, loss, model.noise_conditioned),
-                latent_eval_input(inputs, CLEAN_LEVEL, model.noise_conditioned))
+        return (
+            LatentObjective(inputs, loss, model.noise_conditioned),
+            latent_eval_input(inputs, CLEAN_LEVEL, model.noise_conditioned),
+        )
     images = {role: ImageInputs.cache(store, sel[role], image_size, device) for role in ("train", "val")}
     return ImageObjective(images["train"], loss, cfg.seed), images["val"].eval_input
 
@@ -112,11 +131,22 @@ class Checkpoints:
     def save(self, path: Path, state: RunState) -> None:
         if not self.main:
             return
-        save_checkpoint(path, self.model, self.optimizer, {
-            "state": state.to_dict(), "loader": self.loader.state_dict(), "config": self.cfg.to_dict(),
-            "model": model_config(self.model), "class_names": self.manifest["dataset"]["class_names"],
-            "multilabel": self.manifest["dataset"]["multilabel"], "image_size": self.image_size,
-            "val": state.best_val or None, "store": store_record(self.manifest)})
+        save_checkpoint(
+            path,
+            self.model,
+            self.optimizer,
+            {
+                "state": state.to_dict(),
+                "loader": self.loader.state_dict(),
+                "config": self.cfg.to_dict(),
+                "model": model_config(self.model),
+                "class_names": self.manifest["dataset"]["class_names"],
+                "multilabel": self.manifest["dataset"]["multilabel"],
+                "image_size": self.image_size,
+                "val": state.best_val or None,
+                "store": store_record(self.manifest),
+            },
+        )
 
 
 def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
@@ -124,26 +154,42 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     torch.manual_seed(cfg.seed)
     store, sel = open_selections(cfg)
     manifest, multilabel = store.manifest, store.manifest["dataset"]["multilabel"]
-    train_loader = make_loader(store, sel["train"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed,
-                               rank=ctx.rank, world_size=ctx.world_size, tail="drop", log=say)
-    val_loader = make_loader(store, sel["val"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed,
-                             tail="partial", log=say)
+    train_loader = make_loader(
+        store,
+        sel["train"],
+        cfg.batch_size,
+        ctx.device,
+        cfg.loader,
+        seed=cfg.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        tail="drop",
+        log=say,
+    )
+    val_loader = make_loader(
+        store, sel["val"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed, tail="partial", log=say
+    )
     image_size = cfg.image_size or default_image_size(store)
     model = build_network(cfg, store, ctx.device, say)
     objective, val_input = build_objective(cfg, store, sel, model, image_size, ctx.device)
     net = DistributedDataParallel(model) if ctx.world_size > 1 else model
     net = torch.compile(net) if cfg.compile else net
     optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     recipe = objective.loss.recipe
     state = RunState()
-    recorded = run.start({"train": cfg.to_dict(), "model": model_config(model), "store": manifest}, cfg.resume) \
-        if ctx.is_main else None
+    recorded = (
+        run.start({"train": cfg.to_dict(), "model": model_config(model), "store": manifest}, cfg.resume)
+        if ctx.is_main
+        else None
+    )
     ctx.barrier()
     if cfg.resume:
         if recorded is not None and (diff := cfg.same_run(recorded["train"])):
-            raise UsageError(f"{run.path}: --resume with other settings ({', '.join(diff)}); resume with the "
-                             "original command")
+            raise UsageError(
+                f"{run.path}: --resume with other settings ({', '.join(diff)}); resume with the original command"
+            )
         weights, optim_tensors, meta = read_checkpoint(run.last)
         model.load_state_dict(weights)
         restore_optimizer(optimizer, optim_tensors, meta)
@@ -165,18 +211,29 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
             state.bad_epochs = 0  # the paper restarts early stopping when re-weighting starts
         net.train()
         t0, seen, rate = time.perf_counter(), 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}", unit="step", file=sys.stderr, disable=not ctx.is_main,
-                   initial=train_loader.state_dict()["consumed"] // max(cfg.batch_size, 1))
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch}",
+            unit="step",
+            file=sys.stderr,
+            disable=not ctx.is_main,
+            initial=train_loader.state_dict()["consumed"] // max(cfg.batch_size, 1),
+        )
         for batch in bar:
-            # one step: sigma, noise injection, the FiLM network, the loss, backward, Adam (engine/training/objective.py)
+            # one step: sigma, noise injection, the FiLM network, the loss, backward, Adam (training/objective.py)
             step = state.step
             torch.manual_seed(step_seed(cfg.seed, step))  # stochastic depth and dropout, keyed by step
             value = train_step(net, optimizer, objective, batch, step).item()  # the step's one host sync
             if not math.isfinite(value):
                 keys = sel["train"].keys[batch.ids.cpu().numpy()][:8].tolist()
-                kept = (f"the last good checkpoint is {run.last}" if run.last.is_file() else
-                        "no checkpoint was written yet (--checkpoint-every N keeps one within an epoch)")
-                raise UsageError(f"non-finite loss at epoch {epoch} step {step} (batch keys {keys}); lower --lr; {kept}")
+                kept = (
+                    f"the last good checkpoint is {run.last}"
+                    if run.last.is_file()
+                    else "no checkpoint was written yet (--checkpoint-every N keeps one within an epoch)"
+                )
+                raise UsageError(
+                    f"non-finite loss at epoch {epoch} step {step} (batch keys {keys}); lower --lr; {kept}"
+                )
             # bookkeeping: progress, the metrics log, a checkpoint within the epoch, --max-steps
             state.step = step + 1
             seen += len(batch) * ctx.world_size
@@ -203,8 +260,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
             state.bad_epochs += 1
         if ctx.is_main:
             run.log({"step": state.step, "epoch": epoch, "val": val, "samples_per_s": rate})
-        say(f"epoch {epoch}: val balanced accuracy {val['balanced_accuracy']:.4f}, "
-            f"AUROC {val['auroc']:.4f}{' (best)' if improved else ''}, {rate:.0f} samples/s")
+        say(
+            f"epoch {epoch}: val balanced accuracy {val['balanced_accuracy']:.4f}, "
+            f"AUROC {val['auroc']:.4f}{' (best)' if improved else ''}, {rate:.0f} samples/s"
+        )
         checkpoints.save(run.last, state)
         if improved:
             checkpoints.save(run.best, state)

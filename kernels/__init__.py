@@ -1,7 +1,33 @@
 """Fused Triton kernels with autograd wrappers and plain-torch references (imports torch and triton only)."""
+
 from kernels.add_noise import add_noise
 from kernels.film import film
 from kernels.film_layer_norm import film_layer_norm
 from kernels.group_norm_film_silu import group_norm_film_silu
-from kernels.noise_levels import (NoiseLevels, c_noise, karras_levels, karras_sigmas, sample_edm_lognormal,
-                                  sample_karras, sample_vp, vp_alphas_cumprod, vp_levels)
+from kernels.noise_levels import (
+    NoiseLevels,
+    c_noise,
+    karras_levels,
+    karras_sigmas,
+    sample_edm_lognormal,
+    sample_karras,
+    sample_vp,
+    vp_alphas_cumprod,
+    vp_levels,
+)
+
+__all__ = [
+    "NoiseLevels",
+    "add_noise",
+    "c_noise",
+    "film",
+    "film_layer_norm",
+    "group_norm_film_silu",
+    "karras_levels",
+    "karras_sigmas",
+    "sample_edm_lognormal",
+    "sample_karras",
+    "sample_vp",
+    "vp_alphas_cumprod",
+    "vp_levels",
+]

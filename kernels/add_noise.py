@@ -1,4 +1,5 @@
-"""Standardise, mask and noise latents in one pass: ``x_t = alpha[b] * m * target_std * (x - mean[c]) / std[c] + sigma[b] * eps``.
+"""Standardise, mask and noise latents in one pass:
+``x_t = alpha[b] * m * target_std * (x - mean[c]) / std[c] + sigma[b] * eps``.
 
 Eager code reads x, writes the standardised copy, materialises a mask and a noise tensor and mixes
 them (five or more passes); here x is read once and x_t written once. The keep-mask m (drop
@@ -11,6 +12,7 @@ Gradient: only with respect to x (``grad_out * alpha[b] * m * target_std / std[c
 mean, std, alpha and sigma are constants of the augmentation: passing one that requires grad is an
 error rather than a silently missing gradient.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,10 +26,31 @@ _TILE = 2048  # elements per program: 8 per thread at 8 warps (one 16-byte fp16 
 
 
 @triton.jit
-def _add_noise_fwd(x_ptr, out_ptr, noise_ptr, mean_ptr, std_ptr, alpha_ptr, sigma_ptr,
-                   seed, offset, mask_p, target_std, C, S, n_rows,
-                   sxb, sxc, sxs, sob, soc, sos,
-                   WRITE_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_S: tl.constexpr):
+def _add_noise_fwd(
+    x_ptr,
+    out_ptr,
+    noise_ptr,
+    mean_ptr,
+    std_ptr,
+    alpha_ptr,
+    sigma_ptr,
+    seed,
+    offset,
+    mask_p,
+    target_std,
+    C,
+    S,
+    n_rows,
+    sxb,
+    sxc,
+    sxs,
+    sob,
+    soc,
+    sos,
+    WRITE_NOISE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     """Tile of ROWS (b, c) planes x BLOCK_S positions: per-plane constants are loaded once per row."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     s = (tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
@@ -48,8 +71,27 @@ def _add_noise_fwd(x_ptr, out_ptr, noise_ptr, mean_ptr, std_ptr, alpha_ptr, sigm
 
 
 @triton.jit
-def _add_noise_bwd(dy_ptr, dx_ptr, std_ptr, alpha_ptr, seed, offset, mask_p, target_std, C, S, n_rows,
-                   sdb, sdc, sds, sxb, sxc, sxs, ROWS: tl.constexpr, BLOCK_S: tl.constexpr):
+def _add_noise_bwd(
+    dy_ptr,
+    dx_ptr,
+    std_ptr,
+    alpha_ptr,
+    seed,
+    offset,
+    mask_p,
+    target_std,
+    C,
+    S,
+    n_rows,
+    sdb,
+    sdc,
+    sds,
+    sxb,
+    sxc,
+    sxs,
+    ROWS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     """dx = dy * alpha[b] * m * target_std / std[c], with m regenerated from (seed, offset)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     s = (tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
@@ -78,9 +120,28 @@ class _AddNoise(torch.autograd.Function):
         rows, block_s, grid = _grid(B * C, S)
         out3 = torch.empty_like(x3)
         noise = torch.empty(x.shape, dtype=torch.float32, device=x.device) if return_noise else out3
-        _add_noise_fwd[grid](x3, out3, noise, mean, std, alpha, sigma, seed, offset, mask_p, target_std, C, S, B * C,
-                             *x3.stride(), *out3.stride(),
-                             WRITE_NOISE=return_noise, ROWS=rows, BLOCK_S=block_s, num_warps=8 if rows * block_s >= 2048 else 4)
+        _add_noise_fwd[grid](
+            x3,
+            out3,
+            noise,
+            mean,
+            std,
+            alpha,
+            sigma,
+            seed,
+            offset,
+            mask_p,
+            target_std,
+            C,
+            S,
+            B * C,
+            *x3.stride(),
+            *out3.stride(),
+            WRITE_NOISE=return_noise,
+            ROWS=rows,
+            BLOCK_S=block_s,
+            num_warps=8 if rows * block_s >= 2048 else 4,
+        )
         ctx.save_for_backward(std, alpha)
         ctx.rng = (seed, offset, mask_p, target_std)
         ctx.x_shape = x.shape
@@ -97,15 +158,39 @@ class _AddNoise(torch.autograd.Function):
         B, C, S = dy3.shape
         rows, block_s, grid = _grid(B * C, S)
         dx3 = torch.empty_like(dy3)
-        _add_noise_bwd[grid](dy3, dx3, std, alpha, seed, offset, mask_p, target_std, C, S, B * C,
-                             *dy3.stride(), *dx3.stride(),
-                             ROWS=rows, BLOCK_S=block_s, num_warps=8 if rows * block_s >= 2048 else 4)
+        _add_noise_bwd[grid](
+            dy3,
+            dx3,
+            std,
+            alpha,
+            seed,
+            offset,
+            mask_p,
+            target_std,
+            C,
+            S,
+            B * C,
+            *dy3.stride(),
+            *dx3.stride(),
+            ROWS=rows,
+            BLOCK_S=block_s,
+            num_warps=8 if rows * block_s >= 2048 else 4,
+        )
         return dx3.view(ctx.x_shape), None, None, None, None, None, None, None, None, None
 
 
-def add_noise_reference(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, alpha: torch.Tensor,
-                        sigma: torch.Tensor, seed: int, offset: int = 0, mask_p: float = 0.0,
-                        target_std: float = 1.0, return_noise: bool = False):
+def add_noise_reference(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    seed: int,
+    offset: int = 0,
+    mask_p: float = 0.0,
+    target_std: float = 1.0,
+    return_noise: bool = False,
+):
     """Plain torch with the kernel's Philox draws; math in fp32 (fp64 for fp64 x: the test oracle).
 
     alpha, sigma: (B,) tensors. Returns x's dtype; eps (if asked) in the math dtype. Autograd flows
@@ -131,7 +216,9 @@ def _check_std_positive(std: torch.Tensor) -> None:
     if std.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     if not bool((std > 0).all()):
-        raise ValueError("add_noise: std has zero, negative or NaN entries; clamp the channel statistics, e.g. std.clamp_min(1e-6)")
+        raise ValueError(
+            "add_noise: std has zero, negative or NaN entries; clamp the channel statistics, e.g. std.clamp_min(1e-6)"
+        )
     std._add_noise_positive_version = std._version
 
 
@@ -164,8 +251,18 @@ def _check(x: torch.Tensor, tensors: dict, mask_p: float, target_std: float) -> 
         raise ValueError(f"add_noise: target_std={target_std!r} must be a positive finite float")
 
 
-def add_noise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, alpha, sigma, seed: int,
-              offset: int = 0, mask_p: float = 0.0, target_std: float = 1.0, return_noise: bool = False):
+def add_noise(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    alpha,
+    sigma,
+    seed: int,
+    offset: int = 0,
+    mask_p: float = 0.0,
+    target_std: float = 1.0,
+    return_noise: bool = False,
+):
     """Noised, masked, standardised latents ``alpha[b] * m * target_std * (x - mean[c]) / std[c] + sigma[b] * eps``.
 
     x: (B, C, H, W) or (B, C, T, H, W), fp32/fp16/bf16; the result has x's dtype, the math is fp32.

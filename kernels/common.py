@@ -7,6 +7,7 @@ tensors. ``LATENT_ENGINE_KERNELS`` forces either (``triton`` or ``reference``); 
 CPU tensors needs ``TRITON_INTERPRET=1`` (Triton's interpreter), which is how the tests check the
 kernels without a GPU while the rest of the suite keeps the fast reference path.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,12 @@ def check_x(op: str, x: torch.Tensor, dims: tuple[int, ...] | None = None) -> tu
     return x.shape[0], x.shape[1]
 
 
-def check_operands(op: str, x: torch.Tensor, operands: tuple[tuple[str, torch.Tensor, tuple[int, ...]], ...],
-                   dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES) -> None:
+def check_operands(
+    op: str,
+    x: torch.Tensor,
+    operands: tuple[tuple[str, torch.Tensor, tuple[int, ...]], ...],
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES,
+) -> None:
     """Each (name, tensor, expected shape) is a tensor of that shape, in one of ``dtypes``, on x's device."""
     for name, t, shape in operands:
         if not isinstance(t, torch.Tensor):
@@ -60,7 +65,9 @@ def check_operands(op: str, x: torch.Tensor, operands: tuple[tuple[str, torch.Te
         if tuple(t.shape) != shape:
             raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {shape} for x {tuple(x.shape)}")
         if t.dtype not in dtypes:
-            raise TypeError(f"{op}: {name} is {t.dtype}; use {' or '.join(str(d).removeprefix('torch.') for d in dtypes)}")
+            raise TypeError(
+                f"{op}: {name} is {t.dtype}; use {' or '.join(str(d).removeprefix('torch.') for d in dtypes)}"
+            )
         if t.device != x.device:
             raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}; put all inputs on one device")
 

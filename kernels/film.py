@@ -9,6 +9,7 @@ and dshift = sum over positions of dy. Each program owns whole (b, c) planes, so
 scalars per row and the position sums finish inside one program in a fixed order: fp32 and
 deterministic, no atomics and no second reduction pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,23 @@ _TILE = 2048  # elements per program tile: 8 per thread at 8 warps
 
 
 @triton.jit
-def _film_fwd(x_ptr, y_ptr, scale_ptr, shift_ptr, S, n_rows, sxb, sxc, sxs, syb, syc, sys, C,
-              ROWS: tl.constexpr, BLOCK_S: tl.constexpr):
+def _film_fwd(
+    x_ptr,
+    y_ptr,
+    scale_ptr,
+    shift_ptr,
+    S,
+    n_rows,
+    sxb,
+    sxc,
+    sxs,
+    syb,
+    syc,
+    sys,
+    C,
+    ROWS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     s = (tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
     rm = rows < n_rows
@@ -36,9 +52,29 @@ def _film_fwd(x_ptr, y_ptr, scale_ptr, shift_ptr, S, n_rows, sxb, sxc, sxs, syb,
 
 
 @triton.jit
-def _film_bwd(x_ptr, dy_ptr, dx_ptr, scale_ptr, dscale_ptr, dshift_ptr, S, n_rows,
-              sxb, sxc, sxs, sdb, sdc, sds, sgb, sgc, sgs, C,
-              ROWS: tl.constexpr, BLOCK_S: tl.constexpr, N_BLOCKS: tl.constexpr):
+def _film_bwd(
+    x_ptr,
+    dy_ptr,
+    dx_ptr,
+    scale_ptr,
+    dscale_ptr,
+    dshift_ptr,
+    S,
+    n_rows,
+    sxb,
+    sxc,
+    sxs,
+    sdb,
+    sdc,
+    sds,
+    sgb,
+    sgc,
+    sgs,
+    C,
+    ROWS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    N_BLOCKS: tl.constexpr,
+):
     """ROWS whole planes per program: dx per element, (dscale, dshift) per plane in fp32.
 
     N_BLOCKS = cdiv(S, BLOCK_S) is a constexpr because Triton 3.6's interpreter cannot loop to a
@@ -54,8 +90,11 @@ def _film_bwd(x_ptr, dy_ptr, dx_ptr, scale_ptr, dscale_ptr, dshift_ptr, S, n_row
         m = rm[:, None] & (s < S)[None, :]
         x = tl.load(x_ptr + (b * sxb + c * sxc)[:, None] + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + (b * sdb + c * sdc)[:, None] + s[None, :] * sds, mask=m, other=0.0).to(tl.float32)
-        tl.store(dx_ptr + (b * sgb + c * sgc)[:, None] + s[None, :] * sgs,
-                 (dy * gain[:, None]).to(dx_ptr.dtype.element_ty), mask=m)
+        tl.store(
+            dx_ptr + (b * sgb + c * sgc)[:, None] + s[None, :] * sgs,
+            (dy * gain[:, None]).to(dx_ptr.dtype.element_ty),
+            mask=m,
+        )
         dscale += dy * x
         dshift += dy
     tl.store(dscale_ptr + rows, tl.sum(dscale, axis=1), mask=rm)
@@ -76,8 +115,8 @@ class _Film(torch.autograd.Function):
         rows, block_s, warps = _launch(B * C, S)
         y3 = torch.empty_like(x3)
         _film_fwd[(triton.cdiv(B * C, rows), triton.cdiv(S, block_s))](
-            x3, y3, scale, shift, S, B * C, *x3.stride(), *y3.stride(), C,
-            ROWS=rows, BLOCK_S=block_s, num_warps=warps)
+            x3, y3, scale, shift, S, B * C, *x3.stride(), *y3.stride(), C, ROWS=rows, BLOCK_S=block_s, num_warps=warps
+        )
         ctx.save_for_backward(x3, scale)
         ctx.x_shape, ctx.shift_dtype = x.shape, shift.dtype
         return y3.view(x.shape)
@@ -92,8 +131,23 @@ class _Film(torch.autograd.Function):
         dscale = torch.empty(B, C, dtype=torch.float32, device=x3.device)
         dshift = torch.empty_like(dscale)
         _film_bwd[(triton.cdiv(B * C, rows),)](
-            x3, dy3, dx3, scale, dscale, dshift, S, B * C, *x3.stride(), *dy3.stride(), *dx3.stride(), C,
-            ROWS=rows, BLOCK_S=block_s, N_BLOCKS=triton.cdiv(S, block_s), num_warps=warps)
+            x3,
+            dy3,
+            dx3,
+            scale,
+            dscale,
+            dshift,
+            S,
+            B * C,
+            *x3.stride(),
+            *dy3.stride(),
+            *dx3.stride(),
+            C,
+            ROWS=rows,
+            BLOCK_S=block_s,
+            N_BLOCKS=triton.cdiv(S, block_s),
+            num_warps=warps,
+        )
         return dx3.view(ctx.x_shape), dscale.to(scale.dtype), dshift.to(ctx.shift_dtype)
 
 
@@ -107,8 +161,12 @@ def film_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
 
 def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
     B, C = check_x("film", x)
-    check_operands("film", x, (("scale", scale, (B, C)), ("shift", shift, (B, C))),
-                   dtypes=tuple(dict.fromkeys((torch.float32, x.dtype))))
+    check_operands(
+        "film",
+        x,
+        (("scale", scale, (B, C)), ("shift", shift, (B, C))),
+        dtypes=tuple(dict.fromkeys((torch.float32, x.dtype))),
+    )
 
 
 def film(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ layer or the head. Eager PyTorch needs a permute (a copy) around ``F.layer_norm`
 here x is read once forward, and backward re-derives the normalised values from x and the fp32
 (mean, rstd) per position instead of saving them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,27 @@ _TILE = 4096  # elements per program tile (C is held whole; positions fill the r
 
 
 @triton.jit
-def _film_layer_norm_fwd(x_ptr, y_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr,
-                         C, S, sxb, sxc, sxs, syb, syc, sys, eps,
-                         BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+def _film_layer_norm_fwd(
+    x_ptr,
+    y_ptr,
+    scale_ptr,
+    shift_ptr,
+    w_ptr,
+    b_ptr,
+    mean_ptr,
+    rstd_ptr,
+    C,
+    S,
+    sxb,
+    sxc,
+    sxs,
+    syb,
+    syc,
+    sys,
+    eps,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     b = tl.program_id(1).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -43,9 +62,32 @@ def _film_layer_norm_fwd(x_ptr, y_ptr, scale_ptr, shift_ptr, w_ptr, b_ptr, mean_
 
 
 @triton.jit
-def _film_layer_norm_bwd(x_ptr, dy_ptr, dx_ptr, scale_ptr, shift_ptr, w_ptr, mean_ptr, rstd_ptr, partial_ptr,
-                         C, S, n_split, sxb, sxc, sxs, sdyb, sdyc, sdys, sdxb, sdxc, sdxs,
-                         BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr):
+def _film_layer_norm_bwd(
+    x_ptr,
+    dy_ptr,
+    dx_ptr,
+    scale_ptr,
+    shift_ptr,
+    w_ptr,
+    mean_ptr,
+    rstd_ptr,
+    partial_ptr,
+    C,
+    S,
+    n_split,
+    sxb,
+    sxc,
+    sxs,
+    sdyb,
+    sdyc,
+    sdys,
+    sdxb,
+    sdxc,
+    sdxs,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr,
+):
     """Program (p, b) covers BLOCKS_PER_PROGRAM position blocks of sample b and writes fp32 partial sums
     over them of (dweight, dbias, dscale, dshift) per channel; the caller sums those in a fixed order.
     The trip count is constexpr because Triton's interpreter cannot loop to a runtime bound under numpy >= 2.4."""
@@ -107,8 +149,23 @@ class _FilmLayerNorm(torch.autograd.Function):
         mean = torch.empty(B, S, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
         _film_layer_norm_fwd[(triton.cdiv(S, block_s), B)](
-            x3, y3, scale, shift, weight, bias, mean, rstd, C, S, *x3.stride(), *y3.stride(), eps,
-            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=warps)
+            x3,
+            y3,
+            scale,
+            shift,
+            weight,
+            bias,
+            mean,
+            rstd,
+            C,
+            S,
+            *x3.stride(),
+            *y3.stride(),
+            eps,
+            BLOCK_C=block_c,
+            BLOCK_S=block_s,
+            num_warps=warps,
+        )
         ctx.save_for_backward(x3, scale, shift, weight, mean, rstd)
         ctx.shape, ctx.bias_dtype = x.shape, bias.dtype
         return y3.view(x.shape)
@@ -126,17 +183,46 @@ class _FilmLayerNorm(torch.autograd.Function):
         n_split = triton.cdiv(n_blocks, per_program)
         partial = torch.empty(4, B, n_split, C, device=x3.device, dtype=torch.float32)
         _film_layer_norm_bwd[(n_split, B)](
-            x3, dy3, dx3, scale, shift, weight, mean, rstd, partial, C, S, n_split,
-            *x3.stride(), *dy3.stride(), *dx3.stride(),
-            BLOCK_C=block_c, BLOCK_S=block_s, BLOCKS_PER_PROGRAM=per_program, num_warps=warps)
+            x3,
+            dy3,
+            dx3,
+            scale,
+            shift,
+            weight,
+            mean,
+            rstd,
+            partial,
+            C,
+            S,
+            n_split,
+            *x3.stride(),
+            *dy3.stride(),
+            *dx3.stride(),
+            BLOCK_C=block_c,
+            BLOCK_S=block_s,
+            BLOCKS_PER_PROGRAM=per_program,
+            num_warps=warps,
+        )
         dweight, dbias = partial[0].sum((0, 1)), partial[1].sum((0, 1))
         dscale, dshift = partial[2].sum(1), partial[3].sum(1)
-        return (dx3.view(ctx.shape), dscale.to(scale.dtype), dshift.to(shift.dtype),
-                dweight.to(weight.dtype), dbias.to(ctx.bias_dtype), None)
+        return (
+            dx3.view(ctx.shape),
+            dscale.to(scale.dtype),
+            dshift.to(shift.dtype),
+            dweight.to(weight.dtype),
+            dbias.to(ctx.bias_dtype),
+            None,
+        )
 
 
-def film_layer_norm_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                              weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def film_layer_norm_reference(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """Plain torch, computed in at least fp32 (fp64 stays fp64, for gradcheck); returns x's dtype."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     per_channel = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
@@ -147,12 +233,21 @@ def film_layer_norm_reference(x: torch.Tensor, scale: torch.Tensor, shift: torch
 
 def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
     B, C = check_x("film_layer_norm", x)
-    check_operands("film_layer_norm", x, (("scale", scale, (B, C)), ("shift", shift, (B, C)),
-                                          ("weight", weight, (C,)), ("bias", bias, (C,))))
+    check_operands(
+        "film_layer_norm",
+        x,
+        (("scale", scale, (B, C)), ("shift", shift, (B, C)), ("weight", weight, (C,)), ("bias", bias, (C,))),
+    )
 
 
-def film_layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                    weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def film_layer_norm(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """LayerNorm over C of ``x * (1 + scale[b, c]) + shift[b, c]``, then ``* weight[c] + bias[c]``.
 
     x: (B, C, *spatial) in fp32/fp16/bf16 (output in x's dtype, statistics in fp32); scale, shift: (B, C);

@@ -6,6 +6,7 @@ so its statistics stay in registers and the per-channel affine, FiLM and SiLU fo
 Backward saves only x and fp32 (mean, rstd) per group and re-derives the rest; dscale and dshift are
 written per (b, c) directly, dweight and dbias as fp32 per-sample partials summed in a fixed order.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,9 +39,30 @@ def _silu_grad(x, dy, m, a, k, mean, rstd):
 
 
 @triton.jit
-def _group_norm_film_silu_fwd(x_ptr, y_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr,
-                              C, S, G, CG, sxb, sxc, sxs, syb, syc, sys, eps,
-                              BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr, NUM_CHUNKS: tl.constexpr):
+def _group_norm_film_silu_fwd(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    scale_ptr,
+    shift_ptr,
+    mean_ptr,
+    rstd_ptr,
+    C,
+    S,
+    G,
+    CG,
+    sxb,
+    sxc,
+    sxs,
+    syb,
+    syc,
+    sys,
+    eps,
+    BLOCK_CG: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    NUM_CHUNKS: tl.constexpr,
+):
     """One program per (b, g). A group that fits one tile is read once; a larger one is read twice
     (Chan's merge of per-chunk mean and M2, then the output pass). NUM_CHUNKS is constexpr because
     Triton's interpreter cannot loop to a runtime bound under numpy >= 2.4."""
@@ -94,10 +116,36 @@ def _group_norm_film_silu_fwd(x_ptr, y_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, 
 
 
 @triton.jit
-def _group_norm_film_silu_bwd(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr,
-                              dscale_ptr, dshift_ptr, partial_ptr,
-                              C, S, G, CG, sxb, sxc, sxs, sdyb, sdyc, sdys, sdxb, sdxc, sdxs,
-                              BLOCK_CG: tl.constexpr, BLOCK_S: tl.constexpr, NUM_CHUNKS: tl.constexpr):
+def _group_norm_film_silu_bwd(
+    x_ptr,
+    dy_ptr,
+    dx_ptr,
+    w_ptr,
+    b_ptr,
+    scale_ptr,
+    shift_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dscale_ptr,
+    dshift_ptr,
+    partial_ptr,
+    C,
+    S,
+    G,
+    CG,
+    sxb,
+    sxc,
+    sxs,
+    sdyb,
+    sdyc,
+    sdys,
+    sdxb,
+    sdxc,
+    sdxs,
+    BLOCK_CG: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    NUM_CHUNKS: tl.constexpr,
+):
     """One program per (b, g): per-channel sums of du and du * xhat give every parameter gradient
     and the two group means that dx needs; a group larger than one tile is read twice."""
     pid = tl.program_id(0)
@@ -174,8 +222,26 @@ class _GroupNormFilmSilu(torch.autograd.Function):
         mean = torch.empty(B, num_groups, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
         _group_norm_film_silu_fwd[(B * num_groups,)](
-            x3, y3, weight, bias, scale, shift, mean, rstd, C, S, num_groups, CG, *x3.stride(), *y3.stride(), eps,
-            BLOCK_CG=block_cg, BLOCK_S=block_s, NUM_CHUNKS=chunks, num_warps=warps)
+            x3,
+            y3,
+            weight,
+            bias,
+            scale,
+            shift,
+            mean,
+            rstd,
+            C,
+            S,
+            num_groups,
+            CG,
+            *x3.stride(),
+            *y3.stride(),
+            eps,
+            BLOCK_CG=block_cg,
+            BLOCK_S=block_s,
+            NUM_CHUNKS=chunks,
+            num_warps=warps,
+        )
         ctx.save_for_backward(x3, weight, bias, scale, shift, mean, rstd)
         ctx.shape = x.shape
         return y3.view(x.shape)
@@ -191,15 +257,43 @@ class _GroupNormFilmSilu(torch.autograd.Function):
         dscale, dshift = torch.empty_like(scale), torch.empty_like(shift)
         partial = torch.empty(2, B, C, device=x3.device, dtype=torch.float32)
         _group_norm_film_silu_bwd[(B * num_groups,)](
-            x3, dy3, dx3, weight, bias, scale, shift, mean, rstd, dscale, dshift, partial,
-            C, S, num_groups, CG, *x3.stride(), *dy3.stride(), *dx3.stride(),
-            BLOCK_CG=block_cg, BLOCK_S=block_s, NUM_CHUNKS=chunks, num_warps=warps)
+            x3,
+            dy3,
+            dx3,
+            weight,
+            bias,
+            scale,
+            shift,
+            mean,
+            rstd,
+            dscale,
+            dshift,
+            partial,
+            C,
+            S,
+            num_groups,
+            CG,
+            *x3.stride(),
+            *dy3.stride(),
+            *dx3.stride(),
+            BLOCK_CG=block_cg,
+            BLOCK_S=block_s,
+            NUM_CHUNKS=chunks,
+            num_warps=warps,
+        )
         dweight, dbias = partial.sum(1)
         return dx3.view(ctx.shape), None, dweight.to(weight.dtype), dbias.to(bias.dtype), dscale, dshift, None
 
 
-def group_norm_film_silu_reference(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
-                                   scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def group_norm_film_silu_reference(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """Plain torch, computed in at least fp32 (fp64 stays fp64, for gradcheck); returns x's dtype."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     per_channel = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
@@ -208,17 +302,28 @@ def group_norm_film_silu_reference(x: torch.Tensor, num_groups: int, weight: tor
     return torch.nn.functional.silu(u).to(x.dtype)
 
 
-def _check(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
-           scale: torch.Tensor, shift: torch.Tensor) -> None:
+def _check(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> None:
     B, C = check_x("group_norm_film_silu", x)
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or C % num_groups:
         raise ValueError(f"group_norm_film_silu: num_groups={num_groups!r} must be a positive int dividing C={C}")
-    check_operands("group_norm_film_silu", x, (("weight", weight, (C,)), ("bias", bias, (C,)),
-                                               ("scale", scale, (B, C)), ("shift", shift, (B, C))))
+    check_operands(
+        "group_norm_film_silu",
+        x,
+        (("weight", weight, (C,)), ("bias", bias, (C,)), ("scale", scale, (B, C)), ("shift", shift, (B, C))),
+    )
 
 
-def group_norm_film_silu(x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
-                         scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def group_norm_film_silu(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """``silu((group_norm(x) * weight[c] + bias[c]) * (1 + scale[b, c]) + shift[b, c])``.
 
     x: (B, C, *spatial) in fp32/fp16/bf16 (output in x's dtype, statistics in fp32); weight, bias: (C,);

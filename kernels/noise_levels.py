@@ -9,6 +9,7 @@ Three families, all as ``x_t = alpha * x + sigma * eps``:
 sample, so one embedding serves every family. Tables are built on the target device with torch
 ops (tiny), so sampling a step does no host-device copy when the generator lives on that device.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,20 +27,33 @@ class NoiseLevels(NamedTuple):
     level: torch.Tensor | None  # (B,) int64 index into the discrete table; None for continuous levels
 
 
-def karras_sigmas(n: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                  device: torch.device | str | None = None) -> torch.Tensor:
-    """The n EDM/Karras levels, float64, from sigma_max (index 0) down to sigma_min (index n-1) as in EDM and the paper."""
+def karras_sigmas(
+    n: int = 32,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The n EDM/Karras levels, float64, from sigma_max (index 0) down to sigma_min (index n-1), as in EDM and
+    the paper."""
     if n < 2 or not 0 < sigma_min < sigma_max or rho <= 0:
-        raise ValueError(f"karras_sigmas: need n >= 2, 0 < sigma_min < sigma_max, rho > 0; got n={n}, "
-                         f"sigma_min={sigma_min}, sigma_max={sigma_max}, rho={rho}")
+        raise ValueError(
+            f"karras_sigmas: need n >= 2, 0 < sigma_min < sigma_max, rho > 0; got n={n}, "
+            f"sigma_min={sigma_min}, sigma_max={sigma_max}, rho={rho}"
+        )
     ramp = torch.arange(n, dtype=torch.float64, device=device) / (n - 1)
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
 
 
-def vp_alphas_cumprod(schedule: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4,
-                      beta_end: float = 0.02, max_beta: float = 0.999,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+def vp_alphas_cumprod(
+    schedule: str = "linear",
+    num_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    max_beta: float = 0.999,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """alphabar_t for t = 0 .. num_timesteps-1, float64: DDPM linear betas, or the cosine schedule of
     Nichol & Dhariwal (s = 0.008, betas capped at max_beta), as diffusers' ``DDPMScheduler`` builds them."""
     if schedule not in VP_SCHEDULES:
@@ -75,16 +89,22 @@ def _check_indices(where: str, name: str, index: torch.Tensor, n: int) -> None:
         raise ValueError(f"{where}: {name} has entries outside [0, {n})")
 
 
-def karras_levels(level: torch.Tensor, n: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                  rho: float = 7.0) -> NoiseLevels:
+def karras_levels(
+    level: torch.Tensor, n: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> NoiseLevels:
     """NoiseLevels at given Karras level indices (0 = sigma_max), e.g. to evaluate at each level in turn."""
     _check_indices("karras_levels", "level", level, n)
     sigma = karras_sigmas(n, sigma_min, sigma_max, rho, device=level.device)[level]
     return _levels(torch.ones_like(sigma), sigma, level)
 
 
-def vp_levels(timestep: torch.Tensor, schedule: str = "linear", num_timesteps: int = 1000,
-              beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseLevels:
+def vp_levels(
+    timestep: torch.Tensor,
+    schedule: str = "linear",
+    num_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> NoiseLevels:
     """NoiseLevels at given DDPM timesteps: alpha = sqrt(alphabar_t), sigma = sqrt(1 - alphabar_t)."""
     _check_indices("vp_levels", "timestep", timestep, num_timesteps)
     alphabar = vp_alphas_cumprod(schedule, num_timesteps, beta_start, beta_end, device=timestep.device)[timestep]
@@ -96,7 +116,9 @@ def _generator(generator: torch.Generator | int, device: torch.device | str | No
     if isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, bool) or not isinstance(generator, int):
-        raise TypeError(f"noise levels: generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
+        raise TypeError(
+            f"noise levels: generator must be a torch.Generator or an int seed, got {type(generator).__name__}"
+        )
     return torch.Generator(device=device or "cpu").manual_seed(generator)
 
 
@@ -104,8 +126,15 @@ def _on(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
     return t if device is None else t.to(device, non_blocking=True)
 
 
-def sample_karras(batch: int, generator: torch.Generator | int, device: torch.device | str | None = None,
-                  n: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> NoiseLevels:
+def sample_karras(
+    batch: int,
+    generator: torch.Generator | int,
+    device: torch.device | str | None = None,
+    n: int = 32,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+) -> NoiseLevels:
     """The paper's training levels: one of the n Karras levels per sample, uniformly.
 
     Draws on the generator's device (pass one on ``device`` to keep a training step free of copies).
@@ -115,8 +144,13 @@ def sample_karras(batch: int, generator: torch.Generator | int, device: torch.de
     return karras_levels(_on(level, device), n, sigma_min, sigma_max, rho)
 
 
-def sample_edm_lognormal(batch: int, generator: torch.Generator | int, device: torch.device | str | None = None,
-                         p_mean: float = -1.2, p_std: float = 1.2) -> NoiseLevels:
+def sample_edm_lognormal(
+    batch: int,
+    generator: torch.Generator | int,
+    device: torch.device | str | None = None,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+) -> NoiseLevels:
     """EDM's continuous training levels: sigma = exp(p_mean + p_std * N(0, 1)), alpha = 1."""
     g = _generator(generator, device)
     log_sigma = p_mean + p_std * torch.randn(batch, generator=g, device=g.device, dtype=torch.float64)
@@ -124,9 +158,15 @@ def sample_edm_lognormal(batch: int, generator: torch.Generator | int, device: t
     return _levels(torch.ones_like(sigma), sigma, None)
 
 
-def sample_vp(batch: int, generator: torch.Generator | int, device: torch.device | str | None = None,
-              schedule: str = "linear", num_timesteps: int = 1000, beta_start: float = 1e-4,
-              beta_end: float = 0.02) -> NoiseLevels:
+def sample_vp(
+    batch: int,
+    generator: torch.Generator | int,
+    device: torch.device | str | None = None,
+    schedule: str = "linear",
+    num_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> NoiseLevels:
     """DDPM-style training levels: timestep uniform over [0, num_timesteps) of the linear or cosine schedule."""
     g = _generator(generator, device)
     timestep = torch.randint(num_timesteps, (batch,), generator=g, device=g.device)

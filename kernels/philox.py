@@ -7,6 +7,7 @@ per element, independent lanes. The torch functions below recompute the same int
 int64 arithmetic and convert it exactly as ``triton.language.random`` does, so a reference that uses
 them draws the same mask and (up to float rounding of log/cos) the same noise as the kernel.
 """
+
 from __future__ import annotations
 
 import torch
@@ -101,8 +102,9 @@ def normal_reference(u1: torch.Tensor, u2: torch.Tensor, dtype: torch.dtype = to
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(theta)
 
 
-def uniform_and_normal_reference(seed: int, counter: torch.Tensor,
-                                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def uniform_and_normal_reference(
+    seed: int, counter: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The (keep uniform, normal) pair of ``uniform_and_normal`` for each counter."""
     r = randint4x_reference(seed, counter)
     return uniform_reference(r[0]), normal_reference(uniform_reference(r[1]), uniform_reference(r[2]), dtype)

@@ -1,4 +1,5 @@
 """Test-wide settings: Triton runs in its CPU interpreter, and nothing reaches a model hub."""
+
 import os
 
 # Must be set before any @triton.jit function is first called.

@@ -4,6 +4,7 @@ keep behaviour (a refactor, a move) is checked against what the code did before 
 ``python -m tests.same_weights`` rewrites tests/fixtures/same_weights.json; only do that when a change is
 meant to alter training, and say so in the commit.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ def make_store(root: Path) -> Path:
 
     args = {"spec": None, "image_size": 64, "sizes": SIZES, "cache_dir": str(root / "cache")}
     out = root / "latents.zarr"
-    encode(open_source(**args), load_autoencoder(None), EncodeOptions(out=out, image_size=64, source_args=args),
-           log=lambda *_: None)
+    encode(
+        open_source(**args),
+        load_autoencoder(None),
+        EncodeOptions(out=out, image_size=64, source_args=args),
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -44,8 +49,14 @@ def run(store: Path, root: Path, name: str) -> dict:
     assert main(["train", "--store", str(store), "--out", str(out), *COMMON, *RUNS[name]]) == 0
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     weights = {k: v for k, v in load_file(str(out / "last.safetensors")).items() if k.startswith("model.")}
-    return {"losses": losses, "weights": {k: [float(v.double().sum()), float(v.double().norm())]
-                                          for k, v in sorted(weights.items()) if v.is_floating_point()}}
+    return {
+        "losses": losses,
+        "weights": {
+            k: [float(v.double().sum()), float(v.double().norm())]
+            for k, v in sorted(weights.items())
+            if v.is_floating_point()
+        },
+    }
 
 
 def record(root: Path) -> dict:

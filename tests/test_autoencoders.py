@@ -1,4 +1,5 @@
 """Autoencoder registry and loading, on local files only (HF_HUB_OFFLINE=1: nothing reaches a hub)."""
+
 import json
 import re
 from pathlib import Path
@@ -18,15 +19,27 @@ def reduced(name: str) -> dict:
     """A family's config at a tiny width, same depth (so the same downsample and latent channels)."""
     config = json.loads(json.dumps(FAMILIES[name].config))
     if "block_out_channels" in config:  # KL autoencoders
-        config.update(block_out_channels=[8 * 2 ** min(i, 1) for i in range(len(config["block_out_channels"]))],
-                      norm_num_groups=4, layers_per_block=1)
+        config.update(
+            block_out_channels=[8 * 2 ** min(i, 1) for i in range(len(config["block_out_channels"]))],
+            norm_num_groups=4,
+            layers_per_block=1,
+        )
     elif "attention_head_dim" in config:  # DC-AE
         widths = [8, 8, 16, 16, 32, 32]
-        config.update(encoder_block_out_channels=widths, decoder_block_out_channels=widths, attention_head_dim=8,
-                      encoder_layers_per_block=[1] * 6, decoder_layers_per_block=[1] * 6)
+        config.update(
+            encoder_block_out_channels=widths,
+            decoder_block_out_channels=widths,
+            attention_head_dim=8,
+            encoder_layers_per_block=[1] * 6,
+            decoder_layers_per_block=[1] * 6,
+        )
     else:  # TAESD
-        config.update(encoder_block_out_channels=[8] * 4, decoder_block_out_channels=[8] * 4,
-                      num_encoder_blocks=[1] * 4, num_decoder_blocks=[1] * 4)
+        config.update(
+            encoder_block_out_channels=[8] * 4,
+            decoder_block_out_channels=[8] * 4,
+            num_encoder_blocks=[1] * 4,
+            num_decoder_blocks=[1] * 4,
+        )
     return config
 
 
@@ -169,10 +182,15 @@ def test_a_directory_that_is_not_diffusers_format_names_the_missing_file(tmp_pat
 
 
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`")  # diffusers' call, not ours
-@pytest.mark.parametrize("name, where", [("flux2", "black-forest-labs/FLUX.2-dev (subfolder vae) (gated"),
-                                         ("sd", "CompVis/stable-diffusion-v1-4 (subfolder vae)"),
-                                         ("dc-ae", "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers into"),
-                                         ("medvae", "medvae:/path/to/vae_8x_4c_2D.ckpt")])
+@pytest.mark.parametrize(
+    "name, where",
+    [
+        ("flux2", "black-forest-labs/FLUX.2-dev (subfolder vae) (gated"),
+        ("sd", "CompVis/stable-diffusion-v1-4 (subfolder vae)"),
+        ("dc-ae", "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers into"),
+        ("medvae", "medvae:/path/to/vae_8x_4c_2D.ckpt"),
+    ],
+)
 def test_a_family_with_no_weights_offline_says_where_to_put_them(name, where, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
@@ -199,10 +217,14 @@ def compvis(diffusers_state: dict[str, torch.Tensor], levels: int) -> dict[str, 
     for key, value in diffusers_state.items():
         key = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", key)
         key = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", key)
-        key = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.",
-                     lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.", key)
-        key = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
-                     lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.", key)
+        key = re.sub(
+            r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.", key
+        )
+        key = re.sub(
+            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.",
+            key,
+        )
         key = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", key)
         key = key.replace("mid_block.attentions.0.", "mid.attn_1.").replace("conv_shortcut", "nin_shortcut")
         key = key.replace("conv_norm_out", "norm_out")
@@ -224,9 +246,16 @@ def with_lora(ldm: dict[str, torch.Tensor], prefix: str, rank: int = 2) -> None:
 
 def test_a_medvae_checkpoint_loads_as_autoencoder_kl_with_its_variant_read_off_the_tensors(tmp_path):
     torch.manual_seed(0)  # a gray-input, 3-latent-channel f4 model like medvae_4_3_2d, at 32-channel width
-    original = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=3, block_out_channels=(32, 32, 64),
-                             down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                             layers_per_block=1, norm_num_groups=32).eval()
+    original = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        latent_channels=3,
+        block_out_channels=(32, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=32,
+    ).eval()
     ldm = compvis(state(original), levels=3)
     with_lora(ldm, "encoder.down.0.block.0.conv1")
     with_lora(ldm, "encoder.mid.attn_1.q")

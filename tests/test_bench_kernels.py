@@ -1,4 +1,5 @@
 """`bench kernels` on CPU: runs the references at a tiny batch and reports numbers derived from its timings."""
+
 import json
 import math
 import statistics

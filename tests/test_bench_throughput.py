@@ -1,4 +1,5 @@
 """`bench throughput` end to end at tiny sizes on CPU, its ratios, its search, and `bench report`."""
+
 import json
 import math
 
@@ -12,15 +13,49 @@ from bench.encode_cost import break_even_epochs
 from bench.memory import peak_memory
 from bench.report import SCHEMA
 
-TINY = ["--device", "cpu", "--latent-models", "adm-s-film", "--image-models", "resnet18", "--shapes", "sd-32",
-        "--image-sizes", "32", "--batch", "2", "--warmup", "1", "--windows", "5", "--steps", "1", "--threads", "1"]
+TINY = [
+    "--device",
+    "cpu",
+    "--latent-models",
+    "adm-s-film",
+    "--image-models",
+    "resnet18",
+    "--shapes",
+    "sd-32",
+    "--image-sizes",
+    "32",
+    "--batch",
+    "2",
+    "--warmup",
+    "1",
+    "--windows",
+    "5",
+    "--steps",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "throughput.json"
-    argv = TINY + ["--max-batch", "2", "--real-size", "32", "--real-samples", "8", "--encode-family", "default-tiny",
-                   "--encode-size", "32", "--encode-images", "2", "--out", str(out)]
+    argv = TINY + [
+        "--max-batch",
+        "2",
+        "--real-size",
+        "32",
+        "--real-samples",
+        "8",
+        "--encode-family",
+        "default-tiny",
+        "--encode-size",
+        "32",
+        "--encode-images",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert bench_main(["throughput", *argv]) == 0
     return out
 
@@ -28,17 +63,35 @@ def full_run(tmp_path_factory):
 def test_result_has_every_part_and_its_files(full_run):
     report = json.loads(full_run.read_text())
     assert report["schema"] == SCHEMA and report["device_type"] == "cpu"
-    for key in ("device", "versions", "command", "protocol", "matmul_peak", "rows", "ratios", "batch_search",
-                "profile", "real_input", "encode", "reduced", "load_average"):
+    for key in (
+        "device",
+        "versions",
+        "command",
+        "protocol",
+        "matmul_peak",
+        "rows",
+        "ratios",
+        "batch_search",
+        "profile",
+        "real_input",
+        "encode",
+        "reduced",
+        "load_average",
+    ):
         assert key in report, key
     assert {(r["regime"], r["space"]) for r in report["rows"]} == {
-        ("equal batch", "latent"), ("equal batch", "image"), ("largest batch", "latent"), ("largest batch", "image")}
+        ("equal batch", "latent"),
+        ("equal batch", "image"),
+        ("largest batch", "latent"),
+        ("largest batch", "image"),
+    }
     for row in report["rows"]:
         assert len(row["window_seconds"]) == 5 and row["iqr"][0] <= row["samples_per_s"] <= row["iqr"][1]
         assert row["samples_per_s"] == pytest.approx(sorted(row["batch"] / s for s in row["window_seconds"])[2])
         assert row["peak_memory_bytes"] >= 0 and row["flops_per_sample"] > 0
         assert row["utilisation"] == pytest.approx(
-            row["flops_per_sample"] * row["samples_per_s"] / report["matmul_peak"]["flop_per_s"])
+            row["flops_per_sample"] * row["samples_per_s"] / report["matmul_peak"]["flop_per_s"]
+        )
     assert report["batch_search"][0]["capped"] and report["batch_search"][0]["batch"] == 2
     shares = report["profile"]["variants"][0]["shares"]
     assert sum(shares.values()) == pytest.approx(1.0) and shares["noise_injection"] > 0
@@ -49,7 +102,10 @@ def test_result_has_every_part_and_its_files(full_run):
         assert full_run.with_name(full_run.stem + suffix).stat().st_size > 0
     assert "## Headline" in full_run.with_suffix(".md").read_text()
     # sizes given on the command line are off the protocol too, and the report says so
-    assert "batch: 2 (GPU default 256)" in report["reduced"] and "image_sizes: 32 (GPU default 256,512)" in report["reduced"]
+    assert (
+        "batch: 2 (GPU default 256)" in report["reduced"]
+        and "image_sizes: 32 (GPU default 256,512)" in report["reduced"]
+    )
     assert not any(r.startswith("dataset_size") for r in report["reduced"])
 
 
@@ -64,16 +120,34 @@ def test_ratios_come_from_the_runs_own_rows(full_run):
 
 def test_ratios_follow_the_timings_they_are_given(monkeypatch, tmp_path):
     """measure() patched to report chosen rates and memory: the ratios are computed from them, not typed in."""
+
     def fake_measure(case, batch, opts, timing, peak_flops, note=""):
         rate, mem = (120.0, 10 * 2**20) if case.space == "latent" else (8.0, 35 * 2**20)
-        return {"space": case.space, "model": case.model, "shape_name": case.shape_name, "shape": list(case.shape),
-                "case": case.name, "source_px": case.source_px, "batch": batch, "samples_per_s": rate,
-                "iqr": [rate, rate], "step_ms": 1e3 * batch / rate, "peak_memory_bytes": mem,
-                "flops_per_sample": None, "utilisation": None, "note": note}
+        return {
+            "space": case.space,
+            "model": case.model,
+            "shape_name": case.shape_name,
+            "shape": list(case.shape),
+            "case": case.name,
+            "source_px": case.source_px,
+            "batch": batch,
+            "samples_per_s": rate,
+            "iqr": [rate, rate],
+            "step_ms": 1e3 * batch / rate,
+            "peak_memory_bytes": mem,
+            "flops_per_sample": None,
+            "utilisation": None,
+            "note": note,
+        }
+
     monkeypatch.setattr(throughput, "measure", fake_measure)
     out = tmp_path / "fake.json"
-    assert throughput.main(TINY + ["--max-batch", "0", "--no-profile", "--no-real-input", "--no-encode",
-                                   "--out", str(out)]) == 0
+    assert (
+        throughput.main(
+            TINY + ["--max-batch", "0", "--no-profile", "--no-real-input", "--no-encode", "--out", str(out)]
+        )
+        == 0
+    )
     (ratio,) = json.loads(out.read_text())["ratios"]
     assert ratio["throughput_ratio"] == pytest.approx(15.0) and ratio["memory_ratio"] == pytest.approx(3.5)
 
@@ -92,9 +166,14 @@ def test_report_renders_two_results_and_refuses_other_schemas(full_run, tmp_path
     assert len(err.splitlines()) == 1 and "kernels.json" in err and "schema" in err
 
 
-@pytest.mark.parametrize("argv, needle", [(["--latent-models", "vit-huge"], "unknown latent model"),
-                                         (["--shapes", "flux3-512"], "unknown latent shape"),
-                                         (["--image-models", "resnet50", "--image-sizes", "250"], "multiple of 32")])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--latent-models", "vit-huge"], "unknown latent model"),
+        (["--shapes", "flux3-512"], "unknown latent shape"),
+        (["--image-models", "resnet50", "--image-sizes", "250"], "multiple of 32"),
+    ],
+)
 def test_bad_input_is_one_line(argv, needle, capsys):
     assert throughput.main(["--device", "cpu", "--no-profile", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -115,8 +194,11 @@ def test_search_doubles_then_bisects_and_steps_down():
     down = largest_batch(lambda b: b <= 3, start=16, cap=4096)
     assert down["batch"] == 3 and [p["batch"] for p in down["probes"]][:4] == [16, 8, 4, 2]
     assert largest_batch(lambda b: False, start=4, cap=64)["batch"] == 0
-    assert largest_batch(lambda b: True, start=4, cap=64) == {"batch": 64, "capped": True, "probes": [
-        {"batch": b, "fits": True} for b in (4, 8, 16, 32, 64)]}
+    assert largest_batch(lambda b: True, start=4, cap=64) == {
+        "batch": 64,
+        "capped": True,
+        "probes": [{"batch": b, "fits": True} for b in (4, 8, 16, 32, 64)],
+    }
 
 
 def test_break_even_epochs():

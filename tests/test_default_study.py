@@ -1,4 +1,5 @@
 """tools/default_study.py on a tiny store: every step runs through the CLI, the figures come from the runs."""
+
 import importlib.util
 import json
 import re
@@ -24,17 +25,38 @@ def _tool():
 
 @pytest.fixture
 def store(tmp_path) -> Path:
-    args = {"spec": None, "image_size": 32, "sizes": {"train": 80, "val": 24, "test": 24}, "cache_dir": str(tmp_path / "c")}
+    args = {
+        "spec": None,
+        "image_size": 32,
+        "sizes": {"train": 80, "val": 24, "test": 24},
+        "cache_dir": str(tmp_path / "c"),
+    }
     out = tmp_path / "latents.zarr"
-    encode(open_source(**args), load_autoencoder(None), EncodeOptions(out=out, image_size=32, source_args=args),
-           log=lambda *_: None)
+    encode(
+        open_source(**args),
+        load_autoencoder(None),
+        EncodeOptions(out=out, image_size=32, source_args=args),
+        log=lambda *_: None,
+    )
     return out
 
 
 def test_study_runs_every_step_and_reports_what_the_runs_measured(store, tmp_path, capsys):
     tool, out, work = _tool(), tmp_path / "study.json", tmp_path / "work"
-    argv = ["--workdir", str(work), "--store", str(store), "--latent-epochs", "1", "--image-epochs", "1", "--seeds", "2",
-            "--out", str(out)]
+    argv = [
+        "--workdir",
+        str(work),
+        "--store",
+        str(store),
+        "--latent-epochs",
+        "1",
+        "--image-epochs",
+        "1",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert tool.main(argv) == 0
     report = json.loads(out.read_text())
 
@@ -57,7 +79,9 @@ def test_study_runs_every_step_and_reports_what_the_runs_measured(store, tmp_pat
     assert set(report["teacher_logits"]) == {"train", "val", "test"}
     text = render([out])
     assert report["runs"]["image"]["commands"][0] in text
-    assert f"{report['runs']['latent']['test']['auroc']:.3f} ± {report['runs']['latent']['test_sd']['auroc']:.3f}" in text
+    assert (
+        f"{report['runs']['latent']['test']['auroc']:.3f} ± {report['runs']['latent']['test_sd']['auroc']:.3f}" in text
+    )
     assert out.with_suffix(".md").read_text() == text
 
     capsys.readouterr()

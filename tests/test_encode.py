@@ -1,4 +1,5 @@
 """`engine encode` end to end: both containers, statistics, resume after a kill, workers, bad input."""
+
 import json
 import os
 import signal
@@ -141,8 +142,12 @@ def test_resume_after_kill_equals_uninterrupted_run_bit_for_bit(tmp_path):
 def test_existing_outputs_are_never_clobbered_without_overwrite(source, ae, zarr_store_path, tmp_path):
     before = _content(zarr_store_path)["train"]["latents"]
     said = []
-    encode(source, ae, EncodeOptions(out=zarr_store_path, image_size=32, batch_size=16, block_samples=40), log=said.append)
-    assert said == [f"{zarr_store_path} already holds this store, complete; nothing to do (--overwrite encodes it again)"]
+    encode(
+        source, ae, EncodeOptions(out=zarr_store_path, image_size=32, batch_size=16, block_samples=40), log=said.append
+    )
+    assert said == [
+        f"{zarr_store_path} already holds this store, complete; nothing to do (--overwrite encodes it again)"
+    ]
     with pytest.raises(StoreError, match="--overwrite"):
         _encode(source, ae, zarr_store_path, posterior=True)
     with pytest.raises(StoreError, match="other settings"):

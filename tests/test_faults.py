@@ -3,6 +3,7 @@
 Each case asserts the exact outcome: a one-line error that names the file (and the block and rows where
 a block is hit), and the data left behind intact or resumable.
 """
+
 import json
 import os
 import shutil
@@ -38,9 +39,12 @@ def _encode_args(cache: Path, image_size: int = 32) -> dict:
 
 def _encode(out: Path, fmt: str = "zarr", image_size: int = 32, cache: Path | None = None, **opts) -> Path:
     args = _encode_args(cache or out.parent / "cache", image_size)
-    encode(open_source(**args), load_autoencoder(None),
-           EncodeOptions(out=out, fmt=fmt, image_size=image_size, block_samples=BLOCK, source_args=args, **opts),
-           log=lambda *_: None)
+    encode(
+        open_source(**args),
+        load_autoencoder(None),
+        EncodeOptions(out=out, fmt=fmt, image_size=image_size, block_samples=BLOCK, source_args=args, **opts),
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -117,7 +121,7 @@ def test_altered_bytes_of_the_same_size_are_found_by_the_full_check(store):
     else:  # inside the first sample's latent array, as the index places it
         offset, size = map(int, (store / "train/shard-000009.idx").read_text().splitlines()[1].split()[1:3])
         lo = offset + size - 40
-    raw[lo:lo + 40] = bytes(255 - v for v in raw[lo:lo + 40])
+    raw[lo : lo + 40] = bytes(255 - v for v in raw[lo : lo + 40])
     data.write_bytes(bytes(raw))
     assert inspect(store, quick=True)[1] == []  # sizes are as written: only the checksums can tell
     problems = inspect(store)[1]
@@ -135,14 +139,14 @@ def test_nan_latents_written_behind_the_engine_are_found(store):
         offset, size = map(int, split.shard(1, "idx").read_text().splitlines()[1].split()[1:3])
         raw = bytearray(tar.read_bytes())
         n = 2 * int(np.prod(s.manifest["latent_shape"]))
-        raw[offset + size - n:offset + size] = np.full(n // 2, np.nan, np.float16).tobytes()
+        raw[offset + size - n : offset + size] = np.full(n // 2, np.nan, np.float16).tobytes()
         tar.write_bytes(bytes(raw))
     problems = inspect(store)[1]
     assert len(problems) == 1 and "block 1, rows 4-7" in problems[0] and "NaN" in problems[0], problems
 
 
 def test_missing_record_files_are_caught(store, tmp_path, capsys):
-    record = (store / "train" / ("valid/c/2" if (store / "zarr.json").is_file() else "shard-000002.block.npz"))
+    record = store / "train" / ("valid/c/2" if (store / "zarr.json").is_file() else "shard-000002.block.npz")
     record.unlink()  # zarr would read the valid flags as 0: rows silently dropped
     assert any(str(record) in p for p in inspect(store, quick=True)[1])
     _refused_before_training(store, tmp_path, capsys, str(record))
@@ -173,10 +177,21 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_a_second_train_into_the_same_run_stops_at_once_and_a_dead_holder_does_not_block_resume(pristine, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--store", str(pristine["zarr"]), "--out", str(run), *FAST, "--epochs", "50",
-            "--checkpoint-every", "1"]
-    first = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    args = [
+        "train",
+        "--store",
+        str(pristine["zarr"]),
+        "--out",
+        str(run),
+        *FAST,
+        "--epochs",
+        "50",
+        "--checkpoint-every",
+        "1",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "last.safetensors").is_file():
         time.sleep(0.05)
@@ -299,8 +314,8 @@ def test_damaged_checkpoints_are_one_line_errors_for_eval_and_resume(trained, pr
         elif damage == "random":
             path.write_bytes(np.random.default_rng(0).bytes(5000))
         else:
-            from safetensors.torch import save_file
             import torch
+            from safetensors.torch import save_file
 
             save_file({"weight": torch.zeros(2)}, str(path))
     assert engine_main(["eval", str(run / "best.safetensors"), "--store", str(pristine["zarr"])]) == 1
@@ -359,8 +374,24 @@ def test_errors_that_are_not_the_users_keep_their_traceback(monkeypatch):
 
 
 def test_a_batch_larger_than_the_training_split_names_the_option(pristine, tmp_path, capsys):
-    assert engine_main(["train", "--store", str(pristine["zarr"]), "--out", str(tmp_path / "r"),
-                        "--model", "adm-s-film", "--batch-size", "64", "--epochs", "1"]) == 1
+    assert (
+        engine_main(
+            [
+                "train",
+                "--store",
+                str(pristine["zarr"]),
+                "--out",
+                str(tmp_path / "r"),
+                "--model",
+                "adm-s-film",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "1",
+            ]
+        )
+        == 1
+    )
     err = _one_line_error(capsys)
     assert "--batch-size 48 or less" in err and "tail" not in err
 
@@ -372,6 +403,5 @@ def test_a_loader_never_turns_a_file_lost_after_opening_into_zeros(store, loader
     opened = open_store(store)  # checked and sound here; the file goes afterwards
     _data_file(store).unlink()
     with pytest.raises(StoreError, match=f"{_data_file(store)}: (missing|unreadable)"):
-        for _ in make_loader(opened, select(opened, "train"), 16, "cpu", loader=loader, workers=0,
-                             log=lambda *_: None):
+        for _ in make_loader(opened, select(opened, "train"), 16, "cpu", loader=loader, workers=0, log=lambda *_: None):
             pass

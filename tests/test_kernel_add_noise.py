@@ -1,11 +1,12 @@
 """add_noise: the Triton kernel (interpreted on CPU) against the fp64 reference, and its Philox
 stream bit for bit against an independent numpy Philox4x32-10 (as Triton's own test_random.py does)."""
+
 import numpy as np
 import pytest
 import scipy.stats
 import torch
-
 from kernel_tolerances import TOLERANCE, rel
+
 from kernels import add_noise
 from kernels.add_noise import add_noise_reference
 from kernels.philox import randint4x, randint4x_reference
@@ -19,13 +20,19 @@ def numpy_philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray
     k0, k1 = np.uint64(key[0]), np.uint64(key[1])
     for _ in range(10):
         pa, pb = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
-        c = [(pb >> np.uint64(32)) ^ c[1] ^ k0, pb & np.uint64(M32), (pa >> np.uint64(32)) ^ c[3] ^ k1, pa & np.uint64(M32)]
+        c = [
+            (pb >> np.uint64(32)) ^ c[1] ^ k0,
+            pb & np.uint64(M32),
+            (pa >> np.uint64(32)) ^ c[3] ^ k1,
+            pa & np.uint64(M32),
+        ]
         k0, k1 = (k0 + np.uint64(0x9E3779B9)) & np.uint64(M32), (k1 + np.uint64(0xBB67AE85)) & np.uint64(M32)
     return np.stack(c).astype(np.uint32)
 
 
 def numpy_stream(seed: int, counters: np.ndarray) -> np.ndarray:
-    """The lanes Triton's randint4x(seed, int64 counter) should give: counter words (lo, hi, 0, 0), key (lo, hi of seed)."""
+    """The lanes Triton's randint4x(seed, int64 counter) should give: counter words (lo, hi, 0, 0), key (lo, hi of
+    seed)."""
     counters = counters.astype(np.uint64)
     zero = np.zeros_like(counters)
     words = np.stack([counters & np.uint64(M32), counters >> np.uint64(32), zero, zero])
@@ -44,10 +51,15 @@ def random_inputs(shape, dtype):
 
 
 def test_numpy_philox_matches_random123_known_answers():
-    kat = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-           ((M32,) * 4, (M32, M32), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-           ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    kat = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((M32,) * 4, (M32, M32), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
     for counter, key, expected in kat:
         got = numpy_philox4x32_10(np.array(counter, dtype=np.uint32)[:, None], key)[:, 0]
         assert [int(v) for v in got] == list(expected)
@@ -62,8 +74,15 @@ def test_philox_stream_bit_exact(triton_path, seed):
     assert np.array_equal(randint4x_reference(seed, counter).numpy(), expected)
 
 
-@pytest.mark.parametrize("shape,dtype", [((2, 96, 7, 7), torch.float32), ((3, 3, 5, 9), torch.bfloat16),
-                                         ((2, 4, 3, 5, 6), torch.float16), ((2, 3, 5, 9), torch.float32)])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((2, 96, 7, 7), torch.float32),
+        ((3, 3, 5, 9), torch.bfloat16),
+        ((2, 4, 3, 5, 6), torch.float16),
+        ((2, 3, 5, 9), torch.float32),
+    ],
+)
 def test_forward_and_grad_match_fp64_reference(triton_path, poisoned, shape, dtype):
     x, mean, std, alpha, sigma = random_inputs(shape, dtype)
     seed, offset = int(torch.randint(0, 2**62, ())), int(torch.randint(0, 2**40, ()))
@@ -75,8 +94,9 @@ def test_forward_and_grad_match_fp64_reference(triton_path, poisoned, shape, dty
     assert not out.isnan().any() and not eps.isnan().any() and not x.grad.isnan().any()
 
     x64 = x.detach().double().requires_grad_()
-    ref, ref_eps = add_noise_reference(x64, mean.double(), std.double(), alpha.double(), sigma.double(),
-                                       seed, offset, 0.2, 0.5, return_noise=True)
+    ref, ref_eps = add_noise_reference(
+        x64, mean.double(), std.double(), alpha.double(), sigma.double(), seed, offset, 0.2, 0.5, return_noise=True
+    )
     ref.backward(dy.double())
     assert rel(out, ref) < TOLERANCE[dtype]
     assert rel(eps, ref_eps) < 1e-5
@@ -209,26 +229,37 @@ def test_reference_gradcheck():
     shape = (2, 3, 2, 3)
     x, mean, std, alpha, sigma = (t.double().requires_grad_() for t in random_inputs(shape, torch.float32))
     assert torch.autograd.gradcheck(
-        lambda *t: add_noise_reference(*t, seed=4, offset=1, mask_p=0.3, target_std=0.5), (x, mean, std, alpha, sigma))
+        lambda *t: add_noise_reference(*t, seed=4, offset=1, mask_p=0.3, target_std=0.5), (x, mean, std, alpha, sigma)
+    )
 
 
-@pytest.mark.parametrize("change,error", [
-    (lambda a: a.update(x=a["x"].double()), TypeError),
-    (lambda a: a.update(x=a["x"].flatten(2)), ValueError),
-    (lambda a: a.update(mean=torch.zeros(4)), ValueError),
-    (lambda a: a.update(sigma=torch.zeros(3)), ValueError),
-    (lambda a: a.update(std=torch.ones(3, dtype=torch.int64)), TypeError),
-    (lambda a: a.update(mean=torch.zeros(3, device="meta")), ValueError),
-    (lambda a: a.update(std=torch.tensor([1.0, 0.0, 1.0])), ValueError),
-    (lambda a: a.update(mask_p=1.0), ValueError),
-    (lambda a: a.update(mask_p=-0.1), ValueError),
-    (lambda a: a.update(alpha=torch.ones(2, requires_grad=True)), ValueError),
-    (lambda a: a.update(seed=-1), ValueError),
-    (lambda a: a.update(seed=1.5), TypeError),
-])
+@pytest.mark.parametrize(
+    "change,error",
+    [
+        (lambda a: a.update(x=a["x"].double()), TypeError),
+        (lambda a: a.update(x=a["x"].flatten(2)), ValueError),
+        (lambda a: a.update(mean=torch.zeros(4)), ValueError),
+        (lambda a: a.update(sigma=torch.zeros(3)), ValueError),
+        (lambda a: a.update(std=torch.ones(3, dtype=torch.int64)), TypeError),
+        (lambda a: a.update(mean=torch.zeros(3, device="meta")), ValueError),
+        (lambda a: a.update(std=torch.tensor([1.0, 0.0, 1.0])), ValueError),
+        (lambda a: a.update(mask_p=1.0), ValueError),
+        (lambda a: a.update(mask_p=-0.1), ValueError),
+        (lambda a: a.update(alpha=torch.ones(2, requires_grad=True)), ValueError),
+        (lambda a: a.update(seed=-1), ValueError),
+        (lambda a: a.update(seed=1.5), TypeError),
+    ],
+)
 def test_bad_input_is_a_clear_error(triton_path, change, error):
-    args = dict(x=torch.randn(2, 3, 4, 4), mean=torch.zeros(3), std=torch.ones(3), alpha=torch.ones(2),
-                sigma=torch.ones(2), seed=0, mask_p=0.2)
+    args = dict(
+        x=torch.randn(2, 3, 4, 4),
+        mean=torch.zeros(3),
+        std=torch.ones(3),
+        alpha=torch.ones(2),
+        sigma=torch.ones(2),
+        seed=0,
+        mask_p=0.2,
+    )
     change(args)
     with pytest.raises(error, match="add_noise"):
         add_noise(**args)

@@ -1,8 +1,9 @@
 """film: the Triton kernel (interpreted on CPU) against the fp64 reference, forward and every gradient."""
+
 import pytest
 import torch
-
 from kernel_tolerances import TOLERANCE, rel
+
 from kernels import film
 from kernels.film import film_reference
 
@@ -17,8 +18,15 @@ def run(x, scale, shift, dy):
 # (B, C, *spatial): odd planes packed several per program with masked rows (3x3x5x9), planes longer
 # than one block so the backward walks two blocks (1x2x64x48), 5-D input, ConvNeXt's last stage.
 @pytest.mark.parametrize("shape", [(2, 96, 7, 7), (3, 3, 5, 9), (1, 2, 64, 48), (2, 4, 3, 5, 6), (4, 768, 2, 2)])
-@pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
-                                               (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "dtype,param_dtype",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+    ],
+)
 def test_forward_and_grads_match_fp64_reference(triton_path, poisoned, shape, dtype, param_dtype):
     B, C = shape[:2]
     x, dy = torch.randn(shape).to(dtype), torch.randn(shape).to(dtype)
@@ -78,15 +86,18 @@ def test_cpu_default_is_the_reference(monkeypatch):
     assert torch.allclose(film(x, scale, shift), film_reference(x, scale, shift), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("x,scale,shift,error", [
-    (torch.randn(2, 3, 4, 4), torch.randn(2, 4), torch.randn(2, 3), ValueError),
-    (torch.randn(2, 3, 4, 4), torch.randn(3, 2), torch.randn(2, 3), ValueError),
-    (torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), ValueError),
-    (torch.randn(2, 3, 4, 4).double(), torch.randn(2, 3), torch.randn(2, 3), TypeError),
-    (torch.randn(2, 3, 4, 4).half(), torch.randn(2, 3).bfloat16(), torch.randn(2, 3), TypeError),
-    (torch.randn(2, 3, 4, 4), torch.randn(2, 3), torch.zeros(2, 3, dtype=torch.int64), TypeError),
-    (torch.randn(2, 3, 4, 4), torch.randn(2, 3, device="meta"), torch.randn(2, 3), ValueError),
-])
+@pytest.mark.parametrize(
+    "x,scale,shift,error",
+    [
+        (torch.randn(2, 3, 4, 4), torch.randn(2, 4), torch.randn(2, 3), ValueError),
+        (torch.randn(2, 3, 4, 4), torch.randn(3, 2), torch.randn(2, 3), ValueError),
+        (torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3), ValueError),
+        (torch.randn(2, 3, 4, 4).double(), torch.randn(2, 3), torch.randn(2, 3), TypeError),
+        (torch.randn(2, 3, 4, 4).half(), torch.randn(2, 3).bfloat16(), torch.randn(2, 3), TypeError),
+        (torch.randn(2, 3, 4, 4), torch.randn(2, 3), torch.zeros(2, 3, dtype=torch.int64), TypeError),
+        (torch.randn(2, 3, 4, 4), torch.randn(2, 3, device="meta"), torch.randn(2, 3), ValueError),
+    ],
+)
 def test_bad_input_is_a_clear_error(triton_path, x, scale, shift, error):
     with pytest.raises(error, match="film"):
         film(x, scale, shift)

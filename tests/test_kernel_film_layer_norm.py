@@ -1,10 +1,11 @@
 """film_layer_norm: the Triton path (interpreted on CPU) against an fp64 reference, forward and every gradient."""
+
 import importlib
 
 import pytest
 import torch
-
 from kernel_tolerances import TOLERANCE, rel
+
 from kernels.film_layer_norm import film_layer_norm, film_layer_norm_reference
 
 module = importlib.import_module("kernels.film_layer_norm")  # the package exports a function of the same name
@@ -93,16 +94,19 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(film_layer_norm_reference, leaves)
 
 
-@pytest.mark.parametrize("change, error, match", [
-    (lambda a: a.update(x=a["x"][0, 0]), ValueError, "x must be"),
-    (lambda a: a.update(scale=a["scale"][:, :3]), ValueError, "scale has shape"),
-    (lambda a: a.update(shift=a["shift"][:1]), ValueError, "shift has shape"),
-    (lambda a: a.update(weight=torch.ones(5)), ValueError, "weight has shape"),
-    (lambda a: a.update(bias=a["bias"][None]), ValueError, "bias has shape"),
-    (lambda a: a.update(x=a["x"].double()), TypeError, "x is torch.float64"),
-    (lambda a: a.update(weight=a["weight"].long()), TypeError, "weight is torch.int64"),
-    (lambda a: a.update(bias=a["bias"].to("meta")), ValueError, "bias is on meta"),
-])
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda a: a.update(x=a["x"][0, 0]), ValueError, "x must be"),
+        (lambda a: a.update(scale=a["scale"][:, :3]), ValueError, "scale has shape"),
+        (lambda a: a.update(shift=a["shift"][:1]), ValueError, "shift has shape"),
+        (lambda a: a.update(weight=torch.ones(5)), ValueError, "weight has shape"),
+        (lambda a: a.update(bias=a["bias"][None]), ValueError, "bias has shape"),
+        (lambda a: a.update(x=a["x"].double()), TypeError, "x is torch.float64"),
+        (lambda a: a.update(weight=a["weight"].long()), TypeError, "weight is torch.int64"),
+        (lambda a: a.update(bias=a["bias"].to("meta")), ValueError, "bias is on meta"),
+    ],
+)
 def test_bad_input_raises(change, error, match):
     inputs, _ = make_inputs(2, 4, 3, 3)
     args = dict(zip(NAMES, inputs))

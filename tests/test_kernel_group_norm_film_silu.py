@@ -1,10 +1,11 @@
 """group_norm_film_silu: the Triton path (interpreted on CPU) against an fp64 reference, forward and every gradient."""
+
 import importlib
 
 import pytest
 import torch
-
 from kernel_tolerances import TOLERANCE, rel
+
 from kernels.group_norm_film_silu import group_norm_film_silu, group_norm_film_silu_reference
 
 module = importlib.import_module("kernels.group_norm_film_silu")  # the package exports a function of the same name
@@ -40,8 +41,9 @@ def assert_matches_fp64(inputs, groups, dy, tol):
 
 
 @pytest.mark.parametrize("tile", [module._TILE, 64])  # 64: groups span several chunks (two-read path)
-@pytest.mark.parametrize("shape, groups", [((1, 96, 7, 7), 32), ((1, 768, 2, 2), 32), ((3, 6, 3, 5), 3),
-                                           ((2, 8, 9, 9), 2)])
+@pytest.mark.parametrize(
+    "shape, groups", [((1, 96, 7, 7), 32), ((1, 768, 2, 2), 32), ((3, 6, 3, 5), 3), ((2, 8, 9, 9), 2)]
+)
 def test_fp32_matches_fp64(poisoned, monkeypatch, shape, groups, tile):
     monkeypatch.setattr(module, "_TILE", tile)
     inputs, dy = make_inputs(*shape)
@@ -96,19 +98,22 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(lambda x, *rest: group_norm_film_silu_reference(x, 2, *rest), leaves)
 
 
-@pytest.mark.parametrize("change, error, match", [
-    (lambda a: a.update(x=a["x"][0, 0]), ValueError, "x must be"),
-    (lambda a: a.update(num_groups=3), ValueError, "num_groups=3 must be a positive int dividing C=4"),
-    (lambda a: a.update(num_groups=0), ValueError, "num_groups=0"),
-    (lambda a: a.update(num_groups=2.0), ValueError, "num_groups=2.0"),
-    (lambda a: a.update(weight=torch.ones(5)), ValueError, "weight has shape"),
-    (lambda a: a.update(bias=a["bias"][None]), ValueError, "bias has shape"),
-    (lambda a: a.update(scale=a["scale"][:, :3]), ValueError, "scale has shape"),
-    (lambda a: a.update(shift=a["shift"][:1]), ValueError, "shift has shape"),
-    (lambda a: a.update(x=a["x"].double()), TypeError, "x is torch.float64"),
-    (lambda a: a.update(scale=a["scale"].long()), TypeError, "scale is torch.int64"),
-    (lambda a: a.update(weight=a["weight"].to("meta")), ValueError, "weight is on meta"),
-])
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda a: a.update(x=a["x"][0, 0]), ValueError, "x must be"),
+        (lambda a: a.update(num_groups=3), ValueError, "num_groups=3 must be a positive int dividing C=4"),
+        (lambda a: a.update(num_groups=0), ValueError, "num_groups=0"),
+        (lambda a: a.update(num_groups=2.0), ValueError, "num_groups=2.0"),
+        (lambda a: a.update(weight=torch.ones(5)), ValueError, "weight has shape"),
+        (lambda a: a.update(bias=a["bias"][None]), ValueError, "bias has shape"),
+        (lambda a: a.update(scale=a["scale"][:, :3]), ValueError, "scale has shape"),
+        (lambda a: a.update(shift=a["shift"][:1]), ValueError, "shift has shape"),
+        (lambda a: a.update(x=a["x"].double()), TypeError, "x is torch.float64"),
+        (lambda a: a.update(scale=a["scale"].long()), TypeError, "scale is torch.int64"),
+        (lambda a: a.update(weight=a["weight"].to("meta")), ValueError, "weight is on meta"),
+    ],
+)
 def test_bad_input_raises(change, error, match):
     inputs, _ = make_inputs(2, 4, 3, 3)
     args = dict(zip(NAMES, inputs), num_groups=2)

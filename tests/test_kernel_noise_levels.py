@@ -1,4 +1,5 @@
 """Noise-level sampling: tables against diffusers' schedulers, draws against their distributions."""
+
 import math
 
 import numpy as np
@@ -7,8 +8,16 @@ import scipy.stats
 import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler
 
-from kernels import (c_noise, karras_levels, karras_sigmas, sample_edm_lognormal, sample_karras, sample_vp,
-                     vp_alphas_cumprod, vp_levels)
+from kernels import (
+    c_noise,
+    karras_levels,
+    karras_sigmas,
+    sample_edm_lognormal,
+    sample_karras,
+    sample_vp,
+    vp_alphas_cumprod,
+    vp_levels,
+)
 
 
 def test_karras_table_is_the_papers_and_edm_schedulers():
@@ -65,8 +74,12 @@ def test_vp_draws_preserve_variance(schedule):
     assert torch.allclose(levels.alpha**2 + levels.sigma**2, torch.ones(20_000), atol=1e-6)
     table = vp_alphas_cumprod(schedule)
     assert torch.allclose(levels.alpha.double(), table[levels.level].sqrt(), atol=1e-7)
-    assert torch.allclose(levels.c_noise.double(), torch.log(levels.sigma.double() / levels.alpha.double()) / 4, atol=1e-5)
-    assert scipy.stats.chisquare(torch.bincount(levels.level, minlength=1000).view(100, 10).sum(1).numpy()).pvalue > 1e-3
+    assert torch.allclose(
+        levels.c_noise.double(), torch.log(levels.sigma.double() / levels.alpha.double()) / 4, atol=1e-5
+    )
+    assert (
+        scipy.stats.chisquare(torch.bincount(levels.level, minlength=1000).view(100, 10).sum(1).numpy()).pvalue > 1e-3
+    )
 
 
 def test_draws_repeat_with_the_seed_and_differ_with_another():
@@ -87,16 +100,19 @@ def test_levels_at_given_indices():
     assert np.isclose(vp.alpha[1].item() ** 2, vp_alphas_cumprod("linear")[-1].item(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("call,error", [
-    (lambda: karras_levels(torch.tensor([0, 32])), ValueError),
-    (lambda: karras_levels(torch.tensor([0.0])), TypeError),
-    (lambda: vp_levels(torch.tensor([-1])), ValueError),
-    (lambda: vp_alphas_cumprod("quadratic"), ValueError),
-    (lambda: karras_sigmas(n=1), ValueError),
-    (lambda: karras_sigmas(sigma_min=90.0), ValueError),
-    (lambda: sample_karras(4, None), TypeError),
-    (lambda: sample_vp(4, 0, schedule="sigmoid"), ValueError),
-])
+@pytest.mark.parametrize(
+    "call,error",
+    [
+        (lambda: karras_levels(torch.tensor([0, 32])), ValueError),
+        (lambda: karras_levels(torch.tensor([0.0])), TypeError),
+        (lambda: vp_levels(torch.tensor([-1])), ValueError),
+        (lambda: vp_alphas_cumprod("quadratic"), ValueError),
+        (lambda: karras_sigmas(n=1), ValueError),
+        (lambda: karras_sigmas(sigma_min=90.0), ValueError),
+        (lambda: sample_karras(4, None), TypeError),
+        (lambda: sample_vp(4, 0, schedule="sigmoid"), ValueError),
+    ],
+)
 def test_bad_input_is_a_clear_error(call, error):
     with pytest.raises(error):
         call()

@@ -1,4 +1,5 @@
 """`bench loaders` runs every loader on both formats of one store and reports rates and shuffle quality."""
+
 import json
 
 from bench.cli import main
@@ -7,8 +8,30 @@ from engine.loaders.choose import dali_available
 
 def test_bench_loaders_reports_every_loader_and_format(tmp_path, capsys):
     out = tmp_path / "loaders.json"
-    assert main(["loaders", "--samples", "700", "--shape", "4x32x32", "--batch", "64", "--epochs", "2",
-                 "--workers", "0", "--window", "2", "--workdir", str(tmp_path / "stores"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "loaders",
+                "--samples",
+                "700",
+                "--shape",
+                "4x32x32",
+                "--batch",
+                "64",
+                "--epochs",
+                "2",
+                "--workers",
+                "0",
+                "--window",
+                "2",
+                "--workdir",
+                str(tmp_path / "stores"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     done = {(r["loader"], r["format"]) for r in report["results"]}
     loaders = ("resident", "dali", "torch") if dali_available() else ("resident", "torch")

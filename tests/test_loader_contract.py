@@ -4,6 +4,7 @@
 The stores are written directly through the store containers (no autoencoder): latent channel 0
 holds the split index and channel 1 the row, so every delivered sample names where it came from.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from engine.loaders.choose import dali_available
 from engine.loaders.resident import MemoryBudgetError
 from engine.store import StoreError, open_store, wds_store, zarr_store
 from engine.store.channel_stats import block_moments
+from engine.store.integrity import seal
 from engine.store.manifest import SCHEMA_VERSION
 from engine.store.plan import SplitContent, plan_split
-from engine.store.integrity import seal
 
 SHAPE = (2, 2, 2)
 SIZES = {"train": 150, "val": 41}
@@ -32,14 +33,27 @@ quiet = lambda line: None  # noqa: E731
 def write_store(path: Path, fmt: str, complete: bool = True, teacher: bool = False) -> Path:
     rng = np.random.default_rng(0)
     plans = {s: plan_split(s, n, 0, block=BLOCK) for s, n in SIZES.items()}
-    contents = {s: SplitContent(keys=np.array([f"{s}/{i:04d}.png" for i in range(n)]),
-                                labels=rng.integers(0, 3, n).astype(np.int64),
-                                folds=(np.arange(n) % 5).astype(np.int8), groups=np.array([f"p{i}" for i in range(n)]))
-                for s, n in SIZES.items()}
-    manifest = {"schema_version": SCHEMA_VERSION, "splits": {s: p.to_dict() for s, p in plans.items()},
-                "latent_shape": list(SHAPE), "dataset": {"class_names": ["a", "b", "c"], "multilabel": False},
-                "folds": {"n_folds": 5}, "logvar": True, "settings_fingerprint": "test-store", "complete": False,
-                "image_size": 0, "autoencoder": {}}
+    contents = {
+        s: SplitContent(
+            keys=np.array([f"{s}/{i:04d}.png" for i in range(n)]),
+            labels=rng.integers(0, 3, n).astype(np.int64),
+            folds=(np.arange(n) % 5).astype(np.int8),
+            groups=np.array([f"p{i}" for i in range(n)]),
+        )
+        for s, n in SIZES.items()
+    }
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "splits": {s: p.to_dict() for s, p in plans.items()},
+        "latent_shape": list(SHAPE),
+        "dataset": {"class_names": ["a", "b", "c"], "multilabel": False},
+        "folds": {"n_folds": 5},
+        "logvar": True,
+        "settings_fingerprint": "test-store",
+        "complete": False,
+        "image_size": 0,
+        "autoencoder": {},
+    }
     module = zarr_store if fmt == "zarr" else wds_store
     module.create(path, manifest, {s: (plans[s], contents[s]) for s in SIZES}, SHAPE, has_logvar=True)
     store = open_store(path, require_complete=False, writable=True)
@@ -133,8 +147,11 @@ def test_order_fixed_by_seed_and_epoch_and_tails(stores, name):
 
 @needs_dali
 def test_dali_and_torch_deliver_identical_batches_for_both_formats(stores):
-    runs = {(name, fmt): epoch_ids(loader_for(stores, fmt, name, workers=1), 1)
-            for name in ("dali", "torch") for fmt in FORMATS}
+    runs = {
+        (name, fmt): epoch_ids(loader_for(stores, fmt, name, workers=1), 1)
+        for name in ("dali", "torch")
+        for fmt in FORMATS
+    }
     assert len({str(r) for r in runs.values()}) == 1
 
 

@@ -1,11 +1,12 @@
 """Order, schedule, shuffle quality and chunk assembly as pure functions (no store, no loader)."""
+
 import numpy as np
 import pytest
 
+from bench.shuffle_quality import expected_distinct_chunks, shuffle_quality
 from engine.loaders.assembler import assemble, chunk_plan
 from engine.loaders.order import block_order, global_order
 from engine.loaders.schedule import Schedule
-from bench.shuffle_quality import expected_distinct_chunks, shuffle_quality
 
 
 def _bounds(sizes):
@@ -44,7 +45,7 @@ def test_block_order_keeps_windows_of_chunks_together():
     assert n_windows == -(-len(sizes) // window)
     assert np.array_equal(order, block_order(bounds, 0, 0, window))
     assert not np.array_equal(order, block_order(bounds, 0, 1, window))
-    within = order[:int(sizes[chunk[0]])]
+    within = order[: int(sizes[chunk[0]])]
     assert not np.array_equal(np.sort(within), within)  # samples inside a window are shuffled too
 
 
@@ -57,8 +58,8 @@ def test_ranks_split_each_global_batch_and_tail_policy_covers_the_selection(tail
     assert len({p.steps for p in plans}) == 1  # every rank runs the same number of steps
     reference = Schedule(n, g, 1, 0, tail).plan(order)
     for k in range(reference.steps):  # rank slices of step k, concatenated, are the world-size-1 batch
-        joined = np.concatenate([p.ids[p.offsets[k]:p.offsets[k + 1]] for p in plans])
-        assert np.array_equal(joined, reference.ids[reference.offsets[k]:reference.offsets[k + 1]])
+        joined = np.concatenate([p.ids[p.offsets[k] : p.offsets[k + 1]] for p in plans])
+        assert np.array_equal(joined, reference.ids[reference.offsets[k] : reference.offsets[k + 1]])
     valid = np.concatenate([p.ids[p.valid] for p in plans])
     if tail == "drop":
         assert len(valid) == (n // g) * g and len(set(valid.tolist())) == len(valid)
@@ -95,8 +96,10 @@ def test_expected_distinct_chunks_matches_random_batches():
     sizes = np.array([16] * 30 + [4, 9])
     rng = np.random.default_rng(0)
     bounds = _bounds(sizes)
-    draws = [len(np.unique(np.searchsorted(bounds, rng.choice(bounds[-1], 24, replace=False), side="right")))
-             for _ in range(3000)]
+    draws = [
+        len(np.unique(np.searchsorted(bounds, rng.choice(bounds[-1], 24, replace=False), side="right")))
+        for _ in range(3000)
+    ]
     assert abs(np.mean(draws) - expected_distinct_chunks(sizes, 24)) < 0.1
 
 
@@ -122,11 +125,11 @@ def test_assembler_reads_each_chunk_once_and_holds_about_a_window():
     for start in (0, 5):
         cp = chunk_plan(Sel, plan, start)
         read = []
-        stream = ((read.append(c), (data[bounds[c]:bounds[c + 1]], None))[1] for c in cp.chunks.tolist())
+        stream = ((read.append(c), (data[bounds[c] : bounds[c + 1]], None))[1] for c in cp.chunks.tolist())
         batches = list(assemble(Sel, cp, stream, (1, 1, 1), False, pin=False))
         assert len(read) == len(set(read))
         assert cp.slots <= 2 * window + 1
         ids = np.concatenate([b.ids.numpy() for b in batches])
-        assert np.array_equal(ids, plan.ids[plan.offsets[start]:])
+        assert np.array_equal(ids, plan.ids[plan.offsets[start] :])
         assert np.array_equal(np.concatenate([b.latents.numpy().ravel() for b in batches]), ids.astype(np.float16))
         assert np.array_equal(np.concatenate([b.labels.numpy() for b in batches]), ids * 10)

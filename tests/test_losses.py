@@ -1,20 +1,33 @@
 """Losses: LDAM-DRW against hand-computed numbers, CB weights, DRW schedule, distillation, validity masks."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.losses import (LOSSES, RECIPES, BinaryCrossEntropy, CrossEntropy, Distillation, LDAMLoss, build_loss,
-                           class_balanced_weights, drw_state, ldam_margins, logit_mse, sigmoid_kl,
-                           softmax_kl)
+from engine.losses import (
+    LOSSES,
+    RECIPES,
+    BinaryCrossEntropy,
+    CrossEntropy,
+    Distillation,
+    LDAMLoss,
+    build_loss,
+    class_balanced_weights,
+    drw_state,
+    ldam_margins,
+    logit_mse,
+    sigmoid_kl,
+    softmax_kl,
+)
 
 COUNTS = [100, 10, 1]
 
 
 def test_class_balanced_weights_match_the_formula_by_hand_and_sum_to_k():
     # effective numbers 1 - 0.9999^n: 0.00995066, 0.00099955, 0.0001; w = (1 - beta) / that, then * K / sum
-    raw = [1e-4 / (1 - 0.9999 ** 100), 1e-4 / (1 - 0.9999 ** 10), 1e-4 / (1 - 0.9999 ** 1)]
+    raw = [1e-4 / (1 - 0.9999**100), 1e-4 / (1 - 0.9999**10), 1e-4 / (1 - 0.9999**1)]
     assert raw == pytest.approx([0.0100496, 0.1000450, 1.0], rel=1e-5)
     expected = [3 * w / sum(raw) for w in raw]
     weights = class_balanced_weights(COUNTS, beta=0.9999)
@@ -27,7 +40,7 @@ def test_class_balanced_weights_match_the_formula_by_hand_and_sum_to_k():
 
 def test_ldam_margins_are_inverse_fourth_root_with_max_half():
     # n^(-1/4) = 0.316228, 0.562341, 1; scaled by 0.5 / 1
-    assert ldam_margins(COUNTS).tolist() == pytest.approx([0.5 / 10 ** 0.5, 0.5 / 10 ** 0.25, 0.5], rel=1e-6)
+    assert ldam_margins(COUNTS).tolist() == pytest.approx([0.5 / 10**0.5, 0.5 / 10**0.25, 0.5], rel=1e-6)
     assert ldam_margins(COUNTS).tolist() == pytest.approx([0.1581139, 0.2811707, 0.5], rel=1e-6)
     assert ldam_margins([16, 1], max_margin=0.3).tolist() == pytest.approx([0.15, 0.3], rel=1e-6)
 
@@ -39,7 +52,7 @@ def ce_by_hand(z: list[float], y: int) -> float:
 def test_ldam_loss_equals_hand_computation_unweighted_and_class_weighted():
     logits = torch.tensor([[1.0, 0.5, -0.5], [0.2, 0.1, 0.4]])
     labels = torch.tensor([2, 0])
-    m = [0.5 / 10 ** 0.5, 0.5 / 10 ** 0.25, 0.5]
+    m = [0.5 / 10**0.5, 0.5 / 10**0.25, 0.5]
     # row 0: true class 2 loses 0.5 -> 30 * [1, 0.5, -1]; row 1: true class 0 loses 0.158 -> 30 * [0.0419, 0.1, 0.4]
     l0 = ce_by_hand([30 * 1.0, 30 * 0.5, 30 * (-0.5 - m[2])], 2)
     l1 = ce_by_hand([30 * (0.2 - m[0]), 30 * 0.1, 30 * 0.4], 0)
@@ -115,11 +128,15 @@ def test_plain_losses_equal_torch_on_an_all_valid_batch():
     g = torch.Generator().manual_seed(1)
     logits, labels = torch.randn(12, 4, generator=g), torch.randint(0, 4, (12,), generator=g)
     weight = torch.rand(4, generator=g) + 0.1
-    torch.testing.assert_close(CrossEntropy(weight)(logits, labels, torch.ones(12, dtype=torch.bool)),
-                               F.cross_entropy(logits, labels, weight=weight))
+    torch.testing.assert_close(
+        CrossEntropy(weight)(logits, labels, torch.ones(12, dtype=torch.bool)),
+        F.cross_entropy(logits, labels, weight=weight),
+    )
     targets, pos_weight = torch.randint(0, 2, (12, 4), generator=g).to(torch.uint8), torch.tensor([1.0, 3.0, 0.5, 2.0])
-    torch.testing.assert_close(BinaryCrossEntropy(pos_weight)(logits, targets),
-                               F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=pos_weight))
+    torch.testing.assert_close(
+        BinaryCrossEntropy(pos_weight)(logits, targets),
+        F.binary_cross_entropy_with_logits(logits, targets.float(), pos_weight=pos_weight),
+    )
     assert CrossEntropy()(logits.bfloat16(), labels).dtype == torch.float32
 
 
@@ -130,8 +147,9 @@ def test_distillation_interpolates_classification_and_logit_mse():
     cls = LDAMLoss(COUNTS)
     assert torch.equal(Distillation(cls, alpha=1.0)(student, labels, teacher), cls(student, labels))
     assert torch.equal(Distillation(cls, alpha=0.0)(student, labels, teacher), F.mse_loss(student, teacher))
-    torch.testing.assert_close(Distillation(cls)(student, labels, teacher),
-                               0.5 * cls(student, labels) + 0.5 * F.mse_loss(student, teacher))
+    torch.testing.assert_close(
+        Distillation(cls)(student, labels, teacher), 0.5 * cls(student, labels) + 0.5 * F.mse_loss(student, teacher)
+    )
     torch.testing.assert_close(logit_mse(student, teacher), F.mse_loss(student, teacher))
 
 
@@ -173,13 +191,16 @@ def distil(kind: str, multilabel: bool, cls: torch.nn.Module):
 
 def all_losses() -> list[tuple[str, object, bool]]:
     w = class_balanced_weights([30, 20, 10, 5])
-    return [("ce", CrossEntropy(), False), ("ce-weighted", CrossEntropy(w), False),
-            ("ldam", LDAMLoss([30, 20, 10, 5]), False),
-            ("ldam-drw", build_loss("ldam-drw", [30, 20, 10, 5], epoch=10), False),
-            ("bce", BinaryCrossEntropy(torch.tensor([1.0, 2.0, 0.5, 1.0])), True),
-            ("distil-mse", distil("mse", False, LDAMLoss([30, 20, 10, 5])), False),
-            ("distil-kl", distil("kl", False, CrossEntropy(w)), False),
-            ("distil-kl-multilabel", distil("kl", True, BinaryCrossEntropy()), True)]
+    return [
+        ("ce", CrossEntropy(), False),
+        ("ce-weighted", CrossEntropy(w), False),
+        ("ldam", LDAMLoss([30, 20, 10, 5]), False),
+        ("ldam-drw", build_loss("ldam-drw", [30, 20, 10, 5], epoch=10), False),
+        ("bce", BinaryCrossEntropy(torch.tensor([1.0, 2.0, 0.5, 1.0])), True),
+        ("distil-mse", distil("mse", False, LDAMLoss([30, 20, 10, 5])), False),
+        ("distil-kl", distil("kl", False, CrossEntropy(w)), False),
+        ("distil-kl-multilabel", distil("kl", True, BinaryCrossEntropy()), True),
+    ]
 
 
 @pytest.mark.parametrize("name,loss,multilabel", all_losses(), ids=[c[0] for c in all_losses()])
@@ -188,8 +209,11 @@ def test_padded_rows_change_nothing_and_gradients_flow_to_valid_rows_only(name, 
     n, pad, k = 10, 6, 4
     logits = torch.randn(n + pad, k, generator=g)
     logits[n:] = 1e4 * torch.randn(pad, k, generator=g)  # padding may hold anything
-    labels = (torch.randint(0, 2, (n + pad, k), generator=g).to(torch.uint8) if multilabel
-              else torch.randint(0, k, (n + pad,), generator=g))
+    labels = (
+        torch.randint(0, 2, (n + pad, k), generator=g).to(torch.uint8)
+        if multilabel
+        else torch.randint(0, k, (n + pad,), generator=g)
+    )
     teacher = torch.randn(n + pad, k, generator=g)
     valid = torch.arange(n + pad) < n
     perm = torch.randperm(n + pad, generator=g)  # padding interleaved, not only at the tail

@@ -1,4 +1,5 @@
 """Metrics against scikit-learn and MedMNIST's evaluator on fixed inputs; the noise-curve table and PNG."""
+
 import numpy as np
 import pytest
 import torch
@@ -104,8 +105,9 @@ def test_invalid_rows_are_dropped_before_scoring():
     padded_logits = np.concatenate([logits, 50 * np.eye(4)[[1, 1, 2]]])
     padded_labels = np.concatenate([labels, [0, 3, 0]])  # padding that would be scored wrong
     valid = np.arange(len(padded_labels)) < len(labels)
-    assert classification_metrics(padded_logits, padded_labels, torch.from_numpy(valid)) == \
-        pytest.approx(classification_metrics(logits, labels))
+    assert classification_metrics(padded_logits, padded_labels, torch.from_numpy(valid)) == pytest.approx(
+        classification_metrics(logits, labels)
+    )
 
 
 def test_bad_inputs_name_the_problem():
@@ -119,8 +121,10 @@ def test_bad_inputs_name_the_problem():
 
 def curve() -> dict:
     sigmas = [80.0, 0.002, 1.0, 0.1]  # unordered on purpose
-    return {s: {"balanced_accuracy": 0.9 - 0.1 * np.log10(s / 0.002) / 4.6, "auroc": 0.95 - 0.01 * i, "mcc": 0.5}
-            for i, s in enumerate(sigmas)}
+    return {
+        s: {"balanced_accuracy": 0.9 - 0.1 * np.log10(s / 0.002) / 4.6, "auroc": 0.95 - 0.01 * i, "mcc": 0.5}
+        for i, s in enumerate(sigmas)
+    }
 
 
 def test_noise_curve_table_is_sorted_markdown_with_missing_cells_marked():

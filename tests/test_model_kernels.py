@@ -1,4 +1,5 @@
 """The latent models give the same logits and gradients on the Triton kernels (interpreted) as on the references."""
+
 import copy
 
 import pytest

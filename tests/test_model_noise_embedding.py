@@ -1,12 +1,13 @@
 """EDM2 noise embedding: magnitude preservation, forced weight normalisation, saved random features."""
+
 import math
 
 import pytest
 import torch
 
 from engine.models.noise_embedding import MPFourier, MPLinear, NoiseEmbedding, mp_silu, resolve_c_noise
-from kernels import karras_sigmas
 from kernels import c_noise as c_noise_of
+from kernels import karras_sigmas
 
 
 def rms(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """--init: torchvision, timm and the paper's names load; by-design differences stay fresh; others fail clearly."""
+
 import re
 
 import pytest
@@ -21,8 +22,12 @@ def to_timm(name: str) -> str:
         part = {"block.0": "conv_dw", "block.2": "norm", "block.3": "mlp.fc1", "block.5": "mlp.fc2"}
         rest = "gamma" if m[3] == "layer_scale" else f"{part[m[3].rsplit('.', 1)[0]]}.{m[3].rsplit('.', 1)[1]}"
         return f"stages.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.{rest}"
-    return {"classifier.0.weight": "head.norm.weight", "classifier.0.bias": "head.norm.bias",
-            "classifier.2.weight": "head.fc.weight", "classifier.2.bias": "head.fc.bias"}[name]
+    return {
+        "classifier.0.weight": "head.norm.weight",
+        "classifier.0.bias": "head.norm.bias",
+        "classifier.2.weight": "head.fc.weight",
+        "classifier.2.bias": "head.fc.bias",
+    }[name]
 
 
 def randomised(model: torch.nn.Module) -> torch.nn.Module:
@@ -99,8 +104,11 @@ def test_resnet_loads_torchvision_names_with_a_new_input_conv(tmp_path):
 def test_other_architectures_fail_with_every_unmatched_name(tmp_path):
     torch.save(build_model("resnet18", 3, 10).state_dict(), tmp_path / "resnet.pt")
     model = build_model("convnext-t-film", 3, 10, **CONVNEXT)
-    with pytest.raises(ValueError, match=r"resnet\.pt: names do not match ConvNeXtFiLM: missing in file \(\d+\): "
-                                         r"features\.0\.0\.weight.*not in model \(\d+\): conv1\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"resnet\.pt: names do not match ConvNeXtFiLM: missing in file \(\d+\): "
+        r"features\.0\.0\.weight.*not in model \(\d+\): conv1\.weight",
+    ):
         load_pretrained(model, tmp_path / "resnet.pt")
 
     state = imagenet_convnext().state_dict()

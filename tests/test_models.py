@@ -1,4 +1,5 @@
 """Models: shapes on every latent geometry, FiLM that trains and conditions, one step that learns, the registry."""
+
 import json
 
 import pytest
@@ -26,8 +27,16 @@ def test_convnext_film_logits_on_every_latent_shape(shape):
     assert out.shape == (1, 7) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name,shape", [("adm-s-film", (4, 8, 8)), ("adm-s-film", (16, 32, 32)), ("adm-s", (4, 8, 8)),
-                                        ("adm-s-film", (32, 16, 16)), ("adm-b-film", (32, 64, 64))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("adm-s-film", (4, 8, 8)),
+        ("adm-s-film", (16, 32, 32)),
+        ("adm-s", (4, 8, 8)),
+        ("adm-s-film", (32, 16, 16)),
+        ("adm-b-film", (32, 64, 64)),
+    ],
+)
 def test_adm_logits_on_their_latent_shapes(name, shape):
     model = build_model(name, shape[0], 3, latent_size=shape[1]).eval()
     with torch.no_grad():
@@ -74,9 +83,15 @@ def test_film_starts_as_identity_then_trains_and_conditions(name, kw):
         assert (model(x, levels(4, LOW)) - model(x, levels(4, HIGH))).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("name,shape,kw", [("convnext-t-film", (4, 8, 8), SMALL_CONVNEXT),
-                                           ("adm-s-film", (4, 8, 8), {}), ("adm-s", (4, 8, 8), {}),
-                                           ("resnet18", (3, 64, 64), {})])
+@pytest.mark.parametrize(
+    "name,shape,kw",
+    [
+        ("convnext-t-film", (4, 8, 8), SMALL_CONVNEXT),
+        ("adm-s-film", (4, 8, 8), {}),
+        ("adm-s", (4, 8, 8), {}),
+        ("resnet18", (3, 64, 64), {}),
+    ],
+)
 def test_one_adam_step_lowers_the_loss_on_a_fixed_batch(name, shape, kw):
     torch.manual_seed(2)
     model = build_model(name, shape[0], 3, latent_size=shape[1], **kw).train()
@@ -155,8 +170,16 @@ def test_model_config_rebuilds_the_same_model_through_json():
 
 
 def test_registry_names_and_errors():
-    assert {"convnext-t-film", "convnext-t", "adm-s-film", "adm-s", "adm-b-film", "adm-b",
-            "resnet50", "resnet18"} == set(MODEL_NAMES)
+    assert {
+        "convnext-t-film",
+        "convnext-t",
+        "adm-s-film",
+        "adm-s",
+        "adm-b-film",
+        "adm-b",
+        "resnet50",
+        "resnet18",
+    } == set(MODEL_NAMES)
     with pytest.raises(ValueError, match="unknown model 'resnet50-film'; known: adm-b, "):
         build_model("resnet50-film", 3, 2)
     with pytest.raises(ValueError, match="pick convnext-t-film"):

@@ -1,5 +1,6 @@
 """The README's performance section: rendered from real (tiny) result files, written between the markers only,
 checked against the files, and the committed README checked against the committed results."""
+
 import json
 import shutil
 from pathlib import Path
@@ -12,12 +13,50 @@ from bench.readme_section import BEGIN, END, render, update
 from bench.report import SchemaError
 
 REPO = Path(__file__).resolve().parents[1]
-THROUGHPUT = ["--device", "cpu", "--latent-models", "adm-s-film", "--image-models", "resnet18", "--shapes", "sd-32",
-              "--image-sizes", "32", "--batch", "2", "--warmup", "1", "--windows", "5", "--steps", "1", "--threads", "1",
-              "--max-batch", "0", "--no-profile", "--no-real-input", "--no-encode"]
+THROUGHPUT = [
+    "--device",
+    "cpu",
+    "--latent-models",
+    "adm-s-film",
+    "--image-models",
+    "resnet18",
+    "--shapes",
+    "sd-32",
+    "--image-sizes",
+    "32",
+    "--batch",
+    "2",
+    "--warmup",
+    "1",
+    "--windows",
+    "5",
+    "--steps",
+    "1",
+    "--threads",
+    "1",
+    "--max-batch",
+    "0",
+    "--no-profile",
+    "--no-real-input",
+    "--no-encode",
+]
 KERNELS = ["--batch", "1", "--reps", "1", "--kernels", "film"]
-LOADERS = ["--samples", "200", "--shape", "4x8x8", "--batch", "32", "--epochs", "1", "--workers", "0",
-           "--window", "2", "--loaders", "resident"]
+LOADERS = [
+    "--samples",
+    "200",
+    "--shape",
+    "4x8x8",
+    "--batch",
+    "32",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--window",
+    "2",
+    "--loaders",
+    "resident",
+]
 
 
 @pytest.fixture(scope="module")
@@ -139,4 +178,5 @@ def test_committed_readme_section_matches_committed_results():
     assert results, "no bench/results/*.json committed: run bench throughput, kernels and loaders and commit their JSON"
     assert not update(REPO / "README.md", results, write=False), (
         "README.md's performance section is not what bench/results/*.json render: "
-        "run `bench report --readme README.md bench/results/*.json` and commit README.md")
+        "run `bench report --readme README.md bench/results/*.json` and commit README.md"
+    )

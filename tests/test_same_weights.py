@@ -3,6 +3,7 @@
 The fixture was written before the training code was restructured (issue 12) and pins every loss and the
 final weights of short runs through each path of the step; see tests/same_weights.py.
 """
+
 import json
 
 from tests.same_weights import FIXTURE, assert_same, record

@@ -1,4 +1,5 @@
 """DICOM reading on pydicom's own test files (shipped with the package, no download)."""
+
 import numpy as np
 import pydicom
 import pytest
@@ -63,10 +64,13 @@ def test_rgb_and_compressed_files():
     assert np.allclose(read_dicom(pydicom_file("MR_small_RLE.dcm")), read_dicom(pydicom_file("MR_small.dcm")))
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("rtplan.dcm", "no pixel data"),  # a treatment plan: no image at all
-    ("MR_truncated.dcm", "less than expected"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("rtplan.dcm", "no pixel data"),  # a treatment plan: no image at all
+        ("MR_truncated.dcm", "less than expected"),
+    ],
+)
 def test_unreadable_files_raise_bad_image_error_naming_the_file(name, reason):
     with pytest.raises(BadImageError, match=f"{name}: unreadable DICOM .*{reason}") as caught:
         read_dicom(pydicom_file(name))

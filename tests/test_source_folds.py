@@ -1,4 +1,5 @@
 """Cross-validation folds: stratified, patient-grouped, seeded, as the paper evaluates."""
+
 import numpy as np
 import pytest
 

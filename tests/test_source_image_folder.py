@@ -1,4 +1,5 @@
 """A folder of real image files with a label CSV, in the paper's benchmark layout."""
+
 import shutil
 
 import numpy as np
@@ -99,19 +100,38 @@ def test_without_split_column_everything_is_train(folder):
     assert source.info.split_sizes == {"train": 2} and source.info.class_names == ("A", "B")
 
 
-@pytest.mark.parametrize("rows, header, error, message", [
-    (["img/a.png,TRAIN,1,0"], "file,Split,A,B\n", ValueError, "no 'path' column"),
-    (["img/a.png,TRAIN,1,0", "img/x.png,TRAIN,0,1", "img/y.png,VAL,0,1"], "path,Split,A,B\n",
-     FileNotFoundError, r"2 of 3 listed files do not exist under .*'img/x.png', 'img/y.png'"),
-    (["img/a.png,TRAIN,1,0", "img/b.png,TRAIN,2,0"], "path,Split,A,B\n", ValueError,
-     "column 'A' must hold 0/1 but 1 rows do not, e.g. line 3: '2'"),
-    (["img/a.png,TRAIN,1,0", "img/b.png,TRAIN,0,0"], "path,Split,A,B\n", ValueError,
-     r"1 rows have no positive class, e.g. lines \[3\]"),
-    (["img/a.png,TRAIN,1,0", "img/b.png,holdout,0,1"], "path,Split,A,B\n", ValueError,
-     "1 rows have an unknown Split value, e.g. line 3: 'holdout'; use TRAIN, VAL or TEST"),
-    (["img/a.png,TRAIN,1,0", "img/a.png,TEST,0,1"], "path,Split,A,B\n", ValueError, "1 paths are listed twice"),
-    (["img/a.png,TRAIN,1"], "path,Split,A,B\n", ValueError, "more or fewer fields than the header"),
-])
+@pytest.mark.parametrize(
+    "rows, header, error, message",
+    [
+        (["img/a.png,TRAIN,1,0"], "file,Split,A,B\n", ValueError, "no 'path' column"),
+        (
+            ["img/a.png,TRAIN,1,0", "img/x.png,TRAIN,0,1", "img/y.png,VAL,0,1"],
+            "path,Split,A,B\n",
+            FileNotFoundError,
+            r"2 of 3 listed files do not exist under .*'img/x.png', 'img/y.png'",
+        ),
+        (
+            ["img/a.png,TRAIN,1,0", "img/b.png,TRAIN,2,0"],
+            "path,Split,A,B\n",
+            ValueError,
+            "column 'A' must hold 0/1 but 1 rows do not, e.g. line 3: '2'",
+        ),
+        (
+            ["img/a.png,TRAIN,1,0", "img/b.png,TRAIN,0,0"],
+            "path,Split,A,B\n",
+            ValueError,
+            r"1 rows have no positive class, e.g. lines \[3\]",
+        ),
+        (
+            ["img/a.png,TRAIN,1,0", "img/b.png,holdout,0,1"],
+            "path,Split,A,B\n",
+            ValueError,
+            "1 rows have an unknown Split value, e.g. line 3: 'holdout'; use TRAIN, VAL or TEST",
+        ),
+        (["img/a.png,TRAIN,1,0", "img/a.png,TEST,0,1"], "path,Split,A,B\n", ValueError, "1 paths are listed twice"),
+        (["img/a.png,TRAIN,1"], "path,Split,A,B\n", ValueError, "more or fewer fields than the header"),
+    ],
+)
 def test_bad_csv_fails_at_open_with_one_line(folder, rows, header, error, message):
     root, _, _ = folder
     write_csv(root, *rows, header=header)

@@ -1,4 +1,5 @@
 """MedMNIST-format .npz files written here, in the published layout."""
+
 import numpy as np
 import pytest
 
@@ -69,13 +70,16 @@ def test_missing_key_names_the_file_and_the_key(tmp_path):
         MedMNISTNpz(tmp_path / "bad.npz")
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("train_images", np.zeros((12, 28), np.uint8), r"key 'train_images' has shape \(12, 28\)"),
-    ("train_images", np.zeros((12, 28, 28), np.float64), "key 'train_images' has dtype float64"),
-    ("val_labels", np.zeros((5, 1), np.uint8), r"key 'val_labels' has shape \(5, 1\); expected \(4, 1\)"),
-    ("test_labels", np.full((6, 3), 2, np.uint8), "key 'test_labels' is multi-label"),
-    ("test_images", np.zeros((6, 32, 32), np.uint8), r"key 'test_images' has image shape \(32, 32\)"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train_images", np.zeros((12, 28), np.uint8), r"key 'train_images' has shape \(12, 28\)"),
+        ("train_images", np.zeros((12, 28, 28), np.float64), "key 'train_images' has dtype float64"),
+        ("val_labels", np.zeros((5, 1), np.uint8), r"key 'val_labels' has shape \(5, 1\); expected \(4, 1\)"),
+        ("test_labels", np.full((6, 3), 2, np.uint8), "key 'test_labels' is multi-label"),
+        ("test_images", np.zeros((6, 32, 32), np.uint8), r"key 'test_images' has image shape \(32, 32\)"),
+    ],
+)
 def test_bad_shapes_and_values_name_the_key(tmp_path, key, value, message):
     write_npz(tmp_path / "broken.npz", **{key: value})
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
 """Images to autoencoder input: square resize with antialiasing, three channels, value range."""
+
 import numpy as np
 import pytest
 import torch

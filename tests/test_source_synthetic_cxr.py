@@ -1,4 +1,5 @@
 """The synthetic default: deterministic, long-tailed, random access, cached, and learnable."""
+
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,4 +1,5 @@
 """The two store containers: block writes, reads, completion records, DALI index files."""
+
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ SHAPE = (3, 4, 5)
 def test_merged_block_moments_equal_whole_array_statistics():
     rng = np.random.default_rng(0)
     x = (rng.normal(3.0, 2.0, size=(103, 3, 4, 4)) * np.array([1, 10, 0.1])[None, :, None, None]).astype(np.float16)
-    blocks = [block_moments(x[lo:lo + 17]) for lo in range(0, 103, 17)]
+    blocks = [block_moments(x[lo : lo + 17]) for lo in range(0, 103, 17)]
     mean, std = mean_std(merge_moments(blocks))
     ref = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
     np.testing.assert_allclose(mean, ref.mean(1), rtol=1e-12, atol=1e-12)
@@ -37,15 +38,27 @@ def test_plan_blocks_cover_split_and_ranks_partition_them():
 
 def _manifest(plan, **fields) -> dict:
     """The fields every manifest must have, around one train split."""
-    return {"schema_version": SCHEMA_VERSION, "splits": {"train": plan.to_dict()}, "dataset": {}, "autoencoder": {},
-            "image_size": 0, "latent_shape": list(SHAPE), "folds": {}, "settings_fingerprint": "test",
-            "complete": False, **fields}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "splits": {"train": plan.to_dict()},
+        "dataset": {},
+        "autoencoder": {},
+        "image_size": 0,
+        "latent_shape": list(SHAPE),
+        "folds": {},
+        "settings_fingerprint": "test",
+        "complete": False,
+        **fields,
+    }
 
 
 def _content(n: int, rng) -> SplitContent:
-    return SplitContent(keys=np.array([f"img/{i:04d}.png" for i in range(n)]),
-                        labels=rng.integers(0, 4, n).astype(np.int64),
-                        folds=rng.integers(0, 5, n).astype(np.int8), groups=np.array([f"p{i // 2}" for i in range(n)]))
+    return SplitContent(
+        keys=np.array([f"img/{i:04d}.png" for i in range(n)]),
+        labels=rng.integers(0, 4, n).astype(np.int64),
+        folds=rng.integers(0, 5, n).astype(np.int8),
+        groups=np.array([f"p{i // 2}" for i in range(n)]),
+    )
 
 
 @pytest.mark.parametrize("module", [zarr_store, wds_store], ids=["zarr", "wds"])
@@ -100,8 +113,9 @@ def test_wds_index_matches_dali_tool_and_dali_reads_it(tmp_path: Path):
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=None)
     def pipe():
-        latent, label = fn.readers.webdataset(paths=[str(tar)], index_paths=[str(idx)],
-                                              ext=["latent.npy", "label.npy"], random_shuffle=False)
+        latent, label = fn.readers.webdataset(
+            paths=[str(tar)], index_paths=[str(idx)], ext=["latent.npy", "label.npy"], random_shuffle=False
+        )
         return fn.decoders.numpy(latent), fn.decoders.numpy(label)
 
     p = pipe()
@@ -124,6 +138,8 @@ def test_incomplete_and_foreign_stores_are_refused(tmp_path: Path):
     zarr_store.create(tmp_path / "z", manifest, {"train": (plan, _content(4, rng))}, SHAPE, False)
     with pytest.raises(StoreError, match="encode has not finished"):
         open_store(tmp_path / "z")
-    wds_store.create(tmp_path / "old", {**manifest, "schema_version": 0}, {"train": (plan, _content(4, rng))}, SHAPE, False)
+    wds_store.create(
+        tmp_path / "old", {**manifest, "schema_version": 0}, {"train": (plan, _content(4, rng))}, SHAPE, False
+    )
     with pytest.raises(StoreError, match="schema_version 0"):
         read_manifest(tmp_path / "old")

@@ -1,4 +1,5 @@
 """`engine train` / `engine eval` end to end on a tiny store: runs, resume after a kill, DDP, teacher, errors."""
+
 import json
 import os
 import signal
@@ -25,8 +26,12 @@ def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("store")
     args = {"spec": None, "image_size": 32, "sizes": SIZES, "cache_dir": str(root / "cache")}
     out = root / "latents.zarr"
-    encode(open_source(**args), load_autoencoder(None), EncodeOptions(out=out, image_size=32, source_args=args),
-           log=lambda *_: None)
+    encode(
+        open_source(**args),
+        load_autoencoder(None),
+        EncodeOptions(out=out, image_size=32, source_args=args),
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -38,8 +43,15 @@ def test_latent_run_writes_checkpoints_metrics_and_noise_curve(store, tmp_path, 
     run = tmp_path / "run"
     assert engine_main(["train", "--store", str(store), "--out", str(run), *FAST]) == 0
     assert "test: balanced accuracy" in capsys.readouterr().out
-    for name in ("config.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "eval.json",
-                 "noise_curve.png", "noise_curve.md"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "last.safetensors",
+        "best.safetensors",
+        "eval.json",
+        "noise_curve.png",
+        "noise_curve.md",
+    ):
         assert (run / name).is_file(), name
     result = json.loads((run / "eval.json").read_text())
     assert len(result["test_by_sigma"]) == 32
@@ -59,8 +71,12 @@ def test_resume_after_kill_equals_uninterrupted_run(store, tmp_path):
     assert _cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args, "--out", str(run)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *args, "--out", str(run)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
@@ -75,12 +91,30 @@ def test_resume_after_kill_equals_uninterrupted_run(store, tmp_path):
     a, b = load_file(str(run / "last.safetensors")), load_file(str(tmp_path / "ref" / "last.safetensors"))
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a), "resumed weights differ from the uninterrupted run"
-    assert (run / "metrics.jsonl").read_text() .count("\n") == (tmp_path / "ref" / "metrics.jsonl").read_text().count("\n")
+    assert (run / "metrics.jsonl").read_text().count("\n") == (tmp_path / "ref" / "metrics.jsonl").read_text().count(
+        "\n"
+    )
 
 
 def test_two_process_gloo_run_keeps_ranks_in_sync(store, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "engine.cli",
-           "train", "--store", str(store), "--out", str(tmp_path / "ddp"), *FAST, "--epochs", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "engine.cli",
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(tmp_path / "ddp"),
+        *FAST,
+        "--epochs",
+        "1",
+    ]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ranks in sync" in done.stdout
@@ -89,8 +123,28 @@ def test_two_process_gloo_run_keeps_ranks_in_sync(store, tmp_path):
 
 def test_image_teacher_logits_and_distillation(store, tmp_path, capsys):
     image_run = tmp_path / "image"
-    assert engine_main(["train", "--store", str(store), "--space", "image", "--model", "resnet18", "--out",
-                        str(image_run), "--batch-size", "16", "--epochs", "1", "--lr", "1e-3"]) == 0
+    assert (
+        engine_main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--space",
+                "image",
+                "--model",
+                "resnet18",
+                "--out",
+                str(image_run),
+                "--batch-size",
+                "16",
+                "--epochs",
+                "1",
+                "--lr",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
     assert engine_main(["train", "--store", str(store), "--out", str(tmp_path / "d0"), *FAST, "--distill", "mse"]) == 1
     assert "teacher logits" in capsys.readouterr().err
     assert engine_main(["encode", "--out", str(store), "--teacher", str(image_run / "best.safetensors")]) == 0
@@ -100,8 +154,23 @@ def test_image_teacher_logits_and_distillation(store, tmp_path, capsys):
     assert s.manifest["teacher"]["model"] == "resnet18"
     assert s.split("train").meta("teacher_logits").shape == (96, 4)
     assert engine_main(["train", "--store", str(store), "--out", str(tmp_path / "d1"), *FAST, "--distill", "mse"]) == 0
-    assert engine_main(["train", "--store", str(store), "--out", str(tmp_path / "d2"), *FAST, "--distill", "kl",
-                        "--temperature", "2"]) == 0
+    assert (
+        engine_main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(tmp_path / "d2"),
+                *FAST,
+                "--distill",
+                "kl",
+                "--temperature",
+                "2",
+            ]
+        )
+        == 0
+    )
 
 
 def test_bad_runs_fail_with_one_line_and_keep_the_last_checkpoint(store, tmp_path, capsys):
@@ -115,8 +184,25 @@ def test_bad_runs_fail_with_one_line_and_keep_the_last_checkpoint(store, tmp_pat
     assert "other settings" in capsys.readouterr().err
 
     nan = tmp_path / "nan"
-    assert engine_main(["train", "--store", str(store), "--out", str(nan), *FAST, "--lr", "1e30", "--loss", "ce",
-                        "--checkpoint-every", "1"]) == 1
+    assert (
+        engine_main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(nan),
+                *FAST,
+                "--lr",
+                "1e30",
+                "--loss",
+                "ce",
+                "--checkpoint-every",
+                "1",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "non-finite loss" in err and "step" in err and "keys" in err
     assert load_file(str(nan / "last.safetensors"))  # the last good checkpoint is intact
@@ -127,8 +213,32 @@ def test_bad_runs_fail_with_one_line_and_keep_the_last_checkpoint(store, tmp_pat
 def test_drw_losses_restart_early_stopping_when_reweighting_starts(store, tmp_path, loss):
     # lr 0: the weights never move, so epoch 0 is the best and no later epoch improves on it
     run = tmp_path / loss
-    assert engine_main(["train", "--store", str(store), "--out", str(run), "--model", "adm-s-film", "--batch-size", "32",
-                        "--lr", "0", "--epochs", "8", "--patience", "2", "--drw-epoch", "2", "--loss", loss]) == 0
+    assert (
+        engine_main(
+            [
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(run),
+                "--model",
+                "adm-s-film",
+                "--batch-size",
+                "32",
+                "--lr",
+                "0",
+                "--epochs",
+                "8",
+                "--patience",
+                "2",
+                "--drw-epoch",
+                "2",
+                "--loss",
+                loss,
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # epochs 0 and 1, early stopping restarted at the re-weighting epoch 2, stopped after 3 (without it: after 2)
     assert [r["epoch"] for r in records if "val" in r] == [0, 1, 2, 3]

@@ -1,4 +1,5 @@
 """The training input: standardise, mask and noise in one add_noise pass, keyed by (seed, step)."""
+
 import math
 
 import pytest
@@ -21,8 +22,9 @@ def _train_input(inputs: LatentInputs, z: torch.Tensor, step: int):
 
 def _latents(n=64):
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(n, 4, 8, 8, generator=g) * torch.tensor(STD).view(1, 4, 1, 1)
-            + torch.tensor(MEAN).view(1, 4, 1, 1)).half()
+    return (
+        torch.randn(n, 4, 8, 8, generator=g) * torch.tensor(STD).view(1, 4, 1, 1) + torch.tensor(MEAN).view(1, 4, 1, 1)
+    ).half()
 
 
 def test_draws_are_keyed_by_step_not_by_a_running_generator():
@@ -40,8 +42,9 @@ def test_train_input_is_add_noise_at_the_sampled_levels():
     z = _latents()
     x, c_noise = _train_input(inj, z, step=2)
     lv = inj.draw_levels(len(z), 2)
-    ref = add_noise(z, torch.tensor(MEAN), torch.tensor(STD), lv.alpha, lv.sigma, seed=inj._key(2, 2), mask_p=0.2,
-                    target_std=0.5)
+    ref = add_noise(
+        z, torch.tensor(MEAN), torch.tensor(STD), lv.alpha, lv.sigma, seed=inj._key(2, 2), mask_p=0.2, target_std=0.5
+    )
     assert torch.equal(x, ref.float()) and torch.equal(c_noise, lv.c_noise)
 
 

@@ -10,6 +10,7 @@ bench/results/default-study-<device>.json (every command, every seed's test metr
 teacher logits' own accuracy) with its Markdown beside it; `bench report --readme` renders it into the README.
 Nothing is typed: the gap and the distillation effect (paired by seed, with their spread) are computed here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,10 @@ def run(cmd: list[str], done: Path) -> None:
 def summary(run_dir: Path) -> dict:
     """Test metrics (and, for noise-conditioned runs, the test curve over sigma) of one finished run."""
     ev = json.loads((run_dir / "eval.json").read_text())
-    out = {"test": {k: ev["test"][k] for k in STUDY_METRICS},
-           "recall": {k.removeprefix("recall/"): v for k, v in ev["test"].items() if k.startswith("recall/")}}
+    out = {
+        "test": {k: ev["test"][k] for k in STUDY_METRICS},
+        "recall": {k.removeprefix("recall/"): v for k, v in ev["test"].items() if k.startswith("recall/")},
+    }
     if "test_by_sigma" in ev:
         out["test_by_sigma"] = {s: {k: m[k] for k in STUDY_METRICS} for s, m in ev["test_by_sigma"].items()}
     return out
@@ -79,19 +82,28 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 def pooled(per_seed: list[dict], commands: list[str], seeds: list[int]) -> dict:
     """One run's seeds: every seed's figures, and the mean and spread the README shows."""
     stats = {k: mean_sd([r["test"][k] for r in per_seed]) for k in STUDY_METRICS}
-    out = {"commands": commands, "seeds": seeds, "per_seed": per_seed,
-           "test": {k: mean for k, (mean, _) in stats.items()}, "test_sd": {k: sd for k, (_, sd) in stats.items()},
-           "recall": {c: mean_sd([r["recall"][c] for r in per_seed])[0] for c in per_seed[0]["recall"]}}
+    out = {
+        "commands": commands,
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "test": {k: mean for k, (mean, _) in stats.items()},
+        "test_sd": {k: sd for k, (_, sd) in stats.items()},
+        "recall": {c: mean_sd([r["recall"][c] for r in per_seed])[0] for c in per_seed[0]["recall"]},
+    }
     if "test_by_sigma" in per_seed[0]:
-        out["test_by_sigma"] = {s: {k: mean_sd([r["test_by_sigma"][s][k] for r in per_seed])[0] for k in STUDY_METRICS}
-                                for s in per_seed[0]["test_by_sigma"]}
+        out["test_by_sigma"] = {
+            s: {k: mean_sd([r["test_by_sigma"][s][k] for r in per_seed])[0] for k in STUDY_METRICS}
+            for s in per_seed[0]["test_by_sigma"]
+        }
     return out
 
 
 def paired_effect(runs: dict, treated: str, base: str) -> dict:
     """treated - base per seed (same seed: same initialisation, batches and noise draws), then mean and spread."""
-    pairs = {k: [t["test"][k] - b["test"][k] for t, b in zip(runs[treated]["per_seed"], runs[base]["per_seed"])]
-             for k in STUDY_METRICS}
+    pairs = {
+        k: [t["test"][k] - b["test"][k] for t, b in zip(runs[treated]["per_seed"], runs[base]["per_seed"])]
+        for k in STUDY_METRICS
+    }
     return {k: dict(zip(("mean", "sd"), mean_sd(v)), per_seed=v) for k, v in pairs.items()}
 
 
@@ -125,34 +137,54 @@ def main(argv: list[str] | None = None) -> int:
     steps, done = {}, {}
     if not args.store:
         steps["encode"], done["encode"] = engine("encode", "--out", str(store)), w / "encode.flag"
-    steps["image"] = engine("train", "--store", str(store), "--out", str(w / "image"), *IMAGE,
-                            "--epochs", str(args.image_epochs), *patience)
+    steps["image"] = engine(
+        "train", "--store", str(store), "--out", str(w / "image"), *IMAGE, "--epochs", str(args.image_epochs), *patience
+    )
     done["image"] = w / "image" / "eval.json"
     steps["teacher"] = engine("encode", "--out", str(store), "--teacher", str(w / "image" / "best.safetensors"))
     done["teacher"] = w / "teacher.flag"
     for name, flags in latent_runs.items():
         for seed in seeds:
             run_dir = w / f"{name.replace('+', '-')}-s{seed}"
-            steps[(name, seed)] = engine("train", "--store", str(store), "--out", str(run_dir), *LATENT,
-                                         "--epochs", str(args.latent_epochs), *patience, *flags, "--seed", str(seed))
+            steps[(name, seed)] = engine(
+                "train",
+                "--store",
+                str(store),
+                "--out",
+                str(run_dir),
+                *LATENT,
+                "--epochs",
+                str(args.latent_epochs),
+                *patience,
+                *flags,
+                "--seed",
+                str(seed),
+            )
             done[(name, seed)] = run_dir / "eval.json"
     for key, cmd in steps.items():
         run(cmd, done[key])
 
-    latent = {name: pooled([summary(done[(name, s)].parent) for s in seeds], [shown(steps[(name, s)]) for s in seeds],
-                           seeds) for name in latent_runs}
-    runs = {"latent": latent.pop("latent"), "image": pooled([summary(done["image"].parent)], [shown(steps["image"])], [0]),
-            **latent}
+    latent = {
+        name: pooled([summary(done[(name, s)].parent) for s in seeds], [shown(steps[(name, s)]) for s in seeds], seeds)
+        for name in latent_runs
+    }
+    runs = {
+        "latent": latent.pop("latent"),
+        "image": pooled([summary(done["image"].parent)], [shown(steps["image"])], [0]),
+        **latent,
+    }
     manifest = open_store(store).manifest
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = environment.device_name(torch.device(device))
     report = {
-        "schema": STUDY_SCHEMA, "device": device_name, "versions": environment.versions(device == "cuda"),
+        "schema": STUDY_SCHEMA,
+        "device": device_name,
+        "versions": environment.versions(device == "cuda"),
         "command": " ".join(["python", "tools/default_study.py", *(argv if argv is not None else sys.argv[1:])]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "store": f"{manifest['dataset']['name']}, {manifest['image_size']} px, latents "
-                 f"{'x'.join(map(str, manifest['latent_shape']))} from {manifest['autoencoder']['family']} "
-                 f"(pretrained: {str(manifest['autoencoder']['pretrained']).lower()})",
+        f"{'x'.join(map(str, manifest['latent_shape']))} from {manifest['autoencoder']['family']} "
+        f"(pretrained: {str(manifest['autoencoder']['pretrained']).lower()})",
         "chance": {"balanced_accuracy": 1 / len(manifest["dataset"]["class_names"]), "auroc": 0.5},
         "runs": runs,
         "gap": {k: runs["image"]["test"][k] - runs["latent"]["test"][k] for k in STUDY_METRICS},

@@ -7,6 +7,7 @@
 weights reach this machine; speed does not depend on the weight values). Synthetic inputs, so this is
 model-bound: image decoding and store writes are not included. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,14 +57,25 @@ def main() -> None:
         if mode.is_cuda:
             torch.cuda.synchronize()
         rates.append(done / (time.perf_counter() - start))
-    print(json.dumps({
-        "autoencoder": ae.family, "pretrained": ae.pretrained, "image_size": args.image_size,
-        "latent_shape": list(ae.latent_shape(args.image_size)), "batch_size": args.batch_size,
-        "images_per_repeat": args.images, "repeats": args.repeats,
-        "images_per_s_median": round(statistics.median(rates), 2), "images_per_s_all": [round(r, 2) for r in rates],
-        "device": str(args.device), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-    }))
+    print(
+        json.dumps(
+            {
+                "autoencoder": ae.family,
+                "pretrained": ae.pretrained,
+                "image_size": args.image_size,
+                "latent_shape": list(ae.latent_shape(args.image_size)),
+                "batch_size": args.batch_size,
+                "images_per_repeat": args.images,
+                "repeats": args.repeats,
+                "images_per_s_median": round(statistics.median(rates), 2),
+                "images_per_s_all": [round(r, 2) for r in rates],
+                "device": str(args.device),
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "cpu": platform.processor() or platform.machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Write a PNG grid of the synthetic default dataset, one row per class, to look at it.
 
-    python tools/show_synthetic_cxr.py --size 256 --out synthetic_cxr_256.png
+python tools/show_synthetic_cxr.py --size 256 --out synthetic_cxr_256.png
 """
+
 import argparse
 
 from engine.sources.synthetic_cxr import save_example_grid

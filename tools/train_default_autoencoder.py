@@ -17,6 +17,7 @@ Writes to --out: config.json + diffusion_pytorch_model.safetensors (save_pretrai
 D(E(x)) on the default benchmark's test split), and a JSONL log of step, loss and PSNR (--log, default
 OUT/log.jsonl).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.sources import (
+from engine.sources import (  # noqa: E402  (after the sys.path line above: the script runs from a checkout)
     open_source,
     synthetic_cxr,
 )
-from engine.sources.preprocess import to_model_input
+from engine.sources.preprocess import to_model_input  # noqa: E402
 
 DATA_SEED_BASE = 1_000_003  # synthetic-cxr seeds DATA_SEED_BASE + k: never the benchmark's seed 0 (nor small seeds)
 CHUNK = 2400  # images per data seed (one "train" split of the generator)
@@ -47,12 +48,19 @@ SD_KL_WEIGHT = 1e-6  # SD's kl_weight, against a reconstruction loss summed over
 BENCHMARK = {"dataset": "synthetic-cxr", "seed": 0, "split": "test", "images": 800}
 
 
-def architecture(block_out_channels: list[int], latent_channels: int, layers_per_block: int, groups: int,
-                 attention: bool, image_size: int) -> dict:
+def architecture(
+    block_out_channels: list[int],
+    latent_channels: int,
+    layers_per_block: int,
+    groups: int,
+    attention: bool,
+    image_size: int,
+) -> dict:
     """An SD-style AutoencoderKL config, scaled down: factor 2 ** (levels - 1)."""
     levels = len(block_out_channels)
     return {
-        "in_channels": 3, "out_channels": 3,
+        "in_channels": 3,
+        "out_channels": 3,
         "down_block_types": ["DownEncoderBlock2D"] * levels,
         "up_block_types": ["UpDecoderBlock2D"] * levels,
         "block_out_channels": list(block_out_channels),
@@ -67,8 +75,9 @@ def architecture(block_out_channels: list[int], latent_channels: int, layers_per
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--out", required=True, type=Path, help="output directory (save_pretrained + training.json)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the model, the data, the augmentations and the order")
     ap.add_argument("--steps", type=int, default=3000)
@@ -77,24 +86,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (fixed: part of what makes runs repeatable)")
     ap.add_argument("--log", type=Path, default=None, help="JSONL log of step, loss, PSNR (default OUT/log.jsonl)")
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--val-every", type=int, default=500,
-                    help="PSNR on held-out generator images (not the benchmark) every N steps; 0: only at the end")
+    ap.add_argument(
+        "--val-every",
+        type=int,
+        default=500,
+        help="PSNR on held-out generator images (not the benchmark) every N steps; 0: only at the end",
+    )
     ap.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (warmup, then cosine to 2%%)")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--ssim-weight", type=float, default=0.1, help="weight of (1 - SSIM) beside L1")
-    ap.add_argument("--kl-weight", type=float, default=SD_KL_WEIGHT,
-                    help="weight of the KL summed over the latent, against L1 summed over pixels (SD's ratio)")
-    ap.add_argument("--block-out-channels", default="16,32,64",
-                    help="channels per level; factor 2 ** (levels - 1)")
+    ap.add_argument(
+        "--kl-weight",
+        type=float,
+        default=SD_KL_WEIGHT,
+        help="weight of the KL summed over the latent, against L1 summed over pixels (SD's ratio)",
+    )
+    ap.add_argument("--block-out-channels", default="16,32,64", help="channels per level; factor 2 ** (levels - 1)")
     ap.add_argument("--latent-channels", type=int, default=4)
     ap.add_argument("--layers-per-block", type=int, default=1)
     ap.add_argument("--norm-groups", type=int, default=8)
     ap.add_argument("--attention", action="store_true", help="self-attention in the mid block (SD has it)")
-    ap.add_argument("--pool-images", type=int, default=24000,
-                    help="generator images rendered up front (CHUNK per data seed), augmented afresh every draw")
+    ap.add_argument(
+        "--pool-images",
+        type=int,
+        default=24000,
+        help="generator images rendered up front (CHUNK per data seed), augmented afresh every draw",
+    )
     ap.add_argument("--augment", type=float, default=1.0, help="scale of all augmentation probabilities (0: none)")
-    ap.add_argument("--eval-images", type=int, default=BENCHMARK["images"],
-                    help="how many of the benchmark's test images to evaluate at the end (0: skip)")
+    ap.add_argument(
+        "--eval-images",
+        type=int,
+        default=BENCHMARK["images"],
+        help="how many of the benchmark's test images to evaluate at the end (0: skip)",
+    )
     args = ap.parse_args(argv)
     args.block_out_channels = [int(c) for c in str(args.block_out_channels).split(",")]
     factor = 2 ** (len(args.block_out_channels) - 1)
@@ -117,7 +141,7 @@ def render_pool(n: int, size: int, progress) -> np.ndarray:
         for lo in range(0, count, 400):
             idx = np.arange(lo, min(lo + 400, count))
             images = synthetic_cxr.render(DATA_SEED_BASE + k, "train", idx, size, CHUNK)
-            pool[start + lo:start + lo + len(idx)] = np.round(images * 255).astype(np.uint8)
+            pool[start + lo : start + lo + len(idx)] = np.round(images * 255).astype(np.uint8)
             progress.update(len(idx))
     return pool
 
@@ -132,7 +156,7 @@ def _gaussian_kernels(sigmas: np.ndarray) -> torch.Tensor:
     """(B, 1, 5, 5) normalised Gaussian kernels."""
     r = torch.arange(-2, 3, dtype=torch.float32)
     s = torch.from_numpy(sigmas.astype(np.float32))[:, None]
-    k1 = torch.exp(-(r[None] ** 2) / (2 * s ** 2))
+    k1 = torch.exp(-(r[None] ** 2) / (2 * s**2))
     k1 = k1 / k1.sum(1, keepdim=True)
     return (k1[:, :, None] * k1[:, None, :])[:, None]
 
@@ -141,8 +165,13 @@ def augment(x: torch.Tensor, rng: np.random.Generator, strength: float) -> torch
     """(B, 1, H, W) in [0, 1] -> augmented, requantised to 8 bits. Every draw is made whether used or not, so the
     stream of random numbers does not depend on the images."""
     b, _, h, w = x.shape
-    p = lambda q: rng.random(b) < q * strength
-    u = lambda lo, hi: rng.uniform(lo, hi, b)
+
+    def p(q: float) -> np.ndarray:
+        return rng.random(b) < q * strength
+
+    def u(lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, b)
+
     hflip, vflip = p(0.5), p(0.1)
     geo, zoom, rot, tx, ty = p(0.6), u(0.85, 1.2), u(-0.14, 0.14), u(-0.1, 0.1), u(-0.1, 0.1)
     tone, gamma, gain, offset = p(0.7), np.exp(u(-0.35, 0.35)), u(0.8, 1.2), u(-0.08, 0.08)
@@ -160,7 +189,10 @@ def augment(x: torch.Tensor, rng: np.random.Generator, strength: float) -> torch
         moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         x = torch.where(torch.from_numpy(geo)[:, None, None, None], moved, x)
     if tone.any():
-        t = lambda a: torch.from_numpy(a.astype(np.float32))[:, None, None, None]
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a.astype(np.float32))[:, None, None, None]
+
         toned = (t(gain) * x.clamp(0, 1) ** t(gamma) + t(offset)).clamp(0, 1)
         x = torch.where(torch.from_numpy(tone)[:, None, None, None], toned, x)
     if tex.any():
@@ -190,7 +222,7 @@ def reconstruct(vae, x: torch.Tensor, batch: int = 100) -> torch.Tensor:
     outs = []
     with torch.no_grad():
         for lo in range(0, len(x), batch):
-            z = vae.encode(x[lo:lo + batch]).latent_dist.mode()
+            z = vae.encode(x[lo : lo + batch]).latent_dist.mode()
             outs.append(vae.decode(z).sample.clamp(-1, 1))
     return torch.cat(outs)
 
@@ -206,8 +238,13 @@ def psnr_ssim(recon: torch.Tensor, target: torch.Tensor) -> dict:
     per_image = peak_signal_noise_ratio(r, t, data_range=1.0, dim=(1, 2, 3), reduction="none")
     ssim = structural_similarity_index_measure(r, t, data_range=1.0)
     pooled = peak_signal_noise_ratio(r, t, data_range=1.0)
-    return {"psnr": round(float(per_image.mean()), 3), "psnr_min": round(float(per_image.min()), 3),
-            "psnr_pooled": round(float(pooled), 3), "ssim": round(float(ssim), 5), "images": len(r)}
+    return {
+        "psnr": round(float(per_image.mean()), 3),
+        "psnr_min": round(float(per_image.min()), 3),
+        "psnr_pooled": round(float(pooled), 3),
+        "ssim": round(float(ssim), 5),
+        "images": len(r),
+    }
 
 
 def benchmark_test(vae, image_size: int, n: int) -> dict:
@@ -249,15 +286,21 @@ def main(argv: list[str] | None = None) -> dict:
     val = as_input(torch.from_numpy(held_out(256, args.image_size))[:, None])
     render_s = time.time() - start
 
-    config = architecture(args.block_out_channels, args.latent_channels, args.layers_per_block, args.norm_groups,
-                          args.attention, args.image_size)
+    config = architecture(
+        args.block_out_channels,
+        args.latent_channels,
+        args.layers_per_block,
+        args.norm_groups,
+        args.attention,
+        args.image_size,
+    )
     torch.manual_seed(args.seed)
     vae = AutoencoderKL(**config).train()
     params = sum(p.numel() for p in vae.parameters())
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     data_rng = np.random.default_rng([args.seed, 1])
     sample_gen = torch.Generator().manual_seed(args.seed + 1)
-    pixels = 3 * args.image_size ** 2
+    pixels = 3 * args.image_size**2
     order, cursor = data_rng.permutation(len(pool)), 0
     history, last = [], {}
 
@@ -265,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
         for step in range(args.steps):
             if cursor + args.batch_size > len(order):
                 order, cursor = data_rng.permutation(len(pool)), 0
-            idx = np.sort(order[cursor:cursor + args.batch_size])
+            idx = np.sort(order[cursor : cursor + args.batch_size])
             cursor += args.batch_size
             gray = torch.from_numpy(pool[idx].astype(np.float32) / 255)[:, None]
             x = as_input(augment(gray, data_rng, args.augment))
@@ -284,12 +327,23 @@ def main(argv: list[str] | None = None) -> dict:
 
             if step % args.log_every == 0 or step == args.steps - 1:
                 with torch.no_grad():
-                    psnr = peak_signal_noise_ratio((y.clamp(-1, 1) + 1) / 2, (x + 1) / 2, data_range=1.0,
-                                                   dim=(1, 2, 3), reduction="elementwise_mean")
-                last = {"step": step, "loss": round(loss.item(), 6), "l1": round(l1.item(), 6),
-                        "ssim": round(ssim.item(), 5), "kl": round(posterior.kl().mean().item(), 3),
-                        "psnr": round(float(psnr), 3), "lr": round(learning_rate(step, args), 7),
-                        "elapsed_s": round(time.time() - start, 1)}
+                    psnr = peak_signal_noise_ratio(
+                        (y.clamp(-1, 1) + 1) / 2,
+                        (x + 1) / 2,
+                        data_range=1.0,
+                        dim=(1, 2, 3),
+                        reduction="elementwise_mean",
+                    )
+                last = {
+                    "step": step,
+                    "loss": round(loss.item(), 6),
+                    "l1": round(l1.item(), 6),
+                    "ssim": round(ssim.item(), 5),
+                    "kl": round(posterior.kl().mean().item(), 3),
+                    "psnr": round(float(psnr), 3),
+                    "lr": round(learning_rate(step, args), 7),
+                    "elapsed_s": round(time.time() - start, 1),
+                }
                 if args.val_every and (step % args.val_every == 0 or step == args.steps - 1):
                     vae.eval()
                     last["val_psnr"] = psnr_ssim(reconstruct(vae, val), val)["psnr"]
@@ -297,8 +351,11 @@ def main(argv: list[str] | None = None) -> dict:
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 history.append(last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=f"{last['psnr']:.2f}",
-                                **({"val": f"{last['val_psnr']:.2f}"} if "val_psnr" in last else {}))
+                bar.set_postfix(
+                    loss=f"{last['loss']:.4f}",
+                    psnr=f"{last['psnr']:.2f}",
+                    **({"val": f"{last['val_psnr']:.2f}"} if "val_psnr" in last else {}),
+                )
             bar.update(1)
     train_s = time.time() - start - render_s
 
@@ -307,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     # SD's recipe for the scaling factor: 1 / std of the latents, so that the scaled latents have unit variance.
     with torch.no_grad():
         sample = as_input(torch.from_numpy(pool[:1024].astype(np.float32) / 255)[:, None])
-        latents = torch.cat([vae.encode(sample[lo:lo + 128]).latent_dist.mode() for lo in range(0, 1024, 128)])
+        latents = torch.cat([vae.encode(sample[lo : lo + 128]).latent_dist.mode() for lo in range(0, 1024, 128)])
     scaling = float(1 / latents.std())
     vae.register_to_config(scaling_factor=round(scaling, 5))
     vae.save_pretrained(args.out, safe_serialization=True)
@@ -316,34 +373,64 @@ def main(argv: list[str] | None = None) -> dict:
 
     weights = args.out / "diffusion_pytorch_model.safetensors"
     record = {
-        "command": " ".join(["python", "tools/train_default_autoencoder.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
-        "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "image_size": args.image_size,
-        "threads": args.threads, "lr": args.lr, "warmup": args.warmup, "schedule": "linear warmup, cosine to 2%",
-        "loss": {"l1": 1.0, "ssim": args.ssim_weight, "kl": args.kl_weight,
-                 "kl_normalisation": "KL summed over the latent / pixels (3*H*W), beside mean L1: SD's ratio"},
-        "architecture": {"class": "AutoencoderKL", **config, "scaling_factor": round(scaling, 5),
-                         "factor": 2 ** (len(args.block_out_channels) - 1), "parameters": params,
-                         "latent_shape": [args.latent_channels, *[args.image_size // 2 ** (len(args.block_out_channels) - 1)] * 2]},
-        "data": {"generator": f"engine.sources.synthetic_cxr v{synthetic_cxr.GENERATOR_VERSION}",
-                 "seeds": [DATA_SEED_BASE, DATA_SEED_BASE + (args.pool_images - 1) // CHUNK], "split": "train",
-                 "images": args.pool_images, "stored": "8-bit", "augment_strength": args.augment,
-                 "augmentations": "hflip 0.5, vflip 0.1; affine 0.6 (zoom 0.85-1.2, rot +-8 deg, shift +-10%); "
-                                  "tone 0.7 (gamma e^+-0.35, gain 0.8-1.2, offset +-0.08); low-freq texture 0.3 "
-                                  "(<=0.06); blur 0.2 (sigma 0.4-1.1); noise 0.3 (std <=0.02); requantised to 8 bits",
-                 "never": "synthetic-cxr seed 0 (the default benchmark)"},
+        "command": " ".join(
+            ["python", "tools/train_default_autoencoder.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "threads": args.threads,
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "schedule": "linear warmup, cosine to 2%",
+        "loss": {
+            "l1": 1.0,
+            "ssim": args.ssim_weight,
+            "kl": args.kl_weight,
+            "kl_normalisation": "KL summed over the latent / pixels (3*H*W), beside mean L1: SD's ratio",
+        },
+        "architecture": {
+            "class": "AutoencoderKL",
+            **config,
+            "scaling_factor": round(scaling, 5),
+            "factor": 2 ** (len(args.block_out_channels) - 1),
+            "parameters": params,
+            "latent_shape": [args.latent_channels, *[args.image_size // 2 ** (len(args.block_out_channels) - 1)] * 2],
+        },
+        "data": {
+            "generator": f"engine.sources.synthetic_cxr v{synthetic_cxr.GENERATOR_VERSION}",
+            "seeds": [DATA_SEED_BASE, DATA_SEED_BASE + (args.pool_images - 1) // CHUNK],
+            "split": "train",
+            "images": args.pool_images,
+            "stored": "8-bit",
+            "augment_strength": args.augment,
+            "augmentations": "hflip 0.5, vflip 0.1; affine 0.6 (zoom 0.85-1.2, rot +-8 deg, shift +-10%); "
+            "tone 0.7 (gamma e^+-0.35, gain 0.8-1.2, offset +-0.08); low-freq texture 0.3 "
+            "(<=0.06); blur 0.2 (sigma 0.4-1.1); noise 0.3 (std <=0.02); requantised to 8 bits",
+            "never": "synthetic-cxr seed 0 (the default benchmark)",
+        },
         "final_train": history[-1] if history else {},
         "held_out_generator_val": held,
         "benchmark_test": test,
-        "wall_s": round(wall, 1), "render_s": round(render_s, 1), "train_s": round(train_s, 1),
+        "wall_s": round(wall, 1),
+        "render_s": round(render_s, 1),
+        "train_s": round(train_s, 1),
         "weights_bytes": weights.stat().st_size,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "diffusers": __import__("diffusers").__version__,
-                        "torchmetrics": __import__("torchmetrics").__version__, "cpu": platform.processor()},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": __import__("diffusers").__version__,
+            "torchmetrics": __import__("torchmetrics").__version__,
+            "cpu": platform.processor(),
+        },
     }
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({"out": str(args.out), "wall_s": record["wall_s"], "benchmark_test": test,
-                      "held_out": held}, indent=None))
+    print(
+        json.dumps(
+            {"out": str(args.out), "wall_s": record["wall_s"], "benchmark_test": test, "held_out": held}, indent=None
+        )
+    )
     return record
 
 

@@ -5,6 +5,7 @@ records about it (family, source, pretrained, config hash, latent geometry, scal
 diffusers is imported only when a model is built: importing it costs seconds that `engine inspect`
 and the store code should not pay.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,15 +14,15 @@ import json
 import pickle
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 
 from engine.autoencoders import medvae
-from engine.errors import MissingInputError, UsageError
 from engine.autoencoders.registry import DEFAULT_FAMILY, FAMILIES, FamilyInfo
+from engine.errors import MissingInputError, UsageError
 
 CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderDC", "AutoencoderTiny")
 _WEIGHTS = "diffusion_pytorch_model"  # diffusers' weights file name (save_pretrained)
@@ -46,8 +47,10 @@ class Autoencoder:
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size % self.downsample:
             nearest = max(image_size // self.downsample, 1) * self.downsample
-            raise UsageError(f"image size {image_size} is not a multiple of autoencoder {self.family}'s factor "
-                             f"{self.downsample}; pick {nearest}")
+            raise UsageError(
+                f"image size {image_size} is not a multiple of autoencoder {self.family}'s factor "
+                f"{self.downsample}; pick {nearest}"
+            )
         side = image_size // self.downsample
         return (self.latent_channels, side, side)
 
@@ -107,8 +110,9 @@ def _resolve(spec: str, seed: int) -> tuple[torch.nn.Module, str | None, str]:
         return _from_path(path, None)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return _from_hub_id(spec), None, spec
-    raise MissingInputError(f"--autoencoder {spec}: no such file or directory, and not a family "
-                            f"({', '.join(FAMILIES)})")
+    raise MissingInputError(
+        f"--autoencoder {spec}: no such file or directory, and not a family ({', '.join(FAMILIES)})"
+    )
 
 
 def _seeded_default(seed: int) -> torch.nn.Module:
@@ -128,7 +132,8 @@ def _from_family(family: FamilyInfo) -> tuple[torch.nn.Module, str, str]:
             path = Path(hf_hub_download(hub, family.hub_file))
         else:
             module = _diffusers_class(family.diffusers_class).from_pretrained(
-                hub, subfolder=family.subfolder, low_cpu_mem_usage=False)
+                hub, subfolder=family.subfolder, low_cpu_mem_usage=False
+            )
             return module, family.name, hub
     except OSError as err:  # offline, not cached, gated or absent: all say "no weights here"
         raise MissingInputError(_where_to_put(family)) from err
@@ -138,12 +143,17 @@ def _from_family(family: FamilyInfo) -> tuple[torch.nn.Module, str, str]:
 
 def _where_to_put(family: FamilyInfo) -> str:
     hub = family.hub_ids[0]
-    what = f"{hub} (file {family.hub_file})" if family.hub_file else (
-        f"{hub} (subfolder {family.subfolder})" if family.subfolder else hub)
+    what = (
+        f"{hub} (file {family.hub_file})"
+        if family.hub_file
+        else (f"{hub} (subfolder {family.subfolder})" if family.subfolder else hub)
+    )
     gated = " (gated: accept its licence on the hub and set HF_TOKEN)" if family.gated else ""
     local = f"{family.name}:/path/to/{Path(family.hub_file).name}" if family.hub_file else "/path/to/vae_dir"
-    return (f"autoencoder {family.name}: no weights found (offline or not downloaded); download {what}{gated} "
-            f"into the HF cache, or pass --autoencoder {local}")
+    return (
+        f"autoencoder {family.name}: no weights found (offline or not downloaded); download {what}{gated} "
+        f"into the HF cache, or pass --autoencoder {local}"
+    )
 
 
 def _from_hub_id(repo: str) -> torch.nn.Module:
@@ -155,8 +165,10 @@ def _from_hub_id(repo: str) -> torch.nn.Module:
             continue
         cls = _diffusers_class(_class_name(config, f"{repo} config.json"))
         return cls.from_pretrained(repo, subfolder=subfolder, low_cpu_mem_usage=False)
-    raise MissingInputError(f"--autoencoder {repo}: not a local path, and no config.json for this hub id in the HF "
-                            f"cache (offline?); download it, or pass a local diffusers directory")
+    raise MissingInputError(
+        f"--autoencoder {repo}: not a local path, and no config.json for this hub id in the HF "
+        f"cache (offline?); download it, or pass a local diffusers directory"
+    )
 
 
 def _from_path(path: Path, family: str | None) -> tuple[torch.nn.Module, str | None, str]:
@@ -179,8 +191,10 @@ def _from_directory(path: Path) -> torch.nn.Module:
     """A save_pretrained directory (config.json + weights), or a pipeline directory with a vae/ inside."""
     root = path if (path / "config.json").is_file() or not (path / "vae").is_dir() else path / "vae"
     if not (root / "config.json").is_file():
-        raise MissingInputError(f"{root}: not a diffusers autoencoder directory, config.json is missing "
-                                f"(save_pretrained writes config.json + {_WEIGHTS}.safetensors)")
+        raise MissingInputError(
+            f"{root}: not a diffusers autoencoder directory, config.json is missing "
+            f"(save_pretrained writes config.json + {_WEIGHTS}.safetensors)"
+        )
     if not any(root.glob(f"{_WEIGHTS}*")):
         raise MissingInputError(f"{root}: {_WEIGHTS}.safetensors is missing beside config.json; copy the weights there")
     try:
@@ -192,8 +206,10 @@ def _from_directory(path: Path) -> torch.nn.Module:
         return cls.from_pretrained(root, low_cpu_mem_usage=False)
     except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as err:
         weights = next(root.glob(f"{_WEIGHTS}*"))
-        raise UsageError(f"{weights}: unreadable autoencoder weights ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]}); the file is truncated or damaged, copy it again") from None
+        raise UsageError(
+            f"{weights}: unreadable autoencoder weights ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}); the file is truncated or damaged, copy it again"
+        ) from None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -204,17 +220,21 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(path)
         except (SafetensorError, OSError) as err:
-            raise UsageError(f"{path}: unreadable safetensors file ({err}); it is truncated or damaged, "
-                             "download or copy it again") from None
+            raise UsageError(
+                f"{path}: unreadable safetensors file ({err}); it is truncated or damaged, download or copy it again"
+            ) from None
     elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            raise UsageError(f"{path}: holds more than tensors and is unsafe to unpickle; "
-                             f"re-save its state_dict as .safetensors") from err
+            raise UsageError(
+                f"{path}: holds more than tensors and is unsafe to unpickle; re-save its state_dict as .safetensors"
+            ) from err
         except (RuntimeError, EOFError, OSError) as err:
-            raise UsageError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                             "it is truncated or damaged, download or copy it again") from None
+            raise UsageError(
+                f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "it is truncated or damaged, download or copy it again"
+            ) from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     else:
         raise UsageError(f"{path}: expected a .safetensors file (or a .ckpt/.pt checkpoint) or a diffusers directory")
@@ -228,7 +248,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             tensors[key] = value
     for bundle in _BUNDLES:
         if any(key.startswith(bundle) for key in tensors):
-            tensors = {key[len(bundle):]: value for key, value in tensors.items() if key.startswith(bundle)}
+            tensors = {key[len(bundle) :]: value for key, value in tensors.items() if key.startswith(bundle)}
     return tensors
 
 
@@ -239,14 +259,18 @@ def _infer_family(state: dict[str, torch.Tensor], path: Path) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise UsageError(f"{path}: tensors fit several families ({', '.join(matches)}); name one, "
-                         f"e.g. --autoencoder {matches[0]}:{path}")
+        raise UsageError(
+            f"{path}: tensors fit several families ({', '.join(matches)}); name one, "
+            f"e.g. --autoencoder {matches[0]}:{path}"
+        )
     closest = min(FAMILIES, key=lambda name: len(set(_signature(name).items()) ^ set(shapes.items())))
-    raise UsageError(f"{path}: tensors match no registered family (closest {closest}: "
-                     f"{_mismatch(_signature(closest), shapes)}); name it as FAMILY:{path} or use a diffusers dir")
+    raise UsageError(
+        f"{path}: tensors match no registered family (closest {closest}: "
+        f"{_mismatch(_signature(closest), shapes)}); name it as FAMILY:{path} or use a diffusers dir"
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signature(family: str) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a family's full-size architecture, built on the meta device (no memory, ms)."""
     info = FAMILIES[family]
@@ -272,9 +296,11 @@ def _mismatch(expected: dict, got: dict) -> str:
     missing = sorted(expected.keys() - got.keys())
     unexpected = sorted(got.keys() - expected.keys())
     wrong = sorted(key for key in expected.keys() & got.keys() if expected[key] != got[key])
-    parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-             f"{len(wrong)} of other shape (e.g. {wrong[0]} {got[wrong[0]]} vs {expected[wrong[0]]})" if wrong else ""]
+    parts = [
+        f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+        f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+        f"{len(wrong)} of other shape (e.g. {wrong[0]} {got[wrong[0]]} vs {expected[wrong[0]]})" if wrong else "",
+    ]
     return ", ".join(part for part in parts if part)
 
 
@@ -303,8 +329,9 @@ def _downsample(config: dict) -> int:
 def _class_name(config: dict, where: str | Path) -> str:
     name = config.get("_class_name")
     if name not in CLASSES:
-        raise UsageError(f"{where}: _class_name {name!r} is not an image autoencoder the engine encodes with "
-                         f"({', '.join(CLASSES)})")
+        raise UsageError(
+            f"{where}: _class_name {name!r} is not an image autoencoder the engine encodes with ({', '.join(CLASSES)})"
+        )
     return name
 
 

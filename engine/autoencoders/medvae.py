@@ -6,6 +6,7 @@ on every conv of the resnet and attention blocks. We fold the LoRA weights into 
 the head (it maps the latent to another space and is not part of the posterior), read the variant
 off the tensor shapes, and rename the rest with diffusers' own CompVis converter.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,14 +46,17 @@ def merge_lora(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def compvis_config(state_dict: dict[str, torch.Tensor]) -> dict:
     """The AutoencoderKL config of a CompVis KL autoencoder, read off its tensor shapes."""
+
     def count(pattern: str) -> int:
         return 1 + max(int(m.group(1)) for key in state_dict if (m := re.match(pattern, key)))
 
     levels = count(r"encoder\.down\.(\d+)\.")
     latent_channels = state_dict["quant_conv.weight"].shape[0] // 2
     if state_dict["encoder.conv_out.weight"].shape[0] != 2 * latent_channels:
-        raise ValueError("CompVis autoencoder: z_channels differs from embed_dim, which diffusers' AutoencoderKL "
-                         "cannot express; convert it another way")
+        raise ValueError(
+            "CompVis autoencoder: z_channels differs from embed_dim, which diffusers' AutoencoderKL "
+            "cannot express; convert it another way"
+        )
     return {
         "act_fn": "silu",
         "block_out_channels": [state_dict[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] for i in range(levels)],
@@ -80,6 +84,8 @@ def to_diffusers(state_dict: dict[str, torch.Tensor], config: dict | None = None
     placed = {tensor.data_ptr() for tensor in converted.values()}
     skipped = [key for key, tensor in plain.items() if tensor.data_ptr() not in placed]
     if skipped:
-        raise ValueError(f"CompVis autoencoder: {len(skipped)} tensors have no place in diffusers' AutoencoderKL "
-                         f"(e.g. {skipped[0]}); this variant cannot be loaded")
+        raise ValueError(
+            f"CompVis autoencoder: {len(skipped)} tensors have no place in diffusers' AutoencoderKL "
+            f"(e.g. {skipped[0]}); this variant cannot be loaded"
+        )
     return config, converted

@@ -5,16 +5,17 @@ a reader streams them in that order and the assembler keeps the live ones in a f
 slots (sized in advance from the first/last use of every chunk), gathering each batch with one
 ``np.take``. With the block order about one window of chunks is live at a time.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from engine.loaders.loader import Batch
 from engine.loaders.chunk_reader import Chunk
+from engine.loaders.loader import Batch
 from engine.loaders.schedule import RankPlan
 from engine.loaders.selection import Selection
 from engine.store import StoreError
@@ -47,12 +48,26 @@ def chunk_plan(selection: Selection, plan: RankPlan, start: int) -> ChunkPlan:
     live = np.zeros(len(offsets), dtype=np.int64)
     np.add.at(live, first_step, 1)
     np.add.at(live, last_step + 1, -1)
-    return ChunkPlan(ids=ids, valid=plan.valid[lo:], offsets=offsets, chunk_of=chunk_of, chunks=uniq[need],
-                     first_step=first_step[need], release=release, slots=int(np.cumsum(live).max(initial=0)))
+    return ChunkPlan(
+        ids=ids,
+        valid=plan.valid[lo:],
+        offsets=offsets,
+        chunk_of=chunk_of,
+        chunks=uniq[need],
+        first_step=first_step[need],
+        release=release,
+        slots=int(np.cumsum(live).max(initial=0)),
+    )
 
 
-def assemble(selection: Selection, cplan: ChunkPlan, stream: Iterator[Chunk], latent_shape: tuple[int, ...],
-             with_logvar: bool, pin: bool) -> Iterator[Batch]:
+def assemble(
+    selection: Selection,
+    cplan: ChunkPlan,
+    stream: Iterator[Chunk],
+    latent_shape: tuple[int, ...],
+    with_logvar: bool,
+    pin: bool,
+) -> Iterator[Batch]:
     """Host batches (pinned when ``pin``) for every remaining step; ``stream`` yields ``cplan.chunks`` in order."""
     bounds = selection.chunk_bounds
     cap = int(np.diff(bounds)[cplan.chunks].max(initial=0))
@@ -67,19 +82,26 @@ def assemble(selection: Selection, cplan: ChunkPlan, stream: Iterator[Chunk], la
             n = int(bounds[c + 1] - bounds[c])
             if len(latents) != n:
                 name, lo, _ = selection.chunk_rows(c)
-                raise StoreError(f"{selection.store_path}: split {name} block at row {lo} gave {len(latents)} samples, "
-                                 f"expected {n}; the store changed since it was opened (re-encoded?)")
+                raise StoreError(
+                    f"{selection.store_path}: split {name} block at row {lo} gave {len(latents)} samples, "
+                    f"expected {n}; the store changed since it was opened (re-encoded?)"
+                )
             s = slot_of[c] = free.pop()
-            slab[s * cap:s * cap + n] = latents
+            slab[s * cap : s * cap + n] = latents
             if slab_logvar is not None:
-                slab_logvar[s * cap:s * cap + n] = logvar
+                slab_logvar[s * cap : s * cap + n] = logvar
             loaded += 1
         a, b = cplan.offsets[k], cplan.offsets[k + 1]
         ids, chunk = cplan.ids[a:b], cplan.chunk_of[a:b]
         pos = slot_of[chunk] * cap + ids - bounds[chunk]
         fields = {key: torch.from_numpy(value[ids]) for key, value in selection.row_fields.items()}
-        yield Batch(latents=_take(slab, pos, pin), ids=torch.from_numpy(ids), valid=torch.from_numpy(cplan.valid[a:b]),
-                    logvar=None if slab_logvar is None else _take(slab_logvar, pos, pin), **fields)
+        yield Batch(
+            latents=_take(slab, pos, pin),
+            ids=torch.from_numpy(ids),
+            valid=torch.from_numpy(cplan.valid[a:b]),
+            logvar=None if slab_logvar is None else _take(slab_logvar, pos, pin),
+            **fields,
+        )
         for c in cplan.release[k]:
             free.append(int(slot_of[c]))
 

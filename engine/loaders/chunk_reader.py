@@ -4,12 +4,13 @@ A ``ChunkReader`` is small and picklable and opens the store lazily, so it runs 
 reader threads and in DALI's parallel external-source worker processes. Tar shards are read
 directly through their index (offsets of each member), with no tar parsing per sample.
 """
+
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Iterator
 
 import numpy as np
 
@@ -60,18 +61,22 @@ class ChunkReader:
                         members[int(fields[j + 3].split(".", 1)[0]) - lo] = (int(fields[j + 1]), int(fields[j + 2]))
             raw = np.fromfile(tar, dtype=np.uint8)
         except (OSError, ValueError, IndexError) as err:
-            raise StoreError(f"{tar}: unreadable shard or index ({err}); the store is damaged, re-encode it with "
-                             "--overwrite") from None
+            raise StoreError(
+                f"{tar}: unreadable shard or index ({err}); the store is damaged, re-encode it with --overwrite"
+            ) from None
         count = int(np.prod(self.latent_shape))
         out = np.empty((len(local), *self.latent_shape), dtype=np.float16)
         for i, row in enumerate(local.tolist()):
             if row not in members:
-                raise StoreError(f"{tar}: no {ext} for row {lo + row}; the shard is incomplete, re-encode the store "
-                                 "with --overwrite")
+                raise StoreError(
+                    f"{tar}: no {ext} for row {lo + row}; the shard is incomplete, re-encode the store with --overwrite"
+                )
             offset, size = members[row]
             if offset + size > len(raw) or size < 2 * count:
-                raise StoreError(f"{tar}: truncated ({len(raw)} bytes, row {lo + row} needs bytes {offset}-"
-                                 f"{offset + size}); the store is damaged, re-encode it with --overwrite")
+                raise StoreError(
+                    f"{tar}: truncated ({len(raw)} bytes, row {lo + row} needs bytes {offset}-"
+                    f"{offset + size}); the store is damaged, re-encode it with --overwrite"
+                )
             # the array's bytes end the .npy member; its header length does not matter
             out[i] = np.frombuffer(raw, np.float16, count, offset + size - 2 * count).reshape(self.latent_shape)
         return out

@@ -1,22 +1,23 @@
 """The DALI loader: DALI reads and decodes whole chunks; our order, state and rank slices drive it.
 
-webdataset stores go through ``fn.readers.webdataset`` + ``fn.decoders.numpy``, given the shards
-in the order this rank first needs them (and, when the selection leaves out rows of a shard, an
-index file, written once per loader, that lists only the selected samples). zarr stores, which DALI cannot read, go through
-a parallel ``external_source`` whose callable maps ``idx_in_epoch`` through that same chunk order
-and returns one whole chunk per sample. One pipeline per pass: epoch and resume point are ours,
-so DALI's own shuffling, sharding (``shard_id``/``num_shards`` would give each rank a contiguous
-part and an order that changes with the world size) and checkpointing stay off. The pipelines run
-on the CPU (``device_id=None``); batches reach the device through pinned, non-blocking copies.
+webdataset stores go through ``fn.readers.webdataset`` + ``fn.decoders.numpy``, given the shards in the
+order this rank first needs them (and, when the selection leaves out rows of a shard, an index file,
+written once per loader, that lists only the selected samples). zarr stores, which DALI cannot read, go
+through a parallel ``external_source`` whose callable maps ``idx_in_epoch`` through that same chunk order
+and returns one whole chunk per sample. One pipeline per pass: epoch and resume point are ours, so DALI's
+own shuffling, sharding (``shard_id``/``num_shards`` would give each rank a contiguous part and an order
+that changes with the world size) and checkpointing stay off. The pipelines run on the CPU
+(``device_id=None``); batches reach the device through pinned, non-blocking copies.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -66,11 +67,21 @@ class DaliLoader(StreamingLoader):
         # fork is fast, but not allowed once CUDA is initialised; spawned workers unpickle the reader
         start = "spawn" if torch.cuda.is_initialized() else "fork"
 
-        @pipeline_def(batch_size=CHUNKS_PER_RUN, num_threads=1, device_id=None, py_num_workers=max(self.workers, 1),
-                      py_start_method=start, prefetch_queue_depth=2)
+        @pipeline_def(
+            batch_size=CHUNKS_PER_RUN,
+            num_threads=1,
+            device_id=None,
+            py_num_workers=max(self.workers, 1),
+            py_start_method=start,
+            prefetch_queue_depth=2,
+        )
         def pipe():
-            out = fn.external_source(source=ChunkSource(self.reader, chunks), batch=False,
-                                     num_outputs=outputs if outputs > 1 else None, **(parallel if self.workers else {}))
+            out = fn.external_source(
+                source=ChunkSource(self.reader, chunks),
+                batch=False,
+                num_outputs=outputs if outputs > 1 else None,
+                **(parallel if self.workers else {}),
+            )
             return tuple(out) if outputs > 1 else out
 
         p = pipe()
@@ -93,8 +104,9 @@ class DaliLoader(StreamingLoader):
 
         @pipeline_def(batch_size=SAMPLES_PER_RUN, num_threads=READER_THREADS, device_id=None, prefetch_queue_depth=2)
         def pipe():
-            out = fn.readers.webdataset(paths=list(paths), index_paths=list(indices), ext=exts,
-                                        random_shuffle=False, name="reader")
+            out = fn.readers.webdataset(
+                paths=list(paths), index_paths=list(indices), ext=exts, random_shuffle=False, name="reader"
+            )
             return tuple(fn.decoders.numpy(o) for o in (out if isinstance(out, list) else [out]))
 
         p = pipe()
@@ -107,7 +119,7 @@ class DaliLoader(StreamingLoader):
                     parts = [[np.array(a) for a in part] for part in parts]  # run() recycles its outputs
                     current, pos = [np.asarray(tl.as_tensor()) for tl in p.run()], 0
                 take = min(n, len(current[0]) - pos)
-                parts.append([a[pos:pos + take] for a in current])
+                parts.append([a[pos : pos + take] for a in current])
                 pos, n = pos + take, n - take
             chunk = parts[0] if len(parts) == 1 else [np.concatenate(q) for q in zip(*parts)]
             yield chunk[0], chunk[1] if self.with_logvar else None

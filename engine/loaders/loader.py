@@ -12,17 +12,18 @@ resumes with the next one. ``set_epoch`` to the epoch the loader stands in keeps
 so the usual loop, ``for e in range(loader.epoch, E): loader.set_epoch(e); for batch in loader``,
 gives the same batches whether or not it was interrupted and resumed.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Iterator
 
 import numpy as np
 import torch
 
+from engine.errors import UsageError
 from engine.loaders.schedule import RankPlan, Schedule
 from engine.loaders.selection import Selection
-from engine.errors import UsageError
 
 STATE_VERSION = 1
 
@@ -47,8 +48,16 @@ class Batch:
 class LatentLoader:
     name = "base"
 
-    def __init__(self, selection: Selection, batch_size: int, device: str | torch.device, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, tail: str = "drop"):
+    def __init__(
+        self,
+        selection: Selection,
+        batch_size: int,
+        device: str | torch.device,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        tail: str = "drop",
+    ):
         self.selection, self.device, self.seed = selection, torch.device(device), int(seed)
         self.schedule = Schedule(selection.size, batch_size, world_size, rank, tail)
         self.epoch, self._step = 0, 0
@@ -99,20 +108,33 @@ class LatentLoader:
 
     def state_dict(self) -> dict:
         s = self.schedule
-        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "consumed": s.consumed(self._step),
-                "global_batch": s.global_batch, "tail": s.tail, "order": self.order_kind,
-                "fingerprint": self.selection.fingerprint}
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "consumed": s.consumed(self._step),
+            "global_batch": s.global_batch,
+            "tail": s.tail,
+            "order": self.order_kind,
+            "fingerprint": self.selection.fingerprint,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        hints = {"seed": "construct the loader with seed={}", "global_batch": "resume with batch size {}",
-                 "tail": "resume with tail={!r}", "order": "resume with the loader that saved it (order {!r}; "
-                 "'global' is the resident loader, 'block*' the DALI and torch loaders)",
-                 "fingerprint": "resume on the same store and selection (fingerprint {})",
-                 "version": "this engine reads loader state version {1}"}
+        hints = {
+            "seed": "construct the loader with seed={}",
+            "global_batch": "resume with batch size {}",
+            "tail": "resume with tail={!r}",
+            "order": "resume with the loader that saved it (order {!r}; "
+            "'global' is the resident loader, 'block*' the DALI and torch loaders)",
+            "fingerprint": "resume on the same store and selection (fingerprint {})",
+            "version": "this engine reads loader state version {1}",
+        }
         for key, hint in hints.items():
             if state.get(key) != mine[key]:
-                raise UsageError(f"loader state: {key} is {state.get(key)!r}, this loader has {mine[key]!r}; "
-                                 + hint.format(state.get(key), mine[key]))
+                raise UsageError(
+                    f"loader state: {key} is {state.get(key)!r}, this loader has {mine[key]!r}; "
+                    + hint.format(state.get(key), mine[key])
+                )
         self.close()
         self.epoch, self._step = int(state["epoch"]), self.schedule.step_of(int(state["consumed"]))

@@ -5,6 +5,7 @@ chunk-aware shuffle for data read from disk (MosaicML streaming's py1b): permute
 cut the permuted chunks into windows of ``window_chunks``, permute the samples inside each window.
 A reader then holds about one window of chunks at a time and reads every chunk whole, once.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,8 @@ def global_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def block_order(chunk_bounds: np.ndarray, seed: int, epoch: int, window_chunks: int) -> np.ndarray:
-    """A permutation of 0..n-1 in which every window of ``window_chunks`` consecutive (permuted) chunks stays together."""
+    """A permutation of 0..n-1 in which every window of ``window_chunks`` consecutive (permuted) chunks stays
+    together."""
     if window_chunks < 1:
         raise ValueError(f"window_chunks must be >= 1, got {window_chunks}")
     rng = epoch_rng(seed, epoch, BLOCK)

@@ -3,11 +3,13 @@
 The thread owns the producer (it builds it, runs it, and closes it), so pipelines and worker
 processes live and die in one thread; closing the consumer stops the thread.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 _END = object()

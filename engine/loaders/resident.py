@@ -4,10 +4,11 @@ Loading reads every chunk once, contiguously; an epoch then uploads this rank's 
 each step is an ``index_select`` on the device, with no host work. The memory it will take is
 printed before anything is cached, and a selection over the budget is refused, never truncated.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -52,9 +53,21 @@ class ResidentLoader(LatentLoader):
     name = "resident"
     order_kind = "global"
 
-    def __init__(self, store: LatentStore, selection: Selection, batch_size: int, device: str | torch.device,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, tail: str = "drop", with_logvar: bool = False,
-                 memory_budget: int | None = None, workers: int = 2, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        store: LatentStore,
+        selection: Selection,
+        batch_size: int,
+        device: str | torch.device,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        tail: str = "drop",
+        with_logvar: bool = False,
+        memory_budget: int | None = None,
+        workers: int = 2,
+        log: Callable[[str], None] = print,
+    ):
         super().__init__(selection, batch_size, device, seed, rank, world_size, tail)
         shape = tuple(store.manifest["latent_shape"])
         need = resident_bytes(selection, shape, with_logvar)
@@ -62,17 +75,20 @@ class ResidentLoader(LatentLoader):
         if need > budget:
             raise MemoryBudgetError(
                 f"resident loader: {selection.size} samples need {gib(need)} on {self.device}, over the memory budget "
-                f"of {gib(budget)}; use --loader dali or --loader torch, which stream the store from disk")
-        log(f"resident loader: caching {selection.size} samples of {'x'.join(map(str, shape))} fp16"
-            f"{' + logvar' if with_logvar else ''} = {gib(need)} on {self.device} (budget {gib(budget)})")
+                f"of {gib(budget)}; use --loader dali or --loader torch, which stream the store from disk"
+            )
+        log(
+            f"resident loader: caching {selection.size} samples of {'x'.join(map(str, shape))} fp16"
+            f"{' + logvar' if with_logvar else ''} = {gib(need)} on {self.device} (budget {gib(budget)})"
+        )
         latents = np.empty((selection.size, *shape), dtype=np.float16)
         logvar = np.empty_like(latents) if with_logvar else None
         reader = ChunkReader(selection, store.format, shape, with_logvar)
         bounds = selection.chunk_bounds
         for c, (lat, lv) in enumerate(read_chunks(reader, np.arange(selection.n_chunks), workers)):
-            latents[bounds[c]:bounds[c + 1]] = lat
+            latents[bounds[c] : bounds[c + 1]] = lat
             if logvar is not None:
-                logvar[bounds[c]:bounds[c + 1]] = lv
+                logvar[bounds[c] : bounds[c + 1]] = lv
         self.latents = torch.from_numpy(latents).to(self.device)
         self.logvar = None if logvar is None else torch.from_numpy(logvar).to(self.device)
         self.fields = {k: torch.from_numpy(v).to(self.device) for k, v in selection.row_fields.items()}
@@ -86,9 +102,13 @@ class ResidentLoader(LatentLoader):
         for k in range(start, plan.steps):
             a, b = int(plan.offsets[k]), int(plan.offsets[k + 1])
             i = ids[a:b]
-            yield Batch(latents=gather(self.latents, i), ids=i, valid=valid[a:b],
-                        logvar=None if self.logvar is None else gather(self.logvar, i),
-                        **{key: gather(value, i) for key, value in self.fields.items()})
+            yield Batch(
+                latents=gather(self.latents, i),
+                ids=i,
+                valid=valid[a:b],
+                logvar=None if self.logvar is None else gather(self.logvar, i),
+                **{key: gather(value, i) for key, value in self.fields.items()},
+            )
 
 
 def gather(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

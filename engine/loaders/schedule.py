@@ -10,11 +10,13 @@ after the last full global batch:
 A global batch larger than the selection is an error under drop (an epoch of no steps) and one
 short step under the other two.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
 from engine.errors import UsageError
 
 TAILS = ("drop", "pad_masked", "partial")
@@ -47,13 +49,17 @@ class Schedule:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise UsageError(f"rank {self.rank} is outside world size {self.world_size}")
         if self.global_batch < 1 or self.global_batch % self.world_size:
-            raise UsageError(f"global batch {self.global_batch} must be a positive multiple of the world size "
-                             f"{self.world_size} (each rank takes an equal slice)")
+            raise UsageError(
+                f"global batch {self.global_batch} must be a positive multiple of the world size "
+                f"{self.world_size} (each rank takes an equal slice)"
+            )
         if self.size < 1:
             raise UsageError("the selection is empty: nothing to load")
         if self.tail == "drop" and self.global_batch > self.size:
-            raise UsageError(f"batch size {self.global_batch} is larger than the selection ({self.size} samples) with "
-                             "tail='drop': an epoch would have no steps; lower the batch size (--batch-size)")
+            raise UsageError(
+                f"batch size {self.global_batch} is larger than the selection ({self.size} samples) with "
+                "tail='drop': an epoch would have no steps; lower the batch size (--batch-size)"
+            )
 
     @property
     def per_rank(self) -> int:
@@ -70,8 +76,10 @@ class Schedule:
 
     def step_of(self, consumed: int) -> int:
         if consumed % self.global_batch or not 0 <= consumed < self.steps * self.global_batch:
-            raise UsageError(f"loader state: consumed {consumed} is not a step boundary of this epoch "
-                             f"(multiples of {self.global_batch} below {self.steps * self.global_batch})")
+            raise UsageError(
+                f"loader state: consumed {consumed} is not a step boundary of this epoch "
+                f"(multiples of {self.global_batch} below {self.steps * self.global_batch})"
+            )
         return consumed // self.global_batch
 
     def plan(self, order: np.ndarray) -> RankPlan:

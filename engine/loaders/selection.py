@@ -4,6 +4,7 @@ A selection numbers its samples 0..size-1 in (split, row) order and groups them 
 ("chunk": one zarr chunk or one webdataset shard), so readers can fetch whole chunks and the
 order can shuffle chunk by chunk. Rows marked invalid (skipped unreadable images) never enter it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.errors import UsageError
 from engine.store import LatentStore, StoreError
 from engine.store.manifest import fingerprint
-from engine.errors import UsageError
 
 ROLES = ("train", "val", "test")
 OPTIONAL_ROW_FIELDS = ("teacher_logits",)  # per-row arrays a store may carry beside the labels
@@ -52,7 +53,7 @@ class Selection:
         """Split name, first row of the block, and the selected rows of chunk ``c`` relative to it."""
         split = int(self.chunk_split[c])
         lo = int(self.chunk_block[c]) * self.blocks[split]
-        return self.splits[split], lo, self.rows[self.chunk_bounds[c]:self.chunk_bounds[c + 1]] - lo
+        return self.splits[split], lo, self.rows[self.chunk_bounds[c] : self.chunk_bounds[c + 1]] - lo
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(split name, row) of each sample id."""
@@ -67,8 +68,9 @@ def _kept(store: LatentStore, split, role: str, fold: int | None, n_folds: int) 
         return keep
     folds = split.meta("folds")
     if (folds < 0).any():
-        raise StoreError(f"{store.path}: split {split.name!r} has samples without a fold (-1); "
-                         "re-encode with --folds to use --fold")
+        raise StoreError(
+            f"{store.path}: split {split.name!r} has samples without a fold (-1); re-encode with --folds to use --fold"
+        )
     test, val = folds == fold, folds == (fold + 1) % n_folds
     return keep & {"test": test, "val": val, "train": ~(test | val)}[role]
 
@@ -85,12 +87,15 @@ def select(store: LatentStore, role: str, fold: int | None = None) -> Selection:
     if role not in ROLES:
         raise UsageError(f"selection role {role!r}: expected one of {ROLES}")
     if not store.complete:
-        raise StoreError(f"{store.path}: encode has not finished (manifest.complete is false); "
-                         "run the same `engine encode` again, or wait for the process writing it")
+        raise StoreError(
+            f"{store.path}: encode has not finished (manifest.complete is false); "
+            "run the same `engine encode` again, or wait for the process writing it"
+        )
     n_folds = int(store.manifest.get("folds", {}).get("n_folds", 0))
     if fold is not None and n_folds < 3:
-        raise StoreError(f"{store.path}: manifest folds.n_folds is {n_folds}; "
-                         "--fold needs a store encoded with --folds >= 3")
+        raise StoreError(
+            f"{store.path}: manifest folds.n_folds is {n_folds}; --fold needs a store encoded with --folds >= 3"
+        )
     if fold is not None and not 0 <= fold < n_folds:
         raise UsageError(f"--fold {fold}: the store has folds 0..{n_folds - 1}")
     names = [role] if fold is None else sorted(store.splits)  # cross-validation pools every stored split
@@ -110,7 +115,9 @@ def select(store: LatentStore, role: str, fold: int | None = None) -> Selection:
     digest = hashlib.sha256(b"".join(r.astype(np.int64).tobytes() + b"|" for r in rows)).hexdigest()[:16]
     store_fp = str(store.manifest.get("settings_fingerprint", ""))
     return Selection(
-        role=role, fold=fold, splits=tuple(names),
+        role=role,
+        fold=fold,
+        splits=tuple(names),
         split_of=np.concatenate([np.full(len(r), s, dtype=np.int64) for s, r in enumerate(rows)]),
         rows=np.concatenate(rows).astype(np.int64),
         keys=np.concatenate([d.meta("keys")[r] for d, r in zip(data, rows)]),
@@ -118,7 +125,8 @@ def select(store: LatentStore, role: str, fold: int | None = None) -> Selection:
         chunk_bounds=np.concatenate([[0], np.cumsum(chunk_len)]).astype(np.int64),
         chunk_split=np.concatenate([np.full(len(b), s, dtype=np.int64) for s, (b, _) in enumerate(per_split)]),
         chunk_block=np.concatenate([b for b, _ in per_split]).astype(np.int64),
-        blocks=blocks, store_path=str(store.path), store_fingerprint=store_fp,
-        fingerprint=fingerprint({"store": store_fp, "splits": list(names), "blocks": blocks,
-                                 "rows": digest}),
+        blocks=blocks,
+        store_path=str(store.path),
+        store_fingerprint=store_fp,
+        fingerprint=fingerprint({"store": store_fp, "splits": list(names), "blocks": blocks, "rows": digest}),
     )

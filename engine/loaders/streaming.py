@@ -2,17 +2,19 @@
 
 ``TorchLoader`` is the one without DALI: whole chunks read by a few threads (zarr chunks as contiguous
 slices, tar shards directly through their index, without the tar parser that makes webdataset's own reader
-an order of magnitude slower on small latents), batches assembled in another. ``make_loader`` picks it when the selection is over
-the resident loader's memory budget and DALI is not installed (as on GPU machines without DALI).
+an order of magnitude slower on small latents), batches assembled in another. ``make_loader`` picks it
+when the selection is over the resident loader's memory budget and DALI is not installed (as on GPU
+machines without DALI).
 
-Every rank reads the chunks of each window that its slices touch: with the global batch split
-across ranks, that is nearly all of them, so W ranks read the data W times (from the page cache
-after the first). That is the price of an order that does not change with the world size.
-Batches are gathered on the host into pinned memory and copied with ``non_blocking`` on CUDA.
+Every rank reads the chunks of each window that its slices touch: with the global batch split across
+ranks, that is nearly all of them, so W ranks read the data W times (from the page cache after the first).
+That is the price of an order that does not change with the world size. Batches are gathered on the host
+into pinned memory and copied with ``non_blocking`` on CUDA.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,9 +32,21 @@ WINDOW_CHUNKS = 16  # chunks shuffled together: >= 10x the samples of a chunk, a
 
 
 class StreamingLoader(LatentLoader):
-    def __init__(self, store: LatentStore, selection: Selection, batch_size: int, device: str | torch.device,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, tail: str = "drop", with_logvar: bool = False,
-                 window_chunks: int = WINDOW_CHUNKS, workers: int = 2, prefetch_depth: int = 4):
+    def __init__(
+        self,
+        store: LatentStore,
+        selection: Selection,
+        batch_size: int,
+        device: str | torch.device,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        tail: str = "drop",
+        with_logvar: bool = False,
+        window_chunks: int = WINDOW_CHUNKS,
+        workers: int = 2,
+        prefetch_depth: int = 4,
+    ):
         super().__init__(selection, batch_size, device, seed, rank, world_size, tail)
         self.store, self.with_logvar, self.workers = store, with_logvar, workers
         self.window_chunks, self.prefetch_depth = window_chunks, prefetch_depth

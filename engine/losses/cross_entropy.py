@@ -3,6 +3,7 @@
 Logits are cast to fp32 first: under bf16 autocast the log-sum-exp of 30x-scaled LDAM logits or of many
 classes loses the digits that separate a good step from a bad one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,9 +15,11 @@ from engine.losses.masked import masked_mean
 
 def check_single_label(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.ndim != 2 or labels.shape != logits.shape[:1] or labels.dtype != torch.int64:
-        raise ValueError(f"single-label losses take logits (B, K) and int64 labels (B,), got logits "
-                         f"{tuple(logits.shape)} and labels {tuple(labels.shape)} {labels.dtype}; "
-                         f"multi-label stores (labels (N, K)) take loss 'bce'")
+        raise ValueError(
+            f"single-label losses take logits (B, K) and int64 labels (B,), got logits "
+            f"{tuple(logits.shape)} and labels {tuple(labels.shape)} {labels.dtype}; "
+            f"multi-label stores (labels (N, K)) take loss 'bce'"
+        )
 
 
 class CrossEntropy(nn.Module):
@@ -46,9 +49,12 @@ class BinaryCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         if logits.ndim != 2 or labels.shape != logits.shape:
-            raise ValueError(f"loss 'bce' takes logits and 0/1 labels of the same shape (B, K), got logits "
-                             f"{tuple(logits.shape)} and labels {tuple(labels.shape)}; "
-                             f"single-label stores take 'ce' or 'ldam'")
-        per_element = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=self.pos_weight,
-                                                         reduction="none")
+            raise ValueError(
+                f"loss 'bce' takes logits and 0/1 labels of the same shape (B, K), got logits "
+                f"{tuple(logits.shape)} and labels {tuple(labels.shape)}; "
+                f"single-label stores take 'ce' or 'ldam'"
+            )
+        per_element = F.binary_cross_entropy_with_logits(
+            logits.float(), labels.float(), pos_weight=self.pos_weight, reduction="none"
+        )
         return masked_mean(per_element, valid)

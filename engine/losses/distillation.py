@@ -6,6 +6,7 @@ of the classification term as T grows. Multi-label teachers give independent per
 their KL is the per-class Bernoulli one: sigmoid BCE against the teacher's probabilities minus the
 teacher's own entropy (same gradient as the BCE, and 0 when student equals teacher).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,22 +23,24 @@ def logit_mse(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor 
     return masked_mean((student.float() - teacher.float()).square(), valid)
 
 
-def softmax_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
-               valid: torch.Tensor | None = None) -> torch.Tensor:
+def softmax_kl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), summed over classes, mean over valid rows."""
     log_q = F.log_softmax(student.float() / temperature, dim=1)
     log_p = F.log_softmax(teacher.float() / temperature, dim=1)
     per_row = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(1)
-    return temperature ** 2 * masked_mean(per_row, valid)
+    return temperature**2 * masked_mean(per_row, valid)
 
 
-def sigmoid_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
-               valid: torch.Tensor | None = None) -> torch.Tensor:
+def sigmoid_kl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """T^2 * per-class Bernoulli KL(sigmoid(teacher / T) || sigmoid(student / T)), mean over classes and valid rows."""
     s, t = student.float() / temperature, teacher.float() / temperature
     p = torch.sigmoid(t)
     per_element = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
-    return temperature ** 2 * masked_mean(per_element, valid)
+    return temperature**2 * masked_mean(per_element, valid)
 
 
 class Distillation(nn.Module):
@@ -47,26 +50,40 @@ class Distillation(nn.Module):
     and Bernoulli KL for multi-label stores. The teacher's logits come from the store and carry no gradient.
     """
 
-    def __init__(self, classification: nn.Module, alpha: float = 0.5, kind: str = "mse", temperature: float = 1.0,
-                 multilabel: bool = False):
+    def __init__(
+        self,
+        classification: nn.Module,
+        alpha: float = 0.5,
+        kind: str = "mse",
+        temperature: float = 1.0,
+        multilabel: bool = False,
+    ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown distillation kind {kind!r}; choose one of {', '.join(KINDS)}")
         if not 0 <= alpha <= 1:
             raise ValueError(f"distillation alpha weighs the classification loss and must lie in [0, 1], got {alpha}")
         if temperature <= 0 or (kind == "mse" and temperature != 1):
-            raise ValueError(f"temperature {temperature} is for kind 'kl' and must be positive; "
-                             f"the paper's 'mse' has none")
+            raise ValueError(
+                f"temperature {temperature} is for kind 'kl' and must be positive; the paper's 'mse' has none"
+            )
         self.classification, self.alpha, self.kind = classification, alpha, kind
         self.temperature, self.multilabel = temperature, multilabel
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if teacher_logits is None or teacher_logits.shape != logits.shape:
             got = None if teacher_logits is None else tuple(teacher_logits.shape)
-            raise ValueError(f"distillation needs teacher_logits shaped like the logits {tuple(logits.shape)}, "
-                             f"got {got}; "
-                             f"store them with `engine encode --teacher CKPT`")
+            raise ValueError(
+                f"distillation needs teacher_logits shaped like the logits {tuple(logits.shape)}, "
+                f"got {got}; "
+                f"store them with `engine encode --teacher CKPT`"
+            )
         teacher = teacher_logits.detach()
         if self.kind == "mse":
             soft = logit_mse(logits, teacher, valid)

@@ -4,6 +4,7 @@ A rare class gets a larger margin: the true-class logit has m_c subtracted befor
 m_c proportional to n_c^(-1/4) and the largest margin 0.5; logits are scaled by s = 30, since the margin
 is meant for normalised, cosine-like logits in [-1, 1].
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,8 +21,10 @@ def check_counts(class_counts: Sequence[int] | torch.Tensor | None, what: str) -
     """Training-split samples per class as float64; every class must occur (margins and weights need n_c > 0)."""
     counts = torch.as_tensor([] if class_counts is None else class_counts, dtype=torch.float64)
     if counts.ndim != 1 or len(counts) < 2 or not (counts > 0).all():
-        raise ValueError(f"{what} needs class_counts, one positive count per class of the training split, got "
-                         f"{counts.tolist()}; a class with no training sample cannot be learnt: drop it or re-split")
+        raise ValueError(
+            f"{what} needs class_counts, one positive count per class of the training split, got "
+            f"{counts.tolist()}; a class with no training sample cannot be learnt: drop it or re-split"
+        )
     return counts
 
 
@@ -34,8 +37,13 @@ def ldam_margins(class_counts: Sequence[int] | torch.Tensor, max_margin: float =
 class LDAMLoss(nn.Module):
     """Cross-entropy of s * (z - m_y e_y), optionally class-weighted (DRW), over the valid rows."""
 
-    def __init__(self, class_counts: Sequence[int] | torch.Tensor, max_margin: float = 0.5, scale: float = 30.0,
-                 weight: torch.Tensor | None = None):
+    def __init__(
+        self,
+        class_counts: Sequence[int] | torch.Tensor,
+        max_margin: float = 0.5,
+        scale: float = 30.0,
+        weight: torch.Tensor | None = None,
+    ):
         super().__init__()
         if scale <= 0:
             raise ValueError(f"LDAM scale must be positive (the paper uses 30), got {scale}")
@@ -46,8 +54,9 @@ class LDAMLoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         check_single_label(logits, labels)
         if logits.shape[1] != len(self.margins):
-            raise ValueError(f"LDAM was built for {len(self.margins)} classes (class_counts), "
-                             f"the logits have {logits.shape[1]}")
+            raise ValueError(
+                f"LDAM was built for {len(self.margins)} classes (class_counts), the logits have {logits.shape[1]}"
+            )
         shifted = logits.float().scatter_add(1, labels[:, None], -self.margins[labels][:, None])
         per_row = F.cross_entropy(self.scale * shifted, labels, reduction="none")
         return masked_mean(per_row, valid, None if self.weight is None else self.weight[labels])

@@ -4,6 +4,7 @@ Loaders with tail="pad_masked" pad the last global batch with repeats marked inv
 the same number of steps; those rows must add nothing to the loss or its gradient. Masking with
 ``torch.where`` (not boolean indexing) keeps the step free of host syncs and of data-dependent shapes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,10 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor | None, weight: torch.
     w = torch.ones_like(rows) if weight is None else weight.to(rows.dtype)
     if valid is not None:
         if valid.dtype != torch.bool or tuple(valid.shape) != tuple(rows.shape):
-            raise ValueError(f"valid must be a ({rows.shape[0]},) bool mask of the batch rows (Batch.valid), "
-                             f"got {tuple(valid.shape)} {valid.dtype}")
+            raise ValueError(
+                f"valid must be a ({rows.shape[0]},) bool mask of the batch rows (Batch.valid), "
+                f"got {tuple(valid.shape)} {valid.dtype}"
+            )
         w = torch.where(valid, w, torch.zeros_like(w))
         rows = torch.where(valid, rows, torch.zeros_like(rows))
     return (w * rows).sum() / w.sum().clamp_min(torch.finfo(rows.dtype).tiny)

@@ -5,6 +5,7 @@ class-weighted, the learning-rate factor, and whether early stopping restarts. D
 (``*-drw``) is a pure function of the epoch, so a resumed run gets the same loss and learning rate;
 the paper also restarts early stopping at the re-weighting epoch, for every DRW loss.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,9 +38,18 @@ class LossRecipe:
         """Early stopping counts afresh from the epoch re-weighting starts (the paper's LDAM-DRW does)."""
         return self.weighting == "drw" and epoch == defer_epoch
 
-    def build(self, class_counts: Sequence[int] | torch.Tensor | None, *, epoch: int = 0, defer_epoch: int = 10,
-              beta: float = 0.9999, max_margin: float = 0.5, scale: float = 30.0,
-              pos_weight: torch.Tensor | None = None, device: torch.device | str | None = None) -> nn.Module:
+    def build(
+        self,
+        class_counts: Sequence[int] | torch.Tensor | None,
+        *,
+        epoch: int = 0,
+        defer_epoch: int = 10,
+        beta: float = 0.9999,
+        max_margin: float = 0.5,
+        scale: float = 30.0,
+        pos_weight: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> nn.Module:
         """The loss module for 0-based ``epoch``, called as ``loss(logits, labels, valid=None)``.
 
         class_counts (training samples per class) are needed by all but 'ce' and 'bce'. 'ce-cb' weights from
@@ -56,14 +66,17 @@ class LossRecipe:
         return loss.to(device) if device is not None else loss
 
 
-RECIPES = {r.name: r for r in (
-    LossRecipe("ce", margins=False, weighting="none"),
-    LossRecipe("ce-cb", margins=False, weighting="cb"),
-    LossRecipe("ce-drw", margins=False, weighting="drw"),
-    LossRecipe("bce", margins=False, weighting="none", multilabel=True),
-    LossRecipe("ldam", margins=True, weighting="none"),
-    LossRecipe("ldam-drw", margins=True, weighting="drw"),
-)}
+RECIPES = {
+    r.name: r
+    for r in (
+        LossRecipe("ce", margins=False, weighting="none"),
+        LossRecipe("ce-cb", margins=False, weighting="cb"),
+        LossRecipe("ce-drw", margins=False, weighting="drw"),
+        LossRecipe("bce", margins=False, weighting="none", multilabel=True),
+        LossRecipe("ldam", margins=True, weighting="none"),
+        LossRecipe("ldam-drw", margins=True, weighting="drw"),
+    )
+}
 LOSSES = tuple(RECIPES)
 
 
@@ -73,13 +86,16 @@ def recipe(name: str, multilabel: bool) -> LossRecipe:
         raise UsageError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     found = RECIPES[name]
     if found.multilabel != multilabel:
-        raise UsageError(f"loss {name!r} does not fit a {'multi' if multilabel else 'single'}-label store: "
-                         f"multi-label labels (N, K) take 'bce', single-label ones "
-                         f"{', '.join(repr(n) for n, r in RECIPES.items() if not r.multilabel)}")
+        raise UsageError(
+            f"loss {name!r} does not fit a {'multi' if multilabel else 'single'}-label store: "
+            f"multi-label labels (N, K) take 'bce', single-label ones "
+            f"{', '.join(repr(n) for n, r in RECIPES.items() if not r.multilabel)}"
+        )
     return found
 
 
-def build_loss(name: str, class_counts: Sequence[int] | torch.Tensor | None, multilabel: bool = False,
-               **options) -> nn.Module:
+def build_loss(
+    name: str, class_counts: Sequence[int] | torch.Tensor | None, multilabel: bool = False, **options
+) -> nn.Module:
     """``recipe(name, multilabel).build(class_counts, **options)``."""
     return recipe(name, multilabel).build(class_counts, **options)

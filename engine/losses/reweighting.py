@@ -5,6 +5,7 @@ only then re-weights the loss towards rare classes while the learning rate drops
 switches after its (1-based) epoch 10: with epochs counted from 0 here, epochs 0-9 are plain and epoch
 10 is the first re-weighted one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ def class_balanced_weights(class_counts: Sequence[int] | torch.Tensor, beta: flo
     if not 0 <= beta < 1:
         raise ValueError(f"class-balanced beta must lie in [0, 1) (the paper uses 0.9999), got {beta}")
     counts = check_counts(class_counts, "class-balanced weighting")
-    weights = (1 - beta) / (1 - beta ** counts)
+    weights = (1 - beta) / (1 - beta**counts)
     return (weights / weights.sum() * len(counts)).float()
 
 

@@ -8,6 +8,7 @@ accuracy / balanced accuracy at a 0.5 threshold averaged over classes. scikit-le
 A class that never occurs (or always occurs) in y_true has no AUROC: it is skipped with a warning and
 the macro mean is over the classes that have one, where sklearn and MedMNIST would raise.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -47,15 +48,18 @@ def mean_or_nan(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-def single_label_metrics(probs: np.ndarray, labels: np.ndarray, names: Sequence[str],
-                         threshold: float) -> dict[str, float]:
+def single_label_metrics(
+    probs: np.ndarray, labels: np.ndarray, names: Sequence[str], threshold: float
+) -> dict[str, float]:
     k = probs.shape[1]
     pred = probs.argmax(axis=1)
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true": the AUROC note already names them
         warnings.simplefilter("ignore", UserWarning)
-        out = {"accuracy": float(accuracy_score(labels, pred)),
-               "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
-               "mcc": float(matthews_corrcoef(labels, pred))}
+        out = {
+            "accuracy": float(accuracy_score(labels, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+            "mcc": float(matthews_corrcoef(labels, pred)),
+        }
     onehot = np.eye(k, dtype=np.int64)[labels]
     if k == 2:
         out["auroc"] = binary_aurocs(onehot[:, 1:], probs[:, 1:], names[1:]).get(names[1], float("nan"))
@@ -70,25 +74,34 @@ def single_label_metrics(probs: np.ndarray, labels: np.ndarray, names: Sequence[
     return out
 
 
-def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: Sequence[str],
-                       threshold: float) -> dict[str, float]:
+def multilabel_metrics(
+    probs: np.ndarray, labels: np.ndarray, names: Sequence[str], threshold: float
+) -> dict[str, float]:
     truth = (labels > 0).astype(np.int64)
     pred = (probs > threshold).astype(np.int64)
     aurocs = binary_aurocs(truth, probs, names)
     with warnings.catch_warnings():  # one-outcome classes: balanced accuracy falls back to that outcome's recall
         warnings.simplefilter("ignore", UserWarning)
         balanced = [balanced_accuracy_score(truth[:, c], pred[:, c]) for c in range(truth.shape[1])]
-    out = {"accuracy": float(np.mean(pred == truth)),  # = MedMNIST's ACC: per-class accuracy, averaged
-           "balanced_accuracy": float(np.mean(balanced)),
-           "auroc": mean_or_nan(list(aurocs.values()))}
+    out = {
+        "accuracy": float(np.mean(pred == truth)),  # = MedMNIST's ACC: per-class accuracy, averaged
+        "balanced_accuracy": float(np.mean(balanced)),
+        "auroc": mean_or_nan(list(aurocs.values())),
+    }
     out["medmnist_acc"], out["medmnist_auc"] = out["accuracy"], out["auroc"]
     out.update({f"auroc/{name}": value for name, value in aurocs.items()})
     return out
 
 
-def classification_metrics(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-                           valid: np.ndarray | torch.Tensor | None = None, *, from_logits: bool = True,
-                           class_names: Sequence[str] | None = None, threshold: float = 0.5) -> dict[str, float]:
+def classification_metrics(
+    scores: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    valid: np.ndarray | torch.Tensor | None = None,
+    *,
+    from_logits: bool = True,
+    class_names: Sequence[str] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, float]:
     """Metrics of scores (N, K) against labels: (N,) class indices, or (N, K) 0/1 for a multi-label task.
 
     scores are logits (softmax or sigmoid applied here) unless from_logits=False says they are already
@@ -102,8 +115,10 @@ def classification_metrics(scores: np.ndarray | torch.Tensor, labels: np.ndarray
             raise ValueError(f"valid must be a ({len(s)},) bool mask of the rows, got shape {keep.shape}")
         s, y = s[keep], y[keep]
     if s.ndim != 2 or s.shape[1] < 2 or len(s) == 0 or y.shape[0] != len(s):
-        raise ValueError(f"metrics need scores (N, K) with N >= 1, K >= 2 and labels with N rows, got scores "
-                         f"{s.shape} and labels {y.shape}")
+        raise ValueError(
+            f"metrics need scores (N, K) with N >= 1, K >= 2 and labels with N rows, got scores "
+            f"{s.shape} and labels {y.shape}"
+        )
     k = s.shape[1]
     names = [str(c) for c in range(k)] if class_names is None else [str(c) for c in class_names]
     if len(names) != k:
@@ -114,6 +129,8 @@ def classification_metrics(scores: np.ndarray | torch.Tensor, labels: np.ndarray
         return multilabel_metrics(sigmoid(s) if from_logits else s, y, names, threshold)
     y = y.astype(np.int64)
     if y.ndim != 1 or y.min() < 0 or y.max() >= k:
-        raise ValueError(f"single-label labels must be (N,) class indices in [0, {k}), got shape {y.shape}, "
-                         f"range [{y.min()}, {y.max()}]")
+        raise ValueError(
+            f"single-label labels must be (N,) class indices in [0, {k}), got shape {y.shape}, "
+            f"range [{y.min()}, {y.max()}]"
+        )
     return single_label_metrics(softmax(s) if from_logits else s, y, names, threshold)

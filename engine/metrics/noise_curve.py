@@ -4,6 +4,7 @@ How fast accuracy falls with sigma says how much class information the latent sp
 noise level a sampler visits. The plot uses matplotlib's Agg canvas directly (no pyplot), so it runs
 headless and leaves the process-wide backend alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ Curve = Mapping[float | str, Mapping[str, float]]  # sigma -> metrics; str keys 
 def sorted_points(curve: Curve) -> list[tuple[float, Mapping[str, float]]]:
     points = sorted((float(sigma), metrics) for sigma, metrics in curve.items())
     if not points or points[0][0] <= 0:
-        raise ValueError(f"a noise curve needs metrics at one or more positive sigmas, "
-                         f"got sigmas {[p[0] for p in points]}")
+        raise ValueError(
+            f"a noise curve needs metrics at one or more positive sigmas, got sigmas {[p[0] for p in points]}"
+        )
     return points
 
 
@@ -48,8 +50,9 @@ def noise_curve_table(curve: Curve, metrics: Sequence[str] = DEFAULT_METRICS) ->
     return "\n".join(lines) + "\n"
 
 
-def plot_noise_curve(curve: Curve, path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_METRICS,
-                     title: str | None = None) -> Path:
+def plot_noise_curve(
+    curve: Curve, path: str | os.PathLike, metrics: Sequence[str] = DEFAULT_METRICS, title: str | None = None
+) -> Path:
     """PNG of each metric against sigma on a log axis; written atomically (temporary file, then rename)."""
     points = sorted_points(curve)
     names = shown(points, metrics)

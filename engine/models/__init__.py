@@ -1,4 +1,5 @@
 """Classifiers for latents (noise-conditioned ConvNeXt-T and ADM ResNets) and images (ResNet-18/50), by name."""
+
 from engine.models.pretrained import PretrainedLoad, load_pretrained, read_state_dict
 from engine.models.registry import MODEL_NAMES, build_model, model_config
 

@@ -9,6 +9,7 @@ per-block projection of the noise embedding; GroupNorm, FiLM and SiLU run as one
 FiLM. The noise embedding is EDM2's (as in the paper's ConvNeXt), so one c_noise = ln(sigma)/4 serves both.
 FiLM projections and each block's last conv start at zero, so every block starts as its skip path.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -23,10 +24,20 @@ from kernels import group_norm_film_silu
 # adm-s fits the embedded default store's 4x8x8 latents (levels at 8, 4, 2 px); adm-b is sized for
 # 64 px latents (SD, FLUX.1, FLUX.2 at 512 px: levels at 64, 32, 16, 8 px, attention at 16 and 8).
 ADM_PRESETS = {
-    "adm-s": {"channels": 64, "channel_mult": (1, 2, 4), "blocks_per_level": 1, "attention_levels": (2,),
-              "pool": "avg"},
-    "adm-b": {"channels": 128, "channel_mult": (1, 2, 3, 4), "blocks_per_level": 2, "attention_levels": (2, 3),
-              "pool": "attention"},
+    "adm-s": {
+        "channels": 64,
+        "channel_mult": (1, 2, 4),
+        "blocks_per_level": 1,
+        "attention_levels": (2,),
+        "pool": "avg",
+    },
+    "adm-b": {
+        "channels": 128,
+        "channel_mult": (1, 2, 3, 4),
+        "blocks_per_level": 2,
+        "attention_levels": (2, 3),
+        "pool": "attention",
+    },
 }
 POOLS = ("avg", "attention")
 
@@ -40,8 +51,9 @@ def _zero(module: nn.Module) -> nn.Module:
 class GroupNormSiLU(nn.GroupNorm):
     """silu(GroupNorm(x) * (1 + scale) + shift), fused; no (scale, shift) means no FiLM."""
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if scale is None:
             scale = shift = x.new_zeros(x.shape[:2])
         return group_norm_film_silu(x, self.num_groups, self.weight, self.bias, scale, shift, self.eps)
@@ -68,8 +80,9 @@ class ResBlock(nn.Module):
 def _head_channels(channels: int, head_channels: int) -> int:
     head_channels = min(head_channels, channels)
     if channels % head_channels:
-        raise ValueError(f"adm: attention over {channels} channels needs head_channels dividing it, "
-                         f"got {head_channels}")
+        raise ValueError(
+            f"adm: attention over {channels} channels needs head_channels dividing it, got {head_channels}"
+        )
     return head_channels
 
 
@@ -104,15 +117,17 @@ class AttentionPool2d(nn.Module):
     def __init__(self, channels: int, positions: int, head_channels: int):
         super().__init__()
         self.head_channels = _head_channels(channels, head_channels)
-        self.positional_embedding = nn.Parameter(torch.randn(channels, positions + 1) / channels ** 0.5)
+        self.positional_embedding = nn.Parameter(torch.randn(channels, positions + 1) / channels**0.5)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(2)
         if x.shape[-1] + 1 != self.positional_embedding.shape[-1]:
-            raise ValueError(f"adm: attention pooling was built for {self.positional_embedding.shape[-1] - 1} "
-                             f"positions, got {x.shape[-1]}; build with the latent_size of this input or pool='avg'")
+            raise ValueError(
+                f"adm: attention pooling was built for {self.positional_embedding.shape[-1] - 1} "
+                f"positions, got {x.shape[-1]}; build with the latent_size of this input or pool='avg'"
+            )
         x = torch.cat([x.mean(-1, keepdim=True), x], dim=-1) + self.positional_embedding.to(x.dtype)
         return self.proj(_attend(self.qkv(x), self.head_channels, queries=1))[:, :, 0]
 
@@ -123,16 +138,30 @@ class ADMResNet(nn.Module):
     PRETRAINED_NEW = (r"^noise_embedding\.", r"\.film\.")
     PRETRAINED_REPLACEABLE = (r"^input_conv\.", r"^head\.")
 
-    def __init__(self, in_channels: int, num_classes: int, noise_conditioned: bool = True, channels: int = 64,
-                 channel_mult: Sequence[int] = (1, 2, 4), blocks_per_level: int = 1,
-                 attention_levels: Sequence[int] = (2,), pool: str = "avg", latent_size: int | None = None,
-                 head_channels: int = 64, groups: int = 32, embedding_channels: int = 256, clean_sigma: float = 0.002):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        noise_conditioned: bool = True,
+        channels: int = 64,
+        channel_mult: Sequence[int] = (1, 2, 4),
+        blocks_per_level: int = 1,
+        attention_levels: Sequence[int] = (2,),
+        pool: str = "avg",
+        latent_size: int | None = None,
+        head_channels: int = 64,
+        groups: int = 32,
+        embedding_channels: int = 256,
+        clean_sigma: float = 0.002,
+    ):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"adm: pool={pool!r}; use one of {', '.join(POOLS)}")
         if pool == "attention" and latent_size is None:
-            raise ValueError("adm: pool='attention' learns one position embedding per latent position; "
-                             "pass latent_size=<latent side in px> or use pool='avg'")
+            raise ValueError(
+                "adm: pool='attention' learns one position embedding per latent position; "
+                "pass latent_size=<latent side in px> or use pool='avg'"
+            )
         self.noise_conditioned = noise_conditioned
         self.clean_sigma = clean_sigma
         emb = embedding_channels if noise_conditioned else None
@@ -149,8 +178,11 @@ class ADMResNet(nn.Module):
                 blocks.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 if side is not None:
                     side = (side + 1) // 2
-        blocks += [ResBlock(ch, ch, emb, groups), AttentionBlock(ch, head_channels, groups),
-                   ResBlock(ch, ch, emb, groups)]
+        blocks += [
+            ResBlock(ch, ch, emb, groups),
+            AttentionBlock(ch, head_channels, groups),
+            ResBlock(ch, ch, emb, groups),
+        ]
         self.blocks = nn.ModuleList(blocks)
         self.out_norm = GroupNormSiLU(groups, ch)
         self.pool = AttentionPool2d(ch, side * side, head_channels) if pool == "attention" else None

@@ -11,6 +11,7 @@ downsampling layer, and after stage 4 the head's norm. torchvision pools before 
 per-(sample, channel) affine map and average pooling is linear, so pooling first and then applying
 FiLM + LayerNorm to the (B, 768, 1, 1) result equals the paper's FiLM-then-pool exactly, at 1/HW the cost.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import UsageError
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import film_layer_norm
-from engine.errors import UsageError
 
 CONVNEXT_T = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
 PAPER_STEM_STRIDE = 4
@@ -35,15 +36,17 @@ def stem_stride_for(latent_size: int | None) -> int:
     for stride in (4, 2, 1):
         if latent_size >= 8 * stride:
             return stride
-    raise UsageError(f"convnext: latent_size={latent_size} is below 8 px, too small for three 2x downsamplings; "
-                     "use an adm-* model")
+    raise UsageError(
+        f"convnext: latent_size={latent_size} is below 8 px, too small for three 2x downsamplings; use an adm-* model"
+    )
 
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over C of (B, C, H, W) maps, as torchvision's; given (scale, shift), FiLM runs first, fused."""
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if scale is None:
             y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
             return y.permute(0, 3, 1, 2)
@@ -74,8 +77,14 @@ class Block(nn.Module):
     def __init__(self, dim: int, layer_scale: float, drop_prob: float):
         super().__init__()
         self.block = nn.Sequential(
-            nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute(0, 2, 3, 1), nn.LayerNorm(dim, eps=1e-6),
-            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Permute(0, 3, 1, 2))
+            nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
+            Permute(0, 2, 3, 1),
+            nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim),
+            nn.GELU(),
+            nn.Linear(4 * dim, dim),
+            Permute(0, 3, 1, 2),
+        )
         self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
         self.drop_prob = drop_prob
 
@@ -111,10 +120,19 @@ class ConvNeXtFiLM(nn.Module):
     PRETRAINED_NEW = (r"^noise_embedding\.", r"^film\.")
     PRETRAINED_REPLACEABLE = (r"^features\.0\.0\.", r"^classifier\.2\.")
 
-    def __init__(self, in_channels: int, num_classes: int, noise_conditioned: bool = True,
-                 depths: Sequence[int] = CONVNEXT_T["depths"], dims: Sequence[int] = CONVNEXT_T["dims"],
-                 stem_stride: int = PAPER_STEM_STRIDE, stochastic_depth_prob: float = 0.1,
-                 layer_scale: float = 1e-6, embedding_channels: int = 256, clean_sigma: float = 0.002):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        noise_conditioned: bool = True,
+        depths: Sequence[int] = CONVNEXT_T["depths"],
+        dims: Sequence[int] = CONVNEXT_T["dims"],
+        stem_stride: int = PAPER_STEM_STRIDE,
+        stochastic_depth_prob: float = 0.1,
+        layer_scale: float = 1e-6,
+        embedding_channels: int = 256,
+        clean_sigma: float = 0.002,
+    ):
         super().__init__()
         if len(depths) != len(dims):
             raise ValueError(f"convnext: depths {tuple(depths)} and dims {tuple(dims)} must have one entry per stage")
@@ -122,8 +140,11 @@ class ConvNeXtFiLM(nn.Module):
         self.stem_stride = stem_stride
         self.clean_sigma = clean_sigma
         self.num_stages = len(dims)
-        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, dims[0], stem_stride, stride=stem_stride),
-                                                 LayerNorm2d(dims[0], eps=1e-6))]
+        layers: list[nn.Module] = [
+            nn.Sequential(
+                nn.Conv2d(in_channels, dims[0], stem_stride, stride=stem_stride), LayerNorm2d(dims[0], eps=1e-6)
+            )
+        ]
         total, first = sum(depths), 0
         for stage, (depth, dim) in enumerate(zip(depths, dims)):
             drop = [stochastic_depth_prob * (first + i) / max(total - 1, 1) for i in range(depth)]
@@ -133,8 +154,9 @@ class ConvNeXtFiLM(nn.Module):
                 layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[stage + 1], 2, stride=2)))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1),
-                                        nn.Linear(dims[-1], num_classes))
+        self.classifier = nn.Sequential(
+            LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
+        )
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -153,8 +175,10 @@ class ConvNeXtFiLM(nn.Module):
         """
         smallest = 8 * self.stem_stride
         if x.dim() != 4 or min(x.shape[-2:]) < smallest:
-            raise ValueError(f"convnext: input {tuple(x.shape)} must be (B, C, H, W) with H, W >= {smallest} for "
-                             f"stem stride {self.stem_stride}; build it with latent_size=<H> to pick a smaller stride")
+            raise ValueError(
+                f"convnext: input {tuple(x.shape)} must be (B, C, H, W) with H, W >= {smallest} for "
+                f"stem stride {self.stem_stride}; build it with latent_size=<H> to pick a smaller stride"
+            )
         film = None
         if self.noise_conditioned:
             e = self.noise_embedding(resolve_c_noise(c_noise, x, self.clean_sigma))

@@ -7,6 +7,7 @@ The linear weights are renormalised in place at every training forward ("forced 
 Adam's updates would otherwise grow their norm and quietly shrink the effective learning rate.
 c_noise = ln(sigma / alpha) / 4 comes from ``kernels.noise_levels``.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,6 +89,7 @@ def resolve_c_noise(c_noise: torch.Tensor | None, x: torch.Tensor, clean_sigma: 
         return torch.full((x.shape[0],), math.log(clean_sigma) / 4, device=x.device)
     if not isinstance(c_noise, torch.Tensor) or tuple(c_noise.shape) != (x.shape[0],):
         shape = tuple(c_noise.shape) if isinstance(c_noise, torch.Tensor) else type(c_noise).__name__
-        raise ValueError(f"c_noise must be a ({x.shape[0]},) tensor, one ln(sigma)/4 per sample "
-                         f"(kernels.noise_levels), got {shape}")
+        raise ValueError(
+            f"c_noise must be a ({x.shape[0]},) tensor, one ln(sigma)/4 per sample (kernels.noise_levels), got {shape}"
+        )
     return c_noise.to(device=x.device, dtype=torch.float32)

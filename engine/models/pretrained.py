@@ -6,6 +6,7 @@ and the head, built for this task's classes); those keep their fresh initialisat
 means the file belongs to another architecture, and loading stops with every unmatched name listed
 rather than training a half-loaded model.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from engine.errors import MissingInputError, UsageError
 
 _CONTAINERS = ("state_dict", "model", "weights", "model_state_dict")  # where checkpoints nest the weights
@@ -36,6 +38,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise MissingInputError(f"--init {path}: no such file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -43,8 +46,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = state[inner]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"--init {path}: not a state dict of tensors (looked inside keys {', '.join(_CONTAINERS)})")
-    while (prefix := next((p for p in _WRAPPERS if all(k.startswith(p) for k in state)), None)):
-        state = {k[len(prefix):]: v for k, v in state.items()}
+    while prefix := next((p for p in _WRAPPERS if all(k.startswith(p) for k in state)), None):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -81,9 +84,18 @@ def load_pretrained(model: nn.Module, path: str | Path) -> PretrainedLoad:
     absent = [n for n in target if n not in source and not _OPTIONAL.search(n)]
     missing = [n for n in absent if not is_new(n)]
     if unexpected or reshaped or missing:
-        problems = [_listed(kind, names) for kind, names in (
-            ("missing in file", missing), ("not in model", unexpected), ("shape file vs model", reshaped)) if names]
-        raise UsageError(f"--init {path}: names do not match {type(model).__name__}: {'; '.join(problems)}. "
-                         "Is it a checkpoint of another architecture? Pick the matching model name")
+        problems = [
+            _listed(kind, names)
+            for kind, names in (
+                ("missing in file", missing),
+                ("not in model", unexpected),
+                ("shape file vs model", reshaped),
+            )
+            if names
+        ]
+        raise UsageError(
+            f"--init {path}: names do not match {type(model).__name__}: {'; '.join(problems)}. "
+            "Is it a checkpoint of another architecture? Pick the matching model name"
+        )
     model.load_state_dict(loaded, strict=False)
     return PretrainedLoad(tuple(loaded), tuple(reinitialised), tuple(n for n in absent if is_new(n)))

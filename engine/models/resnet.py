@@ -1,16 +1,19 @@
 """Image-space ResNet-50 (the paper's image and reconstruction classifier) and ResNet-18, in plain torch.
 
 torchvision's compiled ops do not load beside every torch build (the CPU wheels among them), so the
-architecture is written out here under torchvision's parameter names (which timm's ResNets share): ``--init`` loads ImageNet weights by
-name. ResNet v1.5 (stride in the 3x3 conv), initialised as torchvision does. Any in_channels works (the
-paper also runs ResNet-50 on latents with a fresh first conv).
+architecture is written out here under torchvision's parameter names (which timm's ResNets share):
+``--init`` loads ImageNet weights by name. ResNet v1.5 (stride in the 3x3 conv), initialised as
+torchvision does. Any in_channels works (the paper also runs ResNet-50 on latents with a fresh first
+conv).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -58,8 +61,9 @@ class ResNet(nn.Module):
     PRETRAINED_NEW = ()
     PRETRAINED_REPLACEABLE = (r"^conv1\.", r"^fc\.")
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], in_channels: int = 3,
-                 num_classes: int = 1000):
+    def __init__(
+        self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], in_channels: int = 3, num_classes: int = 1000
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -67,11 +71,13 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         width = 64
         for i, blocks in enumerate(layers):
-            channels, stride = 64 * 2 ** i, 1 if i == 0 else 2
+            channels, stride = 64 * 2**i, 1 if i == 0 else 2
             downsample = None
             if stride != 1 or width != channels * block.expansion:
-                downsample = nn.Sequential(nn.Conv2d(width, channels * block.expansion, 1, stride=stride, bias=False),
-                                           nn.BatchNorm2d(channels * block.expansion))
+                downsample = nn.Sequential(
+                    nn.Conv2d(width, channels * block.expansion, 1, stride=stride, bias=False),
+                    nn.BatchNorm2d(channels * block.expansion),
+                )
             stage = [block(width, channels, stride, downsample)]
             width = channels * block.expansion
             stage += [block(width, channels, 1, None) for _ in range(1, blocks)]

@@ -1,16 +1,21 @@
 """Dataset sources: one interface (``base.Source``) over every kind of input a user brings."""
+
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
 
-from engine.sources.base import SPLITS, BadImageError, Source, SourceInfo
 from engine.errors import UsageError
+from engine.sources.base import SPLITS, BadImageError, Source, SourceInfo
 
 __all__ = ["SPLITS", "BadImageError", "Source", "SourceInfo", "open_source"]
 
-ACCEPTED = ("synthetic-cxr (the default)", "a MedMNIST .npz file", "an image folder with a label CSV",
-            "a label CSV path")
+ACCEPTED = (
+    "synthetic-cxr (the default)",
+    "a MedMNIST .npz file",
+    "an image folder with a label CSV",
+    "a label CSV path",
+)
 
 
 def open_source(spec: str | Path | None = None, **options) -> Source:
@@ -51,7 +56,7 @@ def open_source(spec: str | Path | None = None, **options) -> Source:
 
 def _construct(kind: type, spec, *args, **options) -> Source:
     """Refuse options the source does not take, instead of Python's bare TypeError."""
-    takes = [p for p in inspect.signature(kind).parameters][len(args):]
+    takes = [p for p in inspect.signature(kind).parameters][len(args) :]
     unknown = sorted(set(options) - set(takes))
     if unknown:
         raise UsageError(f"--dataset {spec}: option(s) {unknown} do not apply to this source; it takes {takes}")

@@ -3,6 +3,7 @@
 A source is random access by (split, index), so encoding can be split into blocks that a
 killed run redoes exactly and several workers share without overlap.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

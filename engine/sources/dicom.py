@@ -4,6 +4,7 @@ Stored values are not intensities: CT stores raw detector values that RescaleSlo
 RescaleIntercept turn into Hounsfield units, a window picks the range a reader looks at,
 and MONOCHROME1 images display low values as white. We apply all three, as a viewer does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,12 +4,14 @@ The paper's code pools the samples, runs sklearn's StratifiedGroupKFold (shuffle
 random_state=seed) stratified on the argmax label and grouped by patient ``id`` when the
 CSV has one (else StratifiedKFold), and uses fold k as test and fold k+1 as validation.
 """
+
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
 from engine.errors import UsageError
 
 

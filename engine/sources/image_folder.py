@@ -7,6 +7,7 @@ optional patient ``id``. Like the paper, multi-label rows become their first pos
 unless ``multilabel`` keeps them. Every listed file is checked at open, so a CSV that
 disagrees with the folder fails before any encoding starts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from engine.errors import MissingInputError, UsageError
 from engine.sources.base import SPLITS, BadImageError, SourceInfo
 from engine.sources.dicom import read_dicom
-from engine.errors import MissingInputError, UsageError
 
 RESERVED = ("", "index", "unnamed: 0", "path", "split", "id", "fold")  # never class columns
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -31,20 +32,29 @@ NATIVE_PROBE = 8  # images read to find the folder's native size
 class ImageFolder:
     """Images listed in a CSV; labels from class columns (auto-detected) or ``label_column``."""
 
-    def __init__(self, root: str | Path, csv_path: str | Path | None = None, label_column: str | None = None,
-                 class_columns: list[str] | None = None, multilabel: bool = False,
-                 window: tuple[float, float] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        csv_path: str | Path | None = None,
+        label_column: str | None = None,
+        class_columns: list[str] | None = None,
+        multilabel: bool = False,
+        window: tuple[float, float] | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise MissingInputError(f"{self.root}: image folder does not exist; "
-                                    "give the folder the CSV paths are relative to")
+            raise MissingInputError(
+                f"{self.root}: image folder does not exist; give the folder the CSV paths are relative to"
+            )
         self.csv_path = Path(csv_path) if csv_path is not None else _find_csv(self.root)
         self.window = window
         if not self.csv_path.is_file():
             raise MissingInputError(f"{self.csv_path}: label CSV does not exist; pass csv=PATH")
         if label_column is not None and (class_columns is not None or multilabel):
-            raise UsageError(f"{self.csv_path}: a single label column gives one class per row; "
-                             "drop label_column to use class columns or multi-label")
+            raise UsageError(
+                f"{self.csv_path}: a single label column gives one class per row; "
+                "drop label_column to use class columns or multi-label"
+            )
         header, rows = _read_csv(self.csv_path)
         column = {name.strip().lower(): name for name in header}
         if "path" not in column:
@@ -68,11 +78,18 @@ class ImageFolder:
             if "id" in column:
                 self._groups[split] = np.array([rows[i][column["id"]].strip() for i in rows_of])
         self.info = SourceInfo(
-            name=f"folder:{self.root.resolve()}", class_names=names, multilabel=labels.ndim == 2,
+            name=f"folder:{self.root.resolve()}",
+            class_names=names,
+            multilabel=labels.ndim == 2,
             split_sizes={s: len(p) for s, p in self._paths.items()},
-            provenance={"root": str(self.root.resolve()), "csv": str(self.csv_path.resolve()),
-                        "csv_sha256": hashlib.sha256(self.csv_path.read_bytes()).hexdigest(),
-                        "label_column": label_column, "window": list(window) if window else None})
+            provenance={
+                "root": str(self.root.resolve()),
+                "csv": str(self.csv_path.resolve()),
+                "csv_sha256": hashlib.sha256(self.csv_path.read_bytes()).hexdigest(),
+                "label_column": label_column,
+                "window": list(window) if window else None,
+            },
+        )
 
     def _splits(self, rows: list[dict], split_column: str | None) -> np.ndarray:
         if split_column is None:
@@ -80,8 +97,10 @@ class ImageFolder:
         values = [row[split_column].strip().lower() for row in rows]
         bad = [(i + 2, v) for i, v in enumerate(values) if v not in SPLITS]
         if bad:
-            raise UsageError(f"{self.csv_path}: {len(bad)} rows have an unknown {split_column} value, e.g. "
-                             f"{_rows(bad)}; use TRAIN, VAL or TEST")
+            raise UsageError(
+                f"{self.csv_path}: {len(bad)} rows have an unknown {split_column} value, e.g. "
+                f"{_rows(bad)}; use TRAIN, VAL or TEST"
+            )
         return np.array(values)
 
     def _single_label(self, rows: list[dict], header: list[str], label_column: str):
@@ -90,8 +109,10 @@ class ImageFolder:
         values = [row[label_column].strip() for row in rows]
         empty = [(i + 2, v) for i, v in enumerate(values) if v == ""]
         if empty:
-            raise UsageError(f"{self.csv_path}: {len(empty)} rows have no '{label_column}' value, e.g. lines "
-                             f"{[r for r, _ in empty[:SHOW]]}; fill or drop them")
+            raise UsageError(
+                f"{self.csv_path}: {len(empty)} rows have no '{label_column}' value, e.g. lines "
+                f"{[r for r, _ in empty[:SHOW]]}; fill or drop them"
+            )
         if all(_is_int(v) for v in values):
             ids = np.array([int(v) for v in values], dtype=np.int64)
             if ids.min() < 0:
@@ -107,41 +128,53 @@ class ImageFolder:
         if missing:
             raise UsageError(f"{self.csv_path}: class column(s) {missing} not found (columns: {header})")
         if not class_columns:
-            raise UsageError(f"{self.csv_path}: no class columns besides {header}; "
-                             "add 0/1 columns or pass label_column")
+            raise UsageError(
+                f"{self.csv_path}: no class columns besides {header}; add 0/1 columns or pass label_column"
+            )
         onehot = np.zeros((len(rows), len(class_columns)), dtype=np.uint8)
         for j, name in enumerate(class_columns):
             values = [row[name].strip() for row in rows]
             bad = [(i + 2, v) for i, v in enumerate(values) if v not in ("0", "1", "0.0", "1.0")]
             if bad:
-                raise UsageError(f"{self.csv_path}: column '{name}' must hold 0/1 but {len(bad)} rows do not, e.g. "
-                                 f"{_rows(bad)}; fix them or pass class_columns without '{name}'")
+                raise UsageError(
+                    f"{self.csv_path}: column '{name}' must hold 0/1 but {len(bad)} rows do not, e.g. "
+                    f"{_rows(bad)}; fix them or pass class_columns without '{name}'"
+                )
             onehot[:, j] = [v.startswith("1") for v in values]
         if multilabel:
             return tuple(class_columns), onehot
         positives = onehot.sum(axis=1)
         none = np.flatnonzero(positives == 0)
         if len(none):
-            raise UsageError(f"{self.csv_path}: {len(none)} rows have no positive class, e.g. lines "
-                             f"{(none[:SHOW] + 2).tolist()}; give each a class or use multilabel")
+            raise UsageError(
+                f"{self.csv_path}: {len(none)} rows have no positive class, e.g. lines "
+                f"{(none[:SHOW] + 2).tolist()}; give each a class or use multilabel"
+            )
         several = int((positives > 1).sum())
         if several:
-            warnings.warn(f"{self.csv_path}: {several} of {len(rows)} rows have several positive classes; "
-                          "each keeps its first (as the paper does); multilabel=True keeps them all", stacklevel=3)
+            warnings.warn(
+                f"{self.csv_path}: {several} of {len(rows)} rows have several positive classes; "
+                "each keeps its first (as the paper does); multilabel=True keeps them all",
+                stacklevel=3,
+            )
         return tuple(class_columns), onehot.argmax(axis=1).astype(np.int64)
 
     def _check_files(self, paths: list[str]) -> None:
         duplicates = [p for p, n in Counter(paths).items() if n > 1]
         if duplicates:
-            raise UsageError(f"{self.csv_path}: {len(duplicates)} paths are listed twice, e.g. "
-                             f"{duplicates[:SHOW]}; keep one row per image")
+            raise UsageError(
+                f"{self.csv_path}: {len(duplicates)} paths are listed twice, e.g. "
+                f"{duplicates[:SHOW]}; keep one row per image"
+            )
         empty = [i + 2 for i, p in enumerate(paths) if not p]
         if empty:
             raise UsageError(f"{self.csv_path}: {len(empty)} rows have an empty path, e.g. lines {empty[:SHOW]}")
         missing = [p for p in paths if not self._resolve(p).is_file()]
         if missing:
-            raise MissingInputError(f"{self.csv_path}: {len(missing)} of {len(paths)} listed files do not exist "
-                                    f"under {self.root}, e.g. {missing[:SHOW]}; fix the paths or the folder")
+            raise MissingInputError(
+                f"{self.csv_path}: {len(missing)} of {len(paths)} listed files do not exist "
+                f"under {self.root}, e.g. {missing[:SHOW]}; fix the paths or the folder"
+            )
 
     def _resolve(self, path: str) -> Path:
         return self.root / path  # an absolute path stays absolute
@@ -167,8 +200,10 @@ class ImageFolder:
         if len(sizes) == 1 and (shape := next(iter(sizes)))[0] == shape[1]:
             return int(shape[0])
         seen = ", ".join(f"{path} is {w}x{h}" for (h, w), path in list(sizes.items())[:SHOW])
-        raise UsageError(f"{self.root}: the images are not all one square size ({seen}); pass --image-size "
-                         "(the paper resizes to 512)")
+        raise UsageError(
+            f"{self.root}: the images are not all one square size ({seen}); pass --image-size "
+            "(the paper resizes to 512)"
+        )
 
     def image(self, split: str, index: int) -> np.ndarray:
         path = self._resolve(self._paths[split][index])
@@ -194,8 +229,10 @@ def read_image(path: Path) -> np.ndarray:
         return pixels.astype(np.float32) / 65535
     if pixels.dtype.kind == "f" and pixels.min() >= 0 and pixels.max() <= 1:
         return pixels.astype(np.float32)
-    raise BadImageError(str(path), f"{pixels.dtype} pixels in [{pixels.min()}, {pixels.max()}]; "
-                                   "save 8/16-bit images or floats in [0, 1]")
+    raise BadImageError(
+        str(path),
+        f"{pixels.dtype} pixels in [{pixels.min()}, {pixels.max()}]; save 8/16-bit images or floats in [0, 1]",
+    )
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -224,8 +261,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
         raise UsageError(f"{path}: the CSV has no rows")
     ragged = [i + 2 for i, row in enumerate(rows) if None in row or None in row.values()]
     if ragged:
-        raise UsageError(f"{path}: {len(ragged)} rows have more or fewer fields than the header, "
-                         f"e.g. lines {ragged[:SHOW]}")
+        raise UsageError(
+            f"{path}: {len(ragged)} rows have more or fewer fields than the header, e.g. lines {ragged[:SHOW]}"
+        )
     return header, rows
 
 

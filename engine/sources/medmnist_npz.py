@@ -5,6 +5,7 @@ and ``{split}_labels``: (N, 1) class ids for multi-class, binary and ordinal tas
 (N, K) 0/1 rows for multi-label (ChestMNIST). Shapes are read from the .npy headers, so
 opening a 224 px file is instant; a split's images are loaded on its first image.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,35 +14,99 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.sources.base import SPLITS, SourceInfo
 from engine.errors import MissingInputError, UsageError
+from engine.sources.base import SPLITS, SourceInfo
 
 ORGANS = (
-    "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
-    "lung-right", "pancreas", "spleen")
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+)
 # Label names and tasks of the 2D MedMNIST flags, from the medmnist package's INFO (v2/v3).
 FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "pathmnist": ("multi-class", (
-        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
-        "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
-    "chestmnist": ("multi-label, binary-class", (
-        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
-        "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")),
-    "dermamnist": ("multi-class", (
-        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
-        "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")),
+    "pathmnist": (
+        "multi-class",
+        (
+            "adipose",
+            "background",
+            "debris",
+            "lymphocytes",
+            "mucus",
+            "smooth muscle",
+            "normal colon mucosa",
+            "cancer-associated stroma",
+            "colorectal adenocarcinoma epithelium",
+        ),
+    ),
+    "chestmnist": (
+        "multi-label, binary-class",
+        (
+            "atelectasis",
+            "cardiomegaly",
+            "effusion",
+            "infiltration",
+            "mass",
+            "nodule",
+            "pneumonia",
+            "pneumothorax",
+            "consolidation",
+            "edema",
+            "emphysema",
+            "fibrosis",
+            "pleural",
+            "hernia",
+        ),
+    ),
+    "dermamnist": (
+        "multi-class",
+        (
+            "actinic keratoses and intraepithelial carcinoma",
+            "basal cell carcinoma",
+            "benign keratosis-like lesions",
+            "dermatofibroma",
+            "melanoma",
+            "melanocytic nevi",
+            "vascular lesions",
+        ),
+    ),
     "octmnist": ("multi-class", ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
     "pneumoniamnist": ("binary-class", ("normal", "pneumonia")),
     "retinamnist": ("ordinal-regression", ("0", "1", "2", "3", "4")),
     "breastmnist": ("binary-class", ("malignant", "normal, benign")),
-    "bloodmnist": ("multi-class", (
-        "basophil", "eosinophil", "erythroblast",
-        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
-        "neutrophil", "platelet")),
-    "tissuemnist": ("multi-class", (
-        "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
-        "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
-        "Thick Ascending Limb")),
+    "bloodmnist": (
+        "multi-class",
+        (
+            "basophil",
+            "eosinophil",
+            "erythroblast",
+            "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
+            "lymphocyte",
+            "monocyte",
+            "neutrophil",
+            "platelet",
+        ),
+    ),
+    "tissuemnist": (
+        "multi-class",
+        (
+            "Collecting Duct, Connecting Tubule",
+            "Distal Convoluted Tubule",
+            "Glomerular endothelial cells",
+            "Interstitial endothelial cells",
+            "Leukocytes",
+            "Podocytes",
+            "Proximal Tubule Segments",
+            "Thick Ascending Limb",
+        ),
+    ),
     "organamnist": ("multi-class", ORGANS),
     "organcmnist": ("multi-class", ORGANS),
     "organsmnist": ("multi-class", ORGANS),
@@ -70,13 +135,16 @@ class MedMNISTNpz:
                 continue
             for name in names:
                 if name not in keys:
-                    raise UsageError(f"{self.path}: key '{name}' missing (has {sorted(keys)}); "
-                                     "a MedMNIST file holds {split}_images with {split}_labels")
+                    raise UsageError(
+                        f"{self.path}: key '{name}' missing (has {sorted(keys)}); "
+                        "a MedMNIST file holds {split}_images with {split}_labels"
+                    )
             shape = self._check_images(split, shape)
             self._labels[split] = self._check_labels(split)
         if not self._labels:
-            raise UsageError(f"{self.path}: no train_/val_/test_ images and labels keys (has {sorted(keys)}); "
-                             "not a MedMNIST file")
+            raise UsageError(
+                f"{self.path}: no train_/val_/test_ images and labels keys (has {sorted(keys)}); not a MedMNIST file"
+            )
         widths = {lab.shape[1] for lab in self._labels.values()}
         if len(widths) > 1:
             raise UsageError(f"{self.path}: label columns differ between splits {widths}")
@@ -88,10 +156,17 @@ class MedMNISTNpz:
         for split, labels in self._labels.items():
             self._labels[split] = labels.astype(np.uint8) if multilabel else labels[:, 0]
         self.info = SourceInfo(
-            name=f"medmnist:{flag or self.path.stem}", class_names=names, multilabel=multilabel,
+            name=f"medmnist:{flag or self.path.stem}",
+            class_names=names,
+            multilabel=multilabel,
             split_sizes={s: len(lab) for s, lab in self._labels.items()},
-            provenance={"path": str(self.path.resolve()), "sha256": _sha256(self.path), "flag": flag,
-                        "task": FLAGS[flag][0] if flag else ("multi-label" if multilabel else "multi-class")})
+            provenance={
+                "path": str(self.path.resolve()),
+                "sha256": _sha256(self.path),
+                "flag": flag,
+                "task": FLAGS[flag][0] if flag else ("multi-label" if multilabel else "multi-class"),
+            },
+        )
 
     def _check_images(self, split: str, previous: tuple | None) -> tuple:
         key = f"{split}_images"
@@ -113,20 +188,26 @@ class MedMNISTNpz:
             labels = labels[:, None]
         n_images = _npy_header(self._npz, f"{split}_images")[0][0]
         if labels.ndim != 2 or len(labels) != n_images:
-            raise UsageError(f"{self.path}: key '{key}' has shape {labels.shape}; expected ({n_images}, 1) "
-                             f"or ({n_images}, K) to match {split}_images")
+            raise UsageError(
+                f"{self.path}: key '{key}' has shape {labels.shape}; expected ({n_images}, 1) "
+                f"or ({n_images}, K) to match {split}_images"
+            )
         if not np.issubdtype(labels.dtype, np.integer) and not np.all(labels == np.round(labels)):
             raise UsageError(f"{self.path}: key '{key}' holds non-integer labels")
         if labels.min(initial=0) < 0:
             raise UsageError(f"{self.path}: key '{key}' holds negative labels")
         if labels.shape[1] > 1 and labels.max(initial=0) > 1:
-            raise UsageError(f"{self.path}: key '{key}' is multi-label ({labels.shape[1]} columns) but holds "
-                             "values other than 0/1")
+            raise UsageError(
+                f"{self.path}: key '{key}' is multi-label ({labels.shape[1]} columns) but holds values other than 0/1"
+            )
         return labels.astype(np.int64)
 
     def _class_names(self, given: list[str] | None, flag: str | None, multilabel: bool) -> tuple[str, ...]:
-        n_classes = (next(iter(self._labels.values())).shape[1] if multilabel
-                     else 1 + max(int(lab.max(initial=0)) for lab in self._labels.values()))
+        n_classes = (
+            next(iter(self._labels.values())).shape[1]
+            if multilabel
+            else 1 + max(int(lab.max(initial=0)) for lab in self._labels.values())
+        )
         if given is not None:
             names = tuple(given)
         elif flag is not None:
@@ -134,8 +215,9 @@ class MedMNISTNpz:
         else:
             return tuple(f"class_{i}" for i in range(n_classes))
         if len(names) < n_classes or (multilabel and len(names) != n_classes):
-            raise UsageError(f"{self.path}: {len(names)} class names for labels that need {n_classes}; "
-                             "pass matching class names")
+            raise UsageError(
+                f"{self.path}: {len(names)} class names for labels that need {n_classes}; pass matching class names"
+            )
         return names
 
     def keys(self, split: str) -> list[str]:

@@ -4,6 +4,7 @@ The paper resizes every image straight to 512x512 RGB (no crop, gray repeated in
 channels) and maps it to [-1, 1]. Resizing is torch's antialiased bilinear filter, close to
 PIL's and cv2's area filter when shrinking (torchvision's transforms are not a dependency).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ Every image comes from its own seeded generator (its patient's for the anatomy),
 is a pure function of (seed, split, index, size): any subset renders to the same pixels.
 Rendering is vectorised numpy over blocks of images; the whole set is cached as one .npz.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.sources.base import SPLITS, SourceInfo
 from engine.errors import UsageError
+from engine.sources.base import SPLITS, SourceInfo
 
 GENERATOR_VERSION = 1
 NAME = "synthetic-cxr"
@@ -295,8 +296,13 @@ def render(seed: int, split: str, indices, size: int, n: int, labels=None) -> np
 class SyntheticCXR:
     """The default source: rendered once per (size, seed, split sizes), then read from cache."""
 
-    def __init__(self, image_size: int = 64, seed: int = 0, sizes: dict[str, int] | None = None,
-                 cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        image_size: int = 64,
+        seed: int = 0,
+        sizes: dict[str, int] | None = None,
+        cache_dir: str | Path | None = None,
+    ):
         if not SIZE_RANGE[0] <= image_size <= SIZE_RANGE[1]:
             raise UsageError(f"synthetic-cxr: image_size {image_size} is outside {SIZE_RANGE[0]}..{SIZE_RANGE[1]}")
         if seed < 0:
@@ -312,11 +318,21 @@ class SyntheticCXR:
         split_sizes = {s: int(sizes[s]) for s in SPLITS if sizes[s] > 0}
         counts = "-".join(str(sizes[s]) for s in SPLITS)
         self.cache_path = Path(cache_dir or default_cache_dir()) / (
-            f"{NAME}_v{GENERATOR_VERSION}_{image_size}px_seed{seed}_{counts}.npz")
+            f"{NAME}_v{GENERATOR_VERSION}_{image_size}px_seed{seed}_{counts}.npz"
+        )
         self.info = SourceInfo(
-            name=NAME, class_names=CLASS_NAMES, multilabel=False, split_sizes=split_sizes, synthetic=True,
-            provenance={"generator": f"engine.sources.synthetic_cxr v{GENERATOR_VERSION}", "seed": seed,
-                        "image_size": image_size, "class_frequencies": list(CLASS_FREQUENCIES)})
+            name=NAME,
+            class_names=CLASS_NAMES,
+            multilabel=False,
+            split_sizes=split_sizes,
+            synthetic=True,
+            provenance={
+                "generator": f"engine.sources.synthetic_cxr v{GENERATOR_VERSION}",
+                "seed": seed,
+                "image_size": image_size,
+                "class_frequencies": list(CLASS_FREQUENCIES),
+            },
+        )
         self._images = self._load_or_render()
 
     def _load_or_render(self) -> dict[str, np.ndarray]:
@@ -362,8 +378,9 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(images * 255).astype(np.uint8)
 
 
-def save_example_grid(path: str | Path, per_class: int = 6, image_size: int = 64, seed: int = 0,
-                      split: str = "train") -> Path:
+def save_example_grid(
+    path: str | Path, per_class: int = 6, image_size: int = 64, seed: int = 0, split: str = "train"
+) -> Path:
     """A PNG with one row per class (its name on the left), to see what the classes look like."""
     from PIL import Image, ImageDraw
 

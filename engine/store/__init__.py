@@ -1,4 +1,5 @@
 """Latent stores: one schema (manifest + per-split arrays), two containers (zarr v3, webdataset)."""
+
 from engine.store.manifest import SCHEMA_VERSION, StoreError
 from engine.store.reader import LatentStore, SplitData, open_store
 

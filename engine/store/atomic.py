@@ -6,13 +6,14 @@ race to create one, the first rename wins and the others discard their copy. A s
 where a killed run resumes, and swapped in by two renames under a lock, so the old store stays
 usable until the new one is whole.
 """
+
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def create_by_rename(path: Path, build: Callable[[Path], None]) -> bool:

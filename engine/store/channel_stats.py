@@ -4,6 +4,7 @@ Each block keeps (count, mean, M2) per channel; Chan's pairwise merge in a fixed
 result independent of how a run was interrupted or split across workers, and avoids the
 cancellation of E[x^2] - E[x]^2.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -13,12 +13,13 @@ in place reads back without complaint, so the container alone is never trusted. 
 and the array shapes against the manifest: cheap, and it catches missing and truncated files.
 ``full_check`` (``engine inspect``) also recomputes every checksum with one sequential read.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -48,8 +49,11 @@ def digest(*arrays: np.ndarray | None) -> int:
 
 
 def block_checksum(latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray) -> int:
-    return digest(np.asarray(latents, np.float16), None if logvar is None else np.asarray(logvar, np.float16),
-                  np.asarray(valid, np.uint8))
+    return digest(
+        np.asarray(latents, np.float16),
+        None if logvar is None else np.asarray(logvar, np.float16),
+        np.asarray(valid, np.uint8),
+    )
 
 
 def meta_checksums(arrays: dict[str, np.ndarray]) -> dict[str, str]:
@@ -58,15 +62,24 @@ def meta_checksums(arrays: dict[str, np.ndarray]) -> dict[str, str]:
 
 
 def _damaged(store_path: Path) -> str:
-    return (f"the store is damaged; re-encode it (`engine encode ... --out {store_path} --overwrite` with the "
-            "command that wrote it) or restore it from a copy")
+    return (
+        f"the store is damaged; re-encode it (`engine encode ... --out {store_path} --overwrite` with the "
+        "command that wrote it) or restore it from a copy"
+    )
 
 
 def record_files(store_path: Path, files: dict[str, dict[str, list[Path]]]) -> dict:
     """Write integrity.json: {split: {field: {relative path: bytes}}} for the given files."""
-    record = {"version": RECORD_VERSION, "files": {
-        split: {field: {str(p.relative_to(store_path)): p.stat().st_size for p in sorted(paths)}
-                for field, paths in fields.items()} for split, fields in files.items()}}
+    record = {
+        "version": RECORD_VERSION,
+        "files": {
+            split: {
+                field: {str(p.relative_to(store_path)): p.stat().st_size for p in sorted(paths)}
+                for field, paths in fields.items()
+            }
+            for split, fields in files.items()
+        },
+    }
     write_json_atomic(store_path / RECORD, record)
     return record
 
@@ -74,8 +87,9 @@ def record_files(store_path: Path, files: dict[str, dict[str, list[Path]]]) -> d
 def update_field_files(store_path: Path, split: str, field: str, paths: Iterable[Path]) -> None:
     """Replace one field's entry in integrity.json (a row field added after encoding)."""
     record = read_record(store_path)
-    record["files"].setdefault(split, {})[field] = {str(p.relative_to(store_path)): p.stat().st_size
-                                                    for p in sorted(paths)}
+    record["files"].setdefault(split, {})[field] = {
+        str(p.relative_to(store_path)): p.stat().st_size for p in sorted(paths)
+    }
     write_json_atomic(store_path / RECORD, record)
 
 
@@ -84,13 +98,17 @@ def read_record(store_path: Path) -> dict:
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise StoreError(f"{path}: missing; the list of the store's files is gone, so a missing data file "
-                         f"could not be told from an empty one: {_damaged(store_path)}") from None
+        raise StoreError(
+            f"{path}: missing; the list of the store's files is gone, so a missing data file "
+            f"could not be told from an empty one: {_damaged(store_path)}"
+        ) from None
     except (OSError, ValueError) as err:
         raise StoreError(f"{path}: unreadable ({err}); {_damaged(store_path)}") from None
     if record.get("version") != RECORD_VERSION:
-        raise StoreError(f"{path}: record version {record.get('version')}, this engine reads {RECORD_VERSION}; "
-                         "re-encode the store with this engine")
+        raise StoreError(
+            f"{path}: record version {record.get('version')}, this engine reads {RECORD_VERSION}; "
+            "re-encode the store with this engine"
+        )
     return record
 
 
@@ -108,8 +126,10 @@ def quick_check(store) -> list[str]:
                 if not path.is_file():
                     problems.append(f"{path}: missing (split {split}, array {field}){_blocks_of(store, split, rel)}")
                 elif path.stat().st_size != size:
-                    problems.append(f"{path}: {path.stat().st_size} bytes, {size} when written (split {split}, "
-                                    f"array {field}; truncated or replaced){_blocks_of(store, split, rel)}")
+                    problems.append(
+                        f"{path}: {path.stat().st_size} bytes, {size} when written (split {split}, "
+                        f"array {field}; truncated or replaced){_blocks_of(store, split, rel)}"
+                    )
     shape = tuple(store.manifest["latent_shape"])
     for name in store.splits:
         try:
@@ -119,11 +139,15 @@ def quick_check(store) -> list[str]:
             problems.append(str(err))
             continue
         if stored != shape:
-            problems.append(f"{store.path}: manifest latent_shape {list(shape)} but split {name} stores latents of "
-                            f"shape {list(stored)}; the manifest was edited or belongs to another store")
+            problems.append(
+                f"{store.path}: manifest latent_shape {list(shape)} but split {name} stores latents of "
+                f"shape {list(stored)}; the manifest was edited or belongs to another store"
+            )
         if split.size != store.manifest["splits"][name]["size"]:
-            problems.append(f"{store.path}: split {name} holds {split.size} rows, the manifest says "
-                            f"{store.manifest['splits'][name]['size']}")
+            problems.append(
+                f"{store.path}: split {name} holds {split.size} rows, the manifest says "
+                f"{store.manifest['splits'][name]['size']}"
+            )
     return problems
 
 
@@ -144,16 +168,21 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
         split = store.split(name)
         recorded = store.manifest["splits"][name].get("checksums")
         if recorded is None:
-            problems.append(f"{store.path}: split {name} has no metadata checksums in the manifest; "
-                            "re-encode it with this engine")
+            problems.append(
+                f"{store.path}: split {name} has no metadata checksums in the manifest; re-encode it with this engine"
+            )
         else:
             try:
                 found = meta_checksums({key: split.meta(key) for key in META_KEYS})
             except StoreError as err:
                 problems.append(str(err))
                 found = recorded
-            problems += [f"{store.path}: split {name}, array {key}: checksum {found[key]}, {recorded[key]} when "
-                         f"written; {_damaged(store.path)}" for key in META_KEYS if found[key] != recorded[key]]
+            problems += [
+                f"{store.path}: split {name}, array {key}: checksum {found[key]}, {recorded[key]} when "
+                f"written; {_damaged(store.path)}"
+                for key in META_KEYS
+                if found[key] != recorded[key]
+            ]
         for field, want in (store.manifest.get("teacher") or {}).get("checksums", {}).get(name, {}).items():
             try:
                 got = f"{digest(split.meta(field)):016x}"
@@ -161,8 +190,10 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
                 problems.append(str(err))
                 continue
             if got != want:
-                problems.append(f"{store.path}: split {name}, array {field}: checksum {got}, {want} when written; "
-                                "add it again with `engine encode --teacher CKPT`")
+                problems.append(
+                    f"{store.path}: split {name}, array {field}: checksum {got}, {want} when written; "
+                    "add it again with `engine encode --teacher CKPT`"
+                )
         for b in range(split.n_blocks):
             lo, hi = b * split.block, min((b + 1) * split.block, split.size)
             where = f"split {name}, block {b}, rows {lo}-{hi - 1}, file {split.block_file(b)}"
@@ -175,8 +206,10 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
             got = block_checksum(latents, logvar, valid)
             if got != want:
                 finite = np.isfinite(latents[valid.astype(bool)].astype(np.float32)).all()
-                problems.append(f"{where}: checksum {got:016x}, {want:016x} when written (altered, missing or "
-                                f"zero-filled data{'' if finite else ', NaN/Inf among it'}); {_damaged(store.path)}")
+                problems.append(
+                    f"{where}: checksum {got:016x}, {want:016x} when written (altered, missing or "
+                    f"zero-filled data{'' if finite else ', NaN/Inf among it'}); {_damaged(store.path)}"
+                )
             progress(hi - lo)
     return problems
 

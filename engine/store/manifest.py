@@ -3,6 +3,7 @@
 zarr stores keep it in the root group's attributes under ``manifest``; webdataset stores in
 ``manifest.json`` beside the shards. Both hold the same dictionary.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,11 +35,21 @@ def store_format(path: Path) -> str:
         return "zarr"
     if (path / MANIFEST_JSON).is_file():
         return "wds"
-    raise StoreError(f"{path}: not a latent store (no {ZARR_META} or {MANIFEST_JSON}); was it written by `engine encode`?")
+    raise StoreError(
+        f"{path}: not a latent store (no {ZARR_META} or {MANIFEST_JSON}); was it written by `engine encode`?"
+    )
 
 
-REQUIRED = ("schema_version", "dataset", "autoencoder", "image_size", "latent_shape", "splits", "folds",
-            "settings_fingerprint")
+REQUIRED = (
+    "schema_version",
+    "dataset",
+    "autoencoder",
+    "image_size",
+    "latent_shape",
+    "splits",
+    "folds",
+    "settings_fingerprint",
+)
 
 
 def read_manifest(path: Path) -> dict:

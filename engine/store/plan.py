@@ -5,11 +5,13 @@ encoding, of resuming and of sharing among workers: one zarr chunk or one webdat
 are grouped into zarr shards, and a worker owns whole shards, so no two processes ever write the
 same file.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from engine.errors import UsageError
 
 CHUNK_BYTES = 1 << 20  # about 1 MiB of latents per block: large sequential reads, small resume units

@@ -1,4 +1,5 @@
 """Open a latent store of either container behind one interface, checked before it is used."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,13 +28,16 @@ class SplitData(Protocol):
     def latent_shape(self) -> tuple[int, ...]: ...
     def meta(self, key: str) -> np.ndarray:
         """``keys``, ``labels``, ``folds``, ``groups`` or ``valid``, all rows."""
+
     def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Rows [lo, hi) of ``latents``, ``logvar`` or ``valid``."""
+
     def done_flags(self) -> np.ndarray: ...
     def block_moments(self) -> np.ndarray: ...
     def block_checksum(self, b: int) -> int: ...
     def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(latents, logvar or None, valid) of block ``b``, as its checksum covers them."""
+
     def block_file(self, b: int) -> Path: ...
     def blocks_in_file(self, rel: str) -> list[int]: ...
     def data_files(self) -> dict[str, list[Path]]: ...
@@ -63,8 +67,9 @@ class LatentStore:
         self.manifest = manifest
 
 
-def open_store(path: str | Path, require_complete: bool = True, writable: bool = False,
-               check: bool | None = None) -> LatentStore:
+def open_store(
+    path: str | Path, require_complete: bool = True, writable: bool = False, check: bool | None = None
+) -> LatentStore:
     """Open a store; by default refuse one whose encode has not finished (it would give short epochs).
 
     ``check`` (default: when completeness is required) runs the quick integrity check, so a missing or
@@ -80,6 +85,12 @@ def open_store(path: str | Path, require_complete: bool = True, writable: bool =
         )
     store = LatentStore(path, manifest, fmt, writable=writable)
     if (require_complete if check is None else check) and (problems := quick_check(store)):
-        raise StoreError("; ".join(summarise(problems)[:3]) + (f" (and {len(problems) - 3} more problems; "
-                         f"`engine inspect {path}` lists them)" if len(problems) > 3 else ""))
+        raise StoreError(
+            "; ".join(summarise(problems)[:3])
+            + (
+                f" (and {len(problems) - 3} more problems; `engine inspect {path}` lists them)"
+                if len(problems) > 3
+                else ""
+            )
+        )
     return store

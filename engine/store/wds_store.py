@@ -7,6 +7,7 @@ per valid row (``<index>.latent.npy``, ``<index>.label.npy`` [+ ``<index>.logvar
 last as the completion record. Labels are ``.npy``, not ``.cls``: DALI returns ``.cls`` as ASCII bytes.
 A shard that is missing, truncated or lacks a member of a valid row is an error naming the file.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,17 +32,30 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitContent]],
-           latent_shape: tuple[int, int, int], has_logvar: bool) -> bool:
+def create(
+    path: Path,
+    manifest: dict,
+    splits: dict[str, tuple[SplitPlan, SplitContent]],
+    latent_shape: tuple[int, int, int],
+    has_logvar: bool,
+) -> bool:
     """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
 
     def build(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         for name, (plan, content) in splits.items():
             (tmp / name).mkdir()
-            np.savez(tmp / name / "meta.npz", keys=content.keys, labels=content.labels, folds=content.folds,
-                     groups=content.groups, block=np.int64(plan.block), n_blocks=np.int64(plan.n_blocks),
-                     has_logvar=np.bool_(has_logvar), latent_shape=np.asarray(latent_shape, dtype=np.int64))
+            np.savez(
+                tmp / name / "meta.npz",
+                keys=content.keys,
+                labels=content.labels,
+                folds=content.folds,
+                groups=content.groups,
+                block=np.int64(plan.block),
+                n_blocks=np.int64(plan.n_blocks),
+                has_logvar=np.bool_(has_logvar),
+                latent_shape=np.asarray(latent_shape, dtype=np.int64),
+            )
         write_json_atomic(tmp / MANIFEST_JSON, manifest)
 
     return create_by_rename(path, build)
@@ -98,8 +112,9 @@ class WdsSplit:
     def block_done(self, b: int) -> bool:
         return self.shard(b, "block.npz").is_file()
 
-    def write_block(self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray,
-                    moments: np.ndarray) -> None:
+    def write_block(
+        self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray, moments: np.ndarray
+    ) -> None:
         """Tar and index through temporary names, the completion record last."""
         lo = b * self.block
         labels = self._meta["labels"]
@@ -123,8 +138,12 @@ class WdsSplit:
         tmp_idx.write_text(f"v1.2 {len(lines)}\n" + "".join(f"{line}\n" for line in lines))
         os.replace(tmp_idx, self.shard(b, "idx"))
         tmp_rec = self.shard(b, "block.tmp.npz")
-        np.savez(tmp_rec, valid=valid.astype(np.uint8), moments=moments,
-                 checksum=np.uint64(block_checksum(latents, logvar, valid)))
+        np.savez(
+            tmp_rec,
+            valid=valid.astype(np.uint8),
+            moments=moments,
+            checksum=np.uint64(block_checksum(latents, logvar, valid)),
+        )
         os.replace(tmp_rec, self.shard(b, "block.npz"))
 
     def _record(self, b: int) -> dict:
@@ -165,23 +184,30 @@ class WdsSplit:
                 if fields[j] == f"{ext}.npy":
                     offset, size, name = int(fields[j + 1]), int(fields[j + 2]), fields[j + 3]
                     if offset + size > len(raw):
-                        raise StoreError(f"{tar}: truncated ({len(raw)} bytes; member {name} ends at byte "
-                                         f"{offset + size}); {DAMAGED}")
+                        raise StoreError(
+                            f"{tar}: truncated ({len(raw)} bytes; member {name} ends at byte "
+                            f"{offset + size}); {DAMAGED}"
+                        )
                     row = int(name.split(".")[0]) - lo
                     try:
-                        out[row] = np.load(io.BytesIO(raw[offset:offset + size]))
+                        out[row] = np.load(io.BytesIO(raw[offset : offset + size]))
                     except (ValueError, EOFError) as err:
-                        raise StoreError(f"{tar}: member {name} is not a {self.latent_shape} array ({err}); "
-                                         f"{DAMAGED}") from None
+                        raise StoreError(
+                            f"{tar}: member {name} is not a {self.latent_shape} array ({err}); {DAMAGED}"
+                        ) from None
                     found[row] = True
         if (missing := np.flatnonzero(valid.astype(bool) & ~found)).size:
-            raise StoreError(f"{tar}: no {ext}.npy for rows {(lo + missing[:3]).tolist()} (valid in the block record); "
-                             f"{DAMAGED}")
+            raise StoreError(
+                f"{tar}: no {ext}.npy for rows {(lo + missing[:3]).tolist()} (valid in the block record); {DAMAGED}"
+            )
         return out
 
     def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        return (self.read_block(b, "latents"), self.read_block(b, "logvar") if self.has_logvar else None,
-                self.read_block(b, "valid"))
+        return (
+            self.read_block(b, "latents"),
+            self.read_block(b, "logvar") if self.has_logvar else None,
+            self.read_block(b, "valid"),
+        )
 
     def block_file(self, b: int) -> Path:
         return self.shard(b, "tar")
@@ -192,9 +218,12 @@ class WdsSplit:
 
     def data_files(self) -> dict[str, list[Path]]:
         """The split's files by what they hold: metadata, shards, their indices, block records, row fields."""
-        files = {"meta": [self.path / "meta.npz"], "shards": [self.shard(b, "tar") for b in range(self.n_blocks)],
-                 "index": [self.shard(b, "idx") for b in range(self.n_blocks)],
-                 "blocks": [self.shard(b, "block.npz") for b in range(self.n_blocks)]}
+        files = {
+            "meta": [self.path / "meta.npz"],
+            "shards": [self.shard(b, "tar") for b in range(self.n_blocks)],
+            "index": [self.shard(b, "idx") for b in range(self.n_blocks)],
+            "blocks": [self.shard(b, "block.npz") for b in range(self.n_blocks)],
+        }
         files |= {p.stem: [p] for p in sorted(self.path.glob("*.npy"))}
         return files
 
@@ -205,7 +234,7 @@ class WdsSplit:
         blocks = range(lo // self.block, (hi - 1) // self.block + 1)
         rows = np.concatenate([self.read_block(b, key) for b in blocks])
         start = blocks[0] * self.block
-        return rows[lo - start:hi - start]
+        return rows[lo - start : hi - start]
 
 
 class WdsStore:

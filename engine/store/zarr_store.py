@@ -5,9 +5,11 @@ Layout per split: ``latents`` (N, C, h, w) float16 [+ ``logvar``], ``labels``, `
 record: ``done`` (one flag per block), ``checksum`` (per block, of its decoded arrays) and
 ``moments`` (per-block channel statistics). Reads that fail name the file they failed on.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,9 +18,17 @@ from engine.store.integrity import block_checksum
 from engine.store.manifest import StoreError
 from engine.store.plan import SplitContent, SplitPlan
 
+if TYPE_CHECKING:
+    import zarr
 
-def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitContent]],
-           latent_shape: tuple[int, int, int], has_logvar: bool) -> bool:
+
+def create(
+    path: Path,
+    manifest: dict,
+    splits: dict[str, tuple[SplitPlan, SplitContent]],
+    latent_shape: tuple[int, int, int],
+    has_logvar: bool,
+) -> bool:
     """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
     import zarr  # imported on use: device-side runs (bench, resident training) work without zarr installed
 
@@ -39,9 +49,13 @@ def create(path: Path, manifest: dict, splits: dict[str, tuple[SplitPlan, SplitC
             g.create_array("moments", shape=(plan.n_blocks, c, 3), chunks=(1, c, 3), dtype="float64")
             for key in ("labels", "folds", "keys", "groups"):
                 value = getattr(content, key)
-                arr = g.create_array(key, shape=value.shape, chunks=value.shape or (1,),
-                                     dtype=str if value.dtype.kind == "U" else value.dtype,
-                                     config={"write_empty_chunks": True})
+                arr = g.create_array(
+                    key,
+                    shape=value.shape,
+                    chunks=value.shape or (1,),
+                    dtype=str if value.dtype.kind == "U" else value.dtype,
+                    config={"write_empty_chunks": True},
+                )
                 arr[...] = value
         root.attrs["manifest"] = manifest
 
@@ -96,14 +110,15 @@ class ZarrSplit:
     def block_done(self, b: int) -> bool:
         return bool(self._array("done")[b])
 
-    def write_block(self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray,
-                    moments: np.ndarray) -> None:
+    def write_block(
+        self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray, moments: np.ndarray
+    ) -> None:
         """Data first, checksum, completion flag last: a kill in between leaves the block to be redone."""
         lo = b * self.block
-        self._array("latents")[lo:lo + len(latents)] = latents
+        self._array("latents")[lo : lo + len(latents)] = latents
         if logvar is not None:
-            self._array("logvar")[lo:lo + len(logvar)] = logvar
-        self._array("valid")[lo:lo + len(valid)] = valid
+            self._array("logvar")[lo : lo + len(logvar)] = logvar
+        self._array("valid")[lo : lo + len(valid)] = valid
         self._array("moments")[b] = moments
         self._array("checksum")[b] = block_checksum(latents, logvar, valid)
         self._array("done")[b] = 1
@@ -117,8 +132,14 @@ class ZarrSplit:
     def write_row_field(self, key: str, values: np.ndarray) -> list[Path]:
         """A per-row array added after encoding (teacher logits), replacing an older one; returns its files."""
         self._arrays.pop(key, None)
-        arr = self.group.create_array(key, shape=values.shape, chunks=values.shape, dtype=values.dtype, overwrite=True,
-                                      config={"write_empty_chunks": True})
+        arr = self.group.create_array(
+            key,
+            shape=values.shape,
+            chunks=values.shape,
+            dtype=values.dtype,
+            overwrite=True,
+            config={"write_empty_chunks": True},
+        )
         arr[...] = values
         return self.data_files()[key]
 
@@ -131,8 +152,10 @@ class ZarrSplit:
         try:
             return np.asarray(array[lo:hi])
         except Exception as err:  # noqa: BLE001 - zarr and numcodecs raise many kinds; all mean a damaged file
-            raise StoreError(f"{self._file_of_rows(key, lo)}: unreadable ({type(err).__name__}: {err}); the store is "
-                             "damaged, re-encode it with --overwrite or restore it from a copy") from None
+            raise StoreError(
+                f"{self._file_of_rows(key, lo)}: unreadable ({type(err).__name__}: {err}); the store is "
+                "damaged, re-encode it with --overwrite or restore it from a copy"
+            ) from None
 
     def read_written(self, key: str, lo: int, hi: int) -> np.ndarray:
         """Rows [lo, hi) of finished blocks: a missing file is an error, never zarr's fill value."""
@@ -140,15 +163,20 @@ class ZarrSplit:
         per_file = (array.shards or array.chunks)[0]
         for row in range(lo - lo % per_file, hi, per_file):
             if not (path := self._file_of_rows(key, row)).is_file():
-                raise StoreError(f"{path}: missing (split {self.name}, array {key}, rows {row}-"
-                                 f"{min(row + per_file, self.size) - 1}); the store is damaged, re-encode it with "
-                                 "--overwrite or restore it from a copy")
+                raise StoreError(
+                    f"{path}: missing (split {self.name}, array {key}, rows {row}-"
+                    f"{min(row + per_file, self.size) - 1}); the store is damaged, re-encode it with "
+                    "--overwrite or restore it from a copy"
+                )
         return self.read(key, lo, hi)
 
     def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         lo, hi = b * self.block, min((b + 1) * self.block, self.size)
-        return (self.read_written("latents", lo, hi), self.read_written("logvar", lo, hi) if self.has_logvar else None,
-                self.read_written("valid", lo, hi))
+        return (
+            self.read_written("latents", lo, hi),
+            self.read_written("logvar", lo, hi) if self.has_logvar else None,
+            self.read_written("valid", lo, hi),
+        )
 
     def _file_of_rows(self, key: str, row: int) -> Path:
         array = self._array(key)
@@ -176,8 +204,10 @@ class ZarrSplit:
 
     def data_files(self) -> dict[str, list[Path]]:
         """Every file of every array of the split, by array name."""
-        return {key: sorted(p for p in (self.path / self.name / key).rglob("*") if p.is_file())
-                for key in sorted(self.group.array_keys())}
+        return {
+            key: sorted(p for p in (self.path / self.name / key).rglob("*") if p.is_file())
+            for key in sorted(self.group.array_keys())
+        }
 
 
 class ZarrStore:

@@ -5,6 +5,7 @@ history go into the metadata as JSON. Writes go to a temporary name and are rena
 kill leaves the previous checkpoint intact, never half a file. A checkpoint also records the store it
 was trained on (``store_record``), so evaluating it on a store it does not fit is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             if META_KEY not in metadata:
-                raise UsageError(f"{path}: not a latent-engine checkpoint (no `{META_KEY}` metadata); give a "
-                                 "last/best.safetensors written by `engine train`")
+                raise UsageError(
+                    f"{path}: not a latent-engine checkpoint (no `{META_KEY}` metadata); give a "
+                    "last/best.safetensors written by `engine train`"
+                )
             model, optim = {}, {}
             for key in f.keys():
                 if key.startswith("model."):
@@ -95,25 +98,32 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     except (SafetensorError, OSError, ValueError) as err:
         if isinstance(err, UsageError):
             raise
-        raise UsageError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}); it is truncated or not a "
-                         "safetensors file (checkpoints are written atomically, so it changed after writing): use "
-                         "another checkpoint (best.safetensors beside it), or train again") from None
+        raise UsageError(
+            f"{path}: damaged checkpoint ({type(err).__name__}: {err}); it is truncated or not a "
+            "safetensors file (checkpoints are written atomically, so it changed after writing): use "
+            "another checkpoint (best.safetensors beside it), or train again"
+        ) from None
 
 
 def store_record(manifest: dict) -> dict:
     """What a checkpoint keeps of its store: enough to refuse a store it does not fit."""
-    return {"latent_shape": list(manifest["latent_shape"]), "image_size": manifest["image_size"],
-            "class_names": list(manifest["dataset"]["class_names"]),
-            "dataset_fingerprint": manifest["dataset"]["fingerprint"], "dataset": manifest["dataset"]["name"],
-            "autoencoder": manifest["autoencoder"]["family"]}
+    return {
+        "latent_shape": list(manifest["latent_shape"]),
+        "image_size": manifest["image_size"],
+        "class_names": list(manifest["dataset"]["class_names"]),
+        "dataset_fingerprint": manifest["dataset"]["fingerprint"],
+        "dataset": manifest["dataset"]["name"],
+        "autoencoder": manifest["autoencoder"]["family"],
+    }
 
 
 def store_differences(record: dict, manifest: dict, space: str) -> list[str]:
     """How a store differs from the one a checkpoint was trained on, in what matters for ``space``."""
     here = store_record(manifest)
     keys = ["class_names", "dataset_fingerprint"] + (["latent_shape", "image_size"] if space == "latent" else [])
-    return [f"{key} {record.get(key)} (checkpoint) vs {here[key]} (store)" for key in keys
-            if record.get(key) != here[key]]
+    return [
+        f"{key} {record.get(key)} (checkpoint) vs {here[key]} (store)" for key in keys if record.get(key) != here[key]
+    ]
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, optim_tensors: dict[str, torch.Tensor], meta: dict) -> None:

@@ -3,6 +3,7 @@
 The one path from a recorded config back to objects is ``TrainConfig.from_dict``: `engine eval`, the
 teacher and a resumed run read a checkpoint's config through it, never as a loose dict.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -77,8 +78,10 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(recorded) - names)
         if unknown:
-            raise UsageError(f"recorded training config has fields {unknown} this engine does not know; "
-                             "evaluate or resume it with the engine version that wrote it")
+            raise UsageError(
+                f"recorded training config has fields {unknown} this engine does not know; "
+                "evaluate or resume it with the engine version that wrote it"
+            )
         return cls(**recorded)
 
     # what may differ between a run and its resumption
@@ -86,5 +89,8 @@ class TrainConfig:
 
     def same_run(self, other: dict) -> list[str]:
         """Fields that differ from a recorded config, ignoring those a resume may change."""
-        return [f.name for f in fields(self) if f.name not in self.RESUMABLE_CHANGES
-                and other.get(f.name) != getattr(self, f.name)]
+        return [
+            f.name
+            for f in fields(self)
+            if f.name not in self.RESUMABLE_CHANGES and other.get(f.name) != getattr(self, f.name)
+        ]

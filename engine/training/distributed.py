@@ -1,4 +1,5 @@
 """torchrun integration: one process per device, DistributedDataParallel, gloo on CPU and nccl on CUDA."""
+
 from __future__ import annotations
 
 import os

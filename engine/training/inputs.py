@@ -13,6 +13,7 @@ teach; add_noise is linear in alpha and sigma, so the scaling rides along in the
 Images (``ImageInputs``): the store's own samples, cached as uint8 on the device and augmented there
 (the paper's flip and 15 degree rotation), so the image-space baseline is not loader-starved.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,7 +29,14 @@ from engine.sources import Source, open_source
 from engine.sources.preprocess import to_model_input
 from engine.store import LatentStore, StoreError
 from kernels import add_noise, c_noise
-from kernels.noise_levels import NoiseLevels, karras_levels, karras_sigmas, sample_edm_lognormal, sample_karras, sample_vp
+from kernels.noise_levels import (
+    NoiseLevels,
+    karras_levels,
+    karras_sigmas,
+    sample_edm_lognormal,
+    sample_karras,
+    sample_vp,
+)
 
 N_LEVELS = 32  # the paper's discrete Karras levels
 CLEAN_LEVEL = N_LEVELS - 1  # sigma 0.002: evaluation inside the trained range, unlike the reference code's 1e-5
@@ -47,9 +55,18 @@ def step_seed(seed: int, index: int) -> int:
 class LatentInputs:
     """Stored fp16 latents -> the classifier's input and its noise levels."""
 
-    def __init__(self, *, channel_mean: list[float], channel_std: list[float], device: torch.device,
-                 noise: str = "karras", mask_p: float = 0.2, target_std: float = 0.5, precondition: bool = False,
-                 seed: int = 0):
+    def __init__(
+        self,
+        *,
+        channel_mean: list[float],
+        channel_std: list[float],
+        device: torch.device,
+        noise: str = "karras",
+        mask_p: float = 0.2,
+        target_std: float = 0.5,
+        precondition: bool = False,
+        seed: int = 0,
+    ):
         self.noise, self.mask_p, self.target_std, self.seed = noise, mask_p, target_std, seed
         self.precondition = precondition
         self.mean = torch.tensor(channel_mean, dtype=torch.float32, device=device)
@@ -60,8 +77,16 @@ class LatentInputs:
     def from_config(cls, cfg, manifest: dict, device: torch.device) -> LatentInputs:
         """The inputs of a run of ``cfg`` (a TrainConfig) on the store whose manifest is given."""
         stats = manifest["channel_stats"]
-        return cls(channel_mean=stats["mean"], channel_std=stats["std"], device=device, noise=cfg.noise,
-                   mask_p=cfg.mask_p, target_std=cfg.target_std, precondition=cfg.precondition, seed=cfg.seed)
+        return cls(
+            channel_mean=stats["mean"],
+            channel_std=stats["std"],
+            device=device,
+            noise=cfg.noise,
+            mask_p=cfg.mask_p,
+            target_std=cfg.target_std,
+            precondition=cfg.precondition,
+            seed=cfg.seed,
+        )
 
     def _key(self, step: int, stream: int) -> int:
         return step_seed(self.seed, STREAMS * step + stream)
@@ -87,15 +112,31 @@ class LatentInputs:
     def noised(self, latents: torch.Tensor, levels: NoiseLevels, step: int) -> torch.Tensor:
         """Standardised, masked (``mask_p``) and noised latents of training step ``step``, float32."""
         alpha, sigma = self._scaled(levels)
-        return add_noise(latents, self.mean, self.std, alpha, sigma, seed=self._key(step, 2), mask_p=self.mask_p,
-                         target_std=self.target_std).float()
+        return add_noise(
+            latents,
+            self.mean,
+            self.std,
+            alpha,
+            sigma,
+            seed=self._key(step, 2),
+            mask_p=self.mask_p,
+            target_std=self.target_std,
+        ).float()
 
     def at_level(self, latents: torch.Tensor, level: int) -> tuple[torch.Tensor, NoiseLevels]:
         """Unmasked input at Karras level ``level`` (CLEAN_LEVEL: the lowest trained sigma), for evaluation."""
         lv = karras_levels(torch.full((latents.shape[0],), level, dtype=torch.long, device=self.device), N_LEVELS)
         alpha, sigma = self._scaled(lv)
-        x = add_noise(latents, self.mean, self.std, alpha, sigma, seed=self._key(0, 3 + level), mask_p=0.0,
-                      target_std=self.target_std)
+        x = add_noise(
+            latents,
+            self.mean,
+            self.std,
+            alpha,
+            sigma,
+            seed=self._key(0, 3 + level),
+            mask_p=0.0,
+            target_std=self.target_std,
+        )
         return x.float(), lv
 
     @staticmethod
@@ -103,10 +144,12 @@ class LatentInputs:
         return karras_sigmas(N_LEVELS).tolist()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
-            torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
+    return (
+        torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+        torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1),
+    )
 
 
 def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +162,10 @@ def reopen_source(store: LatentStore) -> Source:
     """The dataset a store was encoded from, as its manifest records how to open it."""
     args = store.manifest["dataset"].get("open_args")
     if args is None:
-        raise StoreError(f"{store.path}: the manifest does not record how to reopen its images "
-                         "(dataset.open_args); re-encode it with this engine version")
+        raise StoreError(
+            f"{store.path}: the manifest does not record how to reopen its images "
+            "(dataset.open_args); re-encode it with this engine version"
+        )
     args = dict(args)
     return open_source(args.pop("spec"), **args)
 
@@ -137,19 +182,22 @@ class ImageInputs:
         self.images = images
 
     @classmethod
-    def cache(cls, store: LatentStore, selection: Selection, image_size: int, device: torch.device,
-              batch: int = 64) -> ImageInputs:
+    def cache(
+        cls, store: LatentStore, selection: Selection, image_size: int, device: torch.device, batch: int = 64
+    ) -> ImageInputs:
         """The selection's images from the store's source, resized once; the memory is printed first."""
         source = reopen_source(store)
         names, rows = selection.locate(np.arange(selection.size))
         need = selection.size * 3 * image_size**2
-        print(f"caching {selection.size} images of {selection.role} at {image_size} px on {device}: "
-              f"{need / 2**30:.2f} GiB")
+        print(
+            f"caching {selection.size} images of {selection.role} at {image_size} px on {device}: "
+            f"{need / 2**30:.2f} GiB"
+        )
         images = torch.empty((selection.size, 3, image_size, image_size), dtype=torch.uint8, device=device)
         for lo in tqdm(range(0, selection.size, batch), desc=f"images {selection.role}", unit="batch"):
-            imgs = [source.image(str(n), int(r)) for n, r in zip(names[lo:lo + batch], rows[lo:lo + batch])]
+            imgs = [source.image(str(n), int(r)) for n, r in zip(names[lo : lo + batch], rows[lo : lo + batch])]
             x = to_model_input(imgs, image_size, (0.0, 1.0))
-            images[lo:lo + len(imgs)] = (x * 255).round().to(torch.uint8).to(device)
+            images[lo : lo + len(imgs)] = (x * 255).round().to(torch.uint8).to(device)
         return cls(images)
 
     def clean(self, ids: torch.Tensor) -> torch.Tensor:
@@ -173,7 +221,8 @@ def flip_rotate(x: torch.Tensor, seed: int, max_degrees: float = 15.0) -> torch.
     angle = (torch.rand(b, generator=g) * 2 - 1) * math.radians(max_degrees)
     flip = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
     cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros(b)], 1),
-                         torch.stack([sin * flip, cos, torch.zeros(b)], 1)], 1).to(x.device, x.dtype)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, torch.zeros(b)], 1), torch.stack([sin * flip, cos, torch.zeros(b)], 1)], 1
+    ).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -6,6 +6,7 @@ embedding of c_noise = ln(sigma)/4 -> classification loss (+ distillation from s
 ``ImageObjective``: augment the cached images -> the network -> the same loss. ``train_step`` adds the
 backward pass and the optimizer step; `bench throughput` times that very function.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,22 +28,43 @@ class TrainingLoss:
     Rebuilt per epoch from the epoch number alone, so a resumed run gets the same loss.
     """
 
-    def __init__(self, recipe: LossRecipe, class_counts: np.ndarray, *, distill: str = "none", alpha: float = 0.5,
-                 temperature: float = 4.0, drw_epoch: int = 10, device: torch.device | None = None):
+    def __init__(
+        self,
+        recipe: LossRecipe,
+        class_counts: np.ndarray,
+        *,
+        distill: str = "none",
+        alpha: float = 0.5,
+        temperature: float = 4.0,
+        drw_epoch: int = 10,
+        device: torch.device | None = None,
+    ):
         self.recipe, self.counts, self.device = recipe, class_counts, device
         self.distill, self.alpha, self.temperature, self.drw_epoch = distill, alpha, temperature, drw_epoch
         self.set_epoch(0)
 
     @classmethod
     def from_config(cls, cfg, class_counts: np.ndarray, multilabel: bool, device: torch.device) -> TrainingLoss:
-        return cls(cfg.recipe(multilabel), class_counts, distill=cfg.distill, alpha=cfg.distill_alpha,
-                   temperature=cfg.temperature, drw_epoch=cfg.drw_epoch, device=device)
+        return cls(
+            cfg.recipe(multilabel),
+            class_counts,
+            distill=cfg.distill,
+            alpha=cfg.distill_alpha,
+            temperature=cfg.temperature,
+            drw_epoch=cfg.drw_epoch,
+            device=device,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         loss = self.recipe.build(self.counts, epoch=epoch, defer_epoch=self.drw_epoch, device=self.device)
         if self.distill != "none":
-            loss = Distillation(loss, self.alpha, self.distill, self.temperature if self.distill == "kl" else 1.0,
-                                self.recipe.multilabel)
+            loss = Distillation(
+                loss,
+                self.alpha,
+                self.distill,
+                self.temperature if self.distill == "kl" else 1.0,
+                self.recipe.multilabel,
+            )
         self.loss = loss
 
     def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -85,8 +107,13 @@ class ImageObjective:
         return self.loss(logits.float(), batch)
 
 
-def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, objective: LatentObjective | ImageObjective,
-               batch: Batch, step: int) -> torch.Tensor:
+def train_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    objective: LatentObjective | ImageObjective,
+    batch: Batch,
+    step: int,
+) -> torch.Tensor:
     """The objective's loss, backward, optimizer step, with no host sync; the caller checks the returned loss."""
     loss = objective(net, batch, step)
     optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ One writer per run directory: ``start`` takes an exclusive lock on ``run.lock`` 
 pid) for as long as the run lives. The OS drops the lock when its holder dies, so a killed run never
 blocks its own ``--resume``, while a second ``engine train`` into the same ``--out`` stops at once.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -37,15 +38,18 @@ class RunDir:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UsageError(f"{self.path}: another `engine train` (pid {holder}) is writing this run directory; "
-                             "wait for it to finish, or choose another --out") from None
+            raise UsageError(
+                f"{self.path}: another `engine train` (pid {holder}) is writing this run directory; "
+                "wait for it to finish, or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
         if not resume and self.last.is_file():
             self.release()
-            raise ExistingOutputError(f"{self.path}: holds a run already; pass --resume to continue it or choose "
-                                      "another --out")
+            raise ExistingOutputError(
+                f"{self.path}: holds a run already; pass --resume to continue it or choose another --out"
+            )
 
     def start(self, config: dict, resume: bool) -> dict | None:
         """The recorded config of a resumed run; a new run's config.json and an empty metrics log."""
