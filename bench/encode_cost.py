@@ -18,14 +18,15 @@ from bench.timing import quartiles, sync
 
 
 def autoencoder(family: str, device: torch.device):
-    """An `engine.autoencoders.Autoencoder` of ``family``: the seeded default as is, any other with random weights."""
-    from engine.autoencoders import DEFAULT_FAMILY, FAMILIES, load_autoencoder
+    """An `engine.autoencoders.Autoencoder` of ``family``: the offline defaults as they are, any other with random
+    weights (the cost of encoding does not depend on them)."""
+    from engine.autoencoders import DEFAULT_FAMILY, FAMILIES, UNTRAINED_FAMILY, load_autoencoder
 
     if family not in FAMILIES:
         raise ValueError(f"unknown autoencoder family {family!r}; known: {', '.join(FAMILIES)}")
-    ae = load_autoencoder(None, device=device)
-    if family == DEFAULT_FAMILY:
-        return ae
+    ae = load_autoencoder(UNTRAINED_FAMILY, device=device)
+    if family in (DEFAULT_FAMILY, UNTRAINED_FAMILY):
+        return load_autoencoder(family, device=device)
     import diffusers
 
     info = FAMILIES[family]

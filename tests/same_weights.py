@@ -34,7 +34,7 @@ def make_store(root: Path) -> Path:
     out = root / "latents.zarr"
     encode(
         open_source(**args),
-        load_autoencoder(None),
+        load_autoencoder("default-untrained"),
         EncodeOptions(out=out, image_size=64, source_args=args),
         log=lambda *_: None,
     )

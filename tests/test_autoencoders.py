@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderDC, AutoencoderKL, AutoencoderKLFlux2, AutoencoderTiny
 from safetensors.torch import save_file
 
-from engine.autoencoders import DEFAULT_FAMILY, FAMILIES, families, load_autoencoder
+from engine.autoencoders import FAMILIES, UNTRAINED_FAMILY, families, load_autoencoder
 from engine.autoencoders.load import _infer_family, _signature
 
 CLASSES = {c.__name__: c for c in (AutoencoderKL, AutoencoderKLFlux2, AutoencoderDC, AutoencoderTiny)}
@@ -80,6 +80,9 @@ def test_family_architecture_encodes_and_round_trips_through_a_directory(name, t
     assert ae.latent_channels == family.latent_channels and ae.downsample == family.downsample
     assert mode.shape == (2, *ae.latent_shape(size)) == (2, family.latent_channels, 2, 2)
     assert mode.dtype == torch.float32 and torch.isfinite(mode).all()
+    recon = ae.decode(mode)  # every family decodes what it encodes, back to images in its input range
+    assert recon.shape == (2, 3, size, size) and recon.dtype == torch.float32
+    assert recon.min() >= ae.input_range[0] and recon.max() <= ae.input_range[1]
     if family.diffusers_class in ("AutoencoderKL", "AutoencoderKLFlux2"):
         assert logvar.shape == mode.shape
     else:
@@ -87,11 +90,12 @@ def test_family_architecture_encodes_and_round_trips_through_a_directory(name, t
     assert ae.config_hash == load_autoencoder(str(tmp_path / "ae")).config_hash
 
 
-def test_default_is_seeded_untrained_deterministic_and_leaves_the_global_rng_alone():
+def test_the_untrained_control_is_seeded_deterministic_and_leaves_the_global_rng_alone():
     rng = torch.get_rng_state()
-    first, again, other = load_autoencoder(), load_autoencoder(None, seed=0), load_autoencoder(DEFAULT_FAMILY, seed=1)
+    first = load_autoencoder(UNTRAINED_FAMILY)
+    again, other = load_autoencoder(UNTRAINED_FAMILY, seed=0), load_autoencoder(UNTRAINED_FAMILY, seed=1)
     assert torch.equal(torch.get_rng_state(), rng)
-    assert first.family == DEFAULT_FAMILY and not first.pretrained and first.source == "seeded:0"
+    assert first.family == UNTRAINED_FAMILY and not first.pretrained and first.source == "seeded:0"
     assert other.source == "seeded:1" and other.config_hash == first.config_hash
     for key, value in first.module.state_dict().items():
         assert torch.equal(again.module.state_dict()[key], value)
@@ -103,10 +107,10 @@ def test_default_is_seeded_untrained_deterministic_and_leaves_the_global_rng_alo
 
 
 def test_the_default_saved_as_a_directory_is_still_recognised_as_untrained(tmp_path):
-    seeded = load_autoencoder(seed=2)
+    seeded = load_autoencoder(UNTRAINED_FAMILY, seed=2)
     seeded.module.save_pretrained(tmp_path / "ae")
     ae = load_autoencoder(str(tmp_path / "ae"))
-    assert ae.family == DEFAULT_FAMILY and not ae.pretrained and ae.config_hash == seeded.config_hash
+    assert ae.family == UNTRAINED_FAMILY and not ae.pretrained and ae.config_hash == seeded.config_hash
 
 
 def test_flux2_native_class_encodes_as_the_papers_plain_autoencoder_kl():
@@ -123,7 +127,7 @@ def test_flux2_native_class_encodes_as_the_papers_plain_autoencoder_kl():
 
 
 def test_encode_returns_the_posterior_mode_and_log_variance():
-    ae = load_autoencoder()
+    ae = load_autoencoder(UNTRAINED_FAMILY)
     x = images(3)
     mode, logvar = ae.encode(x)
     with torch.no_grad():
@@ -134,11 +138,11 @@ def test_encode_returns_the_posterior_mode_and_log_variance():
 
 
 def test_single_safetensors_file_round_trips_with_the_family_read_off_its_shapes(tmp_path):
-    seeded = load_autoencoder(seed=3)
+    seeded = load_autoencoder(UNTRAINED_FAMILY, seed=3)
     save_file(state(seeded.module), tmp_path / "tiny.safetensors")
-    for spec in (tmp_path / "tiny.safetensors", f"default-tiny:{tmp_path / 'tiny.safetensors'}"):
+    for spec in (tmp_path / "tiny.safetensors", f"{UNTRAINED_FAMILY}:{tmp_path / 'tiny.safetensors'}"):
         ae = load_autoencoder(str(spec))
-        assert ae.family == DEFAULT_FAMILY and not ae.pretrained and ae.config_hash == seeded.config_hash
+        assert ae.family == UNTRAINED_FAMILY and not ae.pretrained and ae.config_hash == seeded.config_hash
         for key, value in seeded.module.state_dict().items():
             assert torch.equal(ae.module.state_dict()[key], value), key
         assert torch.equal(ae.encode(images())[0], seeded.encode(images())[0])
@@ -161,7 +165,7 @@ def test_single_file_that_fits_no_family_or_several_is_refused_naming_the_fix(tm
     save_file({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "odd.safetensors")
     with pytest.raises(ValueError, match="match no registered family.*FAMILY:"):
         load_autoencoder(str(tmp_path / "odd.safetensors"))
-    save_file(state(load_autoencoder().module), tmp_path / "tiny.safetensors")
+    save_file(state(load_autoencoder(UNTRAINED_FAMILY).module), tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match=r"does not fit family sd .*of other shape"):
         load_autoencoder(f"sd:{tmp_path / 'tiny.safetensors'}")
     (tmp_path / "vae.txt").write_text("x")

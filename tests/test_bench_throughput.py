@@ -48,7 +48,7 @@ def full_run(tmp_path_factory):
         "--real-samples",
         "8",
         "--encode-family",
-        "default-tiny",
+        "default-untrained",
         "--encode-size",
         "32",
         "--encode-images",

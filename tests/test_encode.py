@@ -30,7 +30,7 @@ def source(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ae():
-    return load_autoencoder(None)
+    return load_autoencoder("default-untrained")
 
 
 def _encode(source, ae, out: Path, **kw) -> None:
@@ -106,7 +106,7 @@ from engine.autoencoders import load_autoencoder
 from engine.encode import EncodeOptions, encode
 from engine.sources import open_source
 src = open_source(None, image_size=64, sizes={{"train": 640, "val": 0, "test": 0}}, cache_dir=Path({cache!r}))
-encode(src, load_autoencoder(None), EncodeOptions(out=Path(sys.argv[1]), image_size=64, batch_size=16,
+encode(src, load_autoencoder("default-untrained"), EncodeOptions(out=Path(sys.argv[1]), image_size=64, batch_size=16,
        block_samples=16), log=lambda *_: None)
 """
 

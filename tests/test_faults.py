@@ -41,7 +41,7 @@ def _encode(out: Path, fmt: str = "zarr", image_size: int = 32, cache: Path | No
     args = _encode_args(cache or out.parent / "cache", image_size)
     encode(
         open_source(**args),
-        load_autoencoder(None),
+        load_autoencoder("default-untrained"),
         EncodeOptions(out=out, fmt=fmt, image_size=image_size, block_samples=BLOCK, source_args=args, **opts),
         log=lambda *_: None,
     )
@@ -214,7 +214,7 @@ from engine.autoencoders import load_autoencoder
 from engine.encode import EncodeOptions, encode
 from engine.sources import open_source
 src = open_source(None, image_size=64, sizes={{"train": 480, "val": 0, "test": 0}}, cache_dir=Path({cache!r}))
-encode(src, load_autoencoder(None), EncodeOptions(out=Path(sys.argv[1]), image_size=64, batch_size=16,
+encode(src, load_autoencoder("default-untrained"), EncodeOptions(out=Path(sys.argv[1]), image_size=64, batch_size=16,
        block_samples=16, posterior=sys.argv[2] == "posterior", overwrite=True), log=lambda *_: None)
 """
 

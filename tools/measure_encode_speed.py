@@ -24,7 +24,7 @@ from engine.autoencoders import FAMILIES, load_autoencoder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--autoencoder", default=None, help="any load_autoencoder spec (default: default-tiny)")
+    parser.add_argument("--autoencoder", default=None, help="any load_autoencoder spec (default: the shipped default)")
     parser.add_argument("--random-init", default=None, choices=sorted(FAMILIES), help="time a family's architecture")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2048, help="images per timed repeat")

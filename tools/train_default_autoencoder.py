@@ -229,7 +229,7 @@ def reconstruct(vae, x: torch.Tensor, batch: int = 100) -> torch.Tensor:
 
 def psnr_ssim(recon: torch.Tensor, target: torch.Tensor) -> dict:
     """Mean per-image PSNR (dB) and SSIM on [0, 1] images (torchmetrics), plus the PSNR of the pooled MSE."""
-    from torchmetrics.functional import (
+    from torchmetrics.functional.image import (
         peak_signal_noise_ratio,
         structural_similarity_index_measure,
     )
@@ -266,16 +266,26 @@ def learning_rate(step: int, args) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train as the command line says; the process's thread count and determinism flag are restored after."""
     args = parse_args(argv)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return train(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def train(args: argparse.Namespace, argv: list[str] | None) -> dict:
     from diffusers import AutoencoderKL
-    from torchmetrics.functional import (
+    from torchmetrics.functional.image import (
         peak_signal_noise_ratio,
         structural_similarity_index_measure,
     )
     from tqdm import tqdm
 
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.log or args.out / "log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,15 @@
-"""Frozen image autoencoders (diffusers) that turn images into the latents the engine stores."""
+"""Frozen image autoencoders (diffusers) that turn images into the latents the engine stores, and back."""
 
-from engine.autoencoders.load import Autoencoder, load_autoencoder
-from engine.autoencoders.registry import DEFAULT_FAMILY, FAMILIES, FamilyInfo, families
+from engine.autoencoders.load import Autoencoder, load_autoencoder, reload_autoencoder
+from engine.autoencoders.registry import DEFAULT_FAMILY, FAMILIES, UNTRAINED_FAMILY, FamilyInfo, families
 
-__all__ = ["Autoencoder", "DEFAULT_FAMILY", "FAMILIES", "FamilyInfo", "families", "load_autoencoder"]
+__all__ = [
+    "Autoencoder",
+    "DEFAULT_FAMILY",
+    "FAMILIES",
+    "UNTRAINED_FAMILY",
+    "FamilyInfo",
+    "families",
+    "load_autoencoder",
+    "reload_autoencoder",
+]

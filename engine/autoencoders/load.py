@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 
 from engine.autoencoders import medvae
-from engine.autoencoders.registry import DEFAULT_FAMILY, FAMILIES, FamilyInfo
+from engine.autoencoders.registry import DEFAULT_DIR, DEFAULT_FAMILY, FAMILIES, UNTRAINED_FAMILY, FamilyInfo
 from engine.errors import MissingInputError, UsageError
 
 CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderDC", "AutoencoderTiny")
@@ -33,9 +33,10 @@ _BUNDLES = ("first_stage_model.", "vae.")  # an autoencoder inside a whole-pipel
 @dataclass
 class Autoencoder:
     module: torch.nn.Module  # the diffusers model, eval(), requires_grad_(False)
-    family: str  # registry name ("flux2", "default-tiny", ...), or "custom" for an unregistered architecture
-    source: str  # hub id, local dir, weights file, or "seeded:<seed>" for the default
-    pretrained: bool  # False for the seeded untrained default
+    family: str  # registry name ("flux2", "default", ...), or "custom" for an unregistered architecture
+    spec: str  # what load_autoencoder was given (paths made absolute): it loads the same autoencoder again
+    source: str  # hub id, local dir, weights file, "package:..." for the shipped default, "seeded:<seed>"
+    pretrained: bool  # False for the seeded untrained control
     config: dict  # the architecture config actually built, with its _class_name
     config_hash: str  # sha256 of the canonical JSON of config
     latent_channels: int
@@ -43,6 +44,7 @@ class Autoencoder:
     input_range: tuple[float, float]
     scaling_factor: float | None
     shift_factor: float | None
+    training: dict | None = None  # how the shipped default was trained (command, data, steps, weights sha256)
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size % self.downsample:
@@ -70,19 +72,38 @@ class Autoencoder:
             return out.latent_dist.mode().float(), out.latent_dist.logvar.float()
         return (out.latents if hasattr(out, "latents") else out.latent).float(), None
 
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B,C,h,w) latents as ``encode`` returns and stores keep them -> (B,3,H,W) float32 images in
+        input_range, clamped to it.
+
+        The same dtype and device handling as ``encode``; a 1-channel decoder's gray output (MedVAE's x-ray
+        models) is repeated into three channels, as encoding repeats gray inputs.
+        """
+        device = next(self.module.parameters()).device
+        z = latents.to(device, torch.float32, non_blocking=True)
+        with torch.no_grad(), _autocast(device):
+            out = self.module.decode(z)
+        images = (out.sample if hasattr(out, "sample") else out).float()
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return images.clamp(*self.input_range)
+
 
 def load_autoencoder(spec: str | None = None, device: str | torch.device = "cpu", seed: int = 0) -> Autoencoder:
-    """spec: None or "default-tiny" (seeded, untrained) | a family name | a diffusers directory | a hub id |
-    a weights file (.safetensors, or a CompVis/MedVAE .ckpt), optionally as FAMILY:PATH."""
-    module, family, source = _resolve(spec or DEFAULT_FAMILY, seed)
+    """spec: None or "default" (shipped, trained) | "default-untrained" (seeded, the control) | a family name |
+    a diffusers directory | a hub id | a weights file (.safetensors, or a CompVis/MedVAE .ckpt), optionally
+    as FAMILY:PATH."""
+    spec = _absolute(spec or DEFAULT_FAMILY)
+    module, family, source = _resolve(spec, seed)
     module.to(device).eval().requires_grad_(False)
     config = _canonical_config(module)
     family = family or _family_of(config)
     return Autoencoder(
         module=module,
         family=family,
+        spec=spec,
         source=source,
-        pretrained=family != DEFAULT_FAMILY,
+        pretrained=family != UNTRAINED_FAMILY,
         config=config,
         config_hash=hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest(),
         latent_channels=int(module.config.latent_channels),
@@ -90,13 +111,47 @@ def load_autoencoder(spec: str | None = None, device: str | torch.device = "cpu"
         input_range=(-1.0, 1.0),  # every diffusers image autoencoder (TAESD rescales to [0, 1] inside)
         scaling_factor=config.get("scaling_factor"),
         shift_factor=config.get("shift_factor"),
+        training=shipped_training() if source == SHIPPED else None,
     )
+
+
+def reload_autoencoder(record: dict, device: str | torch.device = "cpu", store: str = "the store") -> Autoencoder:
+    """The autoencoder a store's manifest records (its ``autoencoder`` section), checked to be the very one.
+
+    What it needs (weights at the recorded path, a cached hub download) missing is a one-line error naming it.
+    """
+    seed = int(record["source"].split(":", 1)[1]) if record["source"].startswith("seeded:") else 0
+    try:
+        ae = load_autoencoder(record["spec"], device=device, seed=seed)
+    except UsageError as err:
+        raise UsageError(
+            f"{store}: its autoencoder `{record['spec']}` cannot be loaded ({err}); decoding the "
+            "store needs the autoencoder that encoded it"
+        ) from None
+    if ae.config_hash != record["config_hash"]:
+        raise UsageError(
+            f"{store}: `{record['spec']}` now loads another architecture (config hash "
+            f"{ae.config_hash[:12]}, the store's is {record['config_hash'][:12]}); restore the autoencoder "
+            "that encoded the store"
+        )
+    return ae
+
+
+def _absolute(spec: str) -> str:
+    """The spec with a local path made absolute, so a store records how to load its autoencoder from anywhere."""
+    name, colon, rest = spec.partition(":")
+    if colon and name in FAMILIES and rest:
+        return f"{name}:{Path(rest).expanduser().resolve()}"
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec not in FAMILIES and path.exists() else spec
 
 
 def _resolve(spec: str, seed: int) -> tuple[torch.nn.Module, str | None, str]:
     """(module, family if known, source) for a spec."""
+    if spec == UNTRAINED_FAMILY:
+        return _seeded_untrained(seed), UNTRAINED_FAMILY, f"seeded:{seed}"
     if spec == DEFAULT_FAMILY:
-        return _seeded_default(seed), DEFAULT_FAMILY, f"seeded:{seed}"
+        return _from_directory(DEFAULT_DIR, shipped=True), DEFAULT_FAMILY, SHIPPED
     name, colon, rest = spec.partition(":")
     if colon and name in FAMILIES:
         path = Path(rest).expanduser()
@@ -115,11 +170,28 @@ def _resolve(spec: str, seed: int) -> tuple[torch.nn.Module, str | None, str]:
     )
 
 
-def _seeded_default(seed: int) -> torch.nn.Module:
-    """The untrained default: same seed, bit-identical weights; the global RNG is left as it was."""
+def _seeded_untrained(seed: int) -> torch.nn.Module:
+    """The untrained control: same seed, bit-identical weights; the global RNG is left as it was."""
+    info = FAMILIES[UNTRAINED_FAMILY]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _diffusers_class(FAMILIES[DEFAULT_FAMILY].diffusers_class)(**FAMILIES[DEFAULT_FAMILY].config)
+        return _diffusers_class(info.diffusers_class)(**info.config)
+
+
+def shipped_training() -> dict:
+    """The shipped default's training record (training.json) with the sha256 of the weights it describes."""
+    record = json.loads((DEFAULT_DIR / "training.json").read_text())
+    weights = DEFAULT_DIR / f"{_WEIGHTS}.safetensors"
+    return {
+        "command": record["command"],
+        "seed": record["seed"],
+        "steps": record["steps"],
+        "batch_size": record["batch_size"],
+        "data": record["data"],
+        "loss": record["loss"],
+        "benchmark_test": record.get("benchmark_test"),
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
 
 
 def _from_family(family: FamilyInfo) -> tuple[torch.nn.Module, str, str]:
@@ -187,8 +259,18 @@ def _from_path(path: Path, family: str | None) -> tuple[torch.nn.Module, str | N
     return _from_state_dict(family, config, state, path), family, source
 
 
-def _from_directory(path: Path) -> torch.nn.Module:
+SHIPPED = "package:engine/autoencoders/default"
+_RESHIP = (
+    "the shipped default autoencoder is incomplete: reinstall latent-engine, or retrain it with "
+    "`python tools/train_default_autoencoder.py --out engine/autoencoders/default`"
+)
+
+
+def _from_directory(path: Path, shipped: bool = False) -> torch.nn.Module:
     """A save_pretrained directory (config.json + weights), or a pipeline directory with a vae/ inside."""
+    shipped_files = ("config.json", f"{_WEIGHTS}.safetensors", "training.json") if shipped else ()
+    if missing := [name for name in shipped_files if not (path / name).is_file()]:
+        raise MissingInputError(f"{path}: {', '.join(missing)} missing; {_RESHIP}")
     root = path if (path / "config.json").is_file() or not (path / "vae").is_dir() else path / "vae"
     if not (root / "config.json").is_file():
         raise MissingInputError(
@@ -208,7 +290,8 @@ def _from_directory(path: Path) -> torch.nn.Module:
         weights = next(root.glob(f"{_WEIGHTS}*"))
         raise UsageError(
             f"{weights}: unreadable autoencoder weights ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}); the file is truncated or damaged, copy it again"
+            f"{str(err).splitlines()[0][:200]}); "
+            + (_RESHIP if shipped else "the file is truncated or damaged, copy it again")
         ) from None
 
 
