@@ -10,6 +10,7 @@ COMMANDS = {
     "kernels": "bench.kernels",
     "loaders": "bench.loaders",
     "throughput": "bench.throughput",
+    "fidelity": "bench.fidelity",
     "report": "bench.report",
 }
 

@@ -1,75 +1,23 @@
 """What every benchmark records about where it ran, and where its result file goes.
 
-One description of the device, the library versions and the result path, so result files of
-`bench kernels`, `bench loaders` and `bench throughput` from one machine line up in `bench report`.
+The device and versions come from engine.environment (what `engine gap` records too); the result path
+puts the device in the file name, so result files of one machine line up in `bench report`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
-import platform
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+import torch  # noqa: F401  (kept for callers' type hints)
 
+from engine.environment import device_name, versions  # noqa: F401  (re-exported: bench's one place)
 from kernels.common import ENV_VAR
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PACKAGES = (
-    "numpy",
-    "triton",
-    "diffusers",
-    "zarr",
-    "webdataset",
-    "nvidia-dali-cuda130",
-    "nvidia-dali-cuda120",
-    "latent-engine",
-)
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine() or "cpu"
-
-
-def driver_version() -> str | None:
-    try:
-        smi = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
-
-
-def versions(cuda: bool) -> dict:
-    """Python, torch, CUDA, the NVIDIA driver (on CUDA) and the installed versions of PACKAGES (None if absent)."""
-    out = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "driver": driver_version() if cuda else None,
-    }
-    for dist in PACKAGES:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 def result_path(kind: str, device: str) -> Path:

@@ -200,7 +200,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--no-real-input", action="store_true", help="skip the mode with the input path included")
     p.add_argument("--real-size", type=int, help="image px of the real-input mode (GPU default 256)")
     p.add_argument("--real-samples", type=int, help="images in the real-input mode's dataset")
-    p.add_argument("--real-autoencoder", default="default-tiny", help="autoencoder family writing its store")
+    p.add_argument("--real-autoencoder", default="default", help="autoencoder family writing its store")
     p.add_argument("--workers", type=int, default=None, help="image DataLoader workers (default min(8, cores))")
     p.add_argument("--no-encode", action="store_true", help="skip the encode cost")
     p.add_argument("--encode-family", help="autoencoder family to time (default flux2, random weights)")

@@ -20,7 +20,8 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
         "encode",
         help="encode a dataset into a latent store (zarr or webdataset), once",
         description="Encode a dataset into a latent store. With no --dataset/--autoencoder it uses "
-        "the embedded SYNTHETIC chest-radiograph benchmark and an UNTRAINED seeded autoencoder.",
+        "the embedded SYNTHETIC chest-radiograph benchmark and the shipped default autoencoder (trained on other "
+        "synthetic images, never on the benchmark).",
     )
     p.add_argument("--dataset", default=None, help="synthetic-cxr (default) | MedMNIST .npz | image folder or CSV")
     p.add_argument("--csv", default=None, help="label CSV of an image folder (default: the folder's only .csv)")
@@ -29,8 +30,9 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--autoencoder",
         default=None,
-        help="default-tiny (default, untrained) | a family (sd, flux1, flux2, sdxl, sd3, dc-ae, taesd, medvae) "
-        "| a diffusers directory | [family:]file.safetensors",
+        help="default (shipped, trained on other synthetic images) | default-untrained (seeded, the control) | "
+        "a family (sd, flux1, flux2, sdxl, sd3, dc-ae, taesd, medvae) | a diffusers directory | "
+        "[family:]file.safetensors",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="store path (default latents.zarr, or latents_wds with --format wds)"
@@ -67,6 +69,26 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
         help="an image-space checkpoint (`engine train --space image`): store its logits for distillation; "
         "on an existing complete store only the logits are added",
     )
+    p.add_argument(
+        "--folds-like",
+        choices=("paper", "engine"),
+        default=None,
+        help="paper: the reference code's folds (StratifiedGroupKFold over the CSV's rows in file order, stratified on "
+        "the argmax over its sorted class columns, grouped by id or row); engine: folds over the splits pooled, "
+        "grouped by patient. Default: paper for a folder + CSV, engine otherwise",
+    )
+    p.add_argument(
+        "--teacher-name",
+        default="teacher_logits",
+        help="the stored logits' name (a store may hold several teachers; `engine train --teacher NAME`)",
+    )
+    p.add_argument(
+        "--reconstructions",
+        action="store_true",
+        help="also decode the stored latents once with the store's own autoencoder and keep them (uint8, "
+        "at the image classifier's size) for `engine train --space recon`; on an existing complete store "
+        "only the reconstructions are added",
+    )
     p.set_defaults(run=run_encode)
 
 
@@ -79,8 +101,9 @@ def run_encode(args: argparse.Namespace) -> int:
 
     device = args.device or (f"cuda:{_env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     out = args.out or Path("latents_wds" if args.fmt == "wds" else "latents.zarr")
-    if args.teacher is not None and out.exists() and open_store(out, require_complete=False).complete:
-        return add_teacher(out, args.teacher, device)
+    extras = args.teacher is not None or args.reconstructions
+    if extras and not args.overwrite and out.exists() and open_store(out, require_complete=False).complete:
+        return add_extras(out, args, torch.device(device))
     source_args = {
         "spec": str(Path(args.dataset).resolve()) if args.dataset and args.dataset != "synthetic-cxr" else None,
         "csv": str(Path(args.csv).resolve()) if args.csv else None,
@@ -110,30 +133,35 @@ def run_encode(args: argparse.Namespace) -> int:
         block_samples=args.block_samples,
         n_folds=args.folds,
         fold_seed=args.fold_seed,
+        folds_like=args.folds_like,
         source_args=source_args,
     )
     store = encode(source, ae, opts)
     if store.complete:
         print(f"{out} ({args.fmt}) is complete; check it with `engine inspect {out}`")
-        if args.teacher is not None:
-            return add_teacher(out, args.teacher, device)
+        if extras:
+            return add_extras(out, args, torch.device(device))
     return 0
 
 
-def add_teacher(out: Path, checkpoint: Path, device: str) -> int:
-    import torch
-
+def add_extras(out: Path, args: argparse.Namespace, device) -> int:
+    """What a complete store can gain after encoding: reconstructions, teacher logits."""
+    from engine.reconstruct import add_reconstructions
     from engine.teacher import add_teacher_logits
 
-    record = add_teacher_logits(out, checkpoint, torch.device(device))
-    print(f"stored teacher logits of {record['model']} ({checkpoint}) in {out}")
+    if args.reconstructions:
+        record = add_reconstructions(out, device, batch_size=args.batch_size)
+        print(f"{out}: reconstructions by {record['autoencoder']} at {record['image_size']} px are complete")
+    if args.teacher is not None:
+        record = add_teacher_logits(out, args.teacher, device, name=args.teacher_name)
+        print(f"stored teacher logits `{args.teacher_name}` of {record['model']} ({args.teacher}) in {out}")
     return 0
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     from engine.loaders import LOADERS
     from engine.losses import LOSSES
-    from engine.training.config import DISTILL, NOISE, OPTIMIZERS, SPACES, TrainConfig
+    from engine.training.config import CLEAN_EVALS, DISTILL, NOISE, OPTIMIZERS, SPACES, TrainConfig
 
     d = TrainConfig(store="")
     p = sub.add_parser(
@@ -143,7 +171,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--store", required=True)
     p.add_argument("--out", default=None, help="run directory (default runs/<space>-<model>[-fold<k>])")
-    p.add_argument("--space", choices=SPACES, default=d.space)
+    p.add_argument(
+        "--space",
+        choices=SPACES,
+        default=d.space,
+        help="latent (default) | image: the originals | recon: the store's reconstructions (same classifier, "
+        "augmentation and budget as image)",
+    )
     p.add_argument(
         "--model",
         default=None,
@@ -153,6 +187,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int, default=None, help="cross-validation: test fold k, validation fold k+1")
     p.add_argument("--loss", choices=LOSSES, default=d.loss)
     p.add_argument("--distill", choices=DISTILL, default=d.distill, help="from stored teacher logits")
+    p.add_argument("--teacher", default=d.teacher, help="which stored teacher logits to distil from (their name)")
     p.add_argument("--distill-alpha", type=float, default=d.distill_alpha)
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
@@ -166,6 +201,19 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-p", type=float, default=d.mask_p)
     p.add_argument("--target-std", type=float, default=d.target_std)
     p.add_argument(
+        "--curve-levels",
+        type=int,
+        default=d.curve_levels,
+        help="noise levels of the test curve of a noise-conditioned model (1..32, spread over the Karras levels)",
+    )
+    p.add_argument(
+        "--clean-eval",
+        choices=CLEAN_EVALS,
+        default=d.clean_eval,
+        help="clean validation and test input: lowest (at the lowest trained noise level, sigma 0.002) | reference "
+        "(the reference code's: no noise, the embedding of sigma 1e-5)",
+    )
+    p.add_argument(
         "--precondition",
         action="store_true",
         help="EDM input scaling 1/sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper)",
@@ -174,6 +222,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--loader", choices=LOADERS, default=d.loader)
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--attention",
+        choices=("sdpa", "xformers"),
+        default=d.attention,
+        help="attention of the transformer models (vit-*): torch's SDPA, or xformers' memory-efficient "
+        "attention on CUDA where xformers loads",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-steps", type=int, default=None)
@@ -186,7 +241,7 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.train import train
     from engine.training.config import TrainConfig
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    fields = {k: v for k, v in vars(args).items() if k not in ("run", "command", "argv")}
     result = train(TrainConfig(**fields))
     test = result.get("test")
     if test:
@@ -217,6 +272,12 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="evaluate on a store that differs from the checkpoint's (latent shape, image size, classes, "
         "dataset): a warning names what differs, instead of an error",
     )
+    p.add_argument(
+        "--clean-eval",
+        choices=("lowest", "reference"),
+        default=None,
+        help="the clean input of a latent model (default: the run's own): lowest trained level | reference code's",
+    )
     p.set_defaults(run=run_eval)
 
 
@@ -238,9 +299,72 @@ def run_eval(args: argparse.Namespace) -> int:
         args.loader,
         args.batch_size,
         allow_other_store=args.allow_other_store,
+        clean_eval=args.clean_eval,
     )
     print(f"results in {out}/eval.json")
     return 0
+
+
+def add_gap(sub: argparse._SubParsersAction) -> None:
+    from engine.gap import ARMS
+    from engine.losses import LOSSES
+    from engine.training.config import NOISE
+
+    p = sub.add_parser(
+        "gap",
+        help="the learnability gap: image vs reconstruction vs latent classifiers per autoencoder, with tests",
+        description="Train and evaluate the image, recon, latent, latent-plain and latent-distill arms for each "
+        "autoencoder on the same samples, budget and seeds/folds; report the fidelity gap (image - recon), the "
+        "learnability gap (recon - latent) with paired tests, and latent diagnostics. Resumable: a killed gap "
+        "reuses finished runs and resumes the rest. Defaults follow the paper on a GPU; on a CPU they are reduced, "
+        "and the report lists what differs.",
+    )
+    p.add_argument("--dataset", default=None, help="as `engine encode --dataset` (default: the embedded synthetic one)")
+    p.add_argument("--autoencoder", action="append", default=None, help="repeatable: encode a store with each")
+    p.add_argument("--store", action="append", default=None, help="repeatable: stores already encoded (same dataset)")
+    p.add_argument("--out", required=True, type=Path, help="study directory: stores/, runs/, gap.json, gap.md, PNGs")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    p.add_argument("--folds", default=None, help="K or all: cross-validation folds (test k, val k+1) as run units")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per fold (or per stored split without --folds)")
+    p.add_argument("--epochs", type=int, default=None, help="every arm (default 60 on CUDA, 20 on CPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="every arm (default 256 on CUDA, 64 on CPU)")
+    p.add_argument("--patience", type=int, default=None, help="every arm (default 15 on CUDA, 20 on CPU)")
+    p.add_argument("--lr", type=float, default=None, help="every arm (default: engine train's, 5e-4 distilling)")
+    p.add_argument("--loss", choices=LOSSES, default=None, help="every arm (default ldam-drw on CUDA, ce-cb on CPU)")
+    p.add_argument("--noise", choices=NOISE, default=None)
+    p.add_argument("--mask-p", type=float, default=None)
+    p.add_argument("--drw-epoch", type=int, default=None)
+    p.add_argument(
+        "--curve-levels",
+        type=int,
+        default=None,
+        help="noise levels of each latent arm's test curve (default 8 on CPU, 32 on CUDA)",
+    )
+    p.add_argument(
+        "--clean-eval",
+        choices=("lowest", "reference"),
+        default=None,
+        help="every latent arm's clean evaluation (default lowest; reference: as the paper's code)",
+    )
+    p.add_argument(
+        "--precondition", action="store_true", help="EDM input scaling for the latent arms (on by default on CPU)"
+    )
+    p.add_argument(
+        "--image-model", default=None, help="image and recon arms (default resnet50 on CUDA, resnet18 on CPU)"
+    )
+    p.add_argument(
+        "--latent-model",
+        default=None,
+        help="latent arms, a noise-conditioned model (default convnext-t-film on CUDA, adm-s-film on CPU)",
+    )
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=run_gap)
+
+
+def run_gap(args: argparse.Namespace) -> int:
+    from engine.gap import main
+
+    return main(args)
 
 
 def add_inspect(sub: argparse._SubParsersAction) -> None:
@@ -283,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     add_encode(sub)
     add_train(sub)
     add_eval(sub)
+    add_gap(sub)
     add_inspect(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # results record the command that made them
     try:
         return int(args.run(args) or 0)
     except UsageError as err:  # anything else is a bug in the engine: it keeps its traceback

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import engine
 from engine.autoencoders import Autoencoder
+from engine.autoencoders.fidelity import store_fidelity
 from engine.errors import UsageError
 from engine.sources import Source
 from engine.sources.base import BadImageError
@@ -49,11 +50,26 @@ class EncodeOptions:
     block_samples: int | None = None
     n_folds: int = 5
     fold_seed: int = 0
+    folds_like: str | None = None  # "paper": the reference code's folds (CSV sources); "engine"; None: paper for CSVs
     read_threads: int = 4
     source_args: dict | None = None  # open_source(**source_args) reopens the images (image-space runs, teachers)
 
 
-def split_contents(source: Source, n_folds: int, fold_seed: int) -> dict[str, SplitContent]:
+def fold_protocol(source: Source, asked: str | None) -> str:
+    """``paper`` (the reference code's folds, drawn from its CSV layout) or ``engine`` (our pooled, grouped
+    folds); by default the paper's for sources that have them (image folders with a CSV)."""
+    has_paper = callable(getattr(source, "paper_folds", None))
+    if asked == "paper" and not has_paper:
+        raise UsageError(
+            f"--folds-like paper: the paper's folds are drawn from its CSV layout; {source.info.name} "
+            "is not an image folder with a CSV (use --folds-like engine)"
+        )
+    if asked not in (None, "paper", "engine"):
+        raise UsageError(f"--folds-like {asked!r}: expected paper or engine")
+    return asked or ("paper" if has_paper else "engine")
+
+
+def split_contents(source: Source, n_folds: int, fold_seed: int, protocol: str = "engine") -> dict[str, SplitContent]:
     """Keys, labels, groups and cross-validation folds of every split (folds over all splits pooled)."""
     names = list(source.info.split_sizes)
     labels = [source.labels(s) for s in names]
@@ -63,9 +79,13 @@ def split_contents(source: Source, n_folds: int, fold_seed: int) -> dict[str, Sp
         np.asarray(g, dtype=str) if g is not None else np.full(len(lab), "", dtype=str)
         for g, lab in zip(raw_groups, labels)
     ]
-    folds_all = assign_folds(
-        np.concatenate(labels), np.concatenate(groups) if grouped else None, n_folds=n_folds, seed=fold_seed
-    )
+    if protocol == "paper":
+        paper = source.paper_folds(n_folds, fold_seed)
+        folds_all = np.concatenate([paper[name] for name in names])
+    else:
+        folds_all = assign_folds(
+            np.concatenate(labels), np.concatenate(groups) if grouped else None, n_folds=n_folds, seed=fold_seed
+        )
     out, start = {}, 0
     for name, lab, grp in zip(names, labels, groups):
         out[name] = SplitContent(
@@ -111,6 +131,7 @@ def base_manifest(
         "dataset": dataset,
         "autoencoder": {
             "family": ae.family,
+            "spec": ae.spec,
             "source": ae.source,
             "pretrained": ae.pretrained,
             "config_hash": ae.config_hash,
@@ -119,13 +140,19 @@ def base_manifest(
             "input_range": list(ae.input_range),
             "scaling_factor": ae.scaling_factor,
             "shift_factor": ae.shift_factor,
+            **({"training": ae.training} if ae.training else {}),
         },
         "image_size": opts.image_size,
         "latent_shape": list(ae.latent_shape(opts.image_size)),
         "latent_dtype": "float16",
         "latent": "posterior mode",
         "logvar": opts.posterior,
-        "folds": {"n_folds": opts.n_folds, "seed": opts.fold_seed, "patient_grouped": grouped},
+        "folds": {
+            "n_folds": opts.n_folds,
+            "seed": opts.fold_seed,
+            "patient_grouped": grouped,
+            "protocol": fold_protocol(source, opts.folds_like),
+        },
         "splits": {name: {**plan.to_dict(), "checksums": checksums[name]} for name, plan in plans.items()},
     }
     return {
@@ -304,7 +331,7 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
         for name, size in source.info.split_sizes.items()
         if size > 0
     }
-    contents = split_contents(source, opts.n_folds, opts.fold_seed)
+    contents = split_contents(source, opts.n_folds, opts.fold_seed, fold_protocol(source, opts.folds_like))
     grouped = all((c.groups != "").all() for c in contents.values())
     manifest = base_manifest(source, ae, opts, plans, contents, grouped)
     target = encode_target(opts, manifest)
@@ -347,6 +374,12 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
             "The last worker to finish (or a rerun of the same command) completes the manifest."
         )
         return open_store(target, require_complete=False)
+    done = open_store(target, writable=True)
+    done.set_manifest({**done.manifest, "fidelity": store_fidelity(ae, source, done)})
+    log(
+        f"reconstruction fidelity ({done.manifest['fidelity']['rows']} of {done.manifest['fidelity']['split']}): "
+        f"PSNR {done.manifest['fidelity']['psnr_db']:.2f} dB, SSIM {done.manifest['fidelity']['ssim']:.3f}"
+    )
     if target != opts.out and swap_in(opts.out, target):
         log(f"replaced {opts.out} with the new store")
     remove_replaced(opts.out)

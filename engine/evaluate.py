@@ -46,14 +46,23 @@ def evaluate(model: torch.nn.Module, loader: LatentLoader, make_input: Callable,
     return classification_metrics(logits, labels, class_names=class_names)
 
 
-def latent_eval_input(inputs: LatentInputs, level: int, conditioned: bool) -> Callable[[Batch], tuple]:
-    """(x, c_noise) of a batch at Karras level ``level``; c_noise None for an unconditioned model."""
+def latent_eval_input(inputs: LatentInputs, level: int | str, conditioned: bool) -> Callable[[Batch], tuple]:
+    """(x, c_noise) of a batch at Karras level ``level``, or clean as the reference code evaluates
+    (``level="reference"``); c_noise None for an unconditioned model."""
 
     def make(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, levels = inputs.at_level(batch.latents, level)
+        if level == "reference":
+            x, levels = inputs.reference_clean(batch.latents)
+        else:
+            x, levels = inputs.at_level(batch.latents, level)
         return x, levels.c_noise if conditioned else None
 
     return make
+
+
+def clean_level(protocol: str) -> int | str:
+    """The evaluation input of ``--clean-eval``: the lowest trained Karras level, or the reference code's."""
+    return "reference" if protocol == "reference" else CLEAN_LEVEL
 
 
 def evaluate_checkpoint(
@@ -66,8 +75,13 @@ def evaluate_checkpoint(
     batch_size: int = EVAL_BATCH,
     log: Callable[[str], None] = print,
     allow_other_store: bool = False,
+    clean_eval: str | None = None,
 ) -> dict:
-    """Metrics of a checkpoint on the store's val and test selections; writes eval.json (+ curve files)."""
+    """Metrics of a checkpoint on the store's val and test selections; writes eval.json (+ curve files).
+
+    ``clean_eval`` (default: the run's own ``--clean-eval``) picks the clean input of a latent model: at the
+    lowest trained level, or as the reference code (no noise, the embedding of sigma 1e-5).
+    """
     weights, _, meta = read_checkpoint(checkpoint)
     store = open_store(store_path)
     class_names = store.manifest["dataset"]["class_names"]
@@ -100,6 +114,7 @@ def evaluate_checkpoint(
         ) from err
     model.to(device)
     out, loaders, conditioned = {}, {}, model.noise_conditioned
+    protocol = clean_eval or cfg.clean_eval
     inputs = LatentInputs.from_config(cfg, store.manifest, device) if cfg.space == "latent" else None
     for role in ("val", "test"):
         sel = select(store, role, fold)
@@ -107,18 +122,20 @@ def evaluate_checkpoint(
             store, sel, batch_size, device, loader, seed=cfg.seed, tail="partial", log=lambda *_: None
         )
         if inputs is not None:
-            make = latent_eval_input(inputs, CLEAN_LEVEL, conditioned)
+            make = latent_eval_input(inputs, clean_level(protocol), conditioned)
         else:
-            make = ImageInputs.cache(store, sel, int(meta["image_size"]), device).eval_input
+            make = ImageInputs.cache(store, sel, int(meta["image_size"]), device, cfg.space == "recon").eval_input
         out[role] = evaluate(model, loaders[role], make, class_names)
         log(
             f"{role}: "
             + ", ".join(f"{k} {out[role][k]:.4f}" for k in ("balanced_accuracy", "auroc", "mcc") if k in out[role])
         )
     if conditioned:
+        sigmas = inputs.sigmas()
+        levels = np.unique(np.linspace(0, len(sigmas) - 1, cfg.curve_levels).round().astype(int))
         curve = {
-            sigma: evaluate(model, loaders["test"], latent_eval_input(inputs, level, True), class_names)
-            for level, sigma in enumerate(inputs.sigmas())
+            sigmas[level]: evaluate(model, loaders["test"], latent_eval_input(inputs, int(level), True), class_names)
+            for level in levels
         }
         out["test_by_sigma"] = curve
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +145,13 @@ def evaluate_checkpoint(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
-        out_dir / "eval.json", {"checkpoint": str(checkpoint), "store": str(store_path), "fold": fold, **out}
+        out_dir / "eval.json",
+        {
+            "checkpoint": str(checkpoint),
+            "store": str(store_path),
+            "fold": fold,
+            "clean_eval": protocol if cfg.space == "latent" else None,
+            **out,
+        },
     )
     return out

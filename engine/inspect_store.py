@@ -85,10 +85,20 @@ def describe(store: LatentStore) -> str:
         f"latents      {m['latent_dtype']} {tuple(m['latent_shape'])} ({m['latent']}) from {m['image_size']} px images"
         f"{', with logvar' if m.get('logvar') else ''}",
         f"folds        {m['folds']['n_folds']}-fold, seed {m['folds']['seed']}, "
-        f"patient-grouped: {m['folds']['patient_grouped']}",
+        f"patient-grouped: {m['folds']['patient_grouped']}, protocol: {m['folds'].get('protocol', 'engine')}",
         f"complete     {str(bool(m.get('complete'))).lower()}",
-        "",
     ]
+    if training := ae.get("training"):
+        lines.append(
+            f"trained      {training['steps']} steps, `{training['command']}`, weights sha256 "
+            f"{training['weights_sha256'][:16]}"
+        )
+    if fid := m.get("fidelity"):
+        lines.append(
+            f"fidelity     PSNR {fid['psnr_db']:.2f} dB (lowest {fid['psnr_db_min']:.2f}), SSIM {fid['ssim']:.3f} of "
+            f"D(stored latents) on the {fid['rows']} of {fid['split']}"
+        )
+    lines.append("")
     names = ds["class_names"]
     width = max(12, *(len(n) for n in names))
     lines.append(f"{'class':<{width}} " + " ".join(f"{s:>14}" for s in store.splits))

@@ -7,6 +7,7 @@ distillation cost nothing per step and keeps the teacher fixed across runs.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from engine.errors import UsageError
+from engine.loaders.selection import TEACHER
 from engine.models import build_model
 from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
@@ -42,31 +44,58 @@ def load_teacher(checkpoint: Path, manifest: dict, device: torch.device) -> tupl
     return model.to(device).eval(), meta
 
 
+RESERVED = (
+    "latents",
+    "logvar",
+    "labels",
+    "folds",
+    "keys",
+    "groups",
+    "valid",
+    "done",
+    "checksum",
+    "moments",
+    "reconstructions",
+    "meta",
+    "shards",
+    "index",
+    "blocks",
+)  # names the store's own arrays and files take
+
+
 @torch.no_grad()
-def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device, batch_size: int = 64) -> dict:
-    """Write ``teacher_logits`` (N, K) float32 for every split of a complete store; returns the manifest record."""
+def add_teacher_logits(
+    store_path: Path, checkpoint: Path, device: torch.device, name: str = TEACHER, batch_size: int = 64
+) -> dict:
+    """Write the teacher's logits (N, K) float32 as row field ``name`` of every split of a complete store (a
+    store may hold several teachers: one per fold or seed); returns the manifest record."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name.startswith(RESERVED):
+        raise UsageError(
+            f"--teacher-name {name!r}: use letters, digits, '_' and '-', starting with none of {', '.join(RESERVED)}"
+        )
+    field = name
     store = open_store(store_path, writable=True)
     class_names = store.manifest["dataset"]["class_names"]
     model, meta = load_teacher(checkpoint, store.manifest, device)
     checksums = {}
     size = int(meta["image_size"])
     source = reopen_source(store)
-    for name in store.splits:
-        split = store.split(name)
+    for split_name in store.splits:
+        split = store.split(split_name)
         valid = split.meta("valid").astype(bool)
         logits = np.zeros((split.size, len(class_names)), dtype=np.float32)
         rows = np.flatnonzero(valid)
-        for lo in tqdm(range(0, len(rows), batch_size), desc=f"teacher {name}", unit="batch"):
+        for lo in tqdm(range(0, len(rows), batch_size), desc=f"teacher {split_name}", unit="batch"):
             idx = rows[lo : lo + batch_size]
             try:
-                images = [source.image(name, int(i)) for i in idx]
+                images = [source.image(split_name, int(i)) for i in idx]
             except BadImageError as err:
                 raise StoreError(f"{store_path}: {err}; the image changed since encoding") from err
             x = imagenet_normalise(to_model_input(images, size, (0.0, 1.0)).to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits[idx] = model(x).float().cpu().numpy()
-        update_field_files(store.path, name, "teacher_logits", split.write_row_field("teacher_logits", logits))
-        checksums[name] = {"teacher_logits": f"{digest(logits):016x}"}
+        update_field_files(store.path, split_name, field, split.write_row_field(field, logits))
+        checksums[split_name] = {field: f"{digest(logits):016x}"}
     record = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
@@ -76,5 +105,5 @@ def add_teacher_logits(store_path: Path, checkpoint: Path, device: torch.device,
         "fold": TrainConfig.from_dict(meta["config"]).fold,
         "checksums": checksums,
     }
-    store.set_manifest({**store.manifest, "teacher": record})
+    store.set_manifest({**store.manifest, "teachers": {**store.manifest.get("teachers", {}), field: record}})
     return record

@@ -24,14 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from engine.errors import UsageError
-from engine.evaluate import evaluate, evaluate_checkpoint, latent_eval_input
+from engine.evaluate import clean_level, evaluate, evaluate_checkpoint, latent_eval_input
 from engine.loaders import LatentLoader, Selection, make_loader, select
 from engine.models import build_model, load_pretrained, model_config
 from engine.store import LatentStore, StoreError, open_store
 from engine.training.checkpoint import RunState, read_checkpoint, restore_optimizer, save_checkpoint, store_record
 from engine.training.config import TrainConfig
 from engine.training.distributed import DistContext, init_distributed
-from engine.training.inputs import CLEAN_LEVEL, ImageInputs, LatentInputs, default_image_size, step_seed
+from engine.training.inputs import ImageInputs, LatentInputs, default_image_size, step_seed
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 from engine.training.run_dir import RunDir
 
@@ -61,11 +61,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
 def open_selections(cfg: TrainConfig) -> tuple[LatentStore, dict[str, Selection]]:
     """The store (checked) and its train/val/test selections: stored splits, or fold k's roles."""
     store = open_store(cfg.store)
-    sel = {role: select(store, role, cfg.fold) for role in ("train", "val", "test")}
+    sel = {role: select(store, role, cfg.fold, cfg.teacher) for role in ("train", "val", "test")}
     if cfg.distill != "none" and "teacher_logits" not in sel["train"].row_fields:
         raise StoreError(
-            f"{store.path}: --distill {cfg.distill} needs teacher logits; add them with "
-            f"`engine encode --teacher CKPT --out {store.path}`"
+            f"{store.path}: --distill {cfg.distill} needs teacher logits `{cfg.teacher}`; add them with "
+            f"`engine encode --teacher CKPT --teacher-name {cfg.teacher} --out {store.path}`"
         )
     if cfg.batch_size > sel["train"].size:
         raise UsageError(
@@ -79,10 +79,12 @@ def build_network(cfg: TrainConfig, store: LatentStore, device: torch.device, lo
     """The classifier of ``--model`` for the store's latents (or images), optionally initialised from weights."""
     c, h, _ = store.manifest["latent_shape"]
     classes = len(store.manifest["dataset"]["class_names"])
+    # the attention backend is an option of the transformer models only: another model refuses it by name
+    options = {} if cfg.attention == "sdpa" else {"attention": cfg.attention}
     model = (
-        build_model(cfg.model, c, classes, latent_size=h)
+        build_model(cfg.model, c, classes, latent_size=h, **options)
         if cfg.space == "latent"
-        else build_model(cfg.model, 3, classes)
+        else build_model(cfg.model, 3, classes, **options)
     )
     if cfg.init:
         loaded = load_pretrained(model, cfg.init)
@@ -109,9 +111,10 @@ def build_objective(
         inputs = LatentInputs.from_config(cfg, store.manifest, device)
         return (
             LatentObjective(inputs, loss, model.noise_conditioned),
-            latent_eval_input(inputs, CLEAN_LEVEL, model.noise_conditioned),
+            latent_eval_input(inputs, clean_level(cfg.clean_eval), model.noise_conditioned),
         )
-    images = {role: ImageInputs.cache(store, sel[role], image_size, device) for role in ("train", "val")}
+    recon = cfg.space == "recon"  # the same image classifier, on the store's reconstructions D(z)
+    images = {role: ImageInputs.cache(store, sel[role], image_size, device, recon) for role in ("train", "val")}
     return ImageObjective(images["train"], loss, cfg.seed), images["val"].eval_input
 
 
@@ -200,8 +203,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         say(f"resumed {run.path} at epoch {state.epoch}, step {state.step}")
     checkpoints = Checkpoints(model, optimizer, train_loader, cfg, manifest, image_size, ctx.is_main)
 
-    stop = False
-    for epoch in range(train_loader.epoch, cfg.epochs):
+    stop = state.bad_epochs >= cfg.patience  # a resumed run that had already stopped early trains no further
+    for epoch in range(train_loader.epoch, cfg.epochs if not stop else 0):
         # the epoch's schedule: loss weights and learning rate (DRW: class-balanced and lr x0.1 from --drw-epoch)
         train_loader.set_epoch(epoch)
         objective.loss.set_epoch(epoch)

@@ -173,6 +173,21 @@ def test_an_unknown_file_is_refused_by_name(repo, made, capsys):
     assert "kernels.json" in capsys.readouterr().err
 
 
+def test_the_fidelity_block_takes_its_figures_from_bench_fidelity(tmp_path):
+    out = tmp_path / "bench" / "results" / "fidelity-cpu.json"
+    assert bench_main(["fidelity", "--images", "8", "--batch-size", "8", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["autoencoder"] for r in report["rows"]] == ["default", "default-untrained"]
+    text = render([out], tmp_path)
+    assert f"`bench/results/fidelity-cpu.json`, written by `{report['command']}`" in text
+    for r in report["rows"]:
+        assert f"| {r['autoencoder']} | {str(r['pretrained']).lower()} | " in text
+        assert f"{r['psnr_db']:.2f} ({r['psnr_db_min']:.2f}) | {r['ssim']:.4f} |" in text
+    assert report["shipped_training"]["command"] in text
+    good, lost = report["rows"]
+    assert good["psnr_db"] > 30 > 15 > lost["psnr_db"]
+
+
 def test_committed_readme_section_matches_committed_results():
     results = sorted((REPO / "bench" / "results").glob("*.json"))
     assert results, "no bench/results/*.json committed: run bench throughput, kernels and loaders and commit their JSON"

@@ -28,7 +28,7 @@ def store(tmp_path_factory) -> Path:
     out = root / "latents.zarr"
     encode(
         open_source(**args),
-        load_autoencoder(None),
+        load_autoencoder("default-untrained"),
         EncodeOptions(out=out, image_size=32, source_args=args),
         log=lambda *_: None,
     )
@@ -151,7 +151,7 @@ def test_image_teacher_logits_and_distillation(store, tmp_path, capsys):
     from engine.store import open_store
 
     s = open_store(store)
-    assert s.manifest["teacher"]["model"] == "resnet18"
+    assert s.manifest["teachers"]["teacher_logits"]["model"] == "resnet18"
     assert s.split("train").meta("teacher_logits").shape == (96, 4)
     assert engine_main(["train", "--store", str(store), "--out", str(tmp_path / "d1"), *FAST, "--distill", "mse"]) == 0
     assert (

@@ -17,7 +17,7 @@ from engine.store import LatentStore, StoreError
 from engine.store.manifest import fingerprint
 
 ROLES = ("train", "val", "test")
-OPTIONAL_ROW_FIELDS = ("teacher_logits",)  # per-row arrays a store may carry beside the labels
+TEACHER = "teacher_logits"  # the default name of stored teacher logits (`engine encode --teacher`)
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,7 +28,7 @@ class Selection:
     split_of: np.ndarray  # (N,) index into ``splits``
     rows: np.ndarray  # (N,) row within its split
     keys: np.ndarray  # (N,) sample keys
-    row_fields: dict[str, np.ndarray]  # "labels" and any OPTIONAL_ROW_FIELDS the store has, (N, ...)
+    row_fields: dict[str, np.ndarray]  # "labels", and "teacher_logits" when the store has the teacher asked for
     chunk_bounds: np.ndarray  # (n_chunks + 1,): chunk c holds ids [chunk_bounds[c], chunk_bounds[c + 1])
     chunk_split: np.ndarray  # (n_chunks,) index into ``splits``
     chunk_block: np.ndarray  # (n_chunks,) block number within its split
@@ -82,8 +82,12 @@ def _optional_field(split, key: str) -> np.ndarray | None:
         return None
 
 
-def select(store: LatentStore, role: str, fold: int | None = None) -> Selection:
-    """The valid samples of ``role``: the stored split of that name (fold None) or fold ``fold``'s share."""
+def select(store: LatentStore, role: str, fold: int | None = None, teacher: str = TEACHER) -> Selection:
+    """The valid samples of ``role``: the stored split of that name (fold None) or fold ``fold``'s share.
+
+    ``teacher`` names the stored teacher logits the selection carries as row field ``teacher_logits``
+    (a store may hold several: one per fold or seed of an image-space teacher).
+    """
     if role not in ROLES:
         raise UsageError(f"selection role {role!r}: expected one of {ROLES}")
     if not store.complete:
@@ -105,10 +109,9 @@ def select(store: LatentStore, role: str, fold: int | None = None) -> Selection:
         where = f"fold {fold} of splits {names}" if fold is not None else f"split {role!r}"
         raise StoreError(f"{store.path}: selection {role} of {where} has no valid samples")
     fields = {"labels": [d.meta("labels")[r] for d, r in zip(data, rows)]}
-    for key in OPTIONAL_ROW_FIELDS:
-        found = [_optional_field(d, key) for d in data]
-        if all(f is not None for f in found):
-            fields[key] = [f[r] for f, r in zip(found, rows)]
+    found = [_optional_field(d, teacher) for d in data]
+    if all(f is not None for f in found):
+        fields["teacher_logits"] = [f[r] for f, r in zip(found, rows)]
     blocks = tuple(int(d.block) for d in data)
     per_split = [np.unique(r // block, return_counts=True) for r, block in zip(rows, blocks)]
     chunk_len = np.concatenate([counts for _, counts in per_split])

@@ -15,6 +15,7 @@ from engine.errors import UsageError
 from engine.models.adm_resnet import ADM_PRESETS, ADMResNet
 from engine.models.convnext_film import CONVNEXT_T, ConvNeXtFiLM, stem_stride_for
 from engine.models.resnet import RESNETS, ResNet
+from engine.models.vit_film import VIT_PRESETS, ViTFiLM
 
 FILM_SUFFIX = "-film"
 
@@ -36,6 +37,16 @@ def _adm(preset: str) -> Callable:
     return build
 
 
+def _vit(preset: str) -> Callable:
+    def build(
+        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
+    ) -> tuple[nn.Module, dict]:
+        kw = {**VIT_PRESETS[preset], **kw}
+        return ViTFiLM(in_channels, num_classes, conditioned, **kw), kw
+
+    return build
+
+
 def _resnet(name: str) -> Callable:
     def build(
         in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
@@ -49,10 +60,19 @@ def _resnet(name: str) -> Callable:
 _FAMILIES = {
     "convnext-t": (_convnext, ConvNeXtFiLM, True),
     **{name: (_adm(name), ADMResNet, True) for name in ADM_PRESETS},
+    **{name: (_vit(name), ViTFiLM, True) for name in VIT_PRESETS},
     **{name: (_resnet(name), ResNet, False) for name in RESNETS},
 }
 MODEL_NAMES = tuple(sorted([*_FAMILIES, *(f + FILM_SUFFIX for f, (_, _, film) in _FAMILIES.items() if film)]))
 _NOT_OPTIONS = {"self", "in_channels", "num_classes", "noise_conditioned", "latent_size", "block", "layers"}
+
+
+def plain_variant(name: str) -> str:
+    """The unconditioned twin of a model name (itself for a model without noise conditioning): the registry's
+    own naming, so callers never build names."""
+    if name not in MODEL_NAMES:
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    return name.removesuffix(FILM_SUFFIX)
 
 
 def build_model(

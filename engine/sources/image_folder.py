@@ -63,16 +63,20 @@ class ImageFolder:
         paths = [row[column["path"]].strip() for row in rows]
         splits = self._splits(rows, column.get("split"))
         if label_column is not None:
-            names, labels = self._single_label(rows, header, label_column)
+            names, labels, onehot = self._single_label(rows, header, label_column)
         else:
-            names, labels = self._class_columns(rows, header, class_columns, multilabel)
+            names, labels, onehot = self._class_columns(rows, header, class_columns, multilabel)
         self._check_files(paths)
+        # what the paper's folds are drawn from: every CSV row in file order, its 0/1 class columns, its id
+        self._onehot, self._class_columns = onehot, names
+        self._ids = [row[column["id"]].strip() for row in rows] if "id" in column else None
 
-        self._paths, self._labels, self._groups = {}, {}, {}
+        self._paths, self._labels, self._groups, self._csv_rows = {}, {}, {}, {}
         for split in SPLITS:
             rows_of = np.flatnonzero(splits == split)
             if len(rows_of) == 0:
                 continue
+            self._csv_rows[split] = rows_of
             self._paths[split] = [paths[i] for i in rows_of]
             self._labels[split] = labels[rows_of]
             if "id" in column:
@@ -117,9 +121,11 @@ class ImageFolder:
             ids = np.array([int(v) for v in values], dtype=np.int64)
             if ids.min() < 0:
                 raise UsageError(f"{self.csv_path}: column '{label_column}' holds negative class ids; use 0..K-1")
-            return tuple(f"class_{i}" for i in range(ids.max() + 1)), ids
-        names = tuple(sorted(set(values)))
-        return names, np.array([names.index(v) for v in values], dtype=np.int64)
+            names = tuple(f"class_{i}" for i in range(ids.max() + 1))
+        else:
+            names = tuple(sorted(set(values)))
+            ids = np.array([names.index(v) for v in values], dtype=np.int64)
+        return names, ids, np.eye(len(names), dtype=np.uint8)[ids]
 
     def _class_columns(self, rows: list[dict], header: list[str], class_columns: list[str] | None, multilabel: bool):
         if class_columns is None:
@@ -142,7 +148,7 @@ class ImageFolder:
                 )
             onehot[:, j] = [v.startswith("1") for v in values]
         if multilabel:
-            return tuple(class_columns), onehot
+            return tuple(class_columns), onehot, onehot
         positives = onehot.sum(axis=1)
         none = np.flatnonzero(positives == 0)
         if len(none):
@@ -153,11 +159,13 @@ class ImageFolder:
         several = int((positives > 1).sum())
         if several:
             warnings.warn(
-                f"{self.csv_path}: {several} of {len(rows)} rows have several positive classes; "
-                "each keeps its first (as the paper does); multilabel=True keeps them all",
+                f"{self.csv_path}: {several} of {len(rows)} rows have several positive classes; each keeps the "
+                "first in alphabetical order of the class columns (the paper's idxmax over its sorted columns); "
+                "multilabel=True keeps them all",
                 stacklevel=3,
             )
-        return tuple(class_columns), onehot.argmax(axis=1).astype(np.int64)
+        alphabetical = np.array(sorted(range(len(class_columns)), key=lambda j: class_columns[j]))
+        return tuple(class_columns), alphabetical[onehot[:, alphabetical].argmax(axis=1)].astype(np.int64), onehot
 
     def _check_files(self, paths: list[str]) -> None:
         duplicates = [p for p, n in Counter(paths).items() if n > 1]
@@ -187,6 +195,32 @@ class ImageFolder:
 
     def groups(self, split: str) -> np.ndarray | None:
         return self._groups.get(split)
+
+    def paper_folds(self, n_folds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+        """Fold per sample of each split, drawn exactly as the paper's code draws them from its CSV.
+
+        ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)`` over every CSV row in file order,
+        stratified on the argmax over the alphabetically sorted class columns (pandas' ``idxmax``: the first
+        maximum), grouped by the ``id`` column (as integers when every id is one, as pandas reads them) or by
+        the row number when there is none.
+        """
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        order = np.array(sorted(range(len(self._class_columns)), key=lambda j: self._class_columns[j]))
+        strata = np.asarray(self._class_columns)[order][self._onehot[:, order].argmax(axis=1)]
+        if self._ids is None:
+            groups = np.arange(len(strata))
+        elif all(_is_int(v) for v in self._ids):
+            groups = np.array([int(v) for v in self._ids], dtype=np.int64)
+        else:
+            groups = np.asarray(self._ids)
+        folds = np.full(len(strata), -1, dtype=np.int8)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+            for k, (_, test) in enumerate(splitter.split(np.zeros(len(strata)), strata, groups)):
+                folds[test] = k
+        return {split: folds[rows] for split, rows in self._csv_rows.items()}
 
     @property
     def native_size(self) -> int:

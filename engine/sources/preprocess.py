@@ -18,9 +18,9 @@ def to_model_input(images: list[np.ndarray], size: int, value_range: tuple[float
         raise ValueError("to_model_input: no images given")
     planes = [_to_chw(image) for image in images]
     if all(p.shape == planes[0].shape for p in planes):  # the usual case: one call for the batch
-        batch = _resize(torch.stack(planes), size)
+        batch = resize(torch.stack(planes), size)
     else:
-        batch = torch.cat([_resize(p[None], size) for p in planes])
+        batch = torch.cat([resize(p[None], size) for p in planes])
     lo, hi = value_range
     return batch * (hi - lo) + lo
 
@@ -34,7 +34,7 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
     return chw.expand(3, -1, -1)
 
 
-def _resize(batch: torch.Tensor, size: int) -> torch.Tensor:
+def resize(batch: torch.Tensor, size: int) -> torch.Tensor:
     if batch.shape[-2:] == (size, size):
         return batch.contiguous()
     # Bilinear with antialias is a non-negative (triangle) filter: the result stays in [0, 1].

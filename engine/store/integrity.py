@@ -183,7 +183,8 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
                 for key in META_KEYS
                 if found[key] != recorded[key]
             ]
-        for field, want in (store.manifest.get("teacher") or {}).get("checksums", {}).get(name, {}).items():
+        teachers = store.manifest.get("teachers", {}).values()
+        for field, want in (item for t in teachers for item in t.get("checksums", {}).get(name, {}).items()):
             try:
                 got = f"{digest(split.meta(field)):016x}"
             except StoreError as err:
@@ -192,7 +193,7 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
             if got != want:
                 problems.append(
                     f"{store.path}: split {name}, array {field}: checksum {got}, {want} when written; "
-                    "add it again with `engine encode --teacher CKPT`"
+                    f"add it again with `engine encode --teacher CKPT --teacher-name {field}`"
                 )
         for b in range(split.n_blocks):
             lo, hi = b * split.block, min((b + 1) * split.block, split.size)
@@ -211,6 +212,27 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
                     f"zero-filled data{'' if finite else ', NaN/Inf among it'}); {_damaged(store.path)}"
                 )
             progress(hi - lo)
+        if (store.manifest.get("reconstructions") or {}).get("complete"):
+            problems += _derived_problems(store, split, "reconstructions")
+    return problems
+
+
+def _derived_problems(store, split, name: str) -> list[str]:
+    """Blocks of a derived array (reconstructions) whose rows no longer match the checksum written with them."""
+    problems = []
+    for b in range(split.n_blocks):
+        lo, hi = b * split.block, min((b + 1) * split.block, split.size)
+        where = f"split {split.name}, array {name}, block {b}, rows {lo}-{hi - 1}"
+        try:
+            got, want = digest(split.read_derived(name, lo, hi)), split.derived_checksum(name, b)
+        except StoreError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        if got != want:
+            problems.append(
+                f"{where}: checksum {got:016x}, {want:016x} when written; add them again with "
+                f"`engine encode --reconstructions --out {store.path}`"
+            )
     return problems
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from engine.store.atomic import create_by_rename
-from engine.store.integrity import block_checksum
+from engine.store.integrity import block_checksum, digest
 from engine.store.manifest import MANIFEST_JSON, StoreError, write_json_atomic
 from engine.store.plan import SplitContent, SplitPlan
 
@@ -71,7 +72,7 @@ class WdsSplit:
         try:
             with np.load(self.path / "meta.npz", allow_pickle=False) as meta:
                 self._meta = {k: meta[k] for k in meta.files}
-        except (OSError, ValueError, EOFError) as err:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise StoreError(f"{self.path / 'meta.npz'}: unreadable ({err}); {DAMAGED}") from None
         self.block = int(self._meta["block"])
         self.n_blocks = int(self._meta["n_blocks"])
@@ -91,7 +92,7 @@ class WdsSplit:
         if extra.is_file():
             try:
                 return np.load(extra)
-            except (OSError, ValueError, EOFError) as err:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
                 raise StoreError(f"{extra}: unreadable ({err}); {DAMAGED}") from None
         raise StoreError(f"{self.path}: split {self.name!r} has no `{key}`")
 
@@ -152,11 +153,37 @@ class WdsSplit:
         try:
             with np.load(self.shard(b, "block.npz")) as rec:
                 return {k: rec[k] for k in rec.files}
-        except (OSError, ValueError, EOFError) as err:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise StoreError(f"{self.shard(b, 'block.npz')}: unreadable ({err}); {DAMAGED}") from None
 
     def block_checksum(self, b: int) -> int:
         return int(self._record(b)["checksum"])
+
+    # arrays derived from the stored latents after encoding (reconstructions): one .npz per block, written atomically
+
+    def derived_done(self, name: str) -> np.ndarray:
+        return np.array([self.shard(b, f"{name}.npz").is_file() for b in range(self.n_blocks)], dtype=np.uint8)
+
+    def write_derived_block(self, name: str, b: int, values: np.ndarray) -> None:
+        tmp = self.shard(b, f"{name}.tmp.npz")
+        np.savez(tmp, values=values, checksum=np.uint64(digest(values)))
+        os.replace(tmp, self.shard(b, f"{name}.npz"))
+
+    def _derived(self, name: str, b: int) -> dict:
+        path = self.shard(b, f"{name}.npz")
+        try:
+            with np.load(path) as rec:
+                return {k: rec[k] for k in rec.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise StoreError(f"{path}: unreadable ({err}); {DAMAGED}") from None
+
+    def derived_checksum(self, name: str, b: int) -> int:
+        return int(self._derived(name, b)["checksum"])
+
+    def read_derived(self, name: str, lo: int, hi: int) -> np.ndarray:
+        blocks = range(lo // self.block, (hi - 1) // self.block + 1)
+        rows = np.concatenate([self._derived(name, b)["values"] for b in blocks])
+        return rows[lo - blocks[0] * self.block : hi - blocks[0] * self.block]
 
     def done_flags(self) -> np.ndarray:
         return np.array([self.block_done(b) for b in range(self.n_blocks)], dtype=np.uint8)
@@ -225,6 +252,9 @@ class WdsSplit:
             "blocks": [self.shard(b, "block.npz") for b in range(self.n_blocks)],
         }
         files |= {p.stem: [p] for p in sorted(self.path.glob("*.npy"))}
+        for p in sorted(self.path.glob("shard-*.*.npz")):
+            if (derived := p.name.split(".")[1]) != "block":
+                files.setdefault(derived, []).append(p)
         return files
 
     def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:

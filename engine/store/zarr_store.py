@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.store.atomic import create_by_rename
-from engine.store.integrity import block_checksum
+from engine.store.integrity import block_checksum, digest
 from engine.store.manifest import StoreError
 from engine.store.plan import SplitContent, SplitPlan
 
@@ -63,6 +63,7 @@ def create(
 
 
 BLOCK_INDEXED = ("done", "checksum", "moments")  # one entry per block; the others have one per row
+DERIVED_RECORD = ("_done", "_checksum")  # suffixes of a derived array's completion record, one entry per block
 
 
 class ZarrSplit:
@@ -146,6 +147,38 @@ class ZarrSplit:
     def block_moments(self) -> np.ndarray:
         return self.read("moments")
 
+    # arrays derived from the stored latents after encoding (reconstructions), written block by block like them
+
+    def derived_done(self, name: str) -> np.ndarray:
+        """One flag per block of the derived array ``name``: all 0 before it exists."""
+        return self.read(f"{name}_done") if f"{name}_done" in self.group else np.zeros(self.n_blocks, np.uint8)
+
+    def write_derived_block(self, name: str, b: int, values: np.ndarray) -> None:
+        """Rows of block ``b``, then their checksum, then the block's flag (a kill in between redoes the block)."""
+        if name not in self.group:
+            config = {"write_empty_chunks": True}
+            self.group.create_array(
+                name,
+                shape=(self.size, *values.shape[1:]),
+                chunks=(self.block, *values.shape[1:]),
+                dtype=values.dtype,
+                config=config,
+            )
+            for suffix, dtype in zip(DERIVED_RECORD, ("uint8", "uint64")):
+                self.group.create_array(
+                    name + suffix, shape=(self.n_blocks,), chunks=(1,), dtype=dtype, fill_value=0, config=config
+                )
+        lo = b * self.block
+        self._array(name)[lo : lo + len(values)] = values
+        self._array(f"{name}_checksum")[b] = digest(values)
+        self._array(f"{name}_done")[b] = 1
+
+    def derived_checksum(self, name: str, b: int) -> int:
+        return int(self.read(f"{name}_checksum", b, b + 1)[0])
+
+    def read_derived(self, name: str, lo: int, hi: int) -> np.ndarray:
+        return self.read_written(name, lo, hi)
+
     def read(self, key: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Rows [lo, hi) of an array (``latents``, ``logvar``, ``valid``, ...)."""
         array = self._array(key)
@@ -195,10 +228,10 @@ class ZarrSplit:
             return []
         array = self._array(parts[1])
         first = int(parts[3])
-        if parts[1] in BLOCK_INDEXED:
+        if parts[1] in BLOCK_INDEXED or parts[1].endswith(DERIVED_RECORD):
             return [first]
-        if parts[1] not in ("latents", "logvar", "valid"):
-            return []
+        if array.chunks[0] != self.block:
+            return []  # whole-split arrays (metadata, row fields) are one chunk of every row
         per_file = (array.shards or array.chunks)[0] // self.block
         return list(range(first * per_file, min((first + 1) * per_file, self.n_blocks)))
 

@@ -114,13 +114,18 @@ def store_record(manifest: dict) -> dict:
         "dataset_fingerprint": manifest["dataset"]["fingerprint"],
         "dataset": manifest["dataset"]["name"],
         "autoencoder": manifest["autoencoder"]["family"],
+        "autoencoder_hash": manifest["autoencoder"]["config_hash"],
     }
 
 
 def store_differences(record: dict, manifest: dict, space: str) -> list[str]:
     """How a store differs from the one a checkpoint was trained on, in what matters for ``space``."""
     here = store_record(manifest)
-    keys = ["class_names", "dataset_fingerprint"] + (["latent_shape", "image_size"] if space == "latent" else [])
+    keys = ["class_names", "dataset_fingerprint"] + {
+        "latent": ["latent_shape", "image_size", "autoencoder_hash"],
+        "recon": ["autoencoder_hash"],
+        "image": [],
+    }[space]
     return [
         f"{key} {record.get(key)} (checkpoint) vs {here[key]} (store)" for key in keys if record.get(key) != here[key]
     ]

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, fields
 from engine.errors import UsageError
 from engine.losses import LossRecipe, recipe
 
-SPACES = ("latent", "image")
+CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
+
+SPACES = ("latent", "image", "recon")  # recon: the image classifier on the store's reconstructions
 NOISE = ("karras", "edm", "vp-linear", "vp-cosine", "none")
 DISTILL = ("none", "mse", "kl")
 OPTIMIZERS = ("adam", "adamw")
@@ -26,6 +28,7 @@ class TrainConfig:
     fold: int | None = None  # None: the stored train/val/test splits; k: test fold k, validation fold k+1
     loss: str = "ldam-drw"  # paper: LDAM with deferred re-weighting; multi-label stores use bce
     distill: str = "none"  # teacher logits stored by `engine encode --teacher`: paper's MSE or KL
+    teacher: str = "teacher_logits"  # which stored teacher logits (`engine encode --teacher CKPT --teacher-name`)
     distill_alpha: float = 0.5  # alpha * classification + (1 - alpha) * distillation
     temperature: float = 4.0  # for distill="kl"
     optimizer: str = "adam"
@@ -39,10 +42,13 @@ class TrainConfig:
     mask_p: float = 0.2  # paper's latent augmentation: drop 20 % of elements
     target_std: float = 0.5  # paper: per-channel standardisation to std 0.5
     precondition: bool = False  # EDM input scaling c_in (not in the paper; needed on hard latents, see README)
+    clean_eval: str = "lowest"  # validation and test: at the lowest trained level, or "reference" (no noise, 1e-5)
+    curve_levels: int = 32  # noise levels of the test curve of a noise-conditioned model, spread over the 32
     image_size: int | None = None  # image space: default 256, or the stored image size if smaller
     seed: int = 0
     loader: str = "auto"
     compile: bool = False
+    attention: str = "sdpa"  # transformer models: torch's scaled_dot_product_attention, or "xformers" (CUDA)
     device: str | None = None
     checkpoint_every: int = 0  # steps between checkpoints inside an epoch (0: at epoch ends only)
     max_steps: int | None = None  # stop after this many steps (quick runs)
@@ -50,9 +56,17 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        for name, allowed in (("space", SPACES), ("noise", NOISE), ("distill", DISTILL), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (
+            ("space", SPACES),
+            ("noise", NOISE),
+            ("distill", DISTILL),
+            ("optimizer", OPTIMIZERS),
+            ("clean_eval", CLEAN_EVALS),
+        ):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if not 1 <= self.curve_levels <= 32:
+            raise UsageError(f"--curve-levels {self.curve_levels}: must be in 1..32 (the Karras levels)")
         if not 0 <= self.mask_p < 1:
             raise UsageError(f"--mask-p {self.mask_p}: must be in [0, 1)")
         if not 0 <= self.distill_alpha <= 1:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from engine.loaders import Selection
 from engine.sources import Source, open_source
-from engine.sources.preprocess import to_model_input
+from engine.sources.preprocess import resize, to_model_input
 from engine.store import LatentStore, StoreError
 from kernels import add_noise, c_noise
 from kernels.noise_levels import (
@@ -40,6 +40,7 @@ from kernels.noise_levels import (
 
 N_LEVELS = 32  # the paper's discrete Karras levels
 CLEAN_LEVEL = N_LEVELS - 1  # sigma 0.002: evaluation inside the trained range, unlike the reference code's 1e-5
+REFERENCE_CLEAN_SIGMA = 1e-5  # the reference code's clean evaluation: no noise, the embedding of this sigma
 IMAGE_SIZE = 256  # the paper's image-space classifiers take 256 px
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,6 +140,15 @@ class LatentInputs:
         )
         return x.float(), lv
 
+    def reference_clean(self, latents: torch.Tensor) -> tuple[torch.Tensor, NoiseLevels]:
+        """The reference code's clean input: standardised, no noise and no mask, with the noise embedding of
+        sigma 1e-5 (outside the trained range; --clean-eval reference)."""
+        ones = torch.ones(latents.shape[0], device=self.device)
+        lv = NoiseLevels(ones, ones * 0, c_noise(ones * REFERENCE_CLEAN_SIGMA), None)
+        alpha, sigma = self._scaled(lv)
+        x = add_noise(latents, self.mean, self.std, alpha, sigma, seed=0, mask_p=0.0, target_std=self.target_std)
+        return x.float(), lv
+
     @staticmethod
     def sigmas() -> list[float]:
         return karras_sigmas(N_LEVELS).tolist()
@@ -183,21 +193,30 @@ class ImageInputs:
 
     @classmethod
     def cache(
-        cls, store: LatentStore, selection: Selection, image_size: int, device: torch.device, batch: int = 64
+        cls,
+        store: LatentStore,
+        selection: Selection,
+        image_size: int,
+        device: torch.device,
+        reconstructions: bool = False,
+        batch: int = 64,
     ) -> ImageInputs:
-        """The selection's images from the store's source, resized once; the memory is printed first."""
-        source = reopen_source(store)
+        """The selection's images, resized once: the originals from the store's source, or the store's
+        reconstructions (`engine encode --reconstructions`). The memory is printed first."""
         names, rows = selection.locate(np.arange(selection.size))
+        what = "reconstructions" if reconstructions else "images"
         need = selection.size * 3 * image_size**2
         print(
-            f"caching {selection.size} images of {selection.role} at {image_size} px on {device}: "
+            f"caching {selection.size} {what} of {selection.role} at {image_size} px on {device}: "
             f"{need / 2**30:.2f} GiB"
         )
+        read = _reconstructions(store) if reconstructions else _originals(store, image_size)
         images = torch.empty((selection.size, 3, image_size, image_size), dtype=torch.uint8, device=device)
-        for lo in tqdm(range(0, selection.size, batch), desc=f"images {selection.role}", unit="batch"):
-            imgs = [source.image(str(n), int(r)) for n, r in zip(names[lo : lo + batch], rows[lo : lo + batch])]
-            x = to_model_input(imgs, image_size, (0.0, 1.0))
-            images[lo : lo + len(imgs)] = (x * 255).round().to(torch.uint8).to(device)
+        for lo in tqdm(range(0, selection.size, batch), desc=f"{what} {selection.role}", unit="batch"):
+            x = read(names[lo : lo + batch], rows[lo : lo + batch])
+            if x.shape[-1] != image_size:
+                x = (resize(x.float() / 255, image_size) * 255).round().clamp(0, 255).to(torch.uint8)
+            images[lo : lo + len(x)] = x.to(device)
         return cls(images)
 
     def clean(self, ids: torch.Tensor) -> torch.Tensor:
@@ -212,6 +231,43 @@ class ImageInputs:
         """Normalised float images of ``ids`` with the paper's random flip and rotation, drawn from ``seed``."""
         x = flip_rotate(self.images[ids.to(self.images.device)].float() / 255, seed)
         return imagenet_normalise(x)
+
+
+def _originals(store: LatentStore, image_size: int):
+    """(split names, rows) -> uint8 (B, 3, S, S) images of the source the store was encoded from."""
+    source = reopen_source(store)
+
+    def read(names: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        x = to_model_input([source.image(str(n), int(r)) for n, r in zip(names, rows)], image_size, (0.0, 1.0))
+        return (x * 255).round().to(torch.uint8)
+
+    return read
+
+
+def _reconstructions(store: LatentStore):
+    """(split names, rows) -> uint8 (B, 3, S, S) reconstructions the store holds."""
+    record = store.manifest.get("reconstructions") or {}
+    if not record.get("complete"):
+        raise StoreError(
+            f"{store.path}: no reconstructions (or an unfinished `engine encode --reconstructions`); "
+            f"add them with `engine encode --reconstructions --out {store.path}`"
+        )
+    splits = {name: store.split(name) for name in store.splits}
+    held: dict = {}  # (split, block) -> its rows: a selection lists rows in block order, so each block is read once
+
+    def row(name: str, r: int) -> np.ndarray:
+        split = splits[name]
+        key = (name, r // split.block)
+        if key not in held:
+            held.clear()
+            lo = key[1] * split.block
+            held[key] = split.read_derived("reconstructions", lo, min(lo + split.block, split.size))
+        return held[key][r % split.block]
+
+    def read(names: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([row(str(n), int(r)) for n, r in zip(names, rows)]))
+
+    return read
 
 
 def flip_rotate(x: torch.Tensor, seed: int, max_degrees: float = 15.0) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""`engine encode --reconstructions`: decode a store's latents once with its own autoencoder and keep them.
+
+The reconstruction arm of the learnability gap trains the image-space classifier on D(z): the very latents
+the store holds (fp16), decoded by the autoencoder recorded in the manifest (reloaded and checked by its
+config hash), resized to the image classifier's input size and kept as uint8 in the store beside the
+latents. Written block by block with a checksum and a flag per block, like encoding: a killed run, rerun,
+redoes only unfinished blocks; the manifest's ``reconstructions`` record says when they are complete.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.autoencoders import reload_autoencoder
+from engine.autoencoders.fidelity import to_unit
+from engine.errors import UsageError
+from engine.sources.preprocess import resize
+from engine.store import open_store
+from engine.store.integrity import update_field_files
+from engine.training.inputs import default_image_size
+
+FIELD = "reconstructions"
+
+
+def add_reconstructions(
+    store_path: Path, device: torch.device, image_size: int | None = None, batch_size: int = 64, log=print
+) -> dict:
+    """Decode every valid row of every split into ``reconstructions`` (N, 3, S, S) uint8; returns the record."""
+    store = open_store(store_path, writable=True)
+    size = image_size or default_image_size(store)
+    record = store.manifest.get(FIELD)
+    if record is not None and record["image_size"] != size:
+        raise UsageError(
+            f"{store_path}: holds reconstructions at {record['image_size']} px, not {size}; keep "
+            f"--image-size {record['image_size']} (the store keeps one size)"
+        )
+    ae = reload_autoencoder(store.manifest["autoencoder"], device, store=str(store_path))
+    record = {
+        "image_size": size,
+        "dtype": "uint8",
+        "autoencoder": ae.family,
+        "config_hash": ae.config_hash,
+        "of": "the stored fp16 latents decoded by the store's autoencoder, resized (antialiased) to image_size",
+        "complete": False,
+    }
+    store.set_manifest({**store.manifest, FIELD: record})
+    todo = [(name, b) for name in store.splits for b in np.flatnonzero(store.split(name).derived_done(FIELD) == 0)]
+    rows = sum(min(store.split(n).block, store.split(n).size - b * store.split(n).block) for n, b in todo)
+    if todo:
+        log(f"decoding {rows} latents of {store_path} with {ae.family} into {size} px reconstructions")
+    with tqdm(total=rows, unit="img", desc="reconstruct", file=sys.stderr) as bar:
+        for name, b in todo:
+            split = store.split(name)
+            lo, hi = b * split.block, min((b + 1) * split.block, split.size)
+            latents, valid = split.read("latents", lo, hi), split.read("valid", lo, hi).astype(bool)
+            images = np.zeros((hi - lo, 3, size, size), dtype=np.uint8)  # skipped rows stay black
+            keep = np.flatnonzero(valid)
+            for start in range(0, len(keep), batch_size):
+                idx = keep[start : start + batch_size]
+                x = to_unit(ae.decode(torch.from_numpy(latents[idx])), ae.input_range)
+                images[idx] = (resize(x.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+            split.write_derived_block(FIELD, int(b), images)
+            bar.update(hi - lo)
+    for name in store.splits:
+        for field, files in store.split(name).data_files().items():
+            if field.startswith(FIELD):
+                update_field_files(store.path, name, field, files)
+    record["complete"] = True
+    store.set_manifest({**store.manifest, FIELD: record})
+    return record

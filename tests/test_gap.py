@@ -1,0 +1,376 @@
+"""`engine gap` and what it stands on: reconstructions, the recon arm, the gaps from the arms' own runs, resume,
+skipped arms, the paper's folds and its clean evaluation."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.autoencoders import load_autoencoder
+from engine.autoencoders.fidelity import to_unit
+from engine.cli import main as engine_main
+from engine.encode import EncodeOptions, encode
+from engine.inspect_store import inspect
+from engine.loaders import select
+from engine.sources import open_source
+from engine.sources.preprocess import resize
+from engine.store import open_store
+from engine.training.inputs import ImageInputs, LatentInputs
+
+SIZES = {"train": 48, "val": 16, "test": 16}
+GAP = ["--epochs", "1", "--seeds", "2", "--batch-size", "16", "--curve-levels", "2"]
+
+
+def _store(root: Path, fmt: str = "zarr", spec: str = "default-untrained") -> Path:
+    args = {"spec": None, "image_size": 32, "sizes": SIZES, "cache_dir": str(root / "cache")}
+    out = root / f"{spec}.{fmt}"
+    encode(
+        open_source(**args),
+        load_autoencoder(spec),
+        EncodeOptions(out=out, fmt=fmt, image_size=32, block_samples=16, source_args=args),
+        log=lambda *_: None,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gap-stores")
+    return {fmt: _store(root, fmt) for fmt in ("zarr", "wds")}
+
+
+class Killed(Exception):
+    """Stands in for a kill in the middle of writing reconstructions."""
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "wds"])
+def test_reconstructions_are_the_stored_latents_decoded_and_resume_block_by_block(
+    stores, tmp_path, fmt, monkeypatch, capsys
+):
+    path = tmp_path / stores[fmt].name
+    shutil.copytree(stores[fmt], path)
+    split_class = type(open_store(path).split("train"))
+    write, calls = split_class.write_derived_block, []
+
+    def dies_on_the_third_block(self, *args):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise Killed
+        return write(self, *args)
+
+    monkeypatch.setattr(split_class, "write_derived_block", dies_on_the_third_block)
+    with pytest.raises(Killed):
+        engine_main(["encode", "--out", str(path), "--reconstructions"])
+    monkeypatch.setattr(split_class, "write_derived_block", write)
+    assert not open_store(path).manifest["reconstructions"]["complete"]
+    capsys.readouterr()
+    assert engine_main(["encode", "--out", str(path), "--reconstructions"]) == 0
+    assert "decoding 48 latents" in capsys.readouterr().out  # 2 of the 5 blocks were done: 3 x 16 rows remain
+    store = open_store(path)
+    assert store.manifest["reconstructions"]["complete"] and store.manifest["reconstructions"]["image_size"] == 32
+    ae = load_autoencoder("default-untrained")
+    split = store.split("test")
+    latents = torch.from_numpy(split.read("latents", 0, 16))
+    want = (resize(to_unit(ae.decode(latents), ae.input_range), 32) * 255).round().clamp(0, 255).to(torch.uint8)
+    np.testing.assert_array_equal(split.read_derived("reconstructions", 0, 16), want.numpy())
+    assert inspect(path)[1] == []
+    data = path / "test" / ("shard-000000.reconstructions.npz" if fmt == "wds" else "reconstructions/c/0/0/0/0")
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    assert any("array reconstructions" in p or str(data) in p for p in inspect(path)[1])
+
+
+def test_the_recon_arm_caches_the_stores_reconstructions_of_the_very_rows_it_trains_on(stores, tmp_path):
+    path = tmp_path / "s.zarr"
+    shutil.copytree(stores["zarr"], path)
+    assert engine_main(["encode", "--out", str(path), "--reconstructions"]) == 0
+    store = open_store(path)
+    sel = select(store, "train", fold=1)
+    cached = ImageInputs.cache(store, sel, 32, torch.device("cpu"), reconstructions=True).images
+    names, rows = sel.locate(np.arange(sel.size))
+    for i in (0, sel.size // 2, sel.size - 1):
+        expected = store.split(str(names[i])).read_derived("reconstructions", int(rows[i]), int(rows[i]) + 1)[0]
+        np.testing.assert_array_equal(cached[i].numpy(), expected)
+    originals = ImageInputs.cache(store, sel, 32, torch.device("cpu")).images
+    assert cached.shape == originals.shape == (sel.size, 3, 32, 32) and not torch.equal(cached, originals)
+    run = tmp_path / "recon"
+    assert (
+        engine_main(
+            [
+                "train",
+                "--store",
+                str(path),
+                "--space",
+                "recon",
+                "--model",
+                "resnet18",
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((run / "config.json").read_text())["train"]["space"] == "recon"
+
+
+def test_reconstructions_need_the_autoencoder_that_encoded_the_store(tmp_path, capsys):
+    ae = load_autoencoder("default-untrained", seed=4)
+    weights = tmp_path / "vae.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in ae.module.state_dict().items()}, weights)
+    args = {"spec": None, "image_size": 32, "sizes": SIZES, "cache_dir": str(tmp_path / "cache")}
+    out = tmp_path / "s.zarr"
+    encode(
+        open_source(**args),
+        load_autoencoder(str(weights)),
+        EncodeOptions(out=out, image_size=32, source_args=args),
+        log=lambda *_: None,
+    )
+    weights.unlink()
+    assert engine_main(["encode", "--out", str(out), "--reconstructions"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(weights) in err and "cannot be loaded" in err
+
+
+@pytest.fixture(scope="module")
+def study(stores, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gap")
+    trained = _store(root, spec="default")
+    out = root / "study"
+    assert engine_main(["gap", "--store", str(trained), "--store", str(stores["zarr"]), "--out", str(out), *GAP]) == 0
+    return out
+
+
+def test_every_arm_trains_on_its_own_inputs(study):
+    report = json.loads((study / "gap.json").read_text())
+    assert set(report["autoencoders"]) == {"default", "default-untrained"}
+    for label, ae in report["autoencoders"].items():
+        assert set(ae["arms"]) == {"image", "recon", "latent", "latent-plain", "latent-distill"}
+        for arm, runs in ((a, r["runs"]) for a, r in ae["arms"].items()):
+            assert set(runs) == {"split-seed0", "split-seed1"}
+            for unit, run in runs.items():
+                cfg = json.loads((Path(run["run"]) / "config.json").read_text())
+                train, manifest = cfg["train"], cfg["store"]
+                assert train["seed"] == int(unit[-1])
+                if arm == "image":  # one image arm, on the first store, shared by both autoencoders
+                    assert train["space"] == "image" and manifest["autoencoder"]["family"] == "default"
+                else:
+                    assert manifest["autoencoder"]["family"] == label
+                if arm == "recon":
+                    assert train["space"] == "recon" and train["model"] == "resnet18"
+                if arm.startswith("latent"):
+                    assert train["space"] == "latent"
+                    assert train["model"] == ("adm-s" if arm == "latent-plain" else "adm-s-film")
+                    assert cfg["model"]["in_channels"] == manifest["latent_shape"][0]
+                if arm == "latent-distill":
+                    assert train["distill"] == "mse" and train["teacher"] == f"teacher_{unit}".replace("-", "_")
+    shapes = {label: ae["latent_shape"] for label, ae in report["autoencoders"].items()}
+    assert shapes == {"default": [4, 8, 8], "default-untrained": [4, 4, 4]}
+    for name in ("gap.md", "gap.png", "gap-noise.png"):
+        assert (study / name).is_file()
+
+
+def test_the_gaps_and_tests_are_computed_from_the_runs_own_metrics(study):
+    from scipy import stats
+
+    report = json.loads((study / "gap.json").read_text())
+    for ae in report["autoencoders"].values():
+        per = {
+            arm: {
+                u: json.loads((Path(r["run"]) / "eval.json").read_text())["test"]["balanced_accuracy"]
+                for u, r in a["runs"].items()
+            }
+            for arm, a in ae["arms"].items()
+        }
+        for arm, values in per.items():
+            assert ae["arms"][arm]["balanced_accuracy"]["mean"] == pytest.approx(np.mean(list(values.values())))
+        g = ae["gaps"]["balanced_accuracy"]
+        units = sorted(per["image"])
+        learn = [per["recon"][u] - per["latent"][u] for u in units]
+        assert g["learnability_gap"]["values"] == pytest.approx(learn)
+        assert g["fidelity_gap"]["mean"] == pytest.approx(np.mean([per["image"][u] - per["recon"][u] for u in units]))
+        if np.ptp(learn) > 0:
+            want = stats.ttest_rel([per["recon"][u] for u in units], [per["latent"][u] for u in units]).pvalue
+            assert g["learnability_gap"]["t_p"] == pytest.approx(want)
+        assert ae["diagnostics"]["pca"]["participation_ratio"] > 0 and ae["diagnostics"]["fidelity"]["psnr_db"] > 0
+    fid = {label: ae["diagnostics"]["fidelity"]["psnr_db"] for label, ae in report["autoencoders"].items()}
+    assert fid["default"] > 25 > fid["default-untrained"]  # the control's reconstructions are lost
+
+
+def test_a_killed_gap_reuses_finished_runs_and_resumes_the_rest(study, stores, tmp_path, capsys):
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    report = json.loads((copy / "gap.json").read_text())
+    trained = report["autoencoders"]["default"]["store"]
+    unfinished = copy / "runs" / "default" / "latent" / "split-seed1"
+    (unfinished / "eval.json").unlink()  # as a kill after its last checkpoint leaves it
+    for ae in report["autoencoders"].values():  # the copied study points at its own runs
+        for arm in ae["arms"].values():
+            for run in arm["runs"].values():
+                run["run"] = run["run"].replace(str(study), str(copy))
+    before = {p: p.stat().st_mtime_ns for p in copy.glob("runs/**/eval.json")}
+    capsys.readouterr()
+    assert engine_main(["gap", "--store", trained, "--store", str(stores["zarr"]), "--out", str(copy), *GAP]) == 0
+    err = capsys.readouterr().err
+    assert err.count(": training (") == 1 and "default latent split-seed1: training" in err
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert (unfinished / "eval.json").is_file()
+
+
+def test_an_arm_that_cannot_run_is_reported_as_skipped_with_its_reason(stores, tmp_path):
+    out = tmp_path / "study"
+    assert (
+        engine_main(["gap", "--store", str(stores["zarr"]), "--out", str(out), "--arms", "latent,latent-distill", *GAP])
+        == 0
+    )
+    report = json.loads((out / "gap.json").read_text())
+    assert [s["arm"] for s in report["skipped"]] == ["latent-distill", "latent-distill"]
+    assert all("no image arm" in s["why"] for s in report["skipped"])
+    assert "Skipped:" in (out / "gap.md").read_text()
+
+
+def _write_table(folder: Path, ids: list | None, rows: int = 40) -> Path:
+    folder.mkdir()
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    header = ["index", "path", "Split", *(["id"] if ids is not None else []), "Zeta", "alpha", "Mid"]
+    with open(folder / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i in range(rows):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
+            onehot = [0, 0, 0]
+            onehot[int(rng.integers(0, 3))] = 1
+            if i % 7 == 0:
+                onehot[(onehot.index(1) + 1) % 3] = 1  # several positives: the stratum is the first in sorted order
+            w.writerow(
+                [i, f"{i}.png", ["TRAIN", "VAL", "TEST"][i % 3], *([ids[i]] if ids is not None else []), *onehot]
+            )
+    return folder
+
+
+def _reference_folds(csv_path: Path, fold_num: int) -> dict[str, str]:
+    """The reference code's perform_crossfold, as it runs (pandas + sklearn): path -> its Split for fold k."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    df = pd.read_csv(csv_path)
+    metadata_columns = {
+        "path",
+        "id",
+        "Split",
+        "Unnamed: 0",
+        "subject_id",
+        "study_id",
+        "dicom_id",
+        "impression",
+        "image",
+        "Finding Labels",
+        "FileName",
+        "index",
+    }
+    class_columns = sorted([c for c in df.columns if c not in metadata_columns])
+    labels = df[class_columns].idxmax(axis=1)
+    groups = df["id"] if "id" in df.columns else df.index
+    sgkf = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=0)
+    folds = list(sgkf.split(df, labels, groups=groups))
+    df["Split"] = "TRAIN"
+    df.loc[folds[fold_num][1], "Split"] = "TEST"
+    df.loc[folds[(fold_num + 1) % 5][1], "Split"] = "VAL"
+    return dict(zip(df["path"], df["Split"]))
+
+
+@pytest.mark.parametrize("ids", ["int", "str", None])
+def test_folds_like_paper_are_the_reference_codes_folds(tmp_path, ids):
+    n = 40
+    values = {
+        "int": [str(10 + i // 2 * 3) for i in range(n)],
+        "str": [f"p{i // 2:02d}x" for i in range(n)],
+        None: None,
+    }[ids]
+    folder = _write_table(tmp_path / "t", values, n)
+    out = tmp_path / "s.zarr"
+    assert (
+        engine_main(
+            [
+                "encode",
+                "--dataset",
+                str(folder),
+                "--out",
+                str(out),
+                "--autoencoder",
+                "default-untrained",
+                "--image-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    store = open_store(out)
+    assert store.manifest["folds"]["protocol"] == "paper"
+    for k in range(5):
+        want = _reference_folds(folder / "labels.csv", k)
+        for role, split_name in (("test", "TEST"), ("val", "VAL"), ("train", "TRAIN")):
+            got = set(select(store, role, fold=k).keys.tolist())
+            assert got == {p for p, s in want.items() if s == split_name}, (k, role)
+
+
+def test_the_references_clean_evaluation_is_no_noise_at_the_embedding_of_sigma_1e_5(stores, tmp_path):
+    store = open_store(stores["zarr"])
+    stats = store.manifest["channel_stats"]
+    inputs = LatentInputs(channel_mean=stats["mean"], channel_std=stats["std"], device=torch.device("cpu"))
+    z = torch.from_numpy(store.split("test").read("latents", 0, 8))
+    x, levels = inputs.reference_clean(z)
+    mean, std = (torch.tensor(stats[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    torch.testing.assert_close(x, ((z.float() - mean) / std * 0.5), rtol=2e-3, atol=2e-3)  # fp16 output, as stored
+    assert torch.allclose(levels.c_noise, torch.full((8,), float(np.log(1e-5) / 4)))
+    run = tmp_path / "r"
+    assert (
+        engine_main(
+            [
+                "train",
+                "--store",
+                str(stores["zarr"]),
+                "--out",
+                str(run),
+                "--model",
+                "adm-s-film",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--clean-eval",
+                "reference",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((run / "eval.json").read_text())["clean_eval"] == "reference"
+
+
+def test_the_readme_block_takes_every_figure_from_gap_json(study):
+    from bench.readme_section import render
+
+    report = json.loads((study / "gap.json").read_text())
+    text = render([study / "gap.json"], study)
+    assert f"`{report['command']}`" in text and report["device"] in text and "`gap.json`" in text
+    for line in report["study"]["differs_from_paper"]:
+        assert line in text
+    for label, ae in report["autoencoders"].items():
+        assert f"#### {label}:" in text
+        for arm, a in ae["arms"].items():
+            s = a["balanced_accuracy"]
+            assert f"| {arm} | {len(a['runs'])} | {s['mean']:.3f} ± {s['sd']:.3f} |" in text
+        g = ae["gaps"]["balanced_accuracy"]["learnability_gap"]
+        assert f"| learnability gap (recon - latent) | {g['mean']:+.3f} ± {g['sd']:.3f} | {g['n']} |" in text
