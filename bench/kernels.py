@@ -29,7 +29,8 @@ from bench import environment
 
 LATENT = (32, 64, 64)  # FLUX.2 latent of a 512 px image
 STAGES = ((96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2))  # ConvNeXt-T stage maps on that latent
-KERNELS = ("add_noise", "film", "film_layer_norm", "group_norm_film_silu")
+TOKENS = ((256, 384), (256, 768), (256, 1152))  # (T, C) of DiT-S/B/XL on that latent at patch size 4
+KERNELS = ("adaln_modulate", "add_noise", "film", "film_layer_norm", "group_norm_film_silu")
 MODES = ("forward", "forward+backward")
 IMPLS = {
     "triton": "the kernels package's public function (Triton kernel)",
@@ -123,7 +124,28 @@ def _group_norm_film_silu_case(B: int, shape: tuple[int, ...], device: str) -> C
     )
 
 
+def _adaln_modulate_case(B: int, shape: tuple[int, ...], device: str) -> Case:
+    T, C = shape
+    x = torch.randn(B, T, C, device=device).bfloat16().requires_grad_()
+    scale, shift = (
+        (0.1 * torch.randn(B, C, device=device)).requires_grad_(),
+        torch.randn(B, C, device=device).requires_grad_(),
+    )
+    n, bc = x.numel() * x.element_size(), B * C * F32
+    # forward reads x, scale, shift and writes y; backward reads dy, x, scale and writes dx, dscale, dshift
+    return Case(
+        "adaln_modulate",
+        (B, *shape),
+        x.dtype,
+        (x, scale, shift, 1e-6),
+        (x, scale, shift),
+        2 * n + 2 * bc,
+        3 * n + 3 * bc,
+    )
+
+
 BUILDERS = {
+    "adaln_modulate": (_adaln_modulate_case, TOKENS),
     "add_noise": (_add_noise_case, (LATENT,)),
     "film": (_film_case, STAGES),
     "film_layer_norm": (_film_layer_norm_case, STAGES),

@@ -1,5 +1,6 @@
 """Fused Triton kernels with autograd wrappers and plain-torch references (imports torch and triton only)."""
 
+from kernels.adaln_modulate import adaln_modulate
 from kernels.add_noise import add_noise
 from kernels.film import film
 from kernels.film_layer_norm import film_layer_norm
@@ -18,6 +19,7 @@ from kernels.noise_levels import (
 
 __all__ = [
     "NoiseLevels",
+    "adaln_modulate",
     "add_noise",
     "c_noise",
     "film",

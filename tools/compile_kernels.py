@@ -1,0 +1,723 @@
+#!/usr/bin/env python
+"""Compile every Triton kernel specialisation the latent models launch for NVIDIA sm_90 (H100/H200), on a
+machine without a GPU, and report ptxas's registers per thread, spills and shared memory for each.
+
+    python tools/compile_kernels.py [--json PATH] [--allow-spills] [--quick] [--kernel NAME ...]
+                                    [--maxnreg N] [--cache-dir DIR]
+
+--quick: ConvNeXt-T and ADM-B on 32x64x64 latents only, training batch 256, evaluation batch 256, add_noise
+on 32x64x64 with an i32 and an i64 seed. --kernel: only these JITFunctions. --maxnreg: compile as if each
+launch capped registers per thread (where would spills start?). --cache-dir: Triton's cache directory.
+
+Exit status: 0 all compiled without spills; 1 a specialisation failed to compile or spills (spills allowed
+with --allow-spills); 2 the toolchain is missing (Triton's CUDA backend or its bundled ptxas).
+
+How it works, without a driver:
+
+1. Capture. The models (``engine.models.build_model``) run on the CPU at batch 2 with the fused ops they
+   call (``film_layer_norm`` in convnext_film, ``group_norm_film_silu`` in adm_resnet) replaced by
+   recorders. A recorder computes the op's torch reference, returns it in the kernel's output layout
+   (``empty_like(x)``) and notes each operand's dtype, strides and storage offset, and in backward those
+   of the incoming gradient. This is done the two ways the engine runs a model on CUDA: ``train`` (bf16
+   autocast, forward and backward: engine.training.objective) and ``eval`` (fp32, no grad:
+   engine.evaluate). CPU autocast casts the same ops as CUDA's here (conv, linear to bf16; norms fp32).
+2. Replay. Each captured call is replayed at the engine's batch sizes through the *public* kernel
+   function (operand checks and preparation included) with ``use_triton`` forced on and each
+   JITFunction's launch replaced by a recorder of its arguments, so block sizes, warps, strides and grids
+   come from the wrappers' own code (``_blocks``, ``_grid``, ``plane_tile``). Operands are untouched
+   ``torch.empty`` buffers (no memory is written; only pointers, dtypes and ints reach Triton).
+3. Compile. Each recorded launch goes through ``JITFunction.run(..., warmup=True)`` while
+   ``triton.runtime.driver`` holds a stand-in driver whose only answers are the target
+   ``GPUTarget("cuda", 90, 32)``, device 0 and stream 0. Triton's own binder therefore specialises the
+   arguments exactly as for a launch (pointer dtypes, ints equal to 1 made constexpr, 16-divisibility of
+   ints and pointers, i32/i64), and its CUDA backend lowers to PTX and runs its bundled ptxas to a cubin.
+   Launches with the same specialisation share one compiled kernel (Triton's cache key).
+4. Report. ``ptxas -v`` runs again on each specialisation's PTX with the flags Triton uses
+   (``-lineinfo --gpu-name=sm_90a``); its "Used N registers" and "bytes spill stores/loads" lines are
+   parsed. Shared memory is Triton's dynamic allocation (``metadata.shared``, what the launch requests)
+   plus any static shared memory ptxas reports. (A real device would give ``n_regs``/``n_spills`` from
+   the loaded cubin; those need a driver.)
+
+The specialisations, derived as above from:
+
+- ConvNeXt-T-FiLM on 32x64x64 latents (stem stride 4): film_layer_norm closing stages 1-3 before each
+  downsampling, 96@16x16, 192@8x8, 384@4x4 (x channels-last, from the blocks' permute), and the head's norm
+  at 768@1x1 (stage 4's 768@2x2 map is pooled before FiLM + LayerNorm, see convnext_film). Under autocast
+  x is the fp32 residual stream with bf16 FiLM scale/shift.
+- ADM-S-FiLM and ADM-B-FiLM on 4x32x32 and 32x64x64 latents: group_norm_film_silu (32 groups) at every
+  ResBlock's norm1 (no FiLM: zero scale/shift) and norm2 (FiLM), and out_norm; bf16 under autocast.
+- add_noise on (B, 32, 64, 64) and (B, 4, 32, 32) fp16 latents (fp32 mean/std/alpha/sigma, offset 0,
+  mask_p 0.2 in training, 0 in evaluation), with one seed of each class Triton specialises on: i32, i32
+  divisible by 16, i64, i64 divisible by 16 (the engine's seeds are ``step_seed`` values below 2**62).
+  Its backward is compiled too, though training never asks for it (stored latents need no gradient).
+- Batches: training at the per-rank batch of the default --batch-size 256 on 1, 2, 4 or 8 GPUs (256, 128,
+  64, 32: film_layer_norm's backward splits positions by batch and SM count, taken as 132, the SMs of
+  H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
+
+At the time of writing this gives 80 specialisations (film_layer_norm 8 fwd + 7 bwd, group_norm_film_silu
+30 + 15, add_noise 12 + 8), none spilling, in about 30 s on two cores with a cold Triton cache.
+
+Not covered: kernels.film (no model calls it), add_noise(return_noise=True) (the engine never asks),
+seed == 1 (a constexpr specialisation the engine's seeds do not hit), torch.compile'd models, and
+layouts other than those the models produce.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = 90  # compute capability of H100 / H200
+WARP_SIZE = 32
+SMS = 132  # streaming multiprocessors of H100 SXM and H200
+CAPTURE_BATCH = 2
+MODELS = (  # (registry name, latent (C, H, W)) at the paper's scale
+    ("convnext-t-film", (32, 64, 64)),
+    ("adm-s-film", (4, 32, 32)),
+    ("adm-s-film", (32, 64, 64)),
+    ("adm-b-film", (4, 32, 32)),
+    ("adm-b-film", (32, 64, 64)),
+)
+MODEL_OP = {"convnext": "film_layer_norm", "adm": "group_norm_film_silu"}  # model family -> the fused op it calls
+LATENTS = ((32, 64, 64), (4, 32, 32))  # add_noise inputs: the stored fp16 latents
+TRAIN_BATCHES = (256, 128, 64, 32)  # per-rank batch of --batch-size 256 on 1, 2, 4, 8 GPUs
+EVAL_BATCHES = (256, 1)  # engine.evaluate.EVAL_BATCH and the shortest tail batch
+SEEDS = {"i32": 2, "i32/16": 16, "i64": 2**40 + 2, "i64/16": 2**40}  # add_noise seed classes
+MASK_P = {"train": 0.2, "eval": 0.0}
+TARGET_STD = 0.5
+# (module, JITFunction name) of every kernel the models launch, forward and backward
+KERNELS = (
+    ("kernels.film_layer_norm", "_film_layer_norm_fwd"),
+    ("kernels.film_layer_norm", "_film_layer_norm_bwd"),
+    ("kernels.group_norm_film_silu", "_group_norm_film_silu_fwd"),
+    ("kernels.group_norm_film_silu", "_group_norm_film_silu_bwd"),
+    ("kernels.add_noise", "_add_noise_fwd"),
+    ("kernels.add_noise", "_add_noise_bwd"),
+)
+QUICK = (("convnext-t-film", (32, 64, 64)), ("adm-b-film", (32, 64, 64)))  # --quick: one model of each kind
+
+
+def toolchain_problem() -> str | None:
+    """Why this machine cannot run the check (no Triton, no CUDA backend, no working ptxas), or None."""
+    try:
+        from triton.backends import backends
+    except ImportError as e:
+        return f"triton is not installed ({e})"
+    if "nvidia" not in backends:
+        return "Triton's CUDA backend (triton.backends.nvidia) is not installed"
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        get_ptxas(ARCH)
+    except Exception as e:  # any failure to locate or run ptxas means: cannot check
+        return f"Triton's ptxas cannot be found or run ({type(e).__name__}: {e})"
+    return None
+
+
+def ptxas() -> tuple[str, str]:
+    """(path, release) of the ptxas Triton uses for sm_90 (its bundled one unless TRITON_PTXAS_PATH is set)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    tool = get_ptxas(ARCH)
+    return tool.path, tool.version
+
+
+# ---------------------------------------------------------------------------------------------- capture
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """Layout of one operand: the shape after the batch dim (whole shape if unbatched), strides, offset."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    dtype: str
+    batched: bool
+    requires_grad: bool
+
+    @staticmethod
+    def of(t, batched: bool = True) -> TensorSpec:
+        shape = tuple(t.shape[1:]) if batched else tuple(t.shape)
+        return TensorSpec(
+            shape, t.stride(), t.storage_offset(), str(t.dtype).removeprefix("torch."), batched, t.requires_grad
+        )
+
+    def make(self, batch: int):
+        """A tensor of this layout at ``batch``: a view into an untouched buffer (small ones hold ones, so
+        value checks such as add_noise's std > 0 pass)."""
+        import torch
+
+        size = (batch, *self.shape) if self.batched else self.shape
+        extent = self.offset + 1 + sum((n - 1) * s for n, s in zip(size, self.stride))
+        base = torch.empty(extent, dtype=getattr(torch, self.dtype))
+        if extent <= 1 << 16:
+            base.fill_(1)
+        t = base.as_strided(size, self.stride, self.offset)
+        return t.requires_grad_() if self.requires_grad else t
+
+
+@dataclasses.dataclass
+class Call:
+    """One call of a fused op as a model makes it: operands (in the public function's order), parameters,
+    and the layout of the gradient its backward receives (training only)."""
+
+    op: str
+    mode: str
+    tensors: dict[str, TensorSpec]
+    params: dict
+    dy: TensorSpec | None = None
+    sites: list[str] = dataclasses.field(default_factory=list)
+
+    def key(self):
+        return (self.op, self.mode, tuple(self.tensors.items()), tuple(sorted(self.params.items())), self.dy)
+
+
+def _recorder_function():
+    import torch
+
+    class Recorded(torch.autograd.Function):
+        """The op's reference in the kernel's layouts (output and dx like x), noting dy's layout."""
+
+        @staticmethod
+        def forward(ctx, call, reference, *tensors):
+            ctx.call, ctx.reference = call, reference
+            ctx.save_for_backward(*tensors)
+            return torch.empty_like(tensors[0]).copy_(reference(*tensors))
+
+        @staticmethod
+        def backward(ctx, dy):
+            ctx.call.dy = TensorSpec.of(dy)
+            needs = ctx.needs_input_grad[2:]
+            inputs = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, needs)]
+            with torch.enable_grad():
+                y = ctx.reference(*inputs)
+            grads = iter(torch.autograd.grad(y, [t for t in inputs if t.requires_grad], dy))
+            out = [next(grads) if t.requires_grad else None for t in inputs]
+            if out[0] is not None:
+                out[0] = torch.empty_like(inputs[0]).copy_(out[0])
+            return (None, None, *out)
+
+    return Recorded
+
+
+def capture(models=MODELS) -> list[Call]:
+    """Every film_layer_norm / group_norm_film_silu call the models make, in train and eval mode."""
+    import torch
+
+    from engine.models import build_model
+
+    adm, convnext = _module("engine.models.adm_resnet"), _module("engine.models.convnext_film")
+    from kernels.film_layer_norm import film_layer_norm_reference
+    from kernels.group_norm_film_silu import group_norm_film_silu_reference
+
+    recorded = _recorder_function()
+    calls: list[Call] = []
+    state = {"mode": None, "site": None}
+
+    def film_layer_norm(x, scale, shift, weight, bias, eps=1e-6):
+        call = Call(
+            "film_layer_norm",
+            state["mode"],
+            {
+                "x": TensorSpec.of(x),
+                "scale": TensorSpec.of(scale),
+                "shift": TensorSpec.of(shift),
+                "weight": TensorSpec.of(weight, batched=False),
+                "bias": TensorSpec.of(bias, batched=False),
+            },
+            {"eps": eps},
+            sites=[f"{state['site']} {x.shape[1]}@{'x'.join(map(str, x.shape[2:]))}"],
+        )
+        calls.append(call)
+        return recorded.apply(
+            call, lambda x, s, h, w, b: film_layer_norm_reference(x, s, h, w, b, eps), x, scale, shift, weight, bias
+        )
+
+    def group_norm_film_silu(x, num_groups, weight, bias, scale, shift, eps=1e-5):
+        call = Call(
+            "group_norm_film_silu",
+            state["mode"],
+            {
+                "x": TensorSpec.of(x),
+                "weight": TensorSpec.of(weight, batched=False),
+                "bias": TensorSpec.of(bias, batched=False),
+                "scale": TensorSpec.of(scale),
+                "shift": TensorSpec.of(shift),
+            },
+            {"num_groups": num_groups, "eps": eps},
+            sites=[f"{state['site']} {x.shape[1]}@{'x'.join(map(str, x.shape[2:]))}/{num_groups}g"],
+        )
+        calls.append(call)
+        return recorded.apply(
+            call,
+            lambda x, w, b, s, h: group_norm_film_silu_reference(x, num_groups, w, b, s, h, eps),
+            x,
+            weight,
+            bias,
+            scale,
+            shift,
+        )
+
+    saved = convnext.film_layer_norm, adm.group_norm_film_silu
+    convnext.film_layer_norm, adm.group_norm_film_silu = film_layer_norm, group_norm_film_silu
+    try:
+        torch.manual_seed(0)
+        for name, (c, h, w) in models:
+            model = build_model(name, c, 2, latent_size=h)
+            x, c_noise = torch.randn(CAPTURE_BATCH, c, h, w), torch.zeros(CAPTURE_BATCH)
+            state["site"] = f"{name}@{c}x{h}x{w}"
+            state["mode"] = "train"  # engine.training.objective: bf16 autocast, forward and backward
+            model.train()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = model(x, c_noise)
+            logits.float().sum().backward()
+            state["mode"] = "eval"  # engine.evaluate: fp32, no grad
+            model.eval()
+            with torch.no_grad():
+                model(x, c_noise)
+    finally:
+        convnext.film_layer_norm, adm.group_norm_film_silu = saved
+    return calls
+
+
+def add_noise_calls(latents=LATENTS) -> list[Call]:
+    """add_noise as engine.training.inputs calls it on stored fp16 latents (no model capture needed)."""
+    import torch
+
+    calls = []
+    for c, h, w in latents:
+        x = torch.empty(CAPTURE_BATCH, c, h, w, dtype=torch.float16)
+        per_channel, per_sample = torch.empty(c), torch.empty(CAPTURE_BATCH)
+        for mode in ("train", "eval"):
+            for seed_class, seed in SEEDS.items():
+                spec = dataclasses.replace(TensorSpec.of(x), requires_grad=mode == "train")  # to reach backward
+                calls.append(
+                    Call(
+                        "add_noise",
+                        mode,
+                        {
+                            "x": spec,
+                            "mean": TensorSpec.of(per_channel, batched=False),
+                            "std": TensorSpec.of(per_channel, batched=False),
+                            "alpha": TensorSpec.of(per_sample),
+                            "sigma": TensorSpec.of(per_sample),
+                        },
+                        {"seed": seed, "mask_p": MASK_P[mode], "target_std": TARGET_STD},
+                        dy=spec if mode == "train" else None,
+                        sites=[f"latents {c}x{h}x{w} seed {seed_class}"],
+                    )
+                )
+    return calls
+
+
+def merge(calls: list[Call]) -> list[Call]:
+    """Calls with equal layouts and parameters, once each, with all their sites."""
+    merged: dict = {}
+    for call in calls:
+        if (key := call.key()) in merged:
+            merged[key].sites += [s for s in call.sites if s not in merged[key].sites]
+        else:
+            merged[key] = dataclasses.replace(call, sites=list(call.sites))
+    return list(merged.values())
+
+
+# ----------------------------------------------------------------------------------------------- replay
+
+
+@dataclasses.dataclass
+class Launch:
+    kernel: object  # JITFunction
+    args: tuple
+    kwargs: dict
+    grid: tuple
+    use: str
+
+
+def _module(name: str):
+    """The module itself (``import kernels.film_layer_norm as m`` gives the function the package re-exports)."""
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def _jit_functions() -> dict[str, object]:
+    from triton.runtime.jit import JITFunction
+
+    found = {}
+    for module, name in KERNELS:
+        fn = getattr(_module(module), name)
+        if not isinstance(fn, JITFunction):
+            raise RuntimeError(
+                f"{module}.{name} is a {type(fn).__name__}, not a JITFunction: the kernels were imported with "
+                "TRITON_INTERPRET set; run this tool in a process without it"
+            )
+        found[name] = fn
+    return found
+
+
+def _fix_film_layer_norm_split(launch: Launch) -> Launch:
+    """film_layer_norm's backward sizes its position split from the device's SM count, which it reads as 1
+    off CUDA; redo the wrapper's split for SMS SMs (after checking it reproduces the wrapper's at 1)."""
+    fn = launch.kernel.fn
+    params = inspect.signature(fn).parameters
+    options = {k: v for k, v in launch.kwargs.items() if k not in params}
+    bound = inspect.signature(fn).bind(*launch.args, **{k: v for k, v in launch.kwargs.items() if k in params})
+    a = bound.arguments
+    batch, n_blocks = launch.grid[1], math.ceil(a["S"] / a["BLOCK_S"])
+
+    def split(sms: int) -> tuple[int, int]:  # the wrapper's formula (kernels/film_layer_norm.py, backward)
+        per_program = math.ceil(n_blocks / min(n_blocks, math.ceil(4 * sms / batch)))
+        return per_program, math.ceil(n_blocks / per_program)
+
+    if split(1) != (a["BLOCKS_PER_PROGRAM"], a["n_split"]):
+        raise RuntimeError(
+            "film_layer_norm backward no longer splits positions as this tool assumes "
+            f"(wrapper: {a['BLOCKS_PER_PROGRAM']} blocks per program, n_split {a['n_split']}; tool: {split(1)}); "
+            "update _fix_film_layer_norm_split"
+        )
+    a["BLOCKS_PER_PROGRAM"], a["n_split"] = split(SMS)
+    return Launch(launch.kernel, bound.args, {**bound.kwargs, **options}, (a["n_split"], batch), launch.use)
+
+
+def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BATCHES) -> list[Launch]:
+    """The kernel launches the public functions make for each call at each batch size (nothing runs)."""
+    import torch
+
+    fln_mod, gn_mod = _module("kernels.film_layer_norm"), _module("kernels.group_norm_film_silu")
+    add_noise_mod = _module("kernels.add_noise")
+    jit = _jit_functions()
+    launches: list[Launch] = []
+    current = {"use": ""}
+
+    def recorder(fn):
+        def run(*args, grid, warmup, **kwargs):
+            launches.append(Launch(fn, args, kwargs, tuple(grid), current["use"]))
+
+        return run
+
+    def call_op(call: Call, t: dict):
+        p = call.params
+        if call.op == "film_layer_norm":
+            return fln_mod.film_layer_norm(t["x"], t["scale"], t["shift"], t["weight"], t["bias"], p["eps"])
+        if call.op == "group_norm_film_silu":
+            return gn_mod.group_norm_film_silu(
+                t["x"], p["num_groups"], t["weight"], t["bias"], t["scale"], t["shift"], p["eps"]
+            )
+        return add_noise_mod.add_noise(
+            t["x"], t["mean"], t["std"], t["alpha"], t["sigma"], p["seed"], 0, p["mask_p"], p["target_std"]
+        )
+
+    modules = (fln_mod, gn_mod, add_noise_mod)
+    saved_use_triton = [m.use_triton for m in modules]
+    for fn in jit.values():
+        fn.run = recorder(fn)
+    for m in modules:
+        m.use_triton = lambda x: True
+    try:
+        for call in calls:
+            for batch in train_batches if call.mode == "train" else eval_batches:
+                current["use"] = f"{call.mode} B={batch}: " + ", ".join(call.sites)
+                tensors = {name: spec.make(batch) for name, spec in call.tensors.items()}
+                with torch.set_grad_enabled(call.mode == "train"):
+                    y = call_op(call, tensors)
+                    wanted = [t for t in tensors.values() if t.requires_grad]
+                    if call.mode == "train" and call.dy is not None and wanted:
+                        torch.autograd.grad(y, wanted, call.dy.make(batch))
+    finally:
+        for fn in jit.values():
+            del fn.run
+        for m, saved in zip(modules, saved_use_triton):
+            m.use_triton = saved
+    return [_fix_film_layer_norm_split(x) if x.kernel is jit["_film_layer_norm_bwd"] else x for x in launches]
+
+
+# ---------------------------------------------------------------------------------------------- compile
+
+
+@contextlib.contextmanager
+def fake_driver():
+    """triton.runtime.driver answers target sm_90, device 0, stream 0; nothing else is asked when compiling."""
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+
+    class FakeCudaDriver:
+        def get_current_target(self):
+            return GPUTarget("cuda", ARCH, WARP_SIZE)
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+    saved = driver._active
+    driver.set_active(FakeCudaDriver())
+    try:
+        yield
+    finally:
+        driver._active = saved
+
+
+_PTXAS_LINES = {
+    "stack_frame": r"(\d+) bytes stack frame",
+    "spill_stores": r"(\d+) bytes spill stores",
+    "spill_loads": r"(\d+) bytes spill loads",
+    "registers": r"Used (\d+) registers",
+    "ptxas_smem": r"(\d+) bytes smem",
+}
+
+
+def run_ptxas(ptx: str, name: str, fp_fusion: bool = True, options: str | None = None) -> dict:
+    """ptxas -v on ``ptx`` with the flags Triton's make_cubin uses: the resource report for entry ``name``."""
+    from triton.backends.nvidia.compiler import sm_arch_from_capability
+
+    path, _ = ptxas()
+    flags = ["-lineinfo", *([] if fp_fusion else ["--fmad=false"]), "-v", *(options.split() if options else [])]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp, "kernel.ptx")
+        src.write_text(ptx)
+        cmd = [path, *flags, f"--gpu-name={sm_arch_from_capability(ARCH)}", str(src), "-o", str(src.with_suffix(".o"))]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    log = out.stdout + out.stderr
+    if out.returncode:
+        raise RuntimeError(f"ptxas failed ({out.returncode}):\n{log}")
+    entry = log.split(f"Compiling entry function '{name}'", 1)[-1]
+    found = {k: re.search(p, entry) for k, p in _PTXAS_LINES.items()}
+    if found["registers"] is None:
+        raise RuntimeError(f"no register count in ptxas's report for {name}:\n{log}")
+    return {k: int(m[1]) if m else 0 for k, m in found.items()} | {"ptxas_log": log.strip()}
+
+
+def cubin_usage(cubin: bytes) -> dict | None:
+    """cuobjdump's resource usage of the cubin Triton built (REG, LOCAL, SHARED...), or None without cuobjdump."""
+    from triton import knobs
+
+    try:
+        tool = knobs.nvidia.cuobjdump
+    except RuntimeError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "kernel.cubin")
+        path.write_bytes(cubin)
+        out = subprocess.run([tool.path, "--dump-resource-usage", str(path)], capture_output=True, text=True)
+    usage = re.search(r"Function \S+:\s*\n\s*(.*)", out.stdout)
+    return {k: int(v) for k, v in re.findall(r"([A-Z_\[\]0-9]+):(\d+)", usage[1])} if usage else None
+
+
+def describe(compiled) -> dict:
+    """What distinguishes a specialisation: pointer dtypes, constexprs (ints equal to 1 included), i64 ints
+    and the int/pointer arguments Triton could not mark 16-divisible."""
+    src, params = compiled.src, compiled.src.fn.arg_names
+    signature = list(src.signature.values())
+    constants = {params[k[0]]: v for k, v in src.constants.items()}
+    divisible = {params[k[0]] for k, v in src.attrs.items() if ["tt.divisibility", 16] in v}
+    pointers = {n.removesuffix("_ptr"): t.lstrip("*") for n, t in zip(params, signature) if t.startswith("*")}
+    ints = [n for n, t in zip(params, signature) if t in ("i32", "i64")]
+    return {
+        "dtypes": pointers,
+        "constexprs": constants,
+        "i64": [n for n, t in zip(params, signature) if t == "i64"],
+        "not_div16": [n for n in ints + [f"{p}_ptr" for p in pointers] if n not in divisible],
+        "num_warps": compiled.metadata.num_warps,
+    }
+
+
+def compile_all(launches: list[Launch], maxnreg: int | None = None) -> list[dict]:
+    """One record per specialisation (Triton's compile key), with every launch that uses it; ``maxnreg``
+    compiles as if each launch had asked for at most that many registers per thread."""
+    specs: dict[str, dict] = {}
+    extra = {"maxnreg": maxnreg} if maxnreg else {}
+    with fake_driver():
+        for launch in launches:
+            name = launch.kernel.fn.__name__
+            t0 = time.perf_counter()
+            try:
+                compiled = launch.kernel.run(*launch.args, grid=launch.grid, warmup=True, **launch.kwargs, **extra)
+            except Exception as e:  # reported per specialisation, then exit 1
+                key = f"{name}:{launch.kwargs}"
+                specs.setdefault(key, {"kernel": name, "error": f"{type(e).__name__}: {e}", "uses": []})
+                specs[key]["uses"].append(launch.use)
+                continue
+            if compiled.hash in specs:
+                specs[compiled.hash]["uses"].append(launch.use)
+                continue
+            record = {"kernel": name, "hash": compiled.hash, **describe(compiled), "error": None}
+            try:
+                meta = compiled.metadata
+                report = run_ptxas(compiled.asm["ptx"], meta.name, meta.enable_fp_fusion, meta.ptx_options)
+                record |= report | {"shared": meta.shared + report["ptxas_smem"]}
+                record["cubin"] = usage = cubin_usage(compiled.asm["cubin"])
+                if usage is not None and usage.get("REG") != report["registers"]:
+                    raise RuntimeError(f"ptxas -v says {report['registers']} registers, Triton's cubin {usage}")
+            except Exception as e:
+                record["error"] = f"{type(e).__name__}: {e}"
+            record["compile_s"] = round(time.perf_counter() - t0, 2)
+            record["uses"] = [launch.use]
+            specs[compiled.hash] = record
+    return list(specs.values())
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _spec_text(s: dict) -> str:
+    parts = [f"{k}={v}" for k, v in s["constexprs"].items()]
+    parts += [f"i64:{','.join(s['i64'])}"] if s["i64"] else []
+    parts += [f"~16:{','.join(s['not_div16'])}"] if s["not_div16"] else []
+    return " ".join(parts)
+
+
+def _dtype_text(dtypes: dict) -> str:
+    groups: dict[str, list[str]] = {}
+    for name, dtype in dtypes.items():
+        groups.setdefault(dtype, []).append(name)
+    return " ".join(f"{','.join(names)}:{dtype}" for dtype, names in groups.items())
+
+
+def table(specs: list[dict]) -> str:
+    rows = [("kernel", "regs", "spill st/ld", "smem", "warps", "dtypes", "specialisation", "uses (first)")]
+    order = [name for _, name in KERNELS]
+    for s in sorted(specs, key=lambda s: (order.index(s["kernel"]), s.get("error") is None, -s.get("registers", 0))):
+        if s.get("error"):
+            rows.append((s["kernel"], "FAILED", "", "", "", "", s["error"].splitlines()[0][:100], s["uses"][0]))
+            continue
+        rows.append(
+            (
+                s["kernel"],
+                str(s["registers"]),
+                f"{s['spill_stores']}/{s['spill_loads']}",
+                str(s["shared"]),
+                str(s["num_warps"]),
+                _dtype_text(s["dtypes"]),
+                _spec_text(s),
+                s["uses"][0][:70] + (f" (+{len(s['uses']) - 1})" if len(s["uses"]) > 1 else ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def summary(specs: list[dict]) -> dict[str, dict]:
+    per_kernel: dict[str, dict] = {}
+    for s in specs:
+        k = per_kernel.setdefault(s["kernel"], {"specialisations": 0, "failed": 0, "max_registers": 0, "spilling": 0})
+        k["specialisations"] += 1
+        if s.get("error"):
+            k["failed"] += 1
+            continue
+        k["max_registers"] = max(k["max_registers"], s["registers"])
+        k["spilling"] += bool(s["spill_stores"] or s["spill_loads"])
+    return per_kernel
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--json", type=Path, help="also write the full report (ptxas logs included) here")
+    parser.add_argument("--allow-spills", action="store_true", help="exit 0 even if a specialisation spills")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a representative subset: ConvNeXt-T and ADM-B on 32x64x64, batch 256, add_noise i32/i64 seeds",
+    )
+    parser.add_argument(
+        "--kernel",
+        action="append",
+        choices=[name for _, name in KERNELS],
+        help="check only this kernel (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--maxnreg", type=int, help="compile with at most this many registers per thread (to see where spills start)"
+    )
+    parser.add_argument("--cache-dir", help="Triton cache directory (default: Triton's, ~/.triton/cache)")
+    args = parser.parse_args(argv)
+
+    # Compile for real: the kernels must be imported as JITFunctions, not interpreted ones. This process's
+    # environment only; tests run this tool as a subprocess.
+    os.environ.pop("TRITON_INTERPRET", None)
+    if args.cache_dir:
+        os.environ["TRITON_CACHE_DIR"] = args.cache_dir
+    sys.path.insert(0, str(ROOT))
+    if problem := toolchain_problem():
+        print(f"compile_kernels: cannot check: {problem}", file=sys.stderr)
+        return 2
+    import torch
+    import triton
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    path, release = ptxas()
+    t0 = time.perf_counter()
+    models, train, evals = (
+        (QUICK, TRAIN_BATCHES[:1], EVAL_BATCHES[:1]) if args.quick else (MODELS, TRAIN_BATCHES, EVAL_BATCHES)
+    )
+    noise = add_noise_calls(LATENTS[:1] if args.quick else LATENTS)
+    if args.quick:
+        noise = [c for c in noise if not c.sites[0].endswith("/16")]
+    selected = args.kernel or [name for _, name in KERNELS]
+    ops = {op for op in ("film_layer_norm", "group_norm_film_silu", "add_noise") if any(op in k for k in selected)}
+    models = [m for m in models if MODEL_OP[m[0].split("-")[0]] in ops]  # skip models whose kernels are not checked
+    noise = noise if "add_noise" in ops else []
+    calls = merge(capture(models) + noise)
+    launches = replay(calls, train, evals)
+    launches = [x for x in launches if x.kernel.fn.__name__ in selected]
+    t_derive = time.perf_counter() - t0
+    specs = compile_all(launches, args.maxnreg)
+    elapsed = time.perf_counter() - t0
+
+    print(table(specs))
+    per_kernel = summary(specs)
+    print()
+    for name, k in per_kernel.items():
+        print(
+            f"{name}: {k['specialisations']} specialisations, max {k['max_registers']} registers, "
+            f"{k['spilling']} spilling, {k['failed']} failed"
+        )
+    if missing := [name for name in selected if name not in per_kernel]:
+        print(f"never launched (the derivation of the launches is broken): {', '.join(missing)}")
+    failed = sum(k["failed"] for k in per_kernel.values()) + len(missing)
+    spilling = sum(k["spilling"] for k in per_kernel.values())
+    print(
+        f"\n{len(specs)} specialisations from {len(launches)} launches ({len(calls)} distinct calls) for "
+        f"sm_{ARCH}a, triton {triton.__version__}, ptxas {release} ({path}); {failed} failed, {spilling} spilling; "
+        f"{elapsed:.1f} s ({t_derive:.1f} s deriving the launches)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "target": {"backend": "cuda", "arch": ARCH, "gpu_name": f"sm_{ARCH}a", "sms": SMS},
+            "triton": triton.__version__,
+            "ptxas": {"path": path, "release": release},
+            "quick": args.quick,
+            "kernels": selected,
+            "maxnreg": args.maxnreg,
+            "seconds": round(elapsed, 1),
+            "summary": per_kernel,
+            "specialisations": specs,
+        }
+        args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    if failed or (spilling and not args.allow_spills):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
