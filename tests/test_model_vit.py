@@ -12,8 +12,14 @@ from engine.models import build_model
 from engine.models.vit_film import Attention, attend, check_attention
 
 # every registered autoencoder's latent of 256 and 512 px images, and of the embedded default's 64 px ones
-SHAPES = sorted({(f.latent_channels, px // f.downsample, px // f.downsample) for f in FAMILIES.values()
-                 for px in (64, 256, 512) if px // f.downsample >= 4})
+SHAPES = sorted(
+    {
+        (f.latent_channels, px // f.downsample, px // f.downsample)
+        for f in FAMILIES.values()
+        for px in (64, 256, 512)
+        if px // f.downsample >= 4
+    }
+)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -47,7 +53,9 @@ def test_adaln_zero_starts_as_identity_blocks_and_trains():
     assert torch.allclose(before, before[:1].expand_as(before)) or before.abs().max() == 0  # zero head at start
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(6):
-        loss = torch.nn.functional.cross_entropy(net(x * 0.5 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x), c_noise), y)
+        loss = torch.nn.functional.cross_entropy(
+            net(x * 0.5 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x), c_noise), y
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
