@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import triton
 import triton.testing
 
 from bench import environment
+from bench.result_file import recording
 
 LATENT = (32, 64, 64)  # FLUX.2 latent of a 512 px image
 STAGES = ((96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2))  # ConvNeXt-T stage maps on that latent
@@ -249,6 +249,8 @@ def _markdown(report: dict) -> str:
     ]
     if report["reference_only"]:
         lines += [f"**{report['note']}**", ""]
+    if not report.get("complete", True):
+        lines += ["**Incomplete**: the run was cut before every kernel ran; what is here was measured.", ""]
     lines += [
         "| kernel | shape | dtype | mode | impl | median ms | GB/s | % of copy | x eager |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
@@ -302,33 +304,6 @@ def main(argv: list[str]) -> int:
         torch._dynamo.config.recompile_limit = 64  # one graph per shape and mode, never a silent eager fallback
     torch.manual_seed(0)
     copy = _copy_bandwidth(device, cuda, args.reps, args.rep_ms)
-    results, skipped = [], []
-    with environment.kernels_env("triton" if cuda else "reference"):
-        for kernel in kernels:
-            fns = _implementations(kernel, impls, skipped)
-            if not fns:
-                print(f"skip {kernel}: {skipped[-1]['reason']}", file=sys.stderr)
-                continue
-            build, shapes = BUILDERS[kernel]
-            for shape in shapes:
-                case = build(args.batch, shape, device)
-                for mode in MODES:
-                    n_bytes = case.bytes_forward + (case.bytes_backward if mode != "forward" else 0)
-                    for impl, fn in fns.items():
-                        row = {
-                            "kernel": kernel,
-                            "shape": list(case.shape),
-                            "dtype": str(case.dtype).removeprefix("torch."),
-                            "mode": mode,
-                            "impl": impl,
-                            **_summary(_times_ms(_step(fn, case, mode), cuda, args.reps, args.rep_ms), n_bytes),
-                        }
-                        row["fraction_of_copy"] = row["gb_per_s"] / copy["gb_per_s"]
-                        results.append(row)
-                del case
-                if cuda:
-                    torch.cuda.empty_cache()
-
     report = {
         "schema": 1,
         "device": device_name,
@@ -343,14 +318,47 @@ def main(argv: list[str]) -> int:
         "bytes": "minimum per pass: each input read once, each output written once; forward+backward adds both passes",
         "impls": IMPLS,
         "copy_bandwidth": copy,
-        "results": results,
-        "skipped": skipped,
+        "results": [],
+        "skipped": [],
     }
     out = args.out or environment.result_path("kernels", device_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    table = _markdown(report)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    try:
+        with recording(report, out) as save, environment.kernels_env("triton" if cuda else "reference"):
+            for kernel in kernels:
+                _time_kernel(kernel, impls, args, device, cuda, report)
+                save()
+    except KeyboardInterrupt:
+        print(f"interrupted: the {len(report['results'])} rows timed so far are in {out} (complete: false)")
+        return 130
+    finally:
+        out.with_suffix(".md").write_text(_markdown(report))
+    print(_markdown(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
+
+
+def _time_kernel(kernel: str, impls: list[str], args: argparse.Namespace, device: str, cuda: bool, report: dict):
+    """Every shape and mode of one kernel, each implementation, appended to ``report["results"]``."""
+    fns = _implementations(kernel, impls, report["skipped"])
+    if not fns:
+        print(f"skip {kernel}: {report['skipped'][-1]['reason']}", file=sys.stderr)
+        return
+    build, shapes = BUILDERS[kernel]
+    for shape in shapes:
+        case = build(args.batch, shape, device)
+        for mode in MODES:
+            n_bytes = case.bytes_forward + (case.bytes_backward if mode != "forward" else 0)
+            for impl, fn in fns.items():
+                row = {
+                    "kernel": kernel,
+                    "shape": list(case.shape),
+                    "dtype": str(case.dtype).removeprefix("torch."),
+                    "mode": mode,
+                    "impl": impl,
+                    **_summary(_times_ms(_step(fn, case, mode), cuda, args.reps, args.rep_ms), n_bytes),
+                }
+                row["fraction_of_copy"] = row["gb_per_s"] / report["copy_bandwidth"]["gb_per_s"]
+                report["results"].append(row)
+        del case
+        if cuda:
+            torch.cuda.empty_cache()

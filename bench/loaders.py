@@ -11,7 +11,6 @@ figure is the mean number of distinct chunks per batch, against a uniform shuffl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from bench import environment
+from bench.result_file import recording
 from bench.shuffle_quality import shuffle_quality
 from engine.loaders import make_loader, select
 from engine.loaders.order import block_order, global_order
@@ -201,13 +201,6 @@ def main(argv: list[str]) -> int:
                     )
                     write_synthetic_store(path, fmt, args.samples, shape)
                 stores.append(open_store(path))
-        results, skipped, load_before = [], [], os.getloadavg()[0]
-        for store in stores:
-            for name in loaders:
-                try:
-                    results.append(time_loader(store, name, args.batch, device, args.epochs, args.workers, args.window))
-                except (ValueError, ImportError) as err:
-                    skipped.append({"loader": name, "format": store.format, "why": str(err)})
         selection = select(stores[0], "train")
         bounds, shape = selection.chunk_bounds, stores[0].manifest["latent_shape"]
         report = {
@@ -221,20 +214,32 @@ def main(argv: list[str]) -> int:
             "samples_per_chunk": int(np.diff(bounds).max()),
             "timing": "median samples/s over epochs after the first; time.perf_counter, "
             "device synchronised at epoch end",
-            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # other work on the machine
+            "load_average": [round(os.getloadavg()[0], 2), None],  # other work on the machine, before and after
             "copy_GB_per_s": copy_bandwidth(selection.size * 2 * int(np.prod(shape)), device),
-            "results": results,
-            "skipped": skipped,
             "shuffle_quality": {
                 "global (resident)": shuffle_quality(global_order(selection.size, 0, 0), bounds, args.batch),
                 f"block of {args.window} chunks (dali, torch)": shuffle_quality(
                     block_order(bounds, 0, 0, args.window), bounds, args.batch
                 ),
             },
+            "results": [],
+            "skipped": [],
         }
+        out = args.out or environment.result_path("loaders", report["device"])
+        try:
+            with recording(report, out) as save:
+                for store in stores:
+                    for name in loaders:
+                        try:
+                            timed = time_loader(store, name, args.batch, device, args.epochs, args.workers, args.window)
+                            report["results"].append(timed)
+                        except (ValueError, ImportError) as err:
+                            report["skipped"].append({"loader": name, "format": store.format, "why": str(err)})
+                        report["load_average"][1] = round(os.getloadavg()[0], 2)
+                        save()
+        except KeyboardInterrupt:
+            print(f"interrupted: the {len(report['results'])} loaders timed so far are in {out} (complete: false)")
+            return 130
     print(_table(report))
-    out = args.out or environment.result_path("loaders", report["device"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
     return 0

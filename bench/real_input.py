@@ -20,6 +20,7 @@ from PIL import Image
 from bench.environment import kernels_env
 from bench.timing import time_windows
 from bench.train_steps import NUM_CLASSES, Case, StepOptions, build_net
+from bench.train_steps import image_case as image_case_of
 from engine.loaders import Batch
 from engine.losses import RECIPES
 from engine.training.inputs import LatentInputs, flip_rotate, imagenet_normalise
@@ -82,20 +83,22 @@ def run_real_input(
     image_size: int,
     samples: int,
     batch: int,
-    opts: StepOptions,
+    options: Callable[[Case], StepOptions],
     autoencoder: str,
     workers: int,
     timing: dict,
     log=print,
 ) -> dict:
-    """Latent and image steps fed by their real loaders, plus each loader alone; returns rows for the report."""
+    """Latent and image steps fed by their real loaders, plus each loader alone; returns rows for the report.
+
+    ``options(case)`` gives each side its step options (device, channels_last) as in the main table."""
     from bench.encode_cost import autoencoder as build_autoencoder
     from engine.encode import EncodeOptions, encode
     from engine.loaders import make_loader, select
     from engine.sources import open_source
     from engine.store import open_store
 
-    device = opts.device
+    device = options(image_case_of(image_model, image_size)).device
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         tmp = Path(tmp)
@@ -131,7 +134,11 @@ def run_real_input(
         )
         latent_case = Case("latent", latent_model, f"{autoencoder}-{image_size}", shape)
         image_case = Case("image", image_model, f"{image_size}px", (3, image_size, image_size))
-        nets = {"latent": build_net(latent_case, opts), "image": build_net(image_case, opts)}
+        nets = {
+            "latent": build_net(latent_case, options(latent_case)),
+            "image": build_net(image_case, options(image_case)),
+        }
+        kernels = options(latent_case).kernels
         loss_fn = _loss(device)
         objective = LatentObjective(inputs, loss_fn, nets["latent"].noise_conditioned)
 
@@ -139,7 +146,7 @@ def run_real_input(
             opt = torch.optim.Adam(nets["latent"].parameters(), lr=1e-4)
 
             def step(i: int) -> torch.Tensor:
-                with kernels_env(opts.kernels):
+                with kernels_env(kernels):
                     return train_step(nets["latent"], opt, objective, next(batches), i)
 
             return step

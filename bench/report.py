@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench.result_file import save_json
+
 SCHEMA = "latent-engine/bench-throughput/1"
 MiB = 2**20
 
@@ -45,12 +47,28 @@ def _opt(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def headline(report: dict) -> dict | None:
-    """The paper's comparison as closely as this run has it: the first latent model on the FLUX.2 shape of the
-    largest resolution against the first image model at that resolution, equal batch."""
+def _source_px(case: str) -> int:
+    """The image px a latent case stands for ("convnext-t-film @ flux2-512 (32x64x64)" -> 512)."""
+    return int(case.split(" @ ")[1].split(" ")[0].rsplit("-", 1)[1])
+
+
+def headlines(report: dict) -> list[dict]:
+    """The paper's comparison as closely as this run has it, in both pairings: the first latent model on the
+    FLUX.2 shape of the largest resolution against the first image model, equal batch."""
     eq = [r for r in report["ratios"] if r["regime"] == "equal batch"]
-    flux2 = [r for r in eq if "flux2-" in r["latent"]] or eq
-    return max(flux2, key=lambda r: int(r["latent"].split(" @ ")[1].split(" ")[0].rsplit("-", 1)[1]), default=None)
+    if not eq:
+        return []
+    first_latent = report["rows"][0]["model"] if report["rows"] else None
+    pool = [r for r in eq if "flux2-" in r["latent"] and r["latent"].startswith(f"{first_latent} @ ")] or eq
+    latent = max(pool, key=lambda r: _source_px(r["latent"]))["latent"]
+    image_model = next((r["model"] for r in report["rows"] if r["space"] == "image"), None)
+    return [r for r in eq if r["latent"] == latent and r["image"].startswith(f"{image_model} @ ")]
+
+
+def headline(report: dict) -> dict | None:
+    """The headline pair of the paper protocol (or the only pairing the run has)."""
+    found = headlines(report)
+    return next((h for h in found if h.get("pairing") == "paper protocol"), found[0] if found else None)
 
 
 def markdown(report: dict) -> str:
@@ -65,6 +83,8 @@ def markdown(report: dict) -> str:
         "(other work on the machine skews CPU timings)",
         "",
     ]
+    if not report.get("complete", True):
+        lines += ["**Incomplete**: the run was cut before every part ran; what is here was measured.", ""]
     if report["reduced"]:
         lines += ["**Reduced sizes** (" + "; ".join(report["reduced"]) + "). These are not the paper's sizes.", ""]
     lines += [
@@ -90,43 +110,124 @@ def markdown(report: dict) -> str:
             f"{r['peak_memory_bytes'] / MiB:,.1f} | {_opt(gflop, '.3f')} | {_opt(util, '.1f')} | {r['note']} |"
         )
     lines += ["", "## Ratios (this run's own timings)", "", *ratio_lines(report)]
+    if mem := memory_lines(report):
+        lines += ["", "## Memory where activations dominate", "", *mem]
     if report["batch_search"]:
         lines += ["", "## Largest batch that fits", "", "| case | batch | probes (batch: fits) |", "|---|---:|---|"]
         for s in report["batch_search"]:
             probes = ", ".join(f"{q['batch']}:{'y' if q['fits'] else 'n'}" for q in s["probes"])
-            lines.append(f"| {s['case']} | {s['batch']}{' (cap)' if s['capped'] else ''} | {probes} |")
+            found = f"{s['batch']}{' (cap)' if s['capped'] else ''}" if s["batch"] is not None else "-"
+            cut = f" ({s['cut']})" if s.get("cut") else ""
+            lines.append(f"| {s['case']} | {found} | {probes}{cut} |")
     lines += _profile_lines(report.get("profile"))
     lines += _real_input_lines(report.get("real_input"))
     lines += _encode_lines(report.get("encode"))
+    if pred := predicted_lines(report):
+        lines += ["", "## At the paper's scale: predicted", "", *pred]
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- {s['case']}: {s['why']}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 
 
 def headline_lines(report: dict) -> list[str]:
-    """The headline pair beside the paper's ratios, as a table (none when the run has no equal-batch pair)."""
-    if (h := headline(report)) is None:
+    """The headline pairs, both pairings, beside the paper's ratios (none when the run has no equal-batch pair)."""
+    found = headlines(report)
+    if not found:
         return []
-    return [
-        "| | this run | paper |",
-        "|---|---:|---:|",
-        f"| throughput latent/image ({h['latent']} vs {h['image']}, batch {h['latent_batch']}) | "
-        f"{h['throughput_ratio']:.2f}x | {report['paper']['throughput_ratio']:.0f}x |",
-        f"| memory image/latent (same) | {_opt(h['memory_ratio'], '.2f')}x | {report['paper']['memory_ratio']:.0f}x |",
+    lines = [
+        "| pairing | pair (equal batch) | throughput latent/image | memory image/latent | paper |",
+        "|---|---|---:|---:|---:|",
     ]
+    paper = report["paper"]
+    for h in found:
+        lines.append(
+            f"| {h.get('pairing', 'same source')} | {h['latent']} vs {h['image']}, batch {h['latent_batch']} | "
+            f"{h['throughput_ratio']:.2f}x | {_opt(h['memory_ratio'], '.2f')}x | "
+            f"{paper['throughput_ratio']:.0f}x / {paper['memory_ratio']:.0f}x |"
+        )
+    return lines
+
+
+def memory_lines(report: dict) -> list[str]:
+    """Peak memory at the batch where activations dominate, and its ratios in both pairings."""
+    mem = report.get("memory_at_batch")
+    if not mem or not mem["rows"]:
+        return []
+    lines = [
+        f"Peak memory at batch {mem['batch']}, where activations rather than weights and optimizer state "
+        "dominate (two steps, no timing):",
+        "",
+        "| case | peak MiB |",
+        "|---|---:|",
+    ]
+    lines += [f"| {r['case']} | {r['peak_memory_bytes'] / MiB:,.1f} |" for r in mem["rows"]]
+    lines += ["", "| pairing | latent | image | memory image/latent |", "|---|---|---|---:|"]
+    lines += [f"| {r['pairing']} | {r['latent']} | {r['image']} | {r['memory_ratio']:.2f}x |" for r in mem["ratios"]]
+    return lines
+
+
+def predicted_lines(report: dict) -> list[str]:
+    """The predicted section: labelled, apart from every measured row."""
+    pred = report.get("predicted")
+    if not pred:
+        return []
+    rows = [r for r in pred["rows"] if "skipped" not in r]
+    lines = [
+        f"**Predicted, not measured** (bench.predict: FakeTensorMode, no GPU): batch {pred['batch']}, bf16 "
+        "autocast as a CUDA run; FLOPs exact (grouped/depthwise convolutions counted right), saved activations "
+        "and peak memory simulated, step time a roofline lower bound (so samples/s and MFU are upper bounds).",
+        "",
+        "| device | case | GFLOP/sample | saved MB/sample | peak GiB | samples/s | MFU |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['device']} | {r['case']} | {r['flops_per_sample'] / 1e9:.3f} | "
+        f"{r['saved_activation_bytes_per_sample'] / 1e6:.2f} | {r['peak_bytes'] / 2**30:.2f} | "
+        f"{r['predicted_samples_per_s']:,.0f} | {100 * r['mfu']:.1f} % |"
+        for r in rows
+    ]
+    if pred["ratios"]:
+        lines += [
+            "",
+            "| device | pairing | latent | image | throughput latent/image | memory image/latent |",
+            "|---|---|---|---|---:|---:|",
+        ]
+        lines += [
+            f"| {r['device']} | {r['pairing']} | {r['latent']} | {r['image']} | {r['throughput_ratio']:.2f}x | "
+            f"{r['memory_ratio']:.2f}x |"
+            for r in pred["ratios"]
+        ]
+    checked = [c for c in pred.get("vs_measured", []) if c["peak_ratio"]]
+    if checked:
+        ratios = [c["peak_ratio"] for c in checked]
+        flops_equal = all(
+            c["measured_flops_per_sample"] is not None
+            and abs(c["flops_per_sample"] - c["measured_flops_per_sample"]) <= 1e-6 * c["flops_per_sample"]
+            for c in checked
+        )
+        lines += [
+            "",
+            f"Checked against this run's measured CPU rows (the same simulation in fp32 with the CPU's "
+            f"kernels, at the measured batch): FLOPs {'equal' if flops_equal else 'DIFFER'} in "
+            f"{len(checked)} of {len(checked)} cases; simulated peak memory / measured peak RSS "
+            f"{min(ratios):.2f}-{max(ratios):.2f} (median {sorted(ratios)[len(ratios) // 2]:.2f}; RSS also "
+            "holds the allocator's caches and the framework's own buffers).",
+        ]
+    return lines
 
 
 def ratio_lines(report: dict, image_model: str | None = None) -> list[str]:
     """The ratios table: every pair, or only those against ``image_model`` (e.g. the paper's resnet50)."""
     lines = [
-        "| regime | latent | image | batches | throughput latent/image | memory image/latent |",
-        "|---|---|---|---|---:|---:|",
+        "| regime | pairing | latent | image | batches | throughput latent/image | memory image/latent |",
+        "|---|---|---|---|---|---:|---:|",
     ]
     for r in report["ratios"]:
         if image_model is not None and not r["image"].startswith(f"{image_model} @ "):
             continue
         lines.append(
-            f"| {r['regime']} | {r['latent']} | {r['image']} | {r['latent_batch']} / {r['image_batch']} | "
+            f"| {r['regime']} | {r.get('pairing', 'same source')} | {r['latent']} | {r['image']} | "
+            f"{r['latent_batch']} / {r['image_batch']} | "
             f"{r['throughput_ratio']:.2f}x | {_opt(r['memory_ratio'], '.2f')}{'x' if r['memory_ratio'] else ''} |"
         )
     return lines
@@ -273,11 +374,10 @@ def plots(report: dict, stem: Path) -> list[Path]:
 
 def write_outputs(report: dict, out: Path) -> list[Path]:
     """JSON at ``out``, Markdown and PNGs beside it; returns the paths."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, out)
     md = out.with_suffix(".md")
     md.write_text(markdown(report))
-    return [out, md, *plots(report, out.with_suffix(""))]
+    return [out, md, *(plots(report, out.with_suffix("")) if report["rows"] else [])]
 
 
 def main(argv: list[str]) -> int:

@@ -1,31 +1,42 @@
 """`bench throughput`: whole training steps of latent classifiers against image-space ResNets, on one device.
 
-Times `engine.training.objective.train_step` itself (with the engine's noise injection on the latent side and the
-paper's on-device flip/rotation on the image side), at equal batch and at each model's largest batch
-that fits; counts FLOPs and sets them against a matmul peak measured in the same run; reports the ratios
-latent/image beside the paper's 64x and 120x; profiles the latent step; includes the input path in a
-second mode; and prices the encode that the latent side pays once. Without a GPU it runs at reduced
-sizes and says which.
+Times `engine.training.objective.train_step` itself (with the engine's noise injection on the latent side and
+the paper's on-device flip/rotation on the image side), at equal batch and at each model's largest batch
+that fits; counts FLOPs (grouped and depthwise convolutions counted right, bench.flop_count) and sets them
+against a matmul peak measured in the same run; reports the ratios latent/image in both pairings, the
+paper protocol (the latent of a 512 px image against the image classifier at 256 px) and the same source
+(against it at 512 px), beside the paper's 64x and 120x; profiles the latent step; includes the input path
+in a second mode; and prices the encode that the latent side pays once. Without a GPU it runs at reduced
+sizes and says which, measures memory again at a batch where activations dominate, and predicts the
+paper's scale on H100/H200 (bench.predict: exact FLOPs, activation bytes and simulated peak memory, a
+roofline step time), labelled predicted and kept apart from what was measured.
+
+Every row is written to the JSON as soon as it is measured: a run cut at any point (a time limit's SIGINT,
+a kill) leaves a valid result whose ``complete`` is false.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import gc
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from bench import environment
 from bench.batch_search import largest_batch
-from bench.flops import count_flops, matmul_peak
+from bench.flop_count import count_training_flops
+from bench.matmul_peak import matmul_peak
 from bench.memory import peak_memory
 from bench.report import SCHEMA, write_outputs
+from bench.result_file import save_json
 from bench.step_profile import label_norm_layers, profile_steps
 from bench.timing import sync, time_windows
 from bench.train_steps import (
@@ -40,6 +51,7 @@ from bench.train_steps import (
 )
 
 PAPER = {"throughput_ratio": 64.0, "memory_ratio": 120.0}
+PAIRINGS = {"paper protocol": 0.5, "same source": 1.0}  # image side of the pair: this fraction of the source px
 GPU_DEFAULTS = {
     "batch": 256,
     "max_batch": 16384,
@@ -70,6 +82,9 @@ CPU_DEFAULTS = {
     "encode_images": 2,
     "encode_batch": 1,
 }
+# parts a GPU run leaves out (no CPU's memory ratio at batch 4 to correct, predictions are not a GPU's job):
+# (GPU default, CPU default); not sizes, so never listed as reduced
+EXTRAS = {"memory_batch": (0, 64), "predict_devices": ("", "h100-sxm,h200-sxm")}
 
 
 class DoesNotFit(Exception):
@@ -107,9 +122,13 @@ def measure(case: Case, batch: int, opts: StepOptions, timing: dict, peak_flops:
     with peak_memory(opts.device) as mem:
         step, net = make_step(case, batch, opts)
         t = time_windows(step, batch, opts.device, **timing)
-    flops = count_flops(functools.partial(step, 10**6)) if not opts.compile else None
     params = sum(p.numel() for p in net.parameters())
     del step, net
+    _free(opts.device)
+    # FLOPs of the same step run eagerly (a compiled graph hides its ops from the counter; the math is the same)
+    eager, _ = make_step(case, batch, dataclasses.replace(opts, compile=False))
+    flops = count_training_flops(functools.partial(eager, 10**6))
+    del eager
     _free(opts.device)
     per_sample = flops / batch if flops else None
     return {
@@ -125,7 +144,28 @@ def measure(case: Case, batch: int, opts: StepOptions, timing: dict, peak_flops:
         "peak_memory_bytes": mem["bytes"],
         "flops_per_sample": per_sample,
         "utilisation": per_sample * t["samples_per_s"] / peak_flops if per_sample else None,
+        "compile": opts.compile,
+        "channels_last": opts.channels_last,
         "note": note,
+    }
+
+
+def memory_at(case: Case, batch: int, opts: StepOptions) -> dict:
+    """Peak memory of two training steps of ``case`` at ``batch``: where activations, not weights and optimizer
+    state, dominate (what training at the paper's batch 256 is like), measured without the timing windows."""
+    with peak_memory(opts.device) as mem:
+        step, _ = make_step(case, batch, opts)
+        step(0), step(1)
+        sync(opts.device)
+        del step
+    _free(opts.device)
+    return {
+        "case": case.name,
+        "space": case.space,
+        "model": case.model,
+        "source_px": case.source_px,
+        "batch": batch,
+        "peak_memory_bytes": mem["bytes"],
     }
 
 
@@ -144,34 +184,59 @@ def measure_stepping_down(case: Case, batch: int, opts: StepOptions, timing: dic
 
 
 def ratios(rows: list[dict], regime: str) -> list[dict]:
-    """latent/image throughput and image/latent memory, each latent case against the first image model at its
-    source resolution in the same regime, from this run's own rows."""
+    """latent/image throughput and image/latent memory of every latent row against every image row of the same
+    regime that forms a pairing with it: the image at the latent's source px (same source) or at half of it
+    (paper protocol: the paper encodes 512 px images and trains its image classifier at 256 px); memory only
+    at equal batch, where both sides ran the same batch."""
     out = []
-    images = {(r["model"], r["source_px"]): r for r in rows if r["space"] == "image" and r["regime"] == regime}
+    images = [r for r in rows if r["space"] == "image" and r["regime"] == regime]
     for lat in (r for r in rows if r["space"] == "latent" and r["regime"] == regime):
-        for (_, px), img in images.items():
-            if px != lat["source_px"]:
-                continue
-            out.append(
-                {
-                    "regime": regime,
-                    "latent": lat["case"],
-                    "image": img["case"],
-                    "latent_batch": lat["batch"],
-                    "image_batch": img["batch"],
-                    "throughput_ratio": lat["samples_per_s"] / img["samples_per_s"],
-                    "memory_ratio": img["peak_memory_bytes"] / lat["peak_memory_bytes"]
-                    if regime == "equal batch" and lat["peak_memory_bytes"] > 0
-                    else None,
-                }
-            )
+        for pairing, fraction in PAIRINGS.items():
+            for img in (r for r in images if r["source_px"] == int(lat["source_px"] * fraction)):
+                out.append(
+                    {
+                        "regime": regime,
+                        "pairing": pairing,
+                        "latent": lat["case"],
+                        "image": img["case"],
+                        "latent_batch": lat["batch"],
+                        "image_batch": img["batch"],
+                        "throughput_ratio": lat["samples_per_s"] / img["samples_per_s"],
+                        "memory_ratio": img["peak_memory_bytes"] / lat["peak_memory_bytes"]
+                        if regime == "equal batch" and lat["peak_memory_bytes"] > 0
+                        else None,
+                    }
+                )
+    return out
+
+
+def memory_ratios(rows: list[dict]) -> list[dict]:
+    """image/latent peak memory of the rows measured at one batch (``memory_at``), in both pairings."""
+    out = []
+    for lat in (r for r in rows if r["space"] == "latent"):
+        for pairing, fraction in PAIRINGS.items():
+            for img in (
+                r for r in rows if r["space"] == "image" and r["source_px"] == int(lat["source_px"] * fraction)
+            ):
+                if lat["peak_memory_bytes"] > 0:
+                    out.append(
+                        {
+                            "pairing": pairing,
+                            "latent": lat["case"],
+                            "image": img["case"],
+                            "batch": lat["batch"],
+                            "memory_ratio": img["peak_memory_bytes"] / lat["peak_memory_bytes"],
+                        }
+                    )
     return out
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="bench throughput", description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--latent-models", default="convnext-t-film,adm-s-film", help=f"of {', '.join(LATENT_MODELS)}")
+    p.add_argument(
+        "--latent-models", default="convnext-t-film,adm-s-film,vit-s-film", help=f"of {', '.join(LATENT_MODELS)}"
+    )
     p.add_argument("--image-models", default="resnet50,resnet18", help=f"of {', '.join(IMAGE_MODELS)}")
     p.add_argument(
         "--shapes",
@@ -180,6 +245,24 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--image-sizes", help="image sides in px (GPU default 256,512)")
     p.add_argument("--batch", type=int, help="the equal batch of both sides (GPU default 256)")
     p.add_argument("--max-batch", type=int, help="cap of the largest-batch search; 0 skips it (GPU default 16384)")
+    p.add_argument(
+        "--search-seconds",
+        type=float,
+        default=600.0,
+        help="time the largest-batch search may take in all; the cases not reached are listed as cut",
+    )
+    p.add_argument(
+        "--memory-batch",
+        type=int,
+        help="also measure peak memory at this batch, where activations dominate (CPU default 64; 0: no)",
+    )
+    p.add_argument(
+        "--predict-devices",
+        help="predict the paper's scale on these (h100-sxm, h200-sxm; CPU default both, GPU default none)",
+    )
+    p.add_argument("--predict-shapes", default=GPU_DEFAULTS["shapes"], help="latent shapes predicted (the protocol's)")
+    p.add_argument("--predict-image-sizes", default=GPU_DEFAULTS["image_sizes"], help="image px predicted")
+    p.add_argument("--no-predict", action="store_true", help="skip the predicted section")
     p.add_argument(
         "--cpu-memory-budget",
         type=float,
@@ -194,7 +277,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--channels-last",
         choices=("none", "image", "all"),
         default=None,
-        help="memory format (default: image on GPU, the image baseline's best layout; none on CPU)",
+        help="memory format (default: all on GPU, the best layout of both sides; none on CPU)",
     )
     p.add_argument("--no-profile", action="store_true", help="skip the profile of the latent step")
     p.add_argument("--no-real-input", action="store_true", help="skip the mode with the input path included")
@@ -226,8 +309,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         for key, value in GPU_DEFAULTS.items()
         if getattr(args, key) != value
     ]
+    for key, (gpu, cpu) in EXTRAS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, gpu if args.device.startswith("cuda") else cpu)
     if args.channels_last is None:
-        args.channels_last = "image" if args.device.startswith("cuda") else "none"
+        args.channels_last = "all" if args.device.startswith("cuda") else "none"
+    if args.no_predict:
+        args.predict_devices = ""
     if args.windows < 5:
         p.error(f"--windows {args.windows}: the protocol takes the median of at least 5 timed windows")
     return args, reduced
@@ -255,58 +343,51 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
         return 2
     if reduced:
         log("sizes off the protocol's GPU defaults: " + "; ".join(reduced))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the best convolution algorithms for each shape, as training picks
     timing = {"warmup": args.warmup, "windows": args.windows, "steps_per_window": args.steps}
 
     def options(case: Case, **kw) -> StepOptions:
         cl = args.channels_last == "all" or (args.channels_last == "image" and case.space == "image")
         return StepOptions(device, compile=args.compile, channels_last=cl, **kw)
 
-    torch.manual_seed(0)
-    load_before = os.getloadavg()[0]
-    peak = matmul_peak(device)
-    log(f"matmul peak: {peak['flop_per_s'] / 1e12:.3f} TFLOP/s ({peak['dtype']}, n={peak['n']})")
-    rows, skipped, searches = [], [], []
-    for case in cases:
-        log(f"{case.name}: batch {args.batch}")
-        try:
-            rows.append(
-                {
-                    "regime": "equal batch",
-                    **measure_stepping_down(case, args.batch, options(case), timing, peak["flop_per_s"], log),
-                }
-            )
-        except (ValueError, DoesNotFit) as err:  # a model that cannot take this shape, or no batch fits
-            skipped.append({"case": case.name, "why": str(err)})
-            log(f"skip {case.name}: {err}")
-    if args.max_batch > 0:
-        budget = int(args.cpu_memory_budget * _mem_available())
-        for case in [c for c in cases if c.name not in {s["case"] for s in skipped}]:
-            found = largest_batch(
-                lambda b, case=case: probe(case, b, options(case), budget), args.batch, args.max_batch
-            )
-            searches.append({"case": case.name, **found})
-            log(f"{case.name}: largest batch {found['batch']}{' (the cap)' if found['capped'] else ''}")
-            if found["batch"] >= 1:
-                rows.append(
-                    {
-                        "regime": "largest batch",
-                        **measure_stepping_down(case, found["batch"], options(case), timing, peak["flop_per_s"], log),
-                    }
-                )
-    report = {
+    report = _new_report(args, reduced, argv, device)
+    out = args.out or environment.result_path("throughput", report["device"])
+    try:
+        _measure_all(report, cases, args, options, timing, device, lambda: save_json(report, out), log)
+        report["complete"] = True
+    except KeyboardInterrupt:
+        log(f"interrupted: the {len(report['rows'])} rows measured so far are in {out} (complete: false)")
+        return 130
+    finally:
+        report["load_average"][1] = round(os.getloadavg()[0], 2)
+        for path in write_outputs(report, out):
+            log(f"wrote {path}")
+    return 0
+
+
+def _new_report(args: argparse.Namespace, reduced: list[str], argv: list[str], device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    return {
         "schema": SCHEMA,
+        "complete": False,  # true only once every part ran: a cut run's file says what it holds
         "command": " ".join(["bench", "throughput", *argv]),
         "device": environment.device_name(device),
         "device_type": device.type,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": environment.versions(device.type == "cuda"),
+        "versions": environment.versions(cuda),
         "reduced": reduced,
         "paper": PAPER,
+        "pairings": {
+            "paper protocol": "the latent of an N px image against the image classifier at N/2 px "
+            "(the paper: 512 px images, the classifier at 256 px)",
+            "same source": "the latent of an N px image against the image classifier at N px",
+        },
         "protocol": {
-            "step": "engine.training.objective.train_step: forward, loss (LDAM-DRW), backward, Adam step; latent side "
-            "LatentObjective (fused standardise+mask+noise, then the network), image side after uint8->float, "
-            "flip_rotate and normalisation on the device; inputs resident on the device",
-            "precision": "bf16 autocast (fp32 weights and optimizer)" if device.type == "cuda" else "fp32 (CPU)",
+            "step": "engine.training.objective.train_step: forward, loss (LDAM-DRW), backward, Adam step; latent "
+            "side LatentObjective (fused standardise+mask+noise, then the network), image side after "
+            "uint8->float, flip_rotate and normalisation on the device; inputs resident on the device",
+            "precision": "bf16 autocast (fp32 weights and optimizer)" if cuda else "fp32 (CPU)",
             "channels_last": args.channels_last,
             "compile": args.compile,
             "equal_batch": args.batch,
@@ -314,53 +395,203 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
             "samples/s and IQR over windows; device synchronised at window edges only",
             "memory": "torch.cuda.max_memory_allocated after a reset, per case (weights, optimizer state, "
             "activations, inputs)"
-            if device.type == "cuda"
+            if cuda
             else "peak RSS above the RSS before the case (VmHWM after clear_refs): weights, optimizer "
             "state, activations, inputs",
-            "flops": "torch.utils.flop_counter.FlopCounterMode over one whole step (forward + backward), per sample",
-            "largest_batch": f"doubling from {args.batch} then bisection to 1/8, cap {args.max_batch}; a probe is two "
-            "steps; fits = no torch.cuda.OutOfMemoryError"
-            if device.type == "cuda"
-            else f"cap {args.max_batch} (0: skipped); fits = peak RSS under "
+            "flops": "bench.flop_count over one whole step of the eager model (forward + backward), per sample: "
+            "torch's FlopCounterMode with the grouped/depthwise convolution weight gradient counted right",
+            "largest_batch": f"doubling from {args.batch} then bisection to 1/8, cap {args.max_batch}, "
+            f"{args.search_seconds:.0f} s in all; a probe is two steps; fits = no torch.cuda.OutOfMemoryError"
+            if cuda
+            else f"cap {args.max_batch} (0: skipped), {args.search_seconds:.0f} s in all; fits = peak RSS under "
             f"{args.cpu_memory_budget:.0%} of MemAvailable",
             "kernels": "LATENT_ENGINE_KERNELS=auto: Triton on CUDA, torch reference on CPU",
         },
-        "load_average": [round(load_before, 2), None],  # other work on the machine, before and after
+        "load_average": [round(os.getloadavg()[0], 2), None],  # other work on the machine, before and after
         "torch_threads": torch.get_num_threads(),
-        "matmul_peak": peak,
-        "rows": rows,
-        "skipped": skipped,
-        "batch_search": searches,
-        "ratios": ratios(rows, "equal batch") + ratios(rows, "largest batch"),
+        "matmul_peak": None,
+        "rows": [],
+        "skipped": [],
+        "batch_search": [],
+        "ratios": [],
     }
+
+
+def _measure_all(report: dict, cases: list[Case], args, options, timing: dict, device: torch.device, save, log) -> None:
+    """Every part in turn, the report saved after each row: equal batch first (the table the paper's ratios
+    come from), then memory at an activation-dominated batch, the bounded largest-batch search, the profile,
+    the input path, the encode cost and the predicted section."""
+    torch.manual_seed(0)
+    report["matmul_peak"] = peak = matmul_peak(device)
+    log(f"matmul peak: {peak['flop_per_s'] / 1e12:.3f} TFLOP/s ({peak['dtype']}, n={peak['n']})")
+    save()
+    rows, skipped = report["rows"], report["skipped"]
+    for case in cases:
+        log(f"{case.name}: batch {args.batch}")
+        try:
+            row = measure_stepping_down(case, args.batch, options(case), timing, peak["flop_per_s"], log)
+            rows.append({"regime": "equal batch", **row})
+        except (ValueError, FloatingPointError, DoesNotFit) as err:  # cannot take this shape, diverged, or too big
+            skipped.append({"case": case.name, "why": f"{type(err).__name__}: {err}"})
+            log(f"skip {case.name}: {err}")
+        report["ratios"] = ratios(rows, "equal batch")
+        save()
+    if args.memory_batch:
+        report["memory_at_batch"] = _memory_part(report, cases, args, options, save, log)
+    if args.max_batch > 0:
+        _search_part(report, cases, args, options, timing, peak, save, log)
     if not args.no_profile:
         report["profile"] = _profiles(cases, args, options, log)
+        save()
     if not args.no_real_input:
         workers = args.workers if args.workers is not None else min(8, _cores())
-        first_latent = _items(args.latent_models)[0]
         report["real_input"] = _guarded(
             log,
             "real input",
             lambda: _real_input(
-                first_latent,
+                _items(args.latent_models)[0],
                 _items(args.image_models)[0],
                 args.real_size,
                 args.real_samples,
                 args.batch,
-                StepOptions(device),
+                options,
                 args.real_autoencoder,
                 workers,
                 timing,
                 log,
             ),
         )
+        save()
     if not args.no_encode:
         report["encode"] = _guarded(log, "encode cost", lambda: _encode_cost(args, device, rows))
-    report["load_average"][1] = round(os.getloadavg()[0], 2)
-    out = args.out or environment.result_path("throughput", report["device"])
-    for path in write_outputs(report, out):
-        log(f"wrote {path}")
-    return 0
+        save()
+    if args.predict_devices:
+        report["predicted"] = _predicted_part(report, cases, args, log)
+        save()
+
+
+def _memory_part(report: dict, cases: list[Case], args, options, save, log) -> dict:
+    """Peak memory at ``--memory-batch`` of the cases the headline pairs need: the first latent model on its
+    largest shapes and the first image model at their source px and half of it."""
+    rows = []
+    first_latent, first_image = _items(args.latent_models)[0], _items(args.image_models)[0]
+    latents = [c for c in cases if c.space == "latent" and c.model == first_latent]
+    wanted_px = {int(c.source_px * f) for c in latents for f in PAIRINGS.values()}
+    images = [c for c in cases if c.space == "image" and c.model == first_image and c.source_px in wanted_px]
+    for case in latents + images:
+        log(f"{case.name}: peak memory at batch {args.memory_batch}")
+        try:
+            rows.append(memory_at(case, args.memory_batch, options(case)))
+        except (ValueError, FloatingPointError, *_oom_types()) as err:
+            log(f"skip memory of {case.name} at batch {args.memory_batch}: {err}")
+        save()
+    return {"batch": args.memory_batch, "rows": rows, "ratios": memory_ratios(rows)}
+
+
+def _search_part(report: dict, cases: list[Case], args, options, timing: dict, peak: dict, save, log) -> None:
+    """The largest batch of each case, within ``--search-seconds`` in all: the cases not reached are listed."""
+    budget = int(args.cpu_memory_budget * _mem_available())
+    deadline = time.monotonic() + args.search_seconds
+    for case in [c for c in cases if c.name not in {s["case"] for s in report["skipped"]}]:
+        if time.monotonic() > deadline:
+            report["batch_search"].append(
+                {
+                    "case": case.name,
+                    "batch": None,
+                    "probes": [],
+                    "capped": False,
+                    "cut": f"not reached within --search-seconds {args.search_seconds:.0f}",
+                }
+            )
+            continue
+        found = largest_batch(
+            lambda b, case=case: probe(case, b, options(case), budget), args.batch, args.max_batch, deadline=deadline
+        )
+        report["batch_search"].append({"case": case.name, **found})
+        log(f"{case.name}: largest batch {found['batch']}{' (the cap)' if found['capped'] else ''}")
+        if found["batch"] >= 1:
+            try:
+                row = measure_stepping_down(case, found["batch"], options(case), timing, peak["flop_per_s"], log)
+                report["rows"].append({"regime": "largest batch", **row})
+            except (ValueError, FloatingPointError, DoesNotFit) as err:
+                report["skipped"].append({"case": f"{case.name} at its largest batch", "why": f"{err}"})
+        report["ratios"] = ratios(report["rows"], "equal batch") + ratios(report["rows"], "largest batch")
+        save()
+
+
+def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
+    """bench.predict at the paper's scale (batch 256, the protocol's shapes and image sizes) on each device, and
+    the same simulation of this run's own CPU rows set against what they measured."""
+    from bench.predict import DEFAULT_BATCH, predict_case, predict_ratio
+
+    devices = _items(args.predict_devices)
+    latent_models = list(dict.fromkeys(c.model for c in cases if c.space == "latent"))
+    image_models = list(dict.fromkeys(c.model for c in cases if c.space == "image"))
+    shapes, sizes = _items(args.predict_shapes), [int(s) for s in _items(args.predict_image_sizes)]
+    rows, pairs = [], []
+    for device in devices:
+        for model in latent_models:
+            for shape in shapes:
+                log(f"predicted: {model} @ {shape} on {device}")
+                rows.append(
+                    _guarded(log, "prediction", lambda m=model, sh=shape, d=device: predict_case(m, sh, device=d))
+                )
+        for model in image_models:
+            for size in sizes:
+                log(f"predicted: {model} @ {size}px on {device}")
+                rows.append(
+                    _guarded(
+                        log, "prediction", lambda m=model, sz=size, d=device: predict_case(m, (3, sz, sz), device=d)
+                    )
+                )
+        done = [r for r in rows if "skipped" not in r and r["device"] == device]
+        for lat in (r for r in done if r["space"] == "latent"):
+            for pairing, fraction in PAIRINGS.items():
+                wanted = int(lat["source_px"] * fraction) if lat["source_px"] else None
+                for img in (r for r in done if r["space"] == "image" and r["source_px"] == wanted):
+                    pairs.append({"pairing": pairing, **predict_ratio(lat, img)})
+    return {
+        "label": "predicted",
+        "batch": DEFAULT_BATCH,
+        "devices": devices,
+        "rows": rows,
+        "ratios": pairs,
+        "vs_measured": _predicted_vs_measured(report, log),
+    }
+
+
+def _predicted_vs_measured(report: dict, log) -> list[dict]:
+    """The simulation of this run's own equal-batch rows (fp32, the CPU's kernels and Adam), against what they
+    measured: FLOPs (the same counter, so they must agree) and peak memory (simulated storages against RSS)."""
+    from bench.predict import simulate
+
+    out = []
+    for row in (r for r in report["rows"] if r["regime"] == "equal batch"):
+        try:
+            sim = simulate(
+                row["model"],
+                tuple(row["shape"]),
+                row["batch"],
+                autocast=False,
+                channels_last=row["channels_last"],
+                kernels="reference",
+                foreach=False,
+            )
+        except (ValueError, RuntimeError) as err:
+            log(f"no simulation of {row['case']}: {err}")
+            continue
+        out.append(
+            {
+                "case": row["case"],
+                "batch": row["batch"],
+                "flops_per_sample": sim.flops / row["batch"],
+                "measured_flops_per_sample": row["flops_per_sample"],
+                "simulated_peak_bytes": sim.peak_bytes,
+                "measured_peak_bytes": row["peak_memory_bytes"],
+                "peak_ratio": sim.peak_bytes / row["peak_memory_bytes"] if row["peak_memory_bytes"] else None,
+            }
+        )
+    return out
 
 
 def _profiles(cases: list[Case], args, options, log) -> dict:

@@ -25,7 +25,7 @@ from engine.training.objective import ImageObjective, LatentObjective, TrainingL
 # autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
 LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
 PAPER_SHAPES = ("sd-512", "flux1-512", "flux2-512", "dc-ae-512", "sd-256", "flux1-256", "flux2-256", "dc-ae-256")
-LATENT_MODELS = ("convnext-t-film", "adm-s-film", "adm-b-film", "convnext-t", "adm-s", "adm-b")
+LATENT_MODELS = ("convnext-t-film", "adm-s-film", "adm-b-film", "vit-s-film", "convnext-t", "adm-s", "adm-b", "vit-s")
 IMAGE_MODELS = ("resnet50", "resnet18")
 NUM_CLASSES = 4
 POOL_BATCHES = 2  # distinct resident batches cycled through, so no step reuses the previous step's input
@@ -45,9 +45,11 @@ class Case:
         return f"{self.model} @ {self.shape_name} ({'x'.join(map(str, self.shape))})"
 
     @property
-    def source_px(self) -> int:
-        """Side of the image this input stands for (a 512 px latent is compared with 512 px images)."""
-        return int(self.shape_name.rsplit("-", 1)[-1].removesuffix("px"))
+    def source_px(self) -> int | None:
+        """Side of the image this input stands for (a 512 px latent is compared with 512 px images); None for
+        a latent named only by its raw shape, whose source image is unknown."""
+        px = self.shape_name.rsplit("-", 1)[-1].removesuffix("px")
+        return int(px) if px.isdigit() else None
 
 
 def latent_shape(shape_name: str) -> tuple[int, int, int]:
@@ -99,23 +101,25 @@ def make_step(
     device = opts.device
     net = net if net is not None else build_net(case, opts)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)  # the paper's optimizer
+    if opts.compile:
+        torch._dynamo.reset()  # a fresh cache per step built: probes of other batch sizes never hit the recompile limit
     runner = torch.compile(net) if opts.compile else net
     counts = np.full(NUM_CLASSES, 10)
     counts[0] = 100  # imbalanced, as the medical sets LDAM-DRW is for
     loss = TrainingLoss(RECIPES[opts.loss], counts, device=device)
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)  # inputs drawn on the device: no host work per probe
     n = POOL_BATCHES * batch
-    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g, device=device)
     ids = torch.arange(n, device=device)
     valid = torch.ones(n, dtype=torch.bool, device=device)
     if case.space == "latent":
-        latents = torch.randn((n, *case.shape), generator=g).half().to(device)  # as a loader delivers them
+        latents = torch.randn((n, *case.shape), generator=g, device=device).half()  # as a loader delivers them
         c = case.shape[0]
         inputs = LatentInputs(channel_mean=[0.0] * c, channel_std=[1.0] * c, device=device)
         objective = LatentObjective(inputs, loss, net.noise_conditioned)
     else:
         latents = None
-        images = torch.randint(0, 256, (n, *case.shape), dtype=torch.uint8, generator=g).to(device)
+        images = torch.randint(0, 256, (n, *case.shape), dtype=torch.uint8, generator=g, device=device)
         objective = ImageObjective(ImageInputs(images), loss, seed=0)
 
     def step(i: int) -> torch.Tensor:

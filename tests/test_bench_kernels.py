@@ -52,3 +52,23 @@ def test_cpu_report_is_reference_only_and_derived_from_timings(tmp_path, capsys,
     table = out.with_suffix(".md").read_text()
     assert report["note"] in table and table in capsys.readouterr().out
     assert table.count("| eager |") == len(report["results"])
+
+
+def test_a_cut_run_keeps_the_kernels_timed_so_far(tmp_path, monkeypatch, one_thread):
+    """SIGINT (KeyboardInterrupt) during the second kernel: exit 130, the first kernel's rows on disk, incomplete."""
+    import bench.kernels as kernels
+
+    real, seen = kernels._time_kernel, []
+
+    def time_then_interrupt(kernel, *args):
+        seen.append(kernel)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(kernel, *args)
+
+    monkeypatch.setattr(kernels, "_time_kernel", time_then_interrupt)
+    out = tmp_path / "cut.json"
+    assert cli.main(["kernels", "--batch", "1", "--reps", "3", "--kernels", "add_noise,film", "--out", str(out)]) == 130
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and {r["kernel"] for r in report["results"]} == {"add_noise"}
+    assert "**Incomplete**" in out.with_suffix(".md").read_text()

@@ -2,6 +2,10 @@
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -12,35 +16,13 @@ from bench.cli import main as bench_main
 from bench.encode_cost import break_even_epochs
 from bench.memory import peak_memory
 from bench.report import SCHEMA
-
-TINY = [
-    "--device",
-    "cpu",
-    "--latent-models",
-    "adm-s-film",
-    "--image-models",
-    "resnet18",
-    "--shapes",
-    "sd-32",
-    "--image-sizes",
-    "32",
-    "--batch",
-    "2",
-    "--warmup",
-    "1",
-    "--windows",
-    "5",
-    "--steps",
-    "1",
-    "--threads",
-    "1",
-]
+from tests.tiny_bench import SMALL_PREDICTION, TABLE_ONLY, TINY_THROUGHPUT
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "throughput.json"
-    argv = TINY + [
+    argv = TINY_THROUGHPUT + [
         "--max-batch",
         "2",
         "--real-size",
@@ -53,6 +35,7 @@ def full_run(tmp_path_factory):
         "32",
         "--encode-images",
         "2",
+        *SMALL_PREDICTION,
         "--out",
         str(out),
     ]
@@ -77,8 +60,11 @@ def test_result_has_every_part_and_its_files(full_run):
         "encode",
         "reduced",
         "load_average",
+        "memory_at_batch",
+        "predicted",
     ):
         assert key in report, key
+    assert report["complete"]
     assert {(r["regime"], r["space"]) for r in report["rows"]} == {
         ("equal batch", "latent"),
         ("equal batch", "image"),
@@ -109,6 +95,39 @@ def test_result_has_every_part_and_its_files(full_run):
     assert not any(r.startswith("dataset_size") for r in report["reduced"])
 
 
+def test_predicted_section_is_labelled_and_kept_apart(full_run):
+    """The predicted part at the asked scale: labelled, both pairings, never among the measured rows, and
+    set against the measured CPU rows it can be checked with."""
+    report = json.loads(full_run.read_text())
+    pred = report["predicted"]
+    assert pred["label"] == "predicted" and pred["devices"] == ["h100-sxm"] and pred["batch"] == 256
+    assert all(r["label"] == "predicted" and r["batch"] == 256 for r in pred["rows"])
+    assert {r["case"] for r in pred["rows"]} == {
+        "adm-s-film @ sd-64 (4x8x8)",
+        "resnet18 @ 32px (3x32x32)",
+        "resnet18 @ 64px (3x64x64)",
+    }
+    assert {(p["pairing"], p["image"]) for p in pred["ratios"]} == {
+        ("paper protocol", "resnet18 @ 32px (3x32x32)"),
+        ("same source", "resnet18 @ 64px (3x64x64)"),
+    }
+    assert not any("label" in r for r in report["rows"])  # measured rows carry no prediction
+    checked = {v["case"]: v for v in pred["vs_measured"]}
+    assert set(checked) == {r["case"] for r in report["rows"] if r["regime"] == "equal batch"}
+    for v in checked.values():  # the same counter on the same step: FLOPs agree exactly
+        assert v["flops_per_sample"] == pytest.approx(v["measured_flops_per_sample"])
+        assert v["simulated_peak_bytes"] > 0 and v["peak_ratio"] > 0
+    memory = report["memory_at_batch"]
+    assert memory["batch"] == 4 and {r["case"] for r in memory["rows"]} == {
+        "adm-s-film @ sd-32 (4x4x4)",
+        "resnet18 @ 32px (3x32x32)",
+    }
+    (same,) = memory["ratios"]
+    assert same["pairing"] == "same source" and same["memory_ratio"] > 0
+    text = full_run.with_suffix(".md").read_text()
+    assert "predicted" in text.lower() and "paper protocol" in text and "same source" in text
+
+
 def test_ratios_come_from_the_runs_own_rows(full_run):
     report = json.loads(full_run.read_text())
     rows = {(r["regime"], r["space"]): r for r in report["rows"]}
@@ -118,38 +137,103 @@ def test_ratios_come_from_the_runs_own_rows(full_run):
     assert eq["memory_ratio"] == pytest.approx(img["peak_memory_bytes"] / lat["peak_memory_bytes"])
 
 
+def _row(case, batch: int, rate: float, memory: int, note: str) -> dict:
+    """A row as measure() writes it, with a chosen rate and memory (no FLOPs)."""
+    return {
+        "space": case.space,
+        "model": case.model,
+        "shape_name": case.shape_name,
+        "shape": list(case.shape),
+        "case": case.name,
+        "source_px": case.source_px,
+        "batch": batch,
+        "samples_per_s": rate,
+        "iqr": [rate, rate],
+        "step_ms": 1e3 * batch / rate,
+        "peak_memory_bytes": memory,
+        "flops_per_sample": None,
+        "utilisation": None,
+        "channels_last": False,
+        "note": note,
+    }
+
+
 def test_ratios_follow_the_timings_they_are_given(monkeypatch, tmp_path):
     """measure() patched to report chosen rates and memory: the ratios are computed from them, not typed in."""
 
     def fake_measure(case, batch, opts, timing, peak_flops, note=""):
-        rate, mem = (120.0, 10 * 2**20) if case.space == "latent" else (8.0, 35 * 2**20)
-        return {
-            "space": case.space,
-            "model": case.model,
-            "shape_name": case.shape_name,
-            "shape": list(case.shape),
-            "case": case.name,
-            "source_px": case.source_px,
-            "batch": batch,
-            "samples_per_s": rate,
-            "iqr": [rate, rate],
-            "step_ms": 1e3 * batch / rate,
-            "peak_memory_bytes": mem,
-            "flops_per_sample": None,
-            "utilisation": None,
-            "note": note,
-        }
+        return _row(case, batch, *((120.0, 10 * 2**20) if case.space == "latent" else (8.0, 35 * 2**20)), note)
 
     monkeypatch.setattr(throughput, "measure", fake_measure)
     out = tmp_path / "fake.json"
-    assert (
-        throughput.main(
-            TINY + ["--max-batch", "0", "--no-profile", "--no-real-input", "--no-encode", "--out", str(out)]
-        )
-        == 0
-    )
+    assert throughput.main(TINY_THROUGHPUT + TABLE_ONLY + ["--out", str(out)]) == 0
     (ratio,) = json.loads(out.read_text())["ratios"]
     assert ratio["throughput_ratio"] == pytest.approx(15.0) and ratio["memory_ratio"] == pytest.approx(3.5)
+    assert ratio["pairing"] == "same source"
+
+
+def test_both_pairings_are_formed_and_named(monkeypatch, tmp_path):
+    """sd-64 latents (of 64 px images) against images at 32 and 64 px: the paper protocol pairs the latent with
+    the image classifier at half the source px, the same source at the source px; the headline shows both."""
+    rates = {"latent": 100.0, "32px": 20.0, "64px": 5.0}
+
+    def fake_measure(case, batch, opts, timing, peak_flops, note=""):
+        return _row(case, batch, rates["latent" if case.space == "latent" else case.shape_name], 2**20, note)
+
+    monkeypatch.setattr(throughput, "measure", fake_measure)
+    out = tmp_path / "pairs.json"
+    argv = TINY_THROUGHPUT + TABLE_ONLY + ["--shapes", "sd-64", "--image-sizes", "32,64", "--out", str(out)]
+    assert throughput.main(argv) == 0
+    pairs = {r["pairing"]: r for r in json.loads(out.read_text())["ratios"]}
+    assert pairs["paper protocol"]["image"] == "resnet18 @ 32px (3x32x32)"
+    assert pairs["paper protocol"]["throughput_ratio"] == pytest.approx(5.0)
+    assert pairs["same source"]["image"] == "resnet18 @ 64px (3x64x64)"
+    assert pairs["same source"]["throughput_ratio"] == pytest.approx(20.0)
+    headline = out.with_suffix(".md").read_text().split("## Headline", 1)[1]
+    assert "paper protocol" in headline and "same source" in headline and "64x" in headline
+
+
+def test_a_killed_run_leaves_a_valid_partial_result(tmp_path):
+    """SIGKILL once the first row is on disk: the JSON parses, holds that row and says it is incomplete."""
+    out = tmp_path / "killed.json"
+    argv = [sys.executable, "-m", "bench.cli", "throughput", *TINY_THROUGHPUT, *TABLE_ONLY, "--windows", "9"]
+    argv += ["--shapes", "sd-32,sd-64", "--image-sizes", "32,64", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and json.loads(out.read_text())["rows"]:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["schema"] == SCHEMA
+    assert 1 <= len(report["rows"]) < 4 and report["rows"][0]["samples_per_s"] > 0
+
+
+def test_an_interrupted_run_says_so_and_keeps_its_rows(monkeypatch, tmp_path, capsys):
+    """A time limit's SIGINT (KeyboardInterrupt) part-way: exit 130, the rows so far saved, marked incomplete."""
+    real_measure = throughput.measure
+    calls = []
+
+    def measure_then_interrupt(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_measure(*args, **kw)
+
+    monkeypatch.setattr(throughput, "measure", measure_then_interrupt)
+    out = tmp_path / "cut.json"
+    argv = TINY_THROUGHPUT + TABLE_ONLY
+    assert throughput.main([*argv, "--out", str(out)]) == 130
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and len(report["rows"]) == 1
+    assert "complete: false" in capsys.readouterr().err
+    assert "**Incomplete**" in out.with_suffix(".md").read_text()
 
 
 def test_report_renders_two_results_and_refuses_other_schemas(full_run, tmp_path, capsys):
@@ -198,7 +282,16 @@ def test_search_doubles_then_bisects_and_steps_down():
         "batch": 64,
         "capped": True,
         "probes": [{"batch": b, "fits": True} for b in (4, 8, 16, 32, 64)],
+        "cut": None,
     }
+
+
+def test_search_past_its_deadline_keeps_what_it_found():
+    """No probe starts after the deadline; the answer is the largest batch seen to fit, marked cut."""
+    clock = iter(range(100))
+    found = largest_batch(lambda b: b <= 1000, start=8, cap=4096, deadline=3.5, clock=lambda: next(clock))
+    assert [p["batch"] for p in found["probes"]] == [8, 16, 32, 64]
+    assert found["batch"] == 64 and found["cut"] and not found["capped"]
 
 
 def test_break_even_epochs():

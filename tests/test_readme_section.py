@@ -11,35 +11,10 @@ import torch
 from bench.cli import main as bench_main
 from bench.readme_section import BEGIN, END, render, update
 from bench.report import SchemaError
+from tests.tiny_bench import NO_SLOW_PARTS, SMALL_PREDICTION, TINY_THROUGHPUT
 
 REPO = Path(__file__).resolve().parents[1]
-THROUGHPUT = [
-    "--device",
-    "cpu",
-    "--latent-models",
-    "adm-s-film",
-    "--image-models",
-    "resnet18",
-    "--shapes",
-    "sd-32",
-    "--image-sizes",
-    "32",
-    "--batch",
-    "2",
-    "--warmup",
-    "1",
-    "--windows",
-    "5",
-    "--steps",
-    "1",
-    "--threads",
-    "1",
-    "--max-batch",
-    "0",
-    "--no-profile",
-    "--no-real-input",
-    "--no-encode",
-]
+THROUGHPUT = TINY_THROUGHPUT + NO_SLOW_PARTS + SMALL_PREDICTION
 KERNELS = ["--batch", "1", "--reps", "1", "--kernels", "film"]
 LOADERS = [
     "--samples",
@@ -102,11 +77,23 @@ def test_render_takes_every_figure_and_command_from_the_files(repo):
     # throughput first, whatever the order given; reduced sizes said before any figure of the block
     assert text.index("throughput-cpu.json") < text.index("kernels-cpu.json") < text.index("loaders-cpu.json")
     assert throughput["reduced"] and text.index("Reduced sizes") < text.index("| case |")
-    ratio = throughput["ratios"][0]
-    assert f"{ratio['throughput_ratio']:.2f}x | {throughput['paper']['throughput_ratio']:.0f}x" in text
-    assert f"{ratio['memory_ratio']:.2f}x | {throughput['paper']['memory_ratio']:.0f}x" in text
+    ratio, paper = throughput["ratios"][0], throughput["paper"]
+    assert ratio["pairing"] == "same source"  # sd-32 against 32 px: the only pairing this run forms
+    assert (
+        f"| same source | {ratio['latent']} vs {ratio['image']}, batch 2 | {ratio['throughput_ratio']:.2f}x | "
+        f"{ratio['memory_ratio']:.2f}x | {paper['throughput_ratio']:.0f}x / {paper['memory_ratio']:.0f}x |"
+    ) in text
     for row in throughput["rows"]:
         assert f"| {row['case']} | {row['batch']} | {row['samples_per_s']:,.1f} (" in text
+    memory = throughput["memory_at_batch"]
+    assert f"Peak memory at batch {memory['batch']}" in text
+    for r in memory["ratios"]:
+        assert f"| {r['pairing']} | {r['latent']} | {r['image']} | {r['memory_ratio']:.2f}x |" in text
+    assert text.index("**Predicted, not measured**") > text.index("| case | batch |")  # after every measured row
+    for r in throughput["predicted"]["ratios"]:
+        assert (
+            f"| {r['device']} | {r['pairing']} | {r['latent']} | {r['image']} | {r['throughput_ratio']:.2f}x |" in text
+        )
     assert kernels["reference_only"] and kernels["note"] in text and "| median ms |" not in text
     for row in loaders["results"]:
         assert f"| {row['loader']} | {row['format']} | {row['samples_per_s']:,} | {row['GB_per_s']:.3f} |" in text

@@ -6,17 +6,20 @@
 #   tools/gpu_bench.sh run [.whl] [-- bench throughput options]   # there, in the repository root
 #
 # The GPU image (python 3.12, torch 2.11+cu130, triton 3.6) has no diffusers, zarr, webdataset or DALI.
-# `engine` imports zarr when its store package loads, so the zarr wheels are needed for every part;
-# diffusers only for the encode cost and the real-input mode of bench throughput, which report a skip
-# without it. DALI is never needed. With $OUT set (the device tool's output folder) the results are
-# also packed into $OUT/bench-results.tgz, since only a few files come back from there.
-# The device tool gives one command 10 minutes: PARTS picks parts (default "kernels loaders throughput") and
-# LIMIT_<PART> their seconds (defaults 150, 60, 360); split a full throughput run over calls with its options
-# (e.g. one call per --latent-models, each with its own --out).
+# bench, engine and kernels import without them (tests/test_gpu_image.py runs the benches so); zarr (whose
+# donfig needs PyYAML) is needed by `bench loaders --formats zarr` and the real-input mode, diffusers (which
+# needs requests, urllib3, idna, charset-normalizer, certifi) by the encode cost and the real-input mode,
+# which report a skip without them. DALI is never needed. With $OUT set (the device tool's output folder)
+# the results are also packed into $OUT/bench-results.tgz, since only a few files come back from there.
+# The device tool gives one command 10 minutes; the parts fit about 8 (LIMIT_<PART> seconds: kernels 90,
+# loaders 45, throughput 300) and every part writes its rows as it measures them, so a part cut at its limit
+# (SIGINT) still leaves a valid result marked incomplete. PARTS picks parts (default "kernels loaders
+# throughput"); split a full throughput run over calls with its options (--latent-models, --shapes, --out).
 set -uo pipefail
 
 WHEELS=(diffusers==0.42.1 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
-        webdataset==1.0.2 braceexpand==0.1.7 importlib_metadata==10.2.0)
+        webdataset==1.0.2 braceexpand==0.1.7 importlib_metadata==10.2.0 PyYAML==6.0.3 requests==2.32.5
+        urllib3==2.5.0 idna==3.10 charset-normalizer==3.4.3 certifi==2025.8.3 zipp==3.23.0 regex==2025.9.18)
 PY=${PYTHON:-python3}
 
 fetch_wheels() {
@@ -31,7 +34,7 @@ part() {  # part NAME SECONDS CMD...: run one part under a time limit; a failure
     shift 2
     echo "== $name: $*" >&2
     local start=$SECONDS
-    timeout --signal=INT --kill-after=30 "$limit" "$@"
+    timeout --signal=INT --kill-after=10 "$limit" "$@"
     local rc=$?
     echo "== $name: exit $rc after $((SECONDS - start)) s" >&2
     STATUS+=("$name=$rc")
@@ -52,11 +55,11 @@ run_all() {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
     STATUS=()
     local parts=" ${PARTS:-kernels loaders throughput} "
-    [[ $parts == *" kernels "* ]] && part kernels "${LIMIT_KERNELS:-150}" "$PY" -m bench.cli kernels
-    [[ $parts == *" loaders "* ]] && part loaders "${LIMIT_LOADERS:-60}" \
+    [[ $parts == *" kernels "* ]] && part kernels "${LIMIT_KERNELS:-90}" "$PY" -m bench.cli kernels
+    [[ $parts == *" loaders "* ]] && part loaders "${LIMIT_LOADERS:-45}" \
         "$PY" -m bench.cli loaders --loaders resident --formats zarr --device cuda
-    [[ $parts == *" throughput "* ]] && part throughput "${LIMIT_THROUGHPUT:-360}" \
-        "$PY" -m bench.cli throughput --device cuda "$@"
+    [[ $parts == *" throughput "* ]] && part throughput "${LIMIT_THROUGHPUT:-300}" \
+        "$PY" -m bench.cli throughput --device cuda --no-predict --search-seconds 90 "$@"
     echo "gpu_bench: ${STATUS[*]}" >&2
     if [[ -n ${OUT:-} ]]; then
         tar czf "$OUT/bench-results.tgz" bench/results && echo "packed bench/results into $OUT/bench-results.tgz" >&2

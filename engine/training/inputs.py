@@ -271,14 +271,17 @@ def _reconstructions(store: LatentStore):
 
 
 def flip_rotate(x: torch.Tensor, seed: int, max_degrees: float = 15.0) -> torch.Tensor:
-    """Horizontal flip with p=0.5 and a rotation uniform in +-max_degrees, per sample, on x's device."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    """Horizontal flip with p=0.5 and a rotation uniform in +-max_degrees, per sample, on x's device.
+
+    The draws come from a generator on x's device, so a CUDA step makes no host-to-device copy and no sync (the
+    draws differ between devices, each deterministic from ``seed``)."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
     b = x.shape[0]
-    angle = (torch.rand(b, generator=g) * 2 - 1) * math.radians(max_degrees)
-    flip = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
-    cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, torch.zeros(b)], 1), torch.stack([sin * flip, cos, torch.zeros(b)], 1)], 1
-    ).to(x.device, x.dtype)
+    angle = (torch.rand(b, generator=g, device=x.device) * 2 - 1) * math.radians(max_degrees)
+    flip = torch.where(torch.rand(b, generator=g, device=x.device) < 0.5, -1.0, 1.0)
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(b, device=x.device)
+    theta = torch.stack([torch.stack([cos * flip, -sin, zero], 1), torch.stack([sin * flip, cos, zero], 1)], 1).to(
+        x.dtype
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,4 +1,4 @@
-"""FLOPs of one step, counted by torch's flop counter, and the device's peak to set them against.
+"""The device's matmul peak, measured, to set a step's FLOPs against (they are counted by bench.flop_count).
 
 The peak is measured, not looked up: a large bf16 matmul on GPU (tensor cores, what the models run in under
 autocast), an fp32 matmul on CPU (what they run in there), timed in the same process as the steps.
@@ -7,20 +7,10 @@ autocast), an fp32 matmul on CPU (what they run in there), timed in the same pro
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.timing import quartiles, sync
-
-
-def count_flops(step: Callable[[], object]) -> int:
-    """FLOPs of ``step()`` (forward and backward both run inside it), as FlopCounterMode counts them:
-    matmuls and convolutions; elementwise work and the optimizer count as zero."""
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
 
 
 def matmul_peak(device: torch.device, n: int | None = None, repeats: int = 5) -> dict:
