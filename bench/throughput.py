@@ -279,6 +279,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default=None,
         help="memory format (default: all on GPU, the best layout of both sides; none on CPU)",
     )
+    p.add_argument(
+        "--attention",
+        choices=("sdpa", "xformers"),
+        default="sdpa",
+        help="attention of the transformer latent models (vit-*): torch's SDPA or xformers (CUDA)",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the profile of the latent step")
     p.add_argument("--no-real-input", action="store_true", help="skip the mode with the input path included")
     p.add_argument("--real-size", type=int, help="image px of the real-input mode (GPU default 256)")
@@ -349,7 +355,7 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
 
     def options(case: Case, **kw) -> StepOptions:
         cl = args.channels_last == "all" or (args.channels_last == "image" and case.space == "image")
-        return StepOptions(device, compile=args.compile, channels_last=cl, **kw)
+        return StepOptions(device, compile=args.compile, channels_last=cl, attention=args.attention, **kw)
 
     report = _new_report(args, reduced, argv, device)
     out = args.out or environment.result_path("throughput", report["device"])
@@ -390,6 +396,7 @@ def _new_report(args: argparse.Namespace, reduced: list[str], argv: list[str], d
             "precision": "bf16 autocast (fp32 weights and optimizer)" if cuda else "fp32 (CPU)",
             "channels_last": args.channels_last,
             "compile": args.compile,
+            "attention": f"{args.attention} (the transformer models, vit-*)",
             "equal_batch": args.batch,
             "timing": f"{args.warmup} warm-up steps, then {args.windows} windows of {args.steps} steps; median "
             "samples/s and IQR over windows; device synchronised at window edges only",
@@ -605,7 +612,7 @@ def _profiles(cases: list[Case], args, options, log) -> dict:
     variants = [(k, c) for c in (False, True) for k in ("triton", "reference")] if cuda else [("reference", False)]
     out = {"case": case.name, "batch": args.batch, "variants": []}
     for kernels, compiled in variants:
-        opts = StepOptions(options(case).device, compile=compiled, kernels=kernels)
+        opts = dataclasses.replace(options(case), compile=compiled, kernels=kernels)
         log(f"profile {case.name}: kernels {kernels}, compile {compiled}")
 
         def run(opts: StepOptions = opts, compiled: bool = compiled) -> dict:

@@ -18,7 +18,7 @@ import torch
 from bench.environment import kernels_env
 from engine.loaders import Batch
 from engine.losses import RECIPES
-from engine.models import build_model
+from engine.models import build_model, model_options
 from engine.training.inputs import ImageInputs, LatentInputs
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 
@@ -85,11 +85,13 @@ class StepOptions:
     channels_last: bool = False
     loss: str = "ldam-drw"
     kernels: str = "auto"  # LATENT_ENGINE_KERNELS while the step is built and run: auto | triton | reference
+    attention: str = "sdpa"  # of the transformer models (vit-*): sdpa | xformers, as engine train --attention
 
 
 def build_net(case: Case, opts: StepOptions) -> torch.nn.Module:
     in_ch, side = case.shape[0], case.shape[1]
-    net = build_model(case.model, in_ch, NUM_CLASSES, latent_size=side if case.space == "latent" else None)
+    options = {"attention": opts.attention} if "attention" in model_options(case.model) else {}  # the vit-* only
+    net = build_model(case.model, in_ch, NUM_CLASSES, latent_size=side if case.space == "latent" else None, **options)
     net = net.to(opts.device)
     return net.to(memory_format=torch.channels_last) if opts.channels_last else net
 

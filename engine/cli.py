@@ -181,8 +181,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="convnext-t-film (latent default), adm-s-film, adm-b-film, the "
-        "unconditioned convnext-t/adm-s/adm-b, resnet50 (image default), resnet18",
+        help="convnext-t-film (latent default), adm-s-film, adm-b-film, the DiT-style transformers "
+        "vit-t-film/vit-s-film/vit-b-film, the unconditioned convnext-t/adm-s/adm-b/vit-t/vit-s/vit-b, "
+        "resnet50 (image default), resnet18",
     )
     p.add_argument("--fold", type=int, default=None, help="cross-validation: test fold k, validation fold k+1")
     p.add_argument("--loss", choices=LOSSES, default=d.loss)

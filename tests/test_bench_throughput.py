@@ -305,3 +305,16 @@ def test_cpu_peak_memory_sees_an_allocation():
         x = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched
         del x
     assert mem["bytes"] >= 30 * 2**20 and "RSS" in mem["kind"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal of xformers")
+def test_the_attention_backend_is_recorded_and_a_missing_one_skips_its_cases(tmp_path):
+    """--attention reaches the transformer only; where xformers cannot run its cases are skipped, saying why."""
+    out = tmp_path / "xformers.json"
+    argv = TINY_THROUGHPUT + TABLE_ONLY + ["--latent-models", "vit-s-film", "--attention", "xformers"]
+    assert throughput.main([*argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["protocol"]["attention"].startswith("xformers")
+    assert [r["case"] for r in report["rows"]] == ["resnet18 @ 32px (3x32x32)"]
+    (skip,) = report["skipped"]
+    assert skip["case"].startswith("vit-s-film") and "--attention xformers" in skip["why"]

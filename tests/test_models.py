@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.models import MODEL_NAMES, build_model, model_config
+from engine.models import MODEL_NAMES, build_model, model_config, model_options
 from engine.models.convnext_film import stem_stride_for
 from kernels import c_noise as c_noise_of
 
@@ -177,6 +177,12 @@ def test_registry_names_and_errors():
         "adm-s",
         "adm-b-film",
         "adm-b",
+        "vit-t-film",
+        "vit-t",
+        "vit-s-film",
+        "vit-s",
+        "vit-b-film",
+        "vit-b",
         "resnet50",
         "resnet18",
     } == set(MODEL_NAMES)
@@ -186,6 +192,7 @@ def test_registry_names_and_errors():
         build_model("convnext-t", 4, 2, noise_conditioned=True)
     with pytest.raises(ValueError, match="no option widht; options: .*channels"):
         build_model("adm-s", 4, 2, widht=3)
+    assert "attention" in model_options("vit-s-film") and "attention" not in model_options("convnext-t-film")
     with pytest.raises(ValueError, match="latent_size"):
         build_model("adm-b-film", 4, 2)
     with pytest.raises(ValueError, match="built for 4 positions, got 16"):

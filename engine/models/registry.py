@@ -75,6 +75,14 @@ def plain_variant(name: str) -> str:
     return name.removesuffix(FILM_SUFFIX)
 
 
+def model_options(name: str) -> list[str]:
+    """The architecture options ``build_model(name, ..., **kw)`` takes (e.g. vit-s-film: attention, patch_size)."""
+    if name not in MODEL_NAMES:
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    _, cls, _ = _FAMILIES[name.removesuffix(FILM_SUFFIX)]
+    return [p for p in inspect.signature(cls).parameters if p not in _NOT_OPTIONS]
+
+
 def build_model(
     name: str,
     in_channels: int,
@@ -99,8 +107,8 @@ def build_model(
             f"noise_conditioned={noise_conditioned}; pick {other}"
         )
     family = name.removesuffix(FILM_SUFFIX)
-    builder, cls, _ = _FAMILIES[family]
-    options = [p for p in inspect.signature(cls).parameters if p not in _NOT_OPTIONS]
+    builder, _, _ = _FAMILIES[family]
+    options = model_options(name)
     if unknown := sorted(set(kw) - set(options)):
         raise UsageError(f"model {name!r} has no option {', '.join(unknown)}; options: {', '.join(options)}")
     model, resolved = builder(in_channels, num_classes, latent_size, conditioned, kw)
