@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from engine.store.manifest import write_json_atomic
 
 
 def save_json(report: dict, out: Path) -> Path:
     """``report`` at ``out``, written atomically: a reader (or a kill) sees the previous file or this one."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_json_atomic(out, report)
     return out
 
 

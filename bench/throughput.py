@@ -258,6 +258,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     p.add_argument(
         "--predict-devices",
+        "--predict",
         help="predict the paper's scale on these (h100-sxm, h200-sxm; CPU default both, GPU default none)",
     )
     p.add_argument("--predict-shapes", default=GPU_DEFAULTS["shapes"], help="latent shapes predicted (the protocol's)")
