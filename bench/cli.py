@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from engine.errors import UsageError
+
 # subcommand -> module with `main(argv: list[str]) -> int`
 COMMANDS = {
     "kernels": "bench.kernels",
@@ -21,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join(sorted(COMMANDS))
         print(f"usage: bench {{{known}}} [options]   (bench <command> --help for each)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    return int(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0)
+    try:
+        return int(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0)
+    except UsageError as err:  # the user's to fix: one line; anything else keeps its traceback
+        print(f"bench {argv[0]}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

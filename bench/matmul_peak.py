@@ -1,4 +1,7 @@
-"""The device's matmul peak, measured, to set a step's FLOPs against (they are counted by bench.flop_count).
+"""The device's matmul rate, measured, to set a step's FLOPs against (they are counted by bench.flop_count).
+
+One square matmul, not the hardware's peak: on CPU a convolution can run faster than an n=1024 matmul, so a
+step's share of it may exceed 100 % (reports call it "% of matmul").
 
 The peak is measured, not looked up: a large bf16 matmul on GPU (tensor cores, what the models run in under
 autocast), an fp32 matmul on CPU (what they run in there), timed in the same process as the steps.

@@ -69,7 +69,14 @@ def _source(name: str, report: dict, *versions: str) -> str:
     )
 
 
+def _shape(case: str) -> str:
+    """The latent shape or image size of a case name: 'convnext-t-film @ flux2-256 (32x32x32)' -> 'flux2-256'."""
+    return case.split(" @ ")[1].split(" (")[0]
+
+
 def _throughput(report: dict, name: str) -> list[str]:
+    """Every measured equal-batch row, but ratios and predictions only at the headline's latent shape (FLUX.2):
+    the README stays readable, and the Markdown beside the JSON has every pairing of every shape."""
     lines = [
         f"### Training steps, latent vs image space: {report['device']}"
         + (" (reduced sizes)" if report["reduced"] else ""),
@@ -86,12 +93,23 @@ def _throughput(report: dict, name: str) -> list[str]:
         for r in report["rows"]
         if r["regime"] == "equal batch"
     ]
-    pair = headline(report)  # the README keeps the ratios against the headline's image model; the .md has all
-    lines += ["", *ratio_lines(report, pair["image"].split(" @ ")[0] if pair else None)]
+    if pair := headline(report):
+        shape, image_model = _shape(pair["latent"]), pair["image"].split(" @ ")[0]
+        ratios = [r for r in report["ratios"] if _shape(r["latent"]) == shape]
+        lines += ["", f"Ratios at {shape}, every latent model:", ""]
+        lines += ratio_lines({**report, "ratios": ratios}, image_model)
     if mem := memory_lines(report):
         lines += ["", *mem]
-    if pred := predicted_lines(report):
-        lines += ["", *pred]
+    if pred := report.get("predicted"):
+        latent = [r for r in pred["rows"] if r.get("space") == "latent" and "skipped" not in r]
+        flux2 = [r for r in latent if _shape(r["case"]).startswith("flux2-")] or latent
+        top = max((r["source_px"] for r in flux2), default=None)
+        shape = next((_shape(r["case"]) for r in flux2 if r["source_px"] == top), None)
+        kept = [r for r in pred["rows"] if r.get("space") == "image" or _shape(r["case"]) == shape]
+        pred = {**pred, "rows": kept, "ratios": [r for r in pred["ratios"] if _shape(r["latent"]) == shape]}
+        lines += ["", *predicted_lines({**report, "predicted": pred})]
+    stem = name.removesuffix(".json")
+    lines += ["", f"Every case, pairing, batch search, profile and predicted shape: `{stem}.md`."]
     if not report.get("complete", True):
         lines += ["", "**Incomplete run**: cut before every part ran; the figures above are what it measured."]
     return lines

@@ -90,8 +90,9 @@ def markdown(report: dict) -> str:
     lines += [
         "Protocol: " + "; ".join(f"{k}: {val}" for k, val in p.items()),
         "",
-        f"Measured matmul peak: {report['matmul_peak']['flop_per_s'] / 1e12:.3f} TFLOP/s "
-        f"({report['matmul_peak']['dtype']}, n={report['matmul_peak']['n']}).",
+        f"Measured matmul rate: {report['matmul_peak']['flop_per_s'] / 1e12:.3f} TFLOP/s "
+        f"({report['matmul_peak']['dtype']}, n={report['matmul_peak']['n']}), the reference of '% of matmul': "
+        "one square matmul, not the hardware's peak, so a step whose kernels run faster exceeds 100 %.",
         "",
     ]
     if head := headline_lines(report):
@@ -99,7 +100,7 @@ def markdown(report: dict) -> str:
     lines += [
         "## Training steps, inputs on the device",
         "",
-        "| regime | case | batch | samples/s (IQR) | step ms | peak MiB | GFLOP/sample | % of peak | note |",
+        "| regime | case | batch | samples/s (IQR) | step ms | peak MiB | GFLOP/sample | % of matmul | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:

@@ -12,11 +12,14 @@ import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from engine.errors import UsageError
 from engine.store.manifest import write_json_atomic
 
 
 def save_json(report: dict, out: Path) -> Path:
     """``report`` at ``out``, written atomically: a reader (or a kill) sees the previous file or this one."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give the JSON file's path, e.g. {out / 'result.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, report)
     return out

@@ -3,7 +3,7 @@
 Times `engine.training.objective.train_step` itself (with the engine's noise injection on the latent side and
 the paper's on-device flip/rotation on the image side), at equal batch and at each model's largest batch
 that fits; counts FLOPs (grouped and depthwise convolutions counted right, bench.flop_count) and sets them
-against a matmul peak measured in the same run; reports the ratios latent/image in both pairings, the
+against a matmul rate measured in the same run; reports the ratios latent/image in both pairings, the
 paper protocol (the latent of a 512 px image against the image classifier at 256 px) and the same source
 (against it at 512 px), beside the paper's 64x and 120x; profiles the latent step; includes the input path
 in a second mode; and prices the encode that the latent side pays once. Without a GPU it runs at reduced
@@ -360,6 +360,7 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
 
     report = _new_report(args, reduced, argv, device)
     out = args.out or environment.result_path("throughput", report["device"])
+    save_json(report, out)  # a bad --out fails here, before anything is measured
     try:
         _measure_all(report, cases, args, options, timing, device, lambda: save_json(report, out), log)
         report["complete"] = True
@@ -431,7 +432,7 @@ def _measure_all(report: dict, cases: list[Case], args, options, timing: dict, d
     the input path, the encode cost and the predicted section."""
     torch.manual_seed(0)
     report["matmul_peak"] = peak = matmul_peak(device)
-    log(f"matmul peak: {peak['flop_per_s'] / 1e12:.3f} TFLOP/s ({peak['dtype']}, n={peak['n']})")
+    log(f"matmul rate: {peak['flop_per_s'] / 1e12:.3f} TFLOP/s ({peak['dtype']}, n={peak['n']})")
     save()
     rows, skipped = report["rows"], report["skipped"]
     for case in cases:

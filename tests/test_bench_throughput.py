@@ -264,6 +264,13 @@ def test_bad_input_is_one_line(argv, needle, capsys):
     assert len(err.splitlines()) == 1 and needle in err
 
 
+def test_a_directory_as_out_is_one_line_before_anything_is_measured(tmp_path, capsys):
+    assert bench_main(["throughput", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"--out {tmp_path} is a directory" in err[-1] and not any("matmul rate" in line for line in err)
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))  # no temporary file is left beside it
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_without_a_gpu_is_refused(capsys):
     with pytest.raises(SystemExit):
