@@ -145,10 +145,13 @@ class ViTFiLM(nn.Module):
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
                 nn.init.zeros_(m.bias)
-        zeroed = [self.head, *((self.final, *(b.ada for b in self.blocks)) if noise_conditioned else ())]
-        for m in zeroed:  # adaLN-Zero: identity blocks and an unmodulated final norm at start; a zero head (DiT)
-            nn.init.zeros_(m.weight)
+        for m in (self.final, *(b.ada for b in self.blocks)) if noise_conditioned else ():
+            nn.init.zeros_(m.weight)  # adaLN-Zero: identity blocks and an unmodulated final norm at start
             nn.init.zeros_(m.bias)
+        # A small random head, not DiT's zero one: with zero gates the blocks learn only through the head, and
+        # the mean of identity-block tokens is a linear probe of the latent (near chance on the default store),
+        # so a zero head left vit-s-film at chance for 18 epochs there.
+        nn.init.normal_(self.head.weight, std=0.02)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) latents -> (B, num_classes) logits; c_noise (B,) = ln(sigma)/4, None for clean input."""
