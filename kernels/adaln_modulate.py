@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_operands, check_x, use_triton
+from kernels.common import check_operands, check_x, reduction_split, sm_count, use_triton
 
 _TILE = 4096  # elements per program tile (C is held whole; tokens fill the rest)
 _MAX_BLOCK_C = 16384  # widest row held in registers; wider C runs the reference (no DiT comes near: XL is 1152)
@@ -171,9 +171,7 @@ class _AdalnModulate(torch.autograd.Function):
         dy = _rows(dy)
         dx = torch.empty(B, T, C, device=x.device, dtype=x.dtype)
         n_blocks = triton.cdiv(T, block_t)
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
-        per_program = triton.cdiv(n_blocks, min(n_blocks, triton.cdiv(4 * sms, B)))
-        n_split = triton.cdiv(n_blocks, per_program)
+        per_program, n_split = reduction_split(n_blocks, B, sm_count(x.device))
         partial = torch.empty(2, B, n_split, C, device=x.device, dtype=torch.float32)
         _adaln_modulate_bwd[(n_split, B)](
             x,

@@ -1,6 +1,6 @@
 """What every op module shares, kept once (as Liger-Kernel's ops/utils.py): which path runs a call, the
-dtypes the kernels take, operand checks, the (B, C, S) view of spatial tensors and the tile of a
-plane-wise kernel.
+dtypes the kernels take, operand checks, the (B, C, S) view of spatial tensors, the tile of a
+plane-wise kernel and the split of a backward's per-channel reduction.
 
 Path (``use_triton``): by default (``auto``) Triton runs on CUDA tensors and the reference on CPU
 tensors. ``LATENT_ENGINE_KERNELS`` forces either (``triton`` or ``reference``); forcing ``triton`` on
@@ -82,3 +82,15 @@ def plane_tile(n_rows: int, S: int, tile: int) -> tuple[int, int]:
     long planes split along positions, ``tile`` elements per program."""
     block_s = min(triton.next_power_of_2(S), tile)
     return min(triton.next_power_of_2(n_rows), max(1, tile // block_s)), block_s
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; 1 elsewhere (the interpreter, CPU)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def reduction_split(n_blocks: int, batch: int, sms: int) -> tuple[int, int]:
+    """(blocks per program, programs per sample) of a backward that reduces per-channel partial sums over
+    ``n_blocks`` position blocks: about 4 programs per SM across the batch, each taking whole blocks."""
+    per_program = triton.cdiv(n_blocks, min(n_blocks, triton.cdiv(4 * sms, batch)))
+    return per_program, triton.cdiv(n_blocks, per_program)

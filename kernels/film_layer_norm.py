@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_operands, check_x, spatial_flat, use_triton
+from kernels.common import check_operands, check_x, reduction_split, sm_count, spatial_flat, use_triton
 
 _TILE = 4096  # elements per program tile (C is held whole; positions fill the rest)
 
@@ -178,9 +178,7 @@ class _FilmLayerNorm(torch.autograd.Function):
         dy3 = spatial_flat(dy)
         dx3 = torch.empty_like(x3)
         n_blocks = triton.cdiv(S, block_s)
-        sms = torch.cuda.get_device_properties(x3.device).multi_processor_count if x3.is_cuda else 1
-        per_program = triton.cdiv(n_blocks, min(n_blocks, triton.cdiv(4 * sms, B)))
-        n_split = triton.cdiv(n_blocks, per_program)
+        per_program, n_split = reduction_split(n_blocks, B, sm_count(x3.device))
         partial = torch.empty(4, B, n_split, C, device=x3.device, dtype=torch.float32)
         _film_layer_norm_bwd[(n_split, B)](
             x3,

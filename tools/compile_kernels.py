@@ -368,27 +368,24 @@ def _jit_functions() -> dict[str, object]:
     return found
 
 
-def _fix_film_layer_norm_split(launch: Launch) -> Launch:
+def _split_for_sms(launch: Launch) -> Launch:
     """film_layer_norm's backward sizes its position split from the device's SM count, which it reads as 1
-    off CUDA; redo the wrapper's split for SMS SMs (after checking it reproduces the wrapper's at 1)."""
+    off CUDA; redo the wrapper's split (kernels.common.reduction_split) for SMS SMs, after checking that it
+    reproduces the wrapper's at 1."""
+    from kernels.common import reduction_split
+
     fn = launch.kernel.fn
     params = inspect.signature(fn).parameters
     options = {k: v for k, v in launch.kwargs.items() if k not in params}
     bound = inspect.signature(fn).bind(*launch.args, **{k: v for k, v in launch.kwargs.items() if k in params})
     a = bound.arguments
     batch, n_blocks = launch.grid[1], math.ceil(a["S"] / a["BLOCK_S"])
-
-    def split(sms: int) -> tuple[int, int]:  # the wrapper's formula (kernels/film_layer_norm.py, backward)
-        per_program = math.ceil(n_blocks / min(n_blocks, math.ceil(4 * sms / batch)))
-        return per_program, math.ceil(n_blocks / per_program)
-
-    if split(1) != (a["BLOCKS_PER_PROGRAM"], a["n_split"]):
+    if reduction_split(n_blocks, batch, 1) != (a["BLOCKS_PER_PROGRAM"], a["n_split"]):
         raise RuntimeError(
-            "film_layer_norm backward no longer splits positions as this tool assumes "
-            f"(wrapper: {a['BLOCKS_PER_PROGRAM']} blocks per program, n_split {a['n_split']}; tool: {split(1)}); "
-            "update _fix_film_layer_norm_split"
+            f"{fn.__name__} no longer splits positions with kernels.common.reduction_split "
+            f"(wrapper: {a['BLOCKS_PER_PROGRAM']} blocks per program, n_split {a['n_split']}); update _split_for_sms"
         )
-    a["BLOCKS_PER_PROGRAM"], a["n_split"] = split(SMS)
+    a["BLOCKS_PER_PROGRAM"], a["n_split"] = reduction_split(n_blocks, batch, SMS)
     return Launch(launch.kernel, bound.args, {**bound.kwargs, **options}, (a["n_split"], batch), launch.use)
 
 
@@ -441,7 +438,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
             del fn.run
         for m, saved in zip(modules, saved_use_triton):
             m.use_triton = saved
-    return [_fix_film_layer_norm_split(x) if x.kernel is jit["_film_layer_norm_bwd"] else x for x in launches]
+    return [_split_for_sms(x) if x.kernel is jit["_film_layer_norm_bwd"] else x for x in launches]
 
 
 # ---------------------------------------------------------------------------------------------- compile
