@@ -89,3 +89,15 @@ def test_xformers_where_it_cannot_run_is_a_one_line_error():
         check_attention("flash")
     with pytest.raises(UsageError, match="has no option attention"):
         build_model("adm-s-film", 4, 3, attention="xformers")  # an option of the transformers only
+
+
+def test_the_residual_stream_stays_fp32_under_autocast():
+    """Under bf16 autocast the patch projection returns bf16; the blocks must still add their residuals in
+    fp32 (a bf16 stream rounds every sum), as DiT's fp32 positions make it."""
+    net = build_model("vit-t-film", 4, 3, latent_size=8, depth=2)
+    seen = []
+    for block in net.blocks:
+        block.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(torch.randn(2, 4, 8, 8), torch.zeros(2))
+    assert seen == [torch.float32, torch.float32] and logits.dtype == torch.bfloat16

@@ -5,7 +5,7 @@ machine without a GPU, and report ptxas's registers per thread, spills and share
     python tools/compile_kernels.py [--json PATH] [--allow-spills] [--quick] [--kernel NAME ...]
                                     [--maxnreg N] [--cache-dir DIR]
 
---quick: ConvNeXt-T and ADM-B on 32x64x64 latents only, training batch 256, evaluation batch 256, add_noise
+--quick: ConvNeXt-T, ADM-B and ViT-S on 32x64x64 latents only, training batch 256, evaluation batch 256, add_noise
 on 32x64x64 with an i32 and an i64 seed. --kernel: only these JITFunctions. --maxnreg: compile as if each
 launch capped registers per thread (where would spills start?). --cache-dir: Triton's cache directory.
 
@@ -15,7 +15,8 @@ with --allow-spills); 2 the toolchain is missing (Triton's CUDA backend or its b
 How it works, without a driver:
 
 1. Capture. The models (``engine.models.build_model``) run on the CPU at batch 2 with the fused ops they
-   call (``film_layer_norm`` in convnext_film, ``group_norm_film_silu`` in adm_resnet) replaced by
+   call (``film_layer_norm`` in convnext_film, ``group_norm_film_silu`` in adm_resnet, ``adaln_modulate``
+   in vit_film) replaced by
    recorders. A recorder computes the op's torch reference, returns it in the kernel's output layout
    (``empty_like(x)``) and notes each operand's dtype, strides and storage offset, and in backward those
    of the incoming gradient. This is done the two ways the engine runs a model on CUDA: ``train`` (bf16
@@ -46,13 +47,16 @@ The specialisations, derived as above from:
   x is the fp32 residual stream with bf16 FiLM scale/shift.
 - ADM-S-FiLM and ADM-B-FiLM on 4x32x32 and 32x64x64 latents: group_norm_film_silu (32 groups) at every
   ResBlock's norm1 (no FiLM: zero scale/shift) and norm2 (FiLM), and out_norm; bf16 under autocast.
+- ViT-S-FiLM on 4x32x32 and 32x64x64 latents (patch 4: 64 and 256 tokens of 384 channels) and ViT-B-FiLM
+  on 32x64x64 (256 tokens of 768): adaln_modulate before every block's attention and MLP, and on the
+  pooled token (T = 1) before the head. Under autocast x is the fp32 residual stream, scale/shift bf16.
 - add_noise on (B, 32, 64, 64) and (B, 4, 32, 32) fp16 latents (fp32 mean/std/alpha/sigma, offset 0,
   mask_p 0.2 in training, 0 in evaluation), with one seed of each class Triton specialises on: i32, i32
   divisible by 16, i64, i64 divisible by 16 (the engine's seeds are ``step_seed`` values below 2**62).
   Its backward is compiled too, though training never asks for it (stored latents need no gradient).
 - Batches: training at the per-rank batch of the default --batch-size 256 on 1, 2, 4 or 8 GPUs (256, 128,
-  64, 32: film_layer_norm's backward splits positions by batch and SM count, taken as 132, the SMs of
-  H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
+  64, 32: the backwards of film_layer_norm and adaln_modulate split positions by batch and SM count, taken
+  as 132, the SMs of H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
 
 At the time of writing this gives 80 specialisations (film_layer_norm 8 fwd + 7 bwd, group_norm_film_silu
 30 + 15, add_noise 12 + 8), none spilling, in about 30 s on two cores with a cold Triton cache.
@@ -89,8 +93,12 @@ MODELS = (  # (registry name, latent (C, H, W)) at the paper's scale
     ("adm-s-film", (32, 64, 64)),
     ("adm-b-film", (4, 32, 32)),
     ("adm-b-film", (32, 64, 64)),
+    ("vit-s-film", (4, 32, 32)),
+    ("vit-s-film", (32, 64, 64)),
+    ("vit-b-film", (32, 64, 64)),
 )
-MODEL_OP = {"convnext": "film_layer_norm", "adm": "group_norm_film_silu"}  # model family -> the fused op it calls
+# model family -> the fused op it calls
+MODEL_OP = {"convnext": "film_layer_norm", "adm": "group_norm_film_silu", "vit": "adaln_modulate"}
 LATENTS = ((32, 64, 64), (4, 32, 32))  # add_noise inputs: the stored fp16 latents
 TRAIN_BATCHES = (256, 128, 64, 32)  # per-rank batch of --batch-size 256 on 1, 2, 4, 8 GPUs
 EVAL_BATCHES = (256, 1)  # engine.evaluate.EVAL_BATCH and the shortest tail batch
@@ -103,10 +111,12 @@ KERNELS = (
     ("kernels.film_layer_norm", "_film_layer_norm_bwd"),
     ("kernels.group_norm_film_silu", "_group_norm_film_silu_fwd"),
     ("kernels.group_norm_film_silu", "_group_norm_film_silu_bwd"),
+    ("kernels.adaln_modulate", "_adaln_modulate_fwd"),
+    ("kernels.adaln_modulate", "_adaln_modulate_bwd"),
     ("kernels.add_noise", "_add_noise_fwd"),
     ("kernels.add_noise", "_add_noise_bwd"),
 )
-QUICK = (("convnext-t-film", (32, 64, 64)), ("adm-b-film", (32, 64, 64)))  # --quick: one model of each kind
+QUICK = (("convnext-t-film", (32, 64, 64)), ("adm-b-film", (32, 64, 64)), ("vit-s-film", (32, 64, 64)))  # one each
 
 
 def toolchain_problem() -> str | None:
@@ -214,12 +224,15 @@ def _recorder_function():
 
 
 def capture(models=MODELS) -> list[Call]:
-    """Every film_layer_norm / group_norm_film_silu call the models make, in train and eval mode."""
+    """Every film_layer_norm / group_norm_film_silu / adaln_modulate call the models make, in train and eval
+    mode."""
     import torch
 
     from engine.models import build_model
 
     adm, convnext = _module("engine.models.adm_resnet"), _module("engine.models.convnext_film")
+    vit = _module("engine.models.vit_film")
+    from kernels.adaln_modulate import adaln_modulate_reference
     from kernels.film_layer_norm import film_layer_norm_reference
     from kernels.group_norm_film_silu import group_norm_film_silu_reference
 
@@ -271,8 +284,20 @@ def capture(models=MODELS) -> list[Call]:
             shift,
         )
 
-    saved = convnext.film_layer_norm, adm.group_norm_film_silu
+    def adaln_modulate(x, scale, shift, eps=1e-6):
+        call = Call(
+            "adaln_modulate",
+            state["mode"],
+            {"x": TensorSpec.of(x), "scale": TensorSpec.of(scale), "shift": TensorSpec.of(shift)},
+            {"eps": eps},
+            sites=[f"{state['site']} {x.shape[1]} tokens x {x.shape[2]}"],
+        )
+        calls.append(call)
+        return recorded.apply(call, lambda x, s, h: adaln_modulate_reference(x, s, h, eps), x, scale, shift)
+
+    saved = convnext.film_layer_norm, adm.group_norm_film_silu, vit.adaln_modulate
     convnext.film_layer_norm, adm.group_norm_film_silu = film_layer_norm, group_norm_film_silu
+    vit.adaln_modulate = adaln_modulate
     try:
         torch.manual_seed(0)
         for name, (c, h, w) in models:
@@ -289,7 +314,7 @@ def capture(models=MODELS) -> list[Call]:
             with torch.no_grad():
                 model(x, c_noise)
     finally:
-        convnext.film_layer_norm, adm.group_norm_film_silu = saved
+        convnext.film_layer_norm, adm.group_norm_film_silu, vit.adaln_modulate = saved
     return calls
 
 
@@ -368,10 +393,13 @@ def _jit_functions() -> dict[str, object]:
     return found
 
 
+SPLIT_BY_SMS = {"_film_layer_norm_bwd": ("S", "BLOCK_S"), "_adaln_modulate_bwd": ("T", "BLOCK_T")}  # (extent, block)
+
+
 def _split_for_sms(launch: Launch) -> Launch:
-    """film_layer_norm's backward sizes its position split from the device's SM count, which it reads as 1
-    off CUDA; redo the wrapper's split (kernels.common.reduction_split) for SMS SMs, after checking that it
-    reproduces the wrapper's at 1."""
+    """The backward kernels of SPLIT_BY_SMS size their position split from the device's SM count, which they
+    read as 1 off CUDA; redo the wrapper's split (kernels.common.reduction_split) for SMS SMs, after checking
+    that it reproduces the wrapper's at 1."""
     from kernels.common import reduction_split
 
     fn = launch.kernel.fn
@@ -379,7 +407,8 @@ def _split_for_sms(launch: Launch) -> Launch:
     options = {k: v for k, v in launch.kwargs.items() if k not in params}
     bound = inspect.signature(fn).bind(*launch.args, **{k: v for k, v in launch.kwargs.items() if k in params})
     a = bound.arguments
-    batch, n_blocks = launch.grid[1], math.ceil(a["S"] / a["BLOCK_S"])
+    extent, block = SPLIT_BY_SMS[fn.__name__]
+    batch, n_blocks = launch.grid[1], math.ceil(a[extent] / a[block])
     if reduction_split(n_blocks, batch, 1) != (a["BLOCKS_PER_PROGRAM"], a["n_split"]):
         raise RuntimeError(
             f"{fn.__name__} no longer splits positions with kernels.common.reduction_split "
@@ -394,7 +423,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
     import torch
 
     fln_mod, gn_mod = _module("kernels.film_layer_norm"), _module("kernels.group_norm_film_silu")
-    add_noise_mod = _module("kernels.add_noise")
+    add_noise_mod, adaln_mod = _module("kernels.add_noise"), _module("kernels.adaln_modulate")
     jit = _jit_functions()
     launches: list[Launch] = []
     current = {"use": ""}
@@ -413,11 +442,13 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
             return gn_mod.group_norm_film_silu(
                 t["x"], p["num_groups"], t["weight"], t["bias"], t["scale"], t["shift"], p["eps"]
             )
+        if call.op == "adaln_modulate":
+            return adaln_mod.adaln_modulate(t["x"], t["scale"], t["shift"], p["eps"])
         return add_noise_mod.add_noise(
             t["x"], t["mean"], t["std"], t["alpha"], t["sigma"], p["seed"], 0, p["mask_p"], p["target_std"]
         )
 
-    modules = (fln_mod, gn_mod, add_noise_mod)
+    modules = (fln_mod, gn_mod, add_noise_mod, adaln_mod)
     saved_use_triton = [m.use_triton for m in modules]
     for fn in jit.values():
         fn.run = recorder(fn)
@@ -438,7 +469,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
             del fn.run
         for m, saved in zip(modules, saved_use_triton):
             m.use_triton = saved
-    return [_split_for_sms(x) if x.kernel is jit["_film_layer_norm_bwd"] else x for x in launches]
+    return [_split_for_sms(x) if x.kernel.fn.__name__ in SPLIT_BY_SMS else x for x in launches]
 
 
 # ---------------------------------------------------------------------------------------------- compile
@@ -634,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a representative subset: ConvNeXt-T and ADM-B on 32x64x64, batch 256, add_noise i32/i64 seeds",
+        help="a representative subset: ConvNeXt-T, ADM-B and ViT-S on 32x64x64, batch 256, add_noise i32/i64 seeds",
     )
     parser.add_argument(
         "--kernel",
@@ -670,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         noise = [c for c in noise if not c.sites[0].endswith("/16")]
     selected = args.kernel or [name for _, name in KERNELS]
-    ops = {op for op in ("film_layer_norm", "group_norm_film_silu", "add_noise") if any(op in k for k in selected)}
+    ops = {op for op in (*MODEL_OP.values(), "add_noise") if any(op in k for k in selected)}
     models = [m for m in models if MODEL_OP[m[0].split("-")[0]] in ops]  # skip models whose kernels are not checked
     noise = noise if "add_noise" in ops else []
     calls = merge(capture(models) + noise)

@@ -162,8 +162,11 @@ class ViTFiLM(nn.Module):
             )
         grid_h, grid_w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         h = self.patchify(x).flatten(2).transpose(1, 2)  # (B, T, dim)
-        pos = sincos_positions(max(grid_h, grid_w), h.shape[-1]).to(h.device, h.dtype)
-        h = h + pos.view(max(grid_h, grid_w), max(grid_h, grid_w), -1)[:grid_h, :grid_w].reshape(1, -1, h.shape[-1])
+        # the residual stream in at least fp32: under autocast the patch projection gives bf16, and a bf16
+        # stream would round every block's residual sum (DiT's fp32 pos_embed promotes it the same way)
+        side, stream = max(grid_h, grid_w), torch.promote_types(h.dtype, torch.float32)
+        pos = sincos_positions(side, h.shape[-1]).to(h.device, stream).view(side, side, -1)
+        h = h + pos[:grid_h, :grid_w].reshape(1, -1, h.shape[-1])
         e = (
             F.silu(self.noise_embedding(resolve_c_noise(c_noise, x, self.clean_sigma)))
             if self.noise_conditioned
