@@ -194,6 +194,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--lr", type=float, default=None, help="default 1e-4, 5e-4 when distilling")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=d.warmup_steps,
+        help="linear learning-rate warm-up over the first N steps (default 0, the paper's none; the "
+        "transformers need it above --lr 1e-4)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--patience", type=int, default=d.patience)
@@ -331,6 +338,7 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="every arm (default 256 on CUDA, 64 on CPU)")
     p.add_argument("--patience", type=int, default=None, help="every arm (default 15 on CUDA, 20 on CPU)")
     p.add_argument("--lr", type=float, default=None, help="every arm (default: engine train's, 5e-4 distilling)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="every arm: linear learning-rate warm-up (default 0)")
     p.add_argument("--loss", choices=LOSSES, default=None, help="every arm (default ldam-drw on CUDA, ce-cb on CPU)")
     p.add_argument("--noise", choices=NOISE, default=None)
     p.add_argument("--mask-p", type=float, default=None)

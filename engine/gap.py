@@ -174,7 +174,7 @@ def differs_from_paper(plan: GapPlan, image_size: int, fold_protocol: str) -> li
             "fold assignment: the engine's (splits pooled, grouped by patient), not the reference code's "
             "(encode a folder + CSV with --folds-like paper)"
         )
-    for key in ("precondition", "noise", "mask_p", "drw_epoch"):
+    for key in ("precondition", "warmup_steps", "noise", "mask_p", "drw_epoch"):
         if key in b:
             out.append(f"{key}: {b[key]} (paper: {TrainConfig(store='').__dict__[key]})")
     if b.get("clean_eval", "lowest") == "lowest":
@@ -403,7 +403,7 @@ def main_args(args, log=print) -> GapPlan:
         "loss": args.loss or ("ldam-drw" if cuda else "ce-cb"),
     }
     budget["curve_levels"] = args.curve_levels or (32 if cuda else 8)
-    for key in ("lr", "noise", "mask_p", "drw_epoch", "clean_eval"):
+    for key in ("lr", "warmup_steps", "noise", "mask_p", "drw_epoch", "clean_eval"):
         if getattr(args, key) is not None:
             budget[key] = getattr(args, key)
     if args.precondition or not cuda:

@@ -29,7 +29,7 @@ from engine.loaders import LatentLoader, Selection, make_loader, select
 from engine.models import build_model, load_pretrained, model_config
 from engine.store import LatentStore, StoreError, open_store
 from engine.training.checkpoint import RunState, read_checkpoint, restore_optimizer, save_checkpoint, store_record
-from engine.training.config import TrainConfig
+from engine.training.config import TrainConfig, warmup_factor
 from engine.training.distributed import DistContext, init_distributed
 from engine.training.inputs import ImageInputs, LatentInputs, default_image_size, step_seed
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
@@ -126,7 +126,7 @@ class Checkpoints:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loader: LatentLoader
-    cfg: TrainConfig
+    config: dict  # the run's TrainConfig as recorded (to_dict, once)
     manifest: dict
     image_size: int
     main: bool
@@ -141,7 +141,7 @@ class Checkpoints:
             {
                 "state": state.to_dict(),
                 "loader": self.loader.state_dict(),
-                "config": self.cfg.to_dict(),
+                "config": self.config,
                 "model": model_config(self.model),
                 "class_names": self.manifest["dataset"]["class_names"],
                 "multilabel": self.manifest["dataset"]["multilabel"],
@@ -180,10 +180,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    recipe = objective.loss.recipe
+    recipe, config = objective.loss.recipe, cfg.to_dict()
     state = RunState()
     recorded = (
-        run.start({"train": cfg.to_dict(), "model": model_config(model), "store": manifest}, cfg.resume)
+        run.start({"train": config, "model": model_config(model), "store": manifest}, cfg.resume)
         if ctx.is_main
         else None
     )
@@ -201,15 +201,14 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         if ctx.is_main:
             run.truncate_metrics(state.step)
         say(f"resumed {run.path} at epoch {state.epoch}, step {state.step}")
-    checkpoints = Checkpoints(model, optimizer, train_loader, cfg, manifest, image_size, ctx.is_main)
+    checkpoints = Checkpoints(model, optimizer, train_loader, config, manifest, image_size, ctx.is_main)
 
     stop = state.bad_epochs >= cfg.patience  # a resumed run that had already stopped early trains no further
     for epoch in range(train_loader.epoch, cfg.epochs if not stop else 0):
         # the epoch's schedule: loss weights and learning rate (DRW: class-balanced and lr x0.1 from --drw-epoch)
         train_loader.set_epoch(epoch)
         objective.loss.set_epoch(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * recipe.lr_factor(epoch, cfg.drw_epoch)
+        epoch_lr = cfg.lr * recipe.lr_factor(epoch, cfg.drw_epoch)
         if recipe.restarts_patience(epoch, cfg.drw_epoch):
             state.bad_epochs = 0  # the paper restarts early stopping when re-weighting starts
         net.train()
@@ -225,6 +224,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         for batch in bar:
             # one step: sigma, noise injection, the FiLM network, the loss, backward, Adam (training/objective.py)
             step = state.step
+            for group in optimizer.param_groups:  # the epoch's rate, ramped over the first --warmup-steps
+                group["lr"] = epoch_lr * warmup_factor(step, cfg.warmup_steps)
             torch.manual_seed(step_seed(cfg.seed, step))  # stochastic depth and dropout, keyed by step
             value = train_step(net, optimizer, objective, batch, step).item()  # the step's one host sync
             if not math.isfinite(value):

@@ -1,5 +1,6 @@
 """`engine train` / `engine eval` end to end on a tiny store: runs, resume after a kill, DDP, teacher, errors."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -68,6 +69,7 @@ def test_latent_run_writes_checkpoints_metrics_and_noise_curve(store, tmp_path, 
 
 def test_resume_after_kill_equals_uninterrupted_run(store, tmp_path):
     args = ["train", "--store", str(store), *FAST, "--epochs", "3", "--checkpoint-every", "1", "--mask-p", "0.2"]
+    args += ["--warmup-steps", "10"]  # killed inside the ramp: the resumed run continues it from the step
     assert _cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
 
     run = tmp_path / "killed"
@@ -94,6 +96,16 @@ def test_resume_after_kill_equals_uninterrupted_run(store, tmp_path):
     assert (run / "metrics.jsonl").read_text().count("\n") == (tmp_path / "ref" / "metrics.jsonl").read_text().count(
         "\n"
     )
+
+
+def test_warmup_ramps_the_learning_rate_by_step(store, tmp_path, capsys):
+    run = tmp_path / "warm"
+    args = ["train", "--store", str(store), *FAST, "--max-steps", "5"]
+    assert engine_main([*args, "--out", str(run), "--warmup-steps", "4"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records if "loss" in r] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert engine_main([*args, "--out", str(tmp_path / "bad"), "--warmup-steps", "-1"]) == 1
+    assert "--warmup-steps -1: must be >= 0" in capsys.readouterr().err
 
 
 def test_two_process_gloo_run_keeps_ranks_in_sync(store, tmp_path):
@@ -242,3 +254,30 @@ def test_drw_losses_restart_early_stopping_when_reweighting_starts(store, tmp_pa
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # epochs 0 and 1, early stopping restarted at the re-weighting epoch 2, stopped after 3 (without it: after 2)
     assert [r["epoch"] for r in records if "val" in r] == [0, 1, 2, 3]
+
+
+def test_the_config_flows_down_and_never_climbs_back(store, tmp_path):
+    """tools/config_flow.py follows the config object through a real run: it goes down from engine/train.py
+    into the training library, comes back only to the module that handed it down, and no library module
+    calls a job with it. The bound on returns is today's count: a change that adds a trip shows here."""
+    spec = importlib.util.spec_from_file_location("config_flow", Path(__file__).parents[1] / "tools" / "config_flow.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run = ["train", "--store", str(store), "--out", str(tmp_path / "run"), *FAST, "--max-steps", "2"]
+    flow = tool.follow([*run, "--curve-levels", "1"])
+    assert flow["status"] == 0 and flow["flow"][0] == "engine/train.py"
+    assert {"engine/training/objective.py", "engine/training/inputs.py", "engine/training/config.py"} <= set(
+        flow["flow"]
+    )
+    assert flow["climbs"] == [], flow["climbs"]
+    assert flow["returns"] <= 5, flow["return_steps"]
+
+
+def test_a_config_recorded_before_a_field_existed_resumes_with_that_fields_default():
+    from engine.training.config import TrainConfig
+
+    old = TrainConfig(store="s.zarr").to_dict()
+    del old["warmup_steps"]  # recorded by an engine without --warmup-steps: it had no warm-up
+    assert TrainConfig.from_dict(old).warmup_steps == 0
+    assert TrainConfig(store="s.zarr").same_run(old) == []
+    assert TrainConfig(store="s.zarr", warmup_steps=10).same_run(old) == ["warmup_steps"]

@@ -19,6 +19,12 @@ DISTILL = ("none", "mse", "kl")
 OPTIMIZERS = ("adam", "adamw")
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The learning rate's share at ``step`` under --warmup-steps: (step + 1) / warmup_steps, then 1. A
+    function of the step alone, so a resumed run continues the ramp where it stopped."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
 @dataclass
 class TrainConfig:
     store: str
@@ -34,6 +40,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float | None = None  # default 1e-4, 5e-4 when distilling (paper)
     weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first steps (not in the paper; transformers)
     batch_size: int = 256
     epochs: int = 60
     patience: int = 15  # early stopping on validation balanced accuracy
@@ -71,6 +78,8 @@ class TrainConfig:
             raise UsageError(f"--mask-p {self.mask_p}: must be in [0, 1)")
         if not 0 <= self.distill_alpha <= 1:
             raise UsageError(f"--distill-alpha {self.distill_alpha}: must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps {self.warmup_steps}: must be >= 0 (0: no warm-up)")
         if self.batch_size < 1 or self.epochs < 1:
             raise UsageError("--batch-size and --epochs must be >= 1")
         if self.model is None:
@@ -102,9 +111,10 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("resume", "device", "max_steps", "out")  # out: a run directory may be moved
 
     def same_run(self, other: dict) -> list[str]:
-        """Fields that differ from a recorded config, ignoring those a resume may change."""
+        """Fields that differ from a recorded config, ignoring those a resume may change; a field the recorded
+        config lacks (written before the field existed) had its default."""
         return [
             f.name
             for f in fields(self)
-            if f.name not in self.RESUMABLE_CHANGES and other.get(f.name) != getattr(self, f.name)
+            if f.name not in self.RESUMABLE_CHANGES and other.get(f.name, f.default) != getattr(self, f.name)
         ]
