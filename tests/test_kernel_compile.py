@@ -3,7 +3,7 @@ tools/compile_kernels.py, run without a GPU through Triton's CUDA backend and it
 
 The tool runs as a subprocess with TRITON_INTERPRET unset (conftest sets it for this process, and kernels
 imported under it are interpreted, not compiled), so nothing here changes what other tests see. Triton's
-cache lives in pytest's cache directory: the first run compiles everything (about 30 s on two cores),
+cache lives in pytest's cache directory: the first run compiles everything (about 80 s on two cores),
 later runs reuse the kernels and still re-run ptxas on each one.
 """
 

@@ -101,3 +101,18 @@ def test_the_residual_stream_stays_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = net(torch.randn(2, 4, 8, 8), torch.zeros(2))
     assert seen == [torch.float32, torch.float32] and logits.dtype == torch.bfloat16
+
+
+def test_positions_add_no_constant_to_the_mean_pooled_token():
+    """The head sees the mean token; sin-cos positions have a token mean almost as long as each position, so
+    uncentred they made the pooled token the same for every input."""
+    net = build_model("vit-s-film", 4, 3, latent_size=16, depth=1)
+    torch.nn.init.zeros_(net.patchify.weight)
+    torch.nn.init.zeros_(net.patchify.bias)
+    seen = []
+    net.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    net(torch.randn(2, 4, 16, 12), torch.zeros(2))  # a 4x3 grid of tokens
+    tokens = seen[0]  # the positions alone
+    apart = torch.cdist(tokens[0], tokens[0]) + 1e3 * torch.eye(12)
+    assert tokens.shape == (2, 12, 384) and apart.min() > 0.5  # they still tell every token apart
+    torch.testing.assert_close(tokens.mean(dim=1), torch.zeros(2, 384), atol=1e-5, rtol=0)

@@ -58,8 +58,9 @@ The specialisations, derived as above from:
   64, 32: the backwards of film_layer_norm and adaln_modulate split positions by batch and SM count, taken
   as 132, the SMs of H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
 
-At the time of writing this gives 80 specialisations (film_layer_norm 8 fwd + 7 bwd, group_norm_film_silu
-30 + 15, add_noise 12 + 8), none spilling, in about 30 s on two cores with a cold Triton cache.
+At the time of writing this gives 101 specialisations (film_layer_norm 8 fwd + 7 bwd, group_norm_film_silu
+30 + 15, adaln_modulate 8 + 13, add_noise 12 + 8), none spilling, in 77 s on two cores shared with other
+jobs with a cold Triton cache, 17 s with a warm one.
 
 Not covered: kernels.film (no model calls it), add_noise(return_noise=True) (the engine never asks),
 seed == 1 (a constexpr specialisation the engine's seeds do not hit), torch.compile'd models, and

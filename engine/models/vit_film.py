@@ -1,7 +1,8 @@
 """A DiT-style transformer on patchified latents, noise-conditioned through adaLN-Zero.
 
 The latent (B, C, H, W) is cut into p x p patches (a strided convolution, as DiT's PatchEmbed), with fixed
-2-D sin-cos positions; each block is pre-norm attention and MLP. With noise conditioning, every block's
+2-D sin-cos positions centred over the grid (so they add nothing to the mean-pooled token the head reads);
+each block is pre-norm attention and MLP. With noise conditioning, every block's
 LayerNorms are modulated by the same EDM2 embedding of c_noise = ln(sigma)/4 the other latent models use:
 ``modulate(LayerNorm(x)) = LayerNorm(x) * (1 + scale) + shift`` (FiLM on a LayerNorm, fused in
 ``kernels.adaln_modulate``), and the residual branches are gated, DiT's adaLN-Zero: the projections start
@@ -166,7 +167,11 @@ class ViTFiLM(nn.Module):
         # stream would round every block's residual sum (DiT's fp32 pos_embed promotes it the same way)
         side, stream = max(grid_h, grid_w), torch.promote_types(h.dtype, torch.float32)
         pos = sincos_positions(side, h.shape[-1]).to(h.device, stream).view(side, side, -1)
-        h = h + pos[:grid_h, :grid_w].reshape(1, -1, h.shape[-1])
+        pos = pos[:grid_h, :grid_w].reshape(1, -1, h.shape[-1])
+        # centred over the grid: the raw table's token mean is nearly as long as each position (13.4 of 13.9 at
+        # 4x4 tokens, dim 384), so the mean-pooled token was one constant for every input and the head's
+        # argmax a single class for hundreds of steps (balanced accuracy 0.25 while AUROC rose)
+        h = h + (pos - pos.mean(dim=1, keepdim=True))
         e = (
             F.silu(self.noise_embedding(resolve_c_noise(c_noise, x, self.clean_sigma)))
             if self.noise_conditioned
