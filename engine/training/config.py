@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from engine.errors import UsageError
-from engine.losses import LossRecipe, recipe
 
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
@@ -86,11 +85,6 @@ class TrainConfig:
             self.model = "convnext-t-film" if self.space == "latent" else "resnet50"
         if self.lr is None:
             self.lr = 5e-4 if self.distill != "none" else 1e-4
-
-    def recipe(self, multilabel: bool) -> LossRecipe:
-        """The classification loss and its schedule; multi-label stores train with BCE whatever --loss says
-        (LDAM and CE are single-label losses, and ldam-drw is the default)."""
-        return recipe("bce" if multilabel else self.loss, multilabel)
 
     def to_dict(self) -> dict:
         return asdict(self)

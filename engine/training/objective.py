@@ -16,7 +16,7 @@ import torch
 from torch.autograd.profiler import record_function
 
 from engine.loaders import Batch
-from engine.losses import Distillation, LossRecipe
+from engine.losses import Distillation, LossRecipe, recipe
 from engine.training.inputs import ImageInputs, LatentInputs, step_seed
 
 NOISE_LABEL = "noise_injection"  # profiler label of the fused input pass: the benchmark attributes step time by it
@@ -45,8 +45,10 @@ class TrainingLoss:
 
     @classmethod
     def from_config(cls, cfg, class_counts: np.ndarray, multilabel: bool, device: torch.device) -> TrainingLoss:
+        """The --loss recipe for the store's task: multi-label stores train with BCE whatever --loss says
+        (LDAM and CE are single-label losses, and ldam-drw is the default)."""
         return cls(
-            cfg.recipe(multilabel),
+            recipe("bce" if multilabel else cfg.loss, multilabel),
             class_counts,
             distill=cfg.distill,
             alpha=cfg.distill_alpha,
