@@ -293,6 +293,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from engine.evaluate import evaluate_checkpoint
+    from engine.store import open_store
     from engine.training.checkpoint import read_checkpoint
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -300,7 +301,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = args.out or args.checkpoint.parent / f"eval-{Path(args.store).name}"
     evaluate_checkpoint(
         args.checkpoint,
-        args.store,
+        open_store(args.store),
         out,
         device,
         fold,

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from engine.errors import UsageError
-from engine.loaders import Batch, LatentLoader, make_loader, select
+from engine.loaders import LatentLoader, make_loader, select
 from engine.metrics import classification_metrics, noise_curve_table, plot_noise_curve
 from engine.models import build_model
-from engine.store import open_store
+from engine.store import LatentStore
 from engine.store.manifest import write_json_atomic
 from engine.training.checkpoint import read_checkpoint, store_differences
 from engine.training.config import TrainConfig
-from engine.training.inputs import CLEAN_LEVEL, ImageInputs, LatentInputs
+from engine.training.inputs import ImageInputs, LatentInputs, clean_level
 
 EVAL_BATCH = 256  # evaluation noise is keyed by batch position: one batch size makes every evaluation agree
 
@@ -46,28 +46,9 @@ def evaluate(model: torch.nn.Module, loader: LatentLoader, make_input: Callable,
     return classification_metrics(logits, labels, class_names=class_names)
 
 
-def latent_eval_input(inputs: LatentInputs, level: int | str, conditioned: bool) -> Callable[[Batch], tuple]:
-    """(x, c_noise) of a batch at Karras level ``level``, or clean as the reference code evaluates
-    (``level="reference"``); c_noise None for an unconditioned model."""
-
-    def make(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if level == "reference":
-            x, levels = inputs.reference_clean(batch.latents)
-        else:
-            x, levels = inputs.at_level(batch.latents, level)
-        return x, levels.c_noise if conditioned else None
-
-    return make
-
-
-def clean_level(protocol: str) -> int | str:
-    """The evaluation input of ``--clean-eval``: the lowest trained Karras level, or the reference code's."""
-    return "reference" if protocol == "reference" else CLEAN_LEVEL
-
-
 def evaluate_checkpoint(
     checkpoint: Path,
-    store_path: str | Path,
+    store: LatentStore,
     out_dir: Path,
     device: torch.device,
     fold: int | None = None,
@@ -83,17 +64,16 @@ def evaluate_checkpoint(
     lowest trained level, or as the reference code (no noise, the embedding of sigma 1e-5).
     """
     weights, _, meta = read_checkpoint(checkpoint)
-    store = open_store(store_path)
     class_names = store.manifest["dataset"]["class_names"]
     cfg = TrainConfig.from_dict(meta["config"])
     differences = store_differences(meta["store"], store.manifest, cfg.space)
     if differences and not allow_other_store:
         raise UsageError(
-            f"{checkpoint}: does not fit {store_path}: {'; '.join(differences)}; evaluate on the store it "
+            f"{checkpoint}: does not fit {store.path}: {'; '.join(differences)}; evaluate on the store it "
             "was trained on, or pass --allow-other-store to evaluate anyway"
         )
     for line in differences:
-        log(f"WARNING {store_path} differs from the checkpoint's store: {line} (--allow-other-store)")
+        log(f"WARNING {store.path} differs from the checkpoint's store: {line} (--allow-other-store)")
     if meta["class_names"] != class_names:
         raise UsageError(
             f"{checkpoint}: trained on classes {meta['class_names']}, the store has {class_names}; "
@@ -122,7 +102,7 @@ def evaluate_checkpoint(
             store, sel, batch_size, device, loader, seed=cfg.seed, tail="partial", log=lambda *_: None
         )
         if inputs is not None:
-            make = latent_eval_input(inputs, clean_level(protocol), conditioned)
+            make = inputs.eval_input_at(clean_level(protocol), conditioned)
         else:
             make = ImageInputs.cache(store, sel, int(meta["image_size"]), device, cfg.space == "recon").eval_input
         out[role] = evaluate(model, loaders[role], make, class_names)
@@ -134,21 +114,21 @@ def evaluate_checkpoint(
         sigmas = inputs.sigmas()
         levels = np.unique(np.linspace(0, len(sigmas) - 1, cfg.curve_levels).round().astype(int))
         curve = {
-            sigmas[level]: evaluate(model, loaders["test"], latent_eval_input(inputs, int(level), True), class_names)
+            sigmas[level]: evaluate(model, loaders["test"], inputs.eval_input_at(int(level), True), class_names)
             for level in levels
         }
         out["test_by_sigma"] = curve
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "noise_curve.md").write_text(noise_curve_table(curve))
         plot_noise_curve(
-            curve, out_dir / "noise_curve.png", title=f"{meta['model']['name']} on {Path(store_path).name}"
+            curve, out_dir / "noise_curve.png", title=f"{meta['model']['name']} on {Path(store.path).name}"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         out_dir / "eval.json",
         {
             "checkpoint": str(checkpoint),
-            "store": str(store_path),
+            "store": str(store.path),
             "fold": fold,
             "clean_eval": protocol if cfg.space == "latent" else None,
             **out,

@@ -24,14 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from engine.errors import UsageError
-from engine.evaluate import clean_level, evaluate, evaluate_checkpoint, latent_eval_input
+from engine.evaluate import evaluate, evaluate_checkpoint
 from engine.loaders import LatentLoader, Selection, make_loader, select
 from engine.models import build_model, load_pretrained, model_config
 from engine.store import LatentStore, StoreError, open_store
 from engine.training.checkpoint import RunState, read_checkpoint, restore_optimizer, save_checkpoint, store_record
-from engine.training.config import TrainConfig, warmup_factor
+from engine.training.config import LrSchedule, TrainConfig
 from engine.training.distributed import DistContext, init_distributed
-from engine.training.inputs import ImageInputs, LatentInputs, default_image_size, step_seed
+from engine.training.inputs import ImageInputs, LatentInputs, clean_level, default_image_size
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 from engine.training.run_dir import RunDir
 
@@ -111,7 +111,7 @@ def build_objective(
         inputs = LatentInputs.from_config(cfg, store.manifest, device)
         return (
             LatentObjective(inputs, loss, model.noise_conditioned),
-            latent_eval_input(inputs, clean_level(cfg.clean_eval), model.noise_conditioned),
+            inputs.eval_input_at(clean_level(cfg.clean_eval), model.noise_conditioned),
         )
     recon = cfg.space == "recon"  # the same image classifier, on the store's reconstructions D(z)
     images = {role: ImageInputs.cache(store, sel[role], image_size, device, recon) for role in ("train", "val")}
@@ -181,6 +181,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     recipe, config = objective.loss.recipe, cfg.to_dict()
+    learning_rate = LrSchedule.from_config(cfg, recipe)
     state = RunState()
     recorded = (
         run.start({"train": config, "model": model_config(model), "store": manifest}, cfg.resume)
@@ -205,11 +206,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
 
     stop = state.bad_epochs >= cfg.patience  # a resumed run that had already stopped early trains no further
     for epoch in range(train_loader.epoch, cfg.epochs if not stop else 0):
-        # the epoch's schedule: loss weights and learning rate (DRW: class-balanced and lr x0.1 from --drw-epoch)
+        # the epoch's schedule: loss weights (DRW: class-balanced from --drw-epoch) and early stopping
         train_loader.set_epoch(epoch)
         objective.loss.set_epoch(epoch)
-        epoch_lr = cfg.lr * recipe.lr_factor(epoch, cfg.drw_epoch)
-        if recipe.restarts_patience(epoch, cfg.drw_epoch):
+        if recipe.restarts_patience(epoch):
             state.bad_epochs = 0  # the paper restarts early stopping when re-weighting starts
         net.train()
         t0, seen, rate = time.perf_counter(), 0, 0.0
@@ -222,11 +222,11 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
             initial=train_loader.state_dict()["consumed"] // max(cfg.batch_size, 1),
         )
         for batch in bar:
-            # one step: sigma, noise injection, the FiLM network, the loss, backward, Adam (training/objective.py)
+            # one step: sigma, noise injection, the FiLM network, the loss, backward, Adam (training/objective.py);
+            # every draw of it (levels, noise, mask, dropout) is keyed by (--seed, step)
             step = state.step
-            for group in optimizer.param_groups:  # the epoch's rate, ramped over the first --warmup-steps
-                group["lr"] = epoch_lr * warmup_factor(step, cfg.warmup_steps)
-            torch.manual_seed(step_seed(cfg.seed, step))  # stochastic depth and dropout, keyed by step
+            for group in optimizer.param_groups:  # --lr, x0.1 once DRW re-weights, ramped over --warmup-steps
+                group["lr"] = learning_rate(epoch, step)
             value = train_step(net, optimizer, objective, batch, step).item()  # the step's one host sync
             if not math.isfinite(value):
                 keys = sel["train"].keys[batch.ids.cpu().numpy()][:8].tolist()
@@ -282,7 +282,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         result["ranks_in_sync"] = ranks_in_sync(model)
         say(f"ranks in sync: identical weights on {ctx.world_size} ranks")
     if ctx.is_main and run.best.is_file():
-        result.update(evaluate_checkpoint(run.best, cfg.store, run.path, ctx.device, cfg.fold, cfg.loader, log=say))
+        result.update(evaluate_checkpoint(run.best, store, run.path, ctx.device, cfg.fold, cfg.loader, log=say))
     ctx.close()
     return result
 

@@ -15,9 +15,9 @@ from engine.losses import (
     LDAMLoss,
     build_loss,
     class_balanced_weights,
-    drw_state,
     ldam_margins,
     logit_mse,
+    recipe,
     sigmoid_kl,
     softmax_kl,
 )
@@ -75,9 +75,12 @@ def test_ldam_without_margins_is_scaled_cross_entropy():
 
 
 def test_drw_switches_to_class_balanced_weights_and_tenth_lr_at_epoch_10():
-    assert [drw_state(e) for e in (0, 9)] == [(False, 1.0), (False, 1.0)]
-    assert [drw_state(e) for e in (10, 11, 59)] == [(True, 0.1)] * 3
-    assert drw_state(4, defer_epoch=5) == (False, 1.0) and drw_state(5, defer_epoch=5) == (True, 0.1)
+    drw = RECIPES["ldam-drw"]
+    assert [(drw.weighted(e), drw.lr_factor(e)) for e in (0, 9)] == [(False, 1.0), (False, 1.0)]
+    assert [(drw.weighted(e), drw.lr_factor(e)) for e in (10, 11, 59)] == [(True, 0.1)] * 3
+    early = recipe("ldam-drw", False, defer_epoch=5)
+    assert [(early.weighted(e), early.lr_factor(e)) for e in (4, 5)] == [(False, 1.0), (True, 0.1)]
+    assert build_loss("ldam-drw", COUNTS, defer_epoch=5, epoch=5).weight is not None
     assert build_loss("ldam-drw", COUNTS, epoch=9).weight is None
     after = build_loss("ldam-drw", COUNTS, epoch=10)
     torch.testing.assert_close(after.weight, class_balanced_weights(COUNTS))
@@ -87,16 +90,18 @@ def test_drw_switches_to_class_balanced_weights_and_tenth_lr_at_epoch_10():
     assert build_loss("ldam", COUNTS, epoch=30).weight is None  # plain LDAM never re-weights
     for epoch in (0, 30):  # class-balanced CE weighs from the first epoch and never steps the rate
         torch.testing.assert_close(build_loss("ce-cb", COUNTS, epoch=epoch).weight, class_balanced_weights(COUNTS))
-        assert RECIPES["ce-cb"].lr_factor(epoch, 10) == 1.0
-    assert [RECIPES["ldam-drw"].lr_factor(e, 10) for e in (9, 10)] == [1.0, 0.1]
-    assert [RECIPES[name].lr_factor(30, 10) for name in ("ce", "bce", "ldam")] == [1.0, 1.0, 1.0]
+        assert RECIPES["ce-cb"].lr_factor(epoch) == 1.0
+    assert [RECIPES["ldam-drw"].lr_factor(e) for e in (9, 10)] == [1.0, 0.1]
+    assert [RECIPES[name].lr_factor(30) for name in ("ce", "bce", "ldam")] == [1.0, 1.0, 1.0]
 
 
 def test_every_drw_recipe_restarts_early_stopping_at_its_reweighting_epoch():
     drw = {name for name, r in RECIPES.items() if r.weighting == "drw"}
     assert drw == {"ce-drw", "ldam-drw"}  # the paper's LDAM-DRW and its CE twin, which used to be missed
-    for name, r in RECIPES.items():
-        assert [r.restarts_patience(e, 5) for e in (4, 5, 6)] == [False, name in drw, False]
+    for name in RECIPES:
+        bound = recipe(name, name == "bce", defer_epoch=5)
+        assert [bound.restarts_patience(e) for e in (4, 5, 6)] == [False, name in drw, False]
+        assert bound.lr_factor(5) == (0.1 if name in drw else 1.0) and bound.lr_factor(4) == 1.0
 
 
 def test_build_loss_rejects_bad_names_task_mismatch_and_empty_classes():

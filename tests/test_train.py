@@ -108,6 +108,17 @@ def test_warmup_ramps_the_learning_rate_by_step(store, tmp_path, capsys):
     assert "--warmup-steps -1: must be >= 0" in capsys.readouterr().err
 
 
+def test_the_learning_rate_schedule_is_lr_times_the_recipes_drw_step_times_the_warmup():
+    from engine.losses import recipe
+    from engine.training.config import LrSchedule, TrainConfig
+
+    cfg = TrainConfig(store="s.zarr", lr=1e-3, warmup_steps=4, drw_epoch=1)
+    schedule = LrSchedule.from_config(cfg, recipe("ldam-drw", False, cfg.drw_epoch))
+    assert [schedule(0, step) for step in (0, 1, 3, 9)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
+    assert schedule(1, 10) == pytest.approx(1e-4)  # DRW: x0.1 from --drw-epoch, the ramp long done
+    assert LrSchedule.from_config(cfg, recipe("ce-cb", False, cfg.drw_epoch))(5, 0) == pytest.approx(2.5e-4)
+
+
 def test_two_process_gloo_run_keeps_ranks_in_sync(store, tmp_path):
     cmd = [
         sys.executable,
@@ -257,20 +268,22 @@ def test_drw_losses_restart_early_stopping_when_reweighting_starts(store, tmp_pa
 
 
 def test_the_config_flows_down_and_never_climbs_back(store, tmp_path):
-    """tools/config_flow.py follows the config object through a real run: it goes down from engine/train.py
-    into the training library, comes back only to the module that handed it down, and no library module
-    calls a job with it. The bound on returns is today's count: a change that adds a trip shows here."""
+    """tools/config_flow.py follows the config and every value taken from it through a real run (an epoch,
+    its validation, the final evaluation): it is handed down from engine/train.py, comes back into a module
+    it was handed into before only where the loader factory builds another loader, and no library module
+    hands it back up to a job. The bound on returns is today's count: a change that adds a trip shows here."""
     spec = importlib.util.spec_from_file_location("config_flow", Path(__file__).parents[1] / "tools" / "config_flow.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    run = ["train", "--store", str(store), "--out", str(tmp_path / "run"), *FAST, "--max-steps", "2"]
+    run = ["train", "--store", str(store), "--out", str(tmp_path / "run"), *FAST, "--epochs", "1"]
     flow = tool.follow([*run, "--curve-levels", "1"])
     assert flow["status"] == 0 and flow["flow"][0] == "engine/train.py"
-    assert {"engine/training/objective.py", "engine/training/inputs.py", "engine/training/config.py"} <= set(
-        flow["flow"]
-    )
+    assert (tmp_path / "run" / "eval.json").is_file()  # the whole run was followed, to its final evaluation
+    handed = {"engine/training/objective.py", "engine/training/inputs.py", "kernels/add_noise.py", "engine/evaluate.py"}
+    assert handed <= set(flow["flow"]), flow["where"]
     assert flow["climbs"] == [], flow["climbs"]
-    assert flow["returns"] <= 3, flow["return_steps"]
+    assert flow["returns"] <= 2, flow["return_steps"]
+    assert all(step.endswith("engine/loaders/choose.py (make_loader)") for step in flow["return_steps"])
 
 
 def test_a_config_recorded_before_a_field_existed_resumes_with_that_fields_default():

@@ -8,7 +8,7 @@ from engine.losses.distillation import KINDS, Distillation, logit_mse, sigmoid_k
 from engine.losses.ldam import LDAMLoss, ldam_margins
 from engine.losses.masked import masked_mean
 from engine.losses.recipes import LOSSES, RECIPES, LossRecipe, build_loss, recipe
-from engine.losses.reweighting import class_balanced_weights, drw_state
+from engine.losses.reweighting import class_balanced_weights
 
 __all__ = [
     "KINDS",
@@ -21,7 +21,6 @@ __all__ = [
     "LossRecipe",
     "build_loss",
     "class_balanced_weights",
-    "drw_state",
     "ldam_margins",
     "logit_mse",
     "masked_mean",

@@ -1,15 +1,21 @@
 """The losses ``engine train --loss`` names, each a recipe that knows its own schedule.
 
-A recipe builds the loss module for an epoch and says what that epoch does: whether the loss is
-class-weighted, the learning-rate factor, and whether early stopping restarts. Deferred re-weighting
-(``*-drw``) is a pure function of the epoch, so a resumed run gets the same loss and learning rate;
-the paper also restarts early stopping at the re-weighting epoch, for every DRW loss.
+A recipe, bound to its re-weighting epoch (``--drw-epoch``), builds the loss module for an epoch and says
+what that epoch does: whether the loss is class-weighted, the learning-rate factor, and whether early
+stopping restarts. Deferred re-weighting (``*-drw``) is a pure function of the epoch, so a resumed run gets
+the same loss and learning rate; the paper also restarts early stopping at the re-weighting epoch, for
+every DRW loss.
+
+DRW (Cao et al. 2019) trains unweighted first, so the features are learnt from every sample equally, and
+only then re-weights the loss towards rare classes while the learning rate drops by 10x. The paper's code
+switches after its (1-based) epoch 10: with epochs counted from 0 here, epochs 0-9 are plain and epoch
+10 is the first re-weighted one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -17,7 +23,9 @@ from torch import nn
 from engine.errors import UsageError
 from engine.losses.cross_entropy import BinaryCrossEntropy, CrossEntropy
 from engine.losses.ldam import LDAMLoss
-from engine.losses.reweighting import class_balanced_weights, drw_state
+from engine.losses.reweighting import class_balanced_weights
+
+DRW_LR_FACTOR = 0.1  # the learning rate from the re-weighting epoch on (Cao et al. 2019; the paper)
 
 
 @dataclass(frozen=True)
@@ -26,24 +34,24 @@ class LossRecipe:
     margins: bool  # LDAM's label-dependent margins (else plain cross-entropy)
     weighting: str  # "none" | "cb": class-balanced from the first epoch | "drw": class-balanced from defer_epoch
     multilabel: bool = False  # per-class BCE for (N, K) 0/1 labels
+    defer_epoch: int = 10  # "drw": the 0-based epoch re-weighting starts (the paper's 10)
 
-    def weighted(self, epoch: int, defer_epoch: int) -> bool:
-        return self.weighting == "cb" or (self.weighting == "drw" and drw_state(epoch, defer_epoch)[0])
+    def weighted(self, epoch: int) -> bool:
+        return self.weighting == "cb" or (self.weighting == "drw" and epoch >= self.defer_epoch)
 
-    def lr_factor(self, epoch: int, defer_epoch: int) -> float:
+    def lr_factor(self, epoch: int) -> float:
         """The learning-rate multiplier at 0-based ``epoch``: 0.1 once DRW re-weights, else 1."""
-        return drw_state(epoch, defer_epoch)[1] if self.weighting == "drw" else 1.0
+        return DRW_LR_FACTOR if self.weighting == "drw" and epoch >= self.defer_epoch else 1.0
 
-    def restarts_patience(self, epoch: int, defer_epoch: int) -> bool:
+    def restarts_patience(self, epoch: int) -> bool:
         """Early stopping counts afresh from the epoch re-weighting starts (the paper's LDAM-DRW does)."""
-        return self.weighting == "drw" and epoch == defer_epoch
+        return self.weighting == "drw" and epoch == self.defer_epoch
 
     def build(
         self,
         class_counts: Sequence[int] | torch.Tensor | None,
         *,
         epoch: int = 0,
-        defer_epoch: int = 10,
         beta: float = 0.9999,
         max_margin: float = 0.5,
         scale: float = 30.0,
@@ -56,7 +64,7 @@ class LossRecipe:
         the first epoch with no learning-rate step: on a small long-tailed set an unweighted phase only
         learns the prior.
         """
-        weight = class_balanced_weights(class_counts, beta) if self.weighted(epoch, defer_epoch) else None
+        weight = class_balanced_weights(class_counts, beta) if self.weighted(epoch) else None
         if self.multilabel:
             loss = BinaryCrossEntropy(pos_weight)
         elif self.margins:
@@ -80,8 +88,8 @@ RECIPES = {
 LOSSES = tuple(RECIPES)
 
 
-def recipe(name: str, multilabel: bool) -> LossRecipe:
-    """The recipe named ``name``, checked against the store's task."""
+def recipe(name: str, multilabel: bool, defer_epoch: int = 10) -> LossRecipe:
+    """The recipe named ``name``, checked against the store's task, re-weighting from ``defer_epoch``."""
     if name not in RECIPES:
         raise UsageError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     found = RECIPES[name]
@@ -91,11 +99,15 @@ def recipe(name: str, multilabel: bool) -> LossRecipe:
             f"multi-label labels (N, K) take 'bce', single-label ones "
             f"{', '.join(repr(n) for n, r in RECIPES.items() if not r.multilabel)}"
         )
-    return found
+    return replace(found, defer_epoch=defer_epoch)
 
 
 def build_loss(
-    name: str, class_counts: Sequence[int] | torch.Tensor | None, multilabel: bool = False, **options
+    name: str,
+    class_counts: Sequence[int] | torch.Tensor | None,
+    multilabel: bool = False,
+    defer_epoch: int = 10,
+    **options,
 ) -> nn.Module:
-    """``recipe(name, multilabel).build(class_counts, **options)``."""
-    return recipe(name, multilabel).build(class_counts, **options)
+    """``recipe(name, multilabel, defer_epoch).build(class_counts, **options)``."""
+    return recipe(name, multilabel, defer_epoch).build(class_counts, **options)

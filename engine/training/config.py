@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from engine.errors import UsageError
+from engine.losses import LossRecipe
 
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
@@ -18,10 +19,23 @@ DISTILL = ("none", "mse", "kl")
 OPTIMIZERS = ("adam", "adamw")
 
 
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """The learning rate's share at ``step`` under --warmup-steps: (step + 1) / warmup_steps, then 1. A
-    function of the step alone, so a resumed run continues the ramp where it stopped."""
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+@dataclass(frozen=True)
+class LrSchedule:
+    """The learning rate of a step: --lr, times the loss recipe's factor for the epoch (DRW: 0.1 from
+    --drw-epoch), times the --warmup-steps ramp (step + 1) / warmup_steps up to 1. A function of (epoch,
+    step) alone, so a resumed run continues it where it stopped."""
+
+    lr: float
+    warmup_steps: int
+    recipe: LossRecipe
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, recipe: LossRecipe) -> LrSchedule:
+        return cls(cfg.lr, cfg.warmup_steps, recipe)
+
+    def __call__(self, epoch: int, step: int) -> float:
+        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return self.lr * self.recipe.lr_factor(epoch) * warmup
 
 
 @dataclass

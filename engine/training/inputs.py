@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.loaders import Selection
+from engine.loaders import Batch, Selection
 from engine.sources import Source, open_source
 from engine.sources.preprocess import resize, to_model_input
 from engine.store import LatentStore, StoreError
@@ -92,6 +93,10 @@ class LatentInputs:
     def _key(self, step: int, stream: int) -> int:
         return step_seed(self.seed, STREAMS * step + stream)
 
+    def network_seed(self, step: int) -> int:
+        """The seed of the network's own draws at training step ``step`` (dropout, stochastic depth)."""
+        return step_seed(self.seed, step)
+
     def draw_levels(self, batch: int, step: int) -> NoiseLevels:
         """One noise level per sample of training step ``step`` (the paper: uniform over the 32 Karras levels)."""
         g = torch.Generator(device="cpu").manual_seed(self._key(step, 1))
@@ -149,9 +154,25 @@ class LatentInputs:
         x = add_noise(latents, self.mean, self.std, alpha, sigma, seed=0, mask_p=0.0, target_std=self.target_std)
         return x.float(), lv
 
+    def eval_input_at(self, level: int | str, conditioned: bool) -> Callable[[Batch], tuple]:
+        """(x, c_noise) of a batch at Karras level ``level``, or clean as the reference code evaluates
+        (``level="reference"``); c_noise None for an unconditioned model."""
+
+        def make(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+            latents = batch.latents
+            x, levels = self.reference_clean(latents) if level == "reference" else self.at_level(latents, level)
+            return x, levels.c_noise if conditioned else None
+
+        return make
+
     @staticmethod
     def sigmas() -> list[float]:
         return karras_sigmas(N_LEVELS).tolist()
+
+
+def clean_level(protocol: str) -> int | str:
+    """The evaluation input of ``--clean-eval``: the lowest trained Karras level, or the reference code's."""
+    return "reference" if protocol == "reference" else CLEAN_LEVEL
 
 
 @functools.cache

@@ -36,11 +36,10 @@ class TrainingLoss:
         distill: str = "none",
         alpha: float = 0.5,
         temperature: float = 4.0,
-        drw_epoch: int = 10,
         device: torch.device | None = None,
     ):
         self.recipe, self.counts, self.device = recipe, class_counts, device
-        self.distill, self.alpha, self.temperature, self.drw_epoch = distill, alpha, temperature, drw_epoch
+        self.distill, self.alpha, self.temperature = distill, alpha, temperature
         self.set_epoch(0)
 
     @classmethod
@@ -48,17 +47,16 @@ class TrainingLoss:
         """The --loss recipe for the store's task: multi-label stores train with BCE whatever --loss says
         (LDAM and CE are single-label losses, and ldam-drw is the default)."""
         return cls(
-            recipe("bce" if multilabel else cfg.loss, multilabel),
+            recipe("bce" if multilabel else cfg.loss, multilabel, cfg.drw_epoch),
             class_counts,
             distill=cfg.distill,
             alpha=cfg.distill_alpha,
             temperature=cfg.temperature,
-            drw_epoch=cfg.drw_epoch,
             device=device,
         )
 
     def set_epoch(self, epoch: int) -> None:
-        loss = self.recipe.build(self.counts, epoch=epoch, defer_epoch=self.drw_epoch, device=self.device)
+        loss = self.recipe.build(self.counts, epoch=epoch, device=self.device)
         if self.distill != "none":
             loss = Distillation(
                 loss,
@@ -87,6 +85,7 @@ class LatentObjective:
         self.inputs, self.loss, self.noise_conditioned = inputs, loss, noise_conditioned
 
     def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
+        torch.manual_seed(self.inputs.network_seed(step))  # the network's own draws (dropout, stochastic depth)
         with record_function(NOISE_LABEL):
             levels = self.inputs.draw_levels(len(batch), step)  # sigma per sample (paper: 32 Karras levels)
             x = self.inputs.noised(batch.latents, levels, step)  # (z - mean) / std * 0.5, masked, + sigma * eps
@@ -103,7 +102,9 @@ class ImageObjective:
         self.images, self.loss, self.seed = images, loss, seed
 
     def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
-        x = self.images.augmented(batch.ids, step_seed(self.seed, step))  # flip + 15 degree rotation, on the device
+        seed = step_seed(self.seed, step)
+        torch.manual_seed(seed)  # the network's own draws (dropout, stochastic depth)
+        x = self.images.augmented(batch.ids, seed)  # flip + 15 degree rotation, on the device
         with autocast(x.device):
             logits = net(x, None)
         return self.loss(logits.float(), batch)
