@@ -13,28 +13,28 @@ allocation is real, no data is, so batch 256 at 512 px takes seconds and no memo
   until its last reference dies. That is what ``torch.cuda.max_memory_allocated`` measures, less what
   fake tensors cannot show: cuDNN/cuBLAS workspaces, the allocator's 512-byte rounding and the CUDA context.
 
-Predicted, not measured: a roofline step time on H100 SXM and H200 SXM, each dispatched op costing
-``max(flops / peak, bytes / HBM bandwidth)`` (bytes: its tensor inputs read and outputs written, views
-free, broadcast dimensions read once), summed over the step; no launch overhead, no overlap, no cache
-reuse between ops. It bounds the step from below, so samples/s and MFU are upper bounds.
+Predicted, not measured: a roofline step time on H100 SXM and H200 SXM (``bench.roofline``), each
+dispatched op costing ``max(flops / peak, bytes / HBM bandwidth)`` (bytes: its tensor inputs read and
+outputs written, views free, broadcast dimensions read once), summed over the step; no launch overhead, no
+overlap, no cache reuse between ops. It bounds the step from below, so samples/s and MFU are upper bounds.
 
-Why CPU fake tensors and not CUDA ones: torch 2.13's FakeTensorMode fakes CUDA only on a CUDA build with
-no device visible (c10's ``ensureCUDADeviceGuardSet`` installs its no-op guard only then); on a CPU-only
-build ``copy_``, tensor indexing and ``.to("cuda")`` raise "PyTorch is not linked with support for cuda
-devices". So the fake tensors live on the CPU and the CUDA run's dtypes are applied explicitly:
-``CudaAutocast`` casts as ``torch.autocast("cuda", torch.bfloat16)`` does, from the op lists of torch's
-own ``ATen/autocast_mode.h`` (``AT_FORALL_LOWER_PRECISION_FP``, ``AT_FORALL_FP32``, ...), at the Python
-call, above autograd (so, as with real autocast, autograd saves the bf16 copies), with the same weight-cast
-cache. It wraps exactly the block ``engine.training.objective.autocast`` wraps; weights and Adam state stay
-fp32, Adam runs its foreach implementation (the CUDA default). The fused kernels (``kernels``: add_noise,
-film_layer_norm, group_norm_film_silu, ...) take their Triton path, as on CUDA: the autograd wrappers
-allocate and save exactly what they do on a GPU, and each launch is recorded instead of run (a fake
-tensor has no memory to run on), costing one read or write of each tensor it is passed. (Their CPU
-references would be the wrong stand-in: add_noise's plain-torch Philox alone moves about 150 GB per
-step at batch 256.) Host-side value checks a CUDA step skips (Karras level range) or makes once
-(std > 0) are skipped, since a fake tensor has no values to check. One path still differs:
-``scaled_dot_product_attention`` takes its math path on CPU tensors, saving the attention matrix that
-CUDA's flash kernel recomputes, so for models with attention (adm-b) memory is an upper bound.
+Why CPU fake tensors and not CUDA ones: torch 2.13's FakeTensorMode fakes CUDA only on a CUDA build with no
+device visible (c10's ``ensureCUDADeviceGuardSet`` installs its no-op guard only then); on a CPU-only build
+``copy_``, tensor indexing and ``.to("cuda")`` raise "PyTorch is not linked with support for cuda devices".
+So the fake tensors live on the CPU and the CUDA run's dtypes are applied explicitly:
+``bench.cuda_autocast.CudaAutocast`` casts as ``torch.autocast("cuda", torch.bfloat16)`` does, from the op
+lists of torch's own ``ATen/autocast_mode.h`` (``AT_FORALL_LOWER_PRECISION_FP``, ``AT_FORALL_FP32``, ...),
+at the Python call, above autograd (so, as with real autocast, autograd saves the bf16 copies), with the
+same weight-cast cache. It wraps exactly the block ``engine.training.objective.autocast`` wraps; weights and
+Adam state stay fp32, Adam runs its foreach implementation (the CUDA default). The fused kernels
+(``kernels``: add_noise, film_layer_norm, group_norm_film_silu, ...) take their Triton path, as on CUDA: the
+autograd wrappers allocate and save exactly what they do on a GPU, and each launch is recorded instead of
+run (a fake tensor has no memory to run on), costing one read or write of each tensor it is passed. (Their
+CPU references would be the wrong stand-in: add_noise's plain-torch Philox alone moves about 150 GB per step
+at batch 256.) Host-side value checks a CUDA step skips (Karras level range) or makes once (std > 0) are
+skipped, since a fake tensor has no values to check. One path still differs:
+``scaled_dot_product_attention`` takes its math path on CPU tensors, saving the attention matrix that CUDA's
+flash kernel recomputes, so for models with attention (adm-b) memory is an upper bound.
 
 ``simulate`` patches process-wide hooks (Triton's launch, Adam's foreach default, the engine's autocast)
 for the length of a call: run it where no real GPU work runs in other threads.
@@ -50,146 +50,18 @@ from dataclasses import dataclass, field
 from unittest import mock
 
 import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 import bench.train_steps as train_steps
-from bench.flop_count import flop_counter, op_flops
+from bench.cuda_autocast import CudaAutocast
+from bench.flop_count import flop_counter
+from bench.roofline import Roofline, gpu, roofline_time
 from bench.train_steps import IMAGE_MODELS, Case, StepOptions, build_net, make_step
 from engine.training.objective import TrainingLoss
 
 LABEL = "predicted"
 DEFAULT_BATCH = 256
-
-
-@dataclass(frozen=True)
-class GPU:
-    name: str
-    bf16_flops: float  # dense BF16/FP16 tensor-core peak, FLOP/s
-    tf32_flops: float  # dense TF32 tensor-core peak (fp32 convolutions: cudnn.allow_tf32 is on by default)
-    fp32_flops: float  # FP32 without tensor cores (fp32 matmuls: cuda.matmul.allow_tf32 is off by default)
-    hbm_bytes_per_s: float
-    memory_bytes: float
-
-
-# NVIDIA's datasheets (nvidia.com/en-us/data-center/h100 and /h200, "Technical Specifications", SXM form
-# factor) list BF16 Tensor Core 1,979 TFLOPS and TF32 989 TFLOPS "with sparsity" (dense: half), FP32
-# 67 TFLOPS, for both parts (same GH100 die and clocks); they differ in memory: H100 SXM 80 GB HBM3 at
-# 3.35 TB/s, H200 SXM 141 GB HBM3e at 4.8 TB/s. The dense peaks to one more digit (989.4, 494.7, 66.9)
-# are the ones NVIDIA's Hopper architecture whitepaper tabulates for H100 SXM5.
-GPUS = {
-    "h100-sxm": GPU("NVIDIA H100 SXM (predicted)", 989.4e12, 494.7e12, 66.9e12, 3.35e12, 80e9),
-    "h200-sxm": GPU("NVIDIA H200 SXM (predicted)", 989.4e12, 494.7e12, 66.9e12, 4.8e12, 141e9),
-}
-_ALIASES = {"h100": "h100-sxm", "h200": "h200-sxm"}
-
-
-def gpu(device: str) -> tuple[str, GPU]:
-    key = _ALIASES.get(device.lower(), device.lower())
-    if key not in GPUS:
-        raise ValueError(f"unknown device {device!r}; known: {', '.join(GPUS)} (or h100, h200)")
-    return key, GPUS[key]
-
-
-# --- the CUDA autocast policy, applied to CPU tensors -------------------------------------------------------
-
-# torch 2.13, ATen/autocast_mode.h: the lists TORCH_LIBRARY_IMPL(aten, Autocast, m) registers for CUDA
-# (every overload listed there covers the op; conv_transpose2d/3d.input and conv2d.padding map to the same
-# Python call). Python-level names that reach these ops in one call are added (__matmul__, F.softmax, ...).
-LOWER_PRECISION_FP = frozenset(
-    "_convolution conv1d conv2d conv3d conv_tbc conv_transpose1d conv_transpose2d conv_transpose3d convolution "
-    "prelu addmm addmv addr matmul __matmul__ __rmatmul__ einsum mm mv linalg_vecdot linear addbmm baddbmm bmm "
-    "chain_matmul linalg_multi_dot _thnn_fused_lstm_cell _thnn_fused_gru_cell lstm_cell gru_cell rnn_tanh_cell "
-    "rnn_relu_cell _scaled_dot_product_flash_attention scaled_dot_product_attention".split()
-)
-FP32 = frozenset(
-    "acos asin cosh erfinv exp expm1 log log10 log2 log1p reciprocal rsqrt sinh tan pow __pow__ __rpow__ "
-    "softplus layer_norm native_layer_norm rms_norm group_norm frobenius_norm nuclear_norm "
-    "cosine_similarity poisson_nll_loss cosine_embedding_loss nll_loss nll_loss2d hinge_embedding_loss kl_div "
-    "l1_loss smooth_l1_loss huber_loss mse_loss margin_ranking_loss multilabel_margin_loss soft_margin_loss "
-    "triplet_margin_loss multi_margin_loss binary_cross_entropy_with_logits dist pdist cdist renorm logsumexp "
-    "upsample_nearest1d _upsample_nearest_exact1d upsample_nearest2d _upsample_nearest_exact2d "
-    "upsample_nearest3d _upsample_nearest_exact3d upsample_linear1d upsample_bilinear2d _upsample_bilinear2d_aa "
-    "upsample_trilinear3d upsample_bicubic2d _upsample_bicubic2d_aa "
-    # Python composites whose one aten call is in the list (F.interpolate -> upsample_*, F.cross_entropy ->
-    # log_softmax + nll_loss, both fp32 on CUDA)
-    "interpolate cross_entropy".split()
-)
-FP32_SET_OPT_DTYPE = frozenset(
-    "prod softmax log_softmax cumprod cumsum linalg_vector_norm linalg_matrix_norm sum norm".split()
-)
-PROMOTE = frozenset(
-    "addcdiv addcmul atan2 bilinear cross dot vdot grid_sampler grid_sample index_put tensordot scatter_add".split()
-)
-
-
-def _eligible(t) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
-
-
-class CudaAutocast(TorchFunctionMode):
-    """``torch.autocast("cuda", dtype)`` applied to tensors on any device, at the Python call of each op.
-
-    Casts as ATen's CUDA autocast kernels do: lower-precision ops take every floating input in ``dtype``,
-    fp32 ops in float32, softmax/sum-like ops get ``dtype=torch.float32`` unless one is given, promote ops
-    run in the widest floating input type; other ops run as called. Casts of fp32 leaf tensors that require
-    grad (the weights) are cached until the block ends, as autocast's cache does. ``casts`` holds the
-    storages of those copies (weakly), so callers can tell weight copies from activations.
-    """
-
-    def __init__(self, dtype: torch.dtype = torch.bfloat16):
-        super().__init__()
-        self.dtype = dtype
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.casts: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-    def __exit__(self, *exc):
-        self._cache.clear()  # as autocast drops its cache when the outermost block ends
-        return super().__exit__(*exc)
-
-    def _cast(self, t, to: torch.dtype):
-        if not _eligible(t) or t.dtype == to:
-            return t
-        cacheable = to == self.dtype and t.dtype == torch.float32 and t.requires_grad and t.is_leaf
-        cacheable = cacheable and not t._is_view() and torch.is_autocast_cache_enabled()
-        if not cacheable:
-            return t.to(to)
-        hit = self._cache.get(id(t))
-        if hit is None:
-            hit = (t, t.to(to))
-            self._cache[id(t)] = hit
-            self.casts[hit[1].untyped_storage()] = True
-        return hit[1]
-
-    def _cast_all(self, args, kwargs, to):
-        def one(a):
-            if isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a):
-                return type(a)(self._cast(x, to) for x in a)
-            return self._cast(a, to)
-
-        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        name = getattr(func, "__name__", "")
-        if name in LOWER_PRECISION_FP:
-            args, kwargs = self._cast_all(args, kwargs, self.dtype)
-        elif name in FP32:
-            if not (name == "interpolate" and kwargs.get("mode") == "area"):  # area pools, no upsample op
-                args, kwargs = self._cast_all(args, kwargs, torch.float32)
-        elif name in FP32_SET_OPT_DTYPE:
-            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-            explicit = kwargs.get("dtype") is not None or any(isinstance(a, torch.dtype) for a in args)
-            if _eligible(first) and not explicit:
-                kwargs["dtype"] = torch.float32
-        elif name in PROMOTE:
-            flat = [a for a in tree_flatten((args, kwargs))[0] if _eligible(a)]
-            to = torch.float32 if any(a.dtype == torch.float32 for a in flat) else self.dtype
-            args, kwargs = self._cast_all(args, kwargs, to)
-        return func(*args, **kwargs)
 
 
 # --- the fake step ------------------------------------------------------------------------------------------
@@ -244,7 +116,7 @@ def _record_launch(kernel, grid):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         if _LAUNCHES:
             name = getattr(getattr(kernel, "fn", kernel), "__name__", "triton")
-            _LAUNCHES[-1].ops.append((f"triton:{name}", 0, sum(_Roofline.touched(t) for t in tensors), None))
+            _LAUNCHES[-1].ops.append((f"triton:{name}", 0, sum(Roofline.touched(t) for t in tensors), None))
 
     return launch
 
@@ -267,41 +139,6 @@ def _fused_kernels_as_on_cuda() -> Iterator[None]:
 def _foreach_like_cuda(params, differentiable, use_fused=False):
     """Adam's default on CUDA tensors (foreach); the CPU default (a loop per tensor) needs less memory."""
     return False, not differentiable
-
-
-class _Roofline(TorchDispatchMode):
-    """Per dispatched op: FLOPs (bench.flop_count's table), bytes read and written, the dtype it runs in."""
-
-    FREE = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_unsafe_view"})
-    FREE |= {"lift_fresh", "detach", "alias", "set_", "resize_", "_local_scalar_dense", "sym_size", "sym_stride"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[tuple[str, int, int, torch.dtype | None]] = []
-
-    @staticmethod
-    def touched(t: torch.Tensor) -> int:
-        """Bytes an op reads of t: broadcast (stride-0) dimensions once."""
-        n = 1
-        for size, stride in zip(t.shape, t.stride()):
-            n *= size if stride != 0 else 1
-        return n * t.element_size() if t.numel() else 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        name = func.overloadpacket.__name__
-        if func.is_view or name in self.FREE or func.namespace == "prim":
-            return out
-        inputs = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
-        if name == "copy_" and inputs:
-            inputs = inputs[1:]  # the destination is written, not read
-        outputs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-        moved = sum(self.touched(t) for t in inputs) + sum(o.numel() * o.element_size() for o in outputs)
-        flops = op_flops(func, args, kwargs, out)
-        dtype = next((t.dtype for t in inputs if t.is_floating_point()), None)
-        self.ops.append((name, flops, moved, dtype))
-        return out
 
 
 class _SavedBytes:
@@ -421,7 +258,7 @@ def simulate(
             step(0)  # creates Adam's state; its gradients live on into the next step's forward
             tracker.reset_mod_stats()
             saved = _SavedBytes(list(net.parameters()), policy.casts if policy is not None else None)
-            roofline = _Roofline()
+            roofline = Roofline()
             _LAUNCHES.append(roofline)
             try:
                 with roofline, flop_counter() as counter, FlopCounterMode(display=False) as stock, saved.hooks():
@@ -445,24 +282,6 @@ def simulate(
         ops=tuple(roofline.ops),
         params=sum(p.numel() for p in net.parameters()),
     )
-
-
-def roofline_time(ops, device: GPU) -> tuple[float, float]:
-    """(step seconds, seconds of ops bound by memory bandwidth) for ops of (name, flops, bytes, dtype)."""
-    total = memory_bound = 0.0
-    for name, flops, moved, dtype in ops:
-        if dtype in (torch.bfloat16, torch.float16) or not flops:
-            peak = device.bf16_flops
-        elif name.startswith("convolution") and torch.backends.cudnn.allow_tf32:
-            peak = device.tf32_flops
-        elif torch.backends.cuda.matmul.allow_tf32:
-            peak = device.tf32_flops
-        else:
-            peak = device.fp32_flops
-        compute, memory = flops / peak, moved / device.hbm_bytes_per_s
-        total += max(compute, memory)
-        memory_bound += memory if memory >= compute else 0.0
-    return total, memory_bound
 
 
 PEAK_METHOD = (

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import functools
-import gc
 import math
 import os
 import sys
@@ -32,13 +30,12 @@ import torch
 
 from bench import environment
 from bench.batch_search import largest_batch
-from bench.flop_count import count_training_flops
+from bench.case_rows import DoesNotFit, free, measure_stepping_down, memory_at, oom_types, probe
 from bench.matmul_peak import matmul_peak
-from bench.memory import peak_memory
+from bench.pairing import PAIRINGS, PAPER, memory_ratios, pairs, ratios
 from bench.report import SCHEMA, write_outputs
 from bench.result_file import save_json
 from bench.step_profile import label_norm_layers, profile_steps
-from bench.timing import sync, time_windows
 from bench.train_steps import (
     IMAGE_MODELS,
     LATENT_MODELS,
@@ -50,8 +47,6 @@ from bench.train_steps import (
     make_step,
 )
 
-PAPER = {"throughput_ratio": 64.0, "memory_ratio": 120.0}
-PAIRINGS = {"paper protocol": 0.5, "same source": 1.0}  # image side of the pair: this fraction of the source px
 GPU_DEFAULTS = {
     "batch": 256,
     "max_batch": 16384,
@@ -85,150 +80,6 @@ CPU_DEFAULTS = {
 # parts a GPU run leaves out (no CPU's memory ratio at batch 4 to correct, predictions are not a GPU's job):
 # (GPU default, CPU default); not sizes, so never listed as reduced
 EXTRAS = {"memory_batch": (0, 64), "predict_devices": ("", "h100-sxm,h200-sxm")}
-
-
-class DoesNotFit(Exception):
-    """Even batch 1 of a case does not fit the device."""
-
-
-def _oom_types() -> tuple[type[BaseException], ...]:
-    return (torch.cuda.OutOfMemoryError,) if torch.cuda.is_available() else ()
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def probe(case: Case, batch: int, opts: StepOptions, cpu_budget: int) -> bool:
-    """Do two steps at ``batch`` run? On GPU: no out-of-memory. On CPU: peak RSS under ``cpu_budget`` bytes."""
-    ok = True
-    try:
-        with peak_memory(opts.device) as mem:
-            step, _ = make_step(case, batch, opts)
-            step(0), step(1)
-            sync(opts.device)
-            del step
-        ok = opts.device.type == "cuda" or mem["bytes"] <= cpu_budget
-    except _oom_types():
-        ok = False
-    _free(opts.device)
-    return ok
-
-
-def measure(case: Case, batch: int, opts: StepOptions, timing: dict, peak_flops: float, note: str = "") -> dict:
-    """One row: samples/s (median, IQR), peak memory, FLOPs per sample and utilisation of ``case`` at ``batch``."""
-    with peak_memory(opts.device) as mem:
-        step, net = make_step(case, batch, opts)
-        t = time_windows(step, batch, opts.device, **timing)
-    params = sum(p.numel() for p in net.parameters())
-    del step, net
-    _free(opts.device)
-    # FLOPs of the same step run eagerly (a compiled graph hides its ops from the counter; the math is the same)
-    eager, _ = make_step(case, batch, dataclasses.replace(opts, compile=False))
-    flops = count_training_flops(functools.partial(eager, 10**6))
-    del eager
-    _free(opts.device)
-    per_sample = flops / batch if flops else None
-    return {
-        "space": case.space,
-        "model": case.model,
-        "shape_name": case.shape_name,
-        "shape": list(case.shape),
-        "case": case.name,
-        "source_px": case.source_px,
-        "batch": batch,
-        "parameters": params,
-        **t,
-        "peak_memory_bytes": mem["bytes"],
-        "flops_per_sample": per_sample,
-        "utilisation": per_sample * t["samples_per_s"] / peak_flops if per_sample else None,
-        "compile": opts.compile,
-        "channels_last": opts.channels_last,
-        "note": note,
-    }
-
-
-def memory_at(case: Case, batch: int, opts: StepOptions) -> dict:
-    """Peak memory of two training steps of ``case`` at ``batch``: where activations, not weights and optimizer
-    state, dominate (what training at the paper's batch 256 is like), measured without the timing windows."""
-    with peak_memory(opts.device) as mem:
-        step, _ = make_step(case, batch, opts)
-        step(0), step(1)
-        sync(opts.device)
-        del step
-    _free(opts.device)
-    return {
-        "case": case.name,
-        "space": case.space,
-        "model": case.model,
-        "source_px": case.source_px,
-        "batch": batch,
-        "peak_memory_bytes": mem["bytes"],
-    }
-
-
-def measure_stepping_down(case: Case, batch: int, opts: StepOptions, timing: dict, peak_flops: float, log) -> dict:
-    """``measure`` at ``batch``, halving on out-of-memory and saying so in the row and the log."""
-    asked = batch
-    while batch >= 1:
-        try:
-            note = "" if batch == asked else f"batch {asked} did not fit; stepped down to {batch}"
-            return measure(case, batch, opts, timing, peak_flops, note)
-        except _oom_types():
-            _free(opts.device)
-            log(f"{case.name}: batch {batch} does not fit the device; stepping down to {batch // 2}")
-            batch //= 2
-    raise DoesNotFit(f"{case.name}: even batch 1 does not fit the device")
-
-
-def ratios(rows: list[dict], regime: str) -> list[dict]:
-    """latent/image throughput and image/latent memory of every latent row against every image row of the same
-    regime that forms a pairing with it: the image at the latent's source px (same source) or at half of it
-    (paper protocol: the paper encodes 512 px images and trains its image classifier at 256 px); memory only
-    at equal batch, where both sides ran the same batch."""
-    out = []
-    images = [r for r in rows if r["space"] == "image" and r["regime"] == regime]
-    for lat in (r for r in rows if r["space"] == "latent" and r["regime"] == regime):
-        for pairing, fraction in PAIRINGS.items():
-            for img in (r for r in images if r["source_px"] == int(lat["source_px"] * fraction)):
-                out.append(
-                    {
-                        "regime": regime,
-                        "pairing": pairing,
-                        "latent": lat["case"],
-                        "image": img["case"],
-                        "latent_batch": lat["batch"],
-                        "image_batch": img["batch"],
-                        "throughput_ratio": lat["samples_per_s"] / img["samples_per_s"],
-                        "memory_ratio": img["peak_memory_bytes"] / lat["peak_memory_bytes"]
-                        if regime == "equal batch" and lat["peak_memory_bytes"] > 0
-                        else None,
-                    }
-                )
-    return out
-
-
-def memory_ratios(rows: list[dict]) -> list[dict]:
-    """image/latent peak memory of the rows measured at one batch (``memory_at``), in both pairings."""
-    out = []
-    for lat in (r for r in rows if r["space"] == "latent"):
-        for pairing, fraction in PAIRINGS.items():
-            for img in (
-                r for r in rows if r["space"] == "image" and r["source_px"] == int(lat["source_px"] * fraction)
-            ):
-                if lat["peak_memory_bytes"] > 0:
-                    out.append(
-                        {
-                            "pairing": pairing,
-                            "latent": lat["case"],
-                            "image": img["case"],
-                            "batch": lat["batch"],
-                            "memory_ratio": img["peak_memory_bytes"] / lat["peak_memory_bytes"],
-                        }
-                    )
-    return out
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -491,7 +342,7 @@ def _memory_part(report: dict, cases: list[Case], args, options, save, log) -> d
         log(f"{case.name}: peak memory at batch {args.memory_batch}")
         try:
             rows.append(memory_at(case, args.memory_batch, options(case)))
-        except (ValueError, FloatingPointError, *_oom_types()) as err:
+        except (ValueError, FloatingPointError, *oom_types()) as err:
             log(f"skip memory of {case.name} at batch {args.memory_batch}: {err}")
         save()
     return {"batch": args.memory_batch, "rows": rows, "ratios": memory_ratios(rows)}
@@ -537,7 +388,7 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
     latent_models = list(dict.fromkeys(c.model for c in cases if c.space == "latent"))
     image_models = list(dict.fromkeys(c.model for c in cases if c.space == "image"))
     shapes, sizes = _items(args.predict_shapes), [int(s) for s in _items(args.predict_image_sizes)]
-    rows, pairs = [], []
+    rows, paired = [], []
     for device in devices:
         for model in latent_models:
             for shape in shapes:
@@ -554,17 +405,13 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
                     )
                 )
         done = [r for r in rows if "skipped" not in r and r["device"] == device]
-        for lat in (r for r in done if r["space"] == "latent"):
-            for pairing, fraction in PAIRINGS.items():
-                wanted = int(lat["source_px"] * fraction) if lat["source_px"] else None
-                for img in (r for r in done if r["space"] == "image" and r["source_px"] == wanted):
-                    pairs.append({"pairing": pairing, **predict_ratio(lat, img)})
+        paired += [{"pairing": pairing, **predict_ratio(lat, img)} for pairing, lat, img in pairs(done)]
     return {
         "label": "predicted",
         "batch": DEFAULT_BATCH,
         "devices": devices,
         "rows": rows,
-        "ratios": pairs,
+        "ratios": paired,
         "vs_measured": _predicted_vs_measured(report, log),
     }
 
@@ -627,7 +474,7 @@ def _profiles(cases: list[Case], args, options, log) -> dict:
             return prof
 
         out["variants"].append({"kernels": kernels, "compile": compiled, **_guarded(log, "profile", run)})
-        _free(opts.device)
+        free(opts.device)
     if not cuda:
         out["note"] = (
             "CPU: coarse self CPU time of the torch reference path; fused Triton kernels and compile need a GPU"

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import predict
-from bench.predict import CudaAutocast, predict_case, predict_ratio, simulate
+from bench import cuda_autocast
+from bench.cuda_autocast import CudaAutocast
+from bench.predict import predict_case, predict_ratio, simulate
 from bench.train_steps import Case, StepOptions, build_net, make_step
 
 
@@ -125,10 +126,10 @@ def test_policy_lists_cover_torchs_cuda_lists():
         block = re.search(rf"#define {macro}\(_\)(.*?)(?:\n\n|#define)", text, re.S).group(1)
         return set(re.findall(r"_\((\w+)", block))
 
-    assert names("AT_FORALL_LOWER_PRECISION_FP") <= predict.LOWER_PRECISION_FP
-    assert names("AT_FORALL_FP32") <= predict.FP32
-    assert names("AT_FORALL_FP32_SET_OPT_DTYPE") <= predict.FP32_SET_OPT_DTYPE
-    assert names("AT_FORALL_PROMOTE") <= predict.PROMOTE
+    assert names("AT_FORALL_LOWER_PRECISION_FP") <= cuda_autocast.LOWER_PRECISION_FP
+    assert names("AT_FORALL_FP32") <= cuda_autocast.FP32
+    assert names("AT_FORALL_FP32_SET_OPT_DTYPE") <= cuda_autocast.FP32_SET_OPT_DTYPE
+    assert names("AT_FORALL_PROMOTE") <= cuda_autocast.PROMOTE
 
 
 def test_real_steps_run_before_and_after_a_simulation():

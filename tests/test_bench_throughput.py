@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import bench.case_rows as case_rows
 import bench.throughput as throughput
 from bench.batch_search import largest_batch
 from bench.cli import main as bench_main
@@ -140,13 +141,7 @@ def test_ratios_come_from_the_runs_own_rows(full_run):
 def _row(case, batch: int, rate: float, memory: int, note: str) -> dict:
     """A row as measure() writes it, with a chosen rate and memory (no FLOPs)."""
     return {
-        "space": case.space,
-        "model": case.model,
-        "shape_name": case.shape_name,
-        "shape": list(case.shape),
-        "case": case.name,
-        "source_px": case.source_px,
-        "batch": batch,
+        **case_rows.identity(case, batch),
         "samples_per_s": rate,
         "iqr": [rate, rate],
         "step_ms": 1e3 * batch / rate,
@@ -164,7 +159,7 @@ def test_ratios_follow_the_timings_they_are_given(monkeypatch, tmp_path):
     def fake_measure(case, batch, opts, timing, peak_flops, note=""):
         return _row(case, batch, *((120.0, 10 * 2**20) if case.space == "latent" else (8.0, 35 * 2**20)), note)
 
-    monkeypatch.setattr(throughput, "measure", fake_measure)
+    monkeypatch.setattr(case_rows, "measure", fake_measure)
     out = tmp_path / "fake.json"
     assert throughput.main(TINY_THROUGHPUT + TABLE_ONLY + ["--out", str(out)]) == 0
     (ratio,) = json.loads(out.read_text())["ratios"]
@@ -180,7 +175,7 @@ def test_both_pairings_are_formed_and_named(monkeypatch, tmp_path):
     def fake_measure(case, batch, opts, timing, peak_flops, note=""):
         return _row(case, batch, rates["latent" if case.space == "latent" else case.shape_name], 2**20, note)
 
-    monkeypatch.setattr(throughput, "measure", fake_measure)
+    monkeypatch.setattr(case_rows, "measure", fake_measure)
     out = tmp_path / "pairs.json"
     argv = TINY_THROUGHPUT + TABLE_ONLY + ["--shapes", "sd-64", "--image-sizes", "32,64", "--out", str(out)]
     assert throughput.main(argv) == 0
@@ -217,7 +212,7 @@ def test_a_killed_run_leaves_a_valid_partial_result(tmp_path):
 
 def test_an_interrupted_run_says_so_and_keeps_its_rows(monkeypatch, tmp_path, capsys):
     """A time limit's SIGINT (KeyboardInterrupt) part-way: exit 130, the rows so far saved, marked incomplete."""
-    real_measure = throughput.measure
+    real_measure = case_rows.measure
     calls = []
 
     def measure_then_interrupt(*args, **kw):
@@ -226,7 +221,7 @@ def test_an_interrupted_run_says_so_and_keeps_its_rows(monkeypatch, tmp_path, ca
             raise KeyboardInterrupt
         return real_measure(*args, **kw)
 
-    monkeypatch.setattr(throughput, "measure", measure_then_interrupt)
+    monkeypatch.setattr(case_rows, "measure", measure_then_interrupt)
     out = tmp_path / "cut.json"
     argv = TINY_THROUGHPUT + TABLE_ONLY
     assert throughput.main([*argv, "--out", str(out)]) == 130

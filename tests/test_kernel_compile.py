@@ -7,27 +7,18 @@ cache lives in pytest's cache directory: the first run compiles everything (abou
 later runs reuse the kernels and still re-run ptxas on each one.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tool_script import TOOLS, load_tool
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "compile_kernels.py"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("compile_kernels", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)  # stdlib imports only at module level: no triton, no env changes
-    return module
+TOOL = TOOLS / "compile_kernels.py"
 
 
-tool = _tool()
+tool = load_tool("compile_kernels")  # stdlib imports only at module level: no triton, no env changes
 _PROBLEM = tool.toolchain_problem()
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=f"no sm_90 compile check here: {_PROBLEM}")
 

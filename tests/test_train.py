@@ -1,6 +1,5 @@
 """`engine train` / `engine eval` end to end on a tiny store: runs, resume after a kill, DDP, teacher, errors."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from tool_script import load_tool
 
 from engine.autoencoders import load_autoencoder
 from engine.cli import main as engine_main
@@ -272,9 +272,7 @@ def test_the_config_flows_down_and_never_climbs_back(store, tmp_path):
     its validation, the final evaluation): it is handed down from engine/train.py, comes back into a module
     it was handed into before only where the loader factory builds another loader, and no library module
     hands it back up to a job. The bound on returns is today's count: a change that adds a trip shows here."""
-    spec = importlib.util.spec_from_file_location("config_flow", Path(__file__).parents[1] / "tools" / "config_flow.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("config_flow")
     run = ["train", "--store", str(store), "--out", str(tmp_path / "run"), *FAST, "--epochs", "1"]
     flow = tool.follow([*run, "--curve-levels", "1"])
     assert flow["status"] == 0 and flow["flow"][0] == "engine/train.py"
