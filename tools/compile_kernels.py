@@ -81,6 +81,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,81 +225,77 @@ def _recorder_function():
     return Recorded
 
 
+@dataclasses.dataclass(frozen=True)
+class FusedOp:
+    """A fused op a model calls: ``kernels.<name>.<name>`` (and its ``<name>_reference``, same signature),
+    imported by name into ``model``; the operands without a batch dimension; how a call's site reads."""
+
+    name: str
+    model: str
+    unbatched: frozenset[str]
+    site: Callable[[object, dict], str]  # (x, parameters) -> the call's shape, for the report
+
+    def public(self):
+        return getattr(_module(f"kernels.{self.name}"), self.name)
+
+    def reference(self):
+        return getattr(_module(f"kernels.{self.name}"), f"{self.name}_reference")
+
+
+def _plane(x, params: dict | None = None) -> str:
+    return f"{x.shape[1]}@{'x'.join(map(str, x.shape[2:]))}"
+
+
+def _tokens(x, params: dict) -> str:
+    return f"{x.shape[1]} tokens x {x.shape[2]}"
+
+
+FUSED_OPS = (
+    FusedOp("film_layer_norm", "engine.models.convnext_film", frozenset({"weight", "bias"}), _plane),
+    FusedOp(
+        "group_norm_film_silu",
+        "engine.models.adm_resnet",
+        frozenset({"weight", "bias"}),
+        lambda x, p: f"{_plane(x)}/{p['num_groups']}g",
+    ),
+    FusedOp("adaln_modulate", "engine.models.vit_film", frozenset(), _tokens),
+)
+
+
 def capture(models=MODELS) -> list[Call]:
-    """Every film_layer_norm / group_norm_film_silu / adaln_modulate call the models make, in train and eval
-    mode."""
+    """Every call of a ``FUSED_OPS`` op the models make, in train and eval mode."""
     import torch
 
     from engine.models import build_model
-
-    adm, convnext = _module("engine.models.adm_resnet"), _module("engine.models.convnext_film")
-    vit = _module("engine.models.vit_film")
-    from kernels.adaln_modulate import adaln_modulate_reference
-    from kernels.film_layer_norm import film_layer_norm_reference
-    from kernels.group_norm_film_silu import group_norm_film_silu_reference
 
     recorded = _recorder_function()
     calls: list[Call] = []
     state = {"mode": None, "site": None}
 
-    def film_layer_norm(x, scale, shift, weight, bias, eps=1e-6):
-        call = Call(
-            "film_layer_norm",
-            state["mode"],
-            {
-                "x": TensorSpec.of(x),
-                "scale": TensorSpec.of(scale),
-                "shift": TensorSpec.of(shift),
-                "weight": TensorSpec.of(weight, batched=False),
-                "bias": TensorSpec.of(bias, batched=False),
-            },
-            {"eps": eps},
-            sites=[f"{state['site']} {x.shape[1]}@{'x'.join(map(str, x.shape[2:]))}"],
-        )
-        calls.append(call)
-        return recorded.apply(
-            call, lambda x, s, h, w, b: film_layer_norm_reference(x, s, h, w, b, eps), x, scale, shift, weight, bias
-        )
+    def recorder(op: FusedOp):
+        signature, reference = inspect.signature(op.public()), op.reference()
 
-    def group_norm_film_silu(x, num_groups, weight, bias, scale, shift, eps=1e-5):
-        call = Call(
-            "group_norm_film_silu",
-            state["mode"],
-            {
-                "x": TensorSpec.of(x),
-                "weight": TensorSpec.of(weight, batched=False),
-                "bias": TensorSpec.of(bias, batched=False),
-                "scale": TensorSpec.of(scale),
-                "shift": TensorSpec.of(shift),
-            },
-            {"num_groups": num_groups, "eps": eps},
-            sites=[f"{state['site']} {x.shape[1]}@{'x'.join(map(str, x.shape[2:]))}/{num_groups}g"],
-        )
-        calls.append(call)
-        return recorded.apply(
-            call,
-            lambda x, w, b, s, h: group_norm_film_silu_reference(x, num_groups, w, b, s, h, eps),
-            x,
-            weight,
-            bias,
-            scale,
-            shift,
-        )
+        def record(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            tensors = {n: v for n, v in bound.arguments.items() if isinstance(v, torch.Tensor)}
+            params = {n: v for n, v in bound.arguments.items() if n not in tensors}
+            call = Call(
+                op.name,
+                state["mode"],
+                {n: TensorSpec.of(t, batched=n not in op.unbatched) for n, t in tensors.items()},
+                params,
+                sites=[f"{state['site']} {op.site(tensors['x'], params)}"],
+            )
+            calls.append(call)
+            names = list(tensors)
+            return recorded.apply(call, lambda *ts: reference(**{**params, **dict(zip(names, ts))}), *tensors.values())
 
-    def adaln_modulate(x, scale, shift, eps=1e-6):
-        call = Call(
-            "adaln_modulate",
-            state["mode"],
-            {"x": TensorSpec.of(x), "scale": TensorSpec.of(scale), "shift": TensorSpec.of(shift)},
-            {"eps": eps},
-            sites=[f"{state['site']} {x.shape[1]} tokens x {x.shape[2]}"],
-        )
-        calls.append(call)
-        return recorded.apply(call, lambda x, s, h: adaln_modulate_reference(x, s, h, eps), x, scale, shift)
+        return record
 
-    saved = convnext.film_layer_norm, adm.group_norm_film_silu, vit.adaln_modulate
-    convnext.film_layer_norm, adm.group_norm_film_silu = film_layer_norm, group_norm_film_silu
-    vit.adaln_modulate = adaln_modulate
+    saved = [(_module(op.model), op.name, getattr(_module(op.model), op.name)) for op in FUSED_OPS]
+    for op in FUSED_OPS:
+        setattr(_module(op.model), op.name, recorder(op))
     try:
         torch.manual_seed(0)
         for name, (c, h, w) in models:
@@ -315,7 +312,8 @@ def capture(models=MODELS) -> list[Call]:
             with torch.no_grad():
                 model(x, c_noise)
     finally:
-        convnext.film_layer_norm, adm.group_norm_film_silu, vit.adaln_modulate = saved
+        for module, name, fn in saved:
+            setattr(module, name, fn)
     return calls
 
 
@@ -423,8 +421,6 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
     """The kernel launches the public functions make for each call at each batch size (nothing runs)."""
     import torch
 
-    fln_mod, gn_mod = _module("kernels.film_layer_norm"), _module("kernels.group_norm_film_silu")
-    add_noise_mod, adaln_mod = _module("kernels.add_noise"), _module("kernels.adaln_modulate")
     jit = _jit_functions()
     launches: list[Launch] = []
     current = {"use": ""}
@@ -435,21 +431,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
 
         return run
 
-    def call_op(call: Call, t: dict):
-        p = call.params
-        if call.op == "film_layer_norm":
-            return fln_mod.film_layer_norm(t["x"], t["scale"], t["shift"], t["weight"], t["bias"], p["eps"])
-        if call.op == "group_norm_film_silu":
-            return gn_mod.group_norm_film_silu(
-                t["x"], p["num_groups"], t["weight"], t["bias"], t["scale"], t["shift"], p["eps"]
-            )
-        if call.op == "adaln_modulate":
-            return adaln_mod.adaln_modulate(t["x"], t["scale"], t["shift"], p["eps"])
-        return add_noise_mod.add_noise(
-            t["x"], t["mean"], t["std"], t["alpha"], t["sigma"], p["seed"], 0, p["mask_p"], p["target_std"]
-        )
-
-    modules = (fln_mod, gn_mod, add_noise_mod, adaln_mod)
+    modules = [_module(f"kernels.{op}") for op in (*(f.name for f in FUSED_OPS), "add_noise")]
     saved_use_triton = [m.use_triton for m in modules]
     for fn in jit.values():
         fn.run = recorder(fn)
@@ -461,7 +443,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
                 current["use"] = f"{call.mode} B={batch}: " + ", ".join(call.sites)
                 tensors = {name: spec.make(batch) for name, spec in call.tensors.items()}
                 with torch.set_grad_enabled(call.mode == "train"):
-                    y = call_op(call, tensors)
+                    y = getattr(_module(f"kernels.{call.op}"), call.op)(**tensors, **call.params)
                     wanted = [t for t in tensors.values() if t.requires_grad]
                     if call.mode == "train" and call.dy is not None and wanted:
                         torch.autograd.grad(y, wanted, call.dy.make(batch))
