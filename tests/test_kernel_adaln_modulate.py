@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 import torch
-from kernel_tolerances import TOLERANCE, rel
+from kernel_tolerances import TOLERANCE, check_against_fp64, with_grads
 
 from kernels.adaln_modulate import adaln_modulate, adaln_modulate_reference
 
@@ -21,22 +21,11 @@ def make_inputs(B, T, C, dtype=torch.float32, offset=1.0):
 
 
 def run(inputs, dy):
-    leaves = [t.detach().requires_grad_() for t in inputs]
-    y = adaln_modulate(*leaves)
-    return y, torch.autograd.grad(y, leaves, dy)
+    return with_grads(adaln_modulate, inputs, dy)
 
 
 def assert_matches_fp64(inputs, dy, tol):
-    y, grads = run(inputs, dy)
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
-    y_ref = adaln_modulate_reference(*leaves)
-    grads_ref = torch.autograd.grad(y_ref, leaves, dy.double())
-    for name, out, ref, like in zip(("y",) + NAMES, (y,) + grads, (y_ref,) + grads_ref, (inputs[0],) + tuple(inputs)):
-        assert out.dtype == like.dtype and out.shape == ref.shape, name
-        assert torch.isfinite(out).all(), f"{name}: not fully written"
-        err = rel(out, ref)
-        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
-    return y, grads
+    return check_against_fp64(adaln_modulate, adaln_modulate_reference, NAMES, inputs, dy, tol)
 
 
 # (3, 7, 48): odd tokens, C padded 48 -> 64; (2, 5, 104): C = 96 + 8; (1, 3, 384): DiT-S width, 3 tokens

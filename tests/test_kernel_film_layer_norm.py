@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 import torch
-from kernel_tolerances import TOLERANCE, rel
+from kernel_tolerances import TOLERANCE, check_against_fp64, with_grads
 
 from kernels.film_layer_norm import film_layer_norm, film_layer_norm_reference
 
@@ -22,22 +22,11 @@ def make_inputs(B, C, H, W, dtype=torch.float32, offset=1.0):
 
 
 def run(inputs, dy):
-    leaves = [t.detach().requires_grad_() for t in inputs]
-    y = film_layer_norm(*leaves)
-    return y, torch.autograd.grad(y, leaves, dy)
+    return with_grads(film_layer_norm, inputs, dy)
 
 
 def assert_matches_fp64(inputs, dy, tol):
-    y, grads = run(inputs, dy)
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
-    y_ref = film_layer_norm_reference(*leaves)
-    grads_ref = torch.autograd.grad(y_ref, leaves, dy.double())
-    for name, out, ref, like in zip(("y",) + NAMES, (y,) + grads, (y_ref,) + grads_ref, (inputs[0],) + tuple(inputs)):
-        assert out.dtype == like.dtype and out.shape == ref.shape, name
-        assert torch.isfinite(out).all(), f"{name}: not fully written"
-        err = rel(out, ref)
-        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
-    return y, grads
+    return check_against_fp64(film_layer_norm, film_layer_norm_reference, NAMES, inputs, dy, tol)
 
 
 @pytest.mark.parametrize("tile", [module._TILE, 64])  # 64: one position per program, split loops in backward

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 import torch
-from kernel_tolerances import TOLERANCE, rel
+from kernel_tolerances import TOLERANCE, check_against_fp64, with_grads
 
 from kernels.group_norm_film_silu import group_norm_film_silu, group_norm_film_silu_reference
 
@@ -22,22 +22,13 @@ def make_inputs(B, C, H, W, dtype=torch.float32, offset=1.0):
 
 
 def run(inputs, groups, dy):
-    leaves = [t.detach().requires_grad_() for t in inputs]
-    y = group_norm_film_silu(leaves[0], groups, *leaves[1:])
-    return y, torch.autograd.grad(y, leaves, dy)
+    return with_grads(lambda x, *rest: group_norm_film_silu(x, groups, *rest), inputs, dy)
 
 
 def assert_matches_fp64(inputs, groups, dy, tol):
-    y, grads = run(inputs, groups, dy)
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
-    y_ref = group_norm_film_silu_reference(leaves[0], groups, *leaves[1:])
-    grads_ref = torch.autograd.grad(y_ref, leaves, dy.double())
-    for name, out, ref, like in zip(("y",) + NAMES, (y,) + grads, (y_ref,) + grads_ref, (inputs[0],) + tuple(inputs)):
-        assert out.dtype == like.dtype and out.shape == ref.shape, name
-        assert torch.isfinite(out).all(), f"{name}: not fully written"
-        err = rel(out, ref)
-        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
-    return y, grads
+    op = lambda x, *rest: group_norm_film_silu(x, groups, *rest)  # noqa: E731
+    reference = lambda x, *rest: group_norm_film_silu_reference(x, groups, *rest)  # noqa: E731
+    return check_against_fp64(op, reference, NAMES, inputs, dy, tol)
 
 
 @pytest.mark.parametrize("tile", [module._TILE, 64])  # 64: groups span several chunks (two-read path)
