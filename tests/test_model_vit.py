@@ -116,3 +116,20 @@ def test_positions_add_no_constant_to_the_mean_pooled_token():
     apart = torch.cdist(tokens[0], tokens[0]) + 1e3 * torch.eye(12)
     assert tokens.shape == (2, 12, 384) and apart.min() > 0.5  # they still tell every token apart
     torch.testing.assert_close(tokens.mean(dim=1), torch.zeros(2, 384), atol=1e-5, rtol=0)
+
+
+def test_positions_of_the_built_grid_are_made_once_and_are_not_saved(monkeypatch):
+    """Built for 16 px latents, the 4x4 grid's positions are a buffer (moved with the model, rebuilt rather
+    than saved: a checkpoint holds weights only); any other grid has forward compute its own."""
+    import engine.models.vit_film as vit
+
+    net = build_model("vit-t-film", 4, 3, latent_size=16, depth=1)
+    dim = net.head.in_features
+    assert "positions" in dict(net.named_buffers()) and "positions" not in net.state_dict()
+    torch.testing.assert_close(net.positions, vit.centred_positions(4, 4, dim), atol=0, rtol=0)
+    calls, real = [], vit.centred_positions
+    monkeypatch.setattr(vit, "centred_positions", lambda *a: calls.append(a) or real(*a))
+    net(torch.randn(2, 4, 16, 16), torch.zeros(2))
+    assert calls == []  # the built grid: the buffer, nothing recomputed
+    net(torch.randn(2, 4, 16, 12), torch.zeros(2))
+    assert calls == [(4, 3, dim)]

@@ -42,7 +42,7 @@ def _vit(preset: str) -> Callable:
         in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
     ) -> tuple[nn.Module, dict]:
         kw = {**VIT_PRESETS[preset], **kw}
-        return ViTFiLM(in_channels, num_classes, conditioned, **kw), kw
+        return ViTFiLM(in_channels, num_classes, conditioned, latent_size=latent_size, **kw), kw
 
     return build
 

@@ -44,6 +44,18 @@ def sincos_positions(grid: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()
 
 
+def centred_positions(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
+    """(1, grid_h * grid_w, dim) sin-cos positions of a grid_h x grid_w token grid, centred over the grid.
+
+    Centred because the raw table's token mean is nearly as long as each position (13.4 of 13.9 at 4x4
+    tokens, dim 384): uncentred, the mean-pooled token was one constant for every input and the head's
+    argmax a single class for hundreds of steps (balanced accuracy 0.25 while AUROC rose).
+    """
+    side = max(grid_h, grid_w)
+    pos = sincos_positions(side, dim).view(side, side, dim)[:grid_h, :grid_w].reshape(1, -1, dim)
+    return pos - pos.mean(dim=1, keepdim=True)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
     """(B, heads, T, d) attention with the chosen backend."""
     if backend == "xformers":
@@ -129,6 +141,7 @@ class ViTFiLM(nn.Module):
         embedding_channels: int = 256,
         attention: str = "sdpa",
         clean_sigma: float = 0.002,
+        latent_size: int | None = None,
     ):
         super().__init__()
         check_attention(attention)
@@ -153,6 +166,10 @@ class ViTFiLM(nn.Module):
         # the mean of identity-block tokens is a linear probe of the latent (near chance on the default store),
         # so a zero head left vit-s-film at chance for 18 epochs there.
         nn.init.normal_(self.head.weight, std=0.02)
+        # the positions of the square grid of latent_size, built once and moved with the model (not saved:
+        # they follow from the shape); an input of another size computes its own in forward
+        grid = latent_size // patch_size if latent_size and latent_size % patch_size == 0 else None
+        self.register_buffer("positions", centred_positions(grid, grid, dim) if grid else None, persistent=False)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) latents -> (B, num_classes) logits; c_noise (B,) = ln(sigma)/4, None for clean input."""
@@ -165,13 +182,10 @@ class ViTFiLM(nn.Module):
         h = self.patchify(x).flatten(2).transpose(1, 2)  # (B, T, dim)
         # the residual stream in at least fp32: under autocast the patch projection gives bf16, and a bf16
         # stream would round every block's residual sum (DiT's fp32 pos_embed promotes it the same way)
-        side, stream = max(grid_h, grid_w), torch.promote_types(h.dtype, torch.float32)
-        pos = sincos_positions(side, h.shape[-1]).to(h.device, stream).view(side, side, -1)
-        pos = pos[:grid_h, :grid_w].reshape(1, -1, h.shape[-1])
-        # centred over the grid: the raw table's token mean is nearly as long as each position (13.4 of 13.9 at
-        # 4x4 tokens, dim 384), so the mean-pooled token was one constant for every input and the head's
-        # argmax a single class for hundreds of steps (balanced accuracy 0.25 while AUROC rose)
-        h = h + (pos - pos.mean(dim=1, keepdim=True))
+        stream, pos = torch.promote_types(h.dtype, torch.float32), self.positions
+        if pos is None or grid_h != grid_w or pos.shape[1] != grid_h * grid_w:
+            pos = centred_positions(grid_h, grid_w, h.shape[-1]).to(h.device)
+        h = h + pos.to(stream)
         e = (
             F.silu(self.noise_embedding(resolve_c_noise(c_noise, x, self.clean_sigma)))
             if self.noise_conditioned
