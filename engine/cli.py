@@ -293,7 +293,6 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from engine.evaluate import evaluate_checkpoint
-    from engine.store import open_store
     from engine.training.checkpoint import read_checkpoint
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -126,10 +126,12 @@ def test_positions_of_the_built_grid_are_made_once_and_are_not_saved(monkeypatch
     net = build_model("vit-t-film", 4, 3, latent_size=16, depth=1)
     dim = net.head.in_features
     assert "positions" in dict(net.named_buffers()) and "positions" not in net.state_dict()
-    torch.testing.assert_close(net.positions, vit.centred_positions(4, 4, dim), atol=0, rtol=0)
     calls, real = [], vit.centred_positions
     monkeypatch.setattr(vit, "centred_positions", lambda *a: calls.append(a) or real(*a))
-    net(torch.randn(2, 4, 16, 16), torch.zeros(2))
+    x, c_noise = torch.randn(2, 4, 16, 16), torch.zeros(2)
+    with_buffer = net(x, c_noise)
     assert calls == []  # the built grid: the buffer, nothing recomputed
-    net(torch.randn(2, 4, 16, 12), torch.zeros(2))
-    assert calls == [(4, 3, dim)]
+    net.positions = None  # as a model built without latent_size: forward computes them
+    torch.testing.assert_close(net(x, c_noise), with_buffer, atol=0, rtol=0)
+    net(torch.randn(2, 4, 16, 12), c_noise)
+    assert calls == [(4, 4, dim), (4, 3, dim)]

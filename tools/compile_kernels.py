@@ -99,8 +99,6 @@ MODELS = (  # (registry name, latent (C, H, W)) at the paper's scale
     ("vit-s-film", (32, 64, 64)),
     ("vit-b-film", (32, 64, 64)),
 )
-# model family -> the fused op it calls
-MODEL_OP = {"convnext": "film_layer_norm", "adm": "group_norm_film_silu", "vit": "adaln_modulate"}
 LATENTS = ((32, 64, 64), (4, 32, 32))  # add_noise inputs: the stored fp16 latents
 TRAIN_BATCHES = (256, 128, 64, 32)  # per-rank batch of --batch-size 256 on 1, 2, 4, 8 GPUs
 EVAL_BATCHES = (256, 1)  # engine.evaluate.EVAL_BATCH and the shortest tail batch
@@ -227,10 +225,12 @@ def _recorder_function():
 
 @dataclasses.dataclass(frozen=True)
 class FusedOp:
-    """A fused op a model calls: ``kernels.<name>.<name>`` (and its ``<name>_reference``, same signature),
-    imported by name into ``model``; the operands without a batch dimension; how a call's site reads."""
+    """A fused op a model family calls: ``kernels.<name>.<name>`` (and its ``<name>_reference``, same
+    signature), imported by name into ``model``; the operands without a batch dimension; how a call's site
+    reads."""
 
     name: str
+    family: str  # the registry names' prefix: convnext-t-film -> convnext
     model: str
     unbatched: frozenset[str]
     site: Callable[[object, dict], str]  # (x, parameters) -> the call's shape, for the report
@@ -251,14 +251,15 @@ def _tokens(x, params: dict) -> str:
 
 
 FUSED_OPS = (
-    FusedOp("film_layer_norm", "engine.models.convnext_film", frozenset({"weight", "bias"}), _plane),
+    FusedOp("film_layer_norm", "convnext", "engine.models.convnext_film", frozenset({"weight", "bias"}), _plane),
     FusedOp(
         "group_norm_film_silu",
+        "adm",
         "engine.models.adm_resnet",
         frozenset({"weight", "bias"}),
         lambda x, p: f"{_plane(x)}/{p['num_groups']}g",
     ),
-    FusedOp("adaln_modulate", "engine.models.vit_film", frozenset(), _tokens),
+    FusedOp("adaln_modulate", "vit", "engine.models.vit_film", frozenset(), _tokens),
 )
 
 
@@ -684,8 +685,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         noise = [c for c in noise if not c.sites[0].endswith("/16")]
     selected = args.kernel or [name for _, name in KERNELS]
-    ops = {op for op in (*MODEL_OP.values(), "add_noise") if any(op in k for k in selected)}
-    models = [m for m in models if MODEL_OP[m[0].split("-")[0]] in ops]  # skip models whose kernels are not checked
+    family_op = {op.family: op.name for op in FUSED_OPS}
+    ops = {op for op in (*family_op.values(), "add_noise") if any(op in k for k in selected)}
+    models = [m for m in models if family_op[m[0].split("-")[0]] in ops]  # skip models whose kernels are not checked
     noise = noise if "add_noise" in ops else []
     calls = merge(capture(models) + noise)
     launches = replay(calls, train, evals)

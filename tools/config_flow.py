@@ -17,6 +17,10 @@ unrelated number; a value computed from them (``cfg.seed * 7``) is no longer tag
 - An *entry* is a call, from another module, into a frame that holds it, in another module than the
   innermost frame holding it: a hand-off. Each call site counts at its first run, so a loop over roles,
   epochs or steps is one hand-off.
+- What is followed is the config handed down from ``engine.train.train``, in the thread that runs it:
+  ``evaluate_checkpoint`` reads the run's config back from the checkpoint, so past the arguments it is
+  handed (``cfg.loader``, ``cfg.fold``) the final evaluation's own hand-offs are not seen, nor are those of a
+  loader's producer thread.
 - The flow is engine/train.py followed by the entries' modules (one per change of module); stays are its
   entries, modules the distinct ones; a *return* is an entry into a module already in the flow; a *climb* is
   an entry from a library module (``engine/<package>/``, ``kernels/``) into a job (``engine/`` root) or from
@@ -126,16 +130,16 @@ def follow(argv: list[str]) -> dict:
                 return
             caller = frame.f_back
             site = (caller.f_code, caller.f_lineno, frame.f_code) if caller is not None else frame.f_code
-            if site in sites:  # a call site counts at its first run: a loop over roles or steps is one trip
-                return
+            first = site not in sites  # a call site counts at its first run: a loop over roles or steps is one trip
             sites.add(site)
-            if stack and layer(module) < layer(stack[-1][1]):
-                climbs.append(f"{stack[-1][1]} -> {module} ({frame.f_code.co_name})")
             handed = caller is None or module_of(caller.f_code) != module  # called from another module
-            if handed and (not stack or stack[-1][1] != module) and (not flow or flow[-1] != module):
-                flow.append(module)
-                where.append(f"{module} ({frame.f_code.co_qualname})")
-            stack.append((frame, module))
+            if first and handed and (not stack or stack[-1][1] != module):  # a hand-off: an entry of the flow
+                if stack and layer(module) < layer(stack[-1][1]):
+                    climbs.append(f"{stack[-1][1]} -> {module} ({frame.f_code.co_name})")
+                if not flow or flow[-1] != module:
+                    flow.append(module)
+                    where.append(f"{module} ({frame.f_code.co_qualname})")
+            stack.append((frame, module))  # every holding frame, so calls below a repeated one see their caller
         elif event == "return" and stack and stack[-1][0] is frame:
             stack.pop()
 
