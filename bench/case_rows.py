@@ -42,20 +42,27 @@ def free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def probe(case: Case, batch: int, opts: StepOptions, cpu_budget: int) -> bool:
-    """Do two steps at ``batch`` run? On GPU: no out-of-memory. On CPU: peak RSS under ``cpu_budget`` bytes."""
-    ok = True
+def two_steps_peak(case: Case, batch: int, opts: StepOptions) -> int:
+    """Peak memory in bytes of two training steps of ``case`` at ``batch`` (the second with Adam's state in
+    place), freed afterwards, also when a step runs out of memory."""
     try:
         with peak_memory(opts.device) as mem:
             step, _ = make_step(case, batch, opts)
             step(0), step(1)
             sync(opts.device)
             del step
-        ok = opts.device.type == "cuda" or mem["bytes"] <= cpu_budget
+    finally:
+        free(opts.device)
+    return mem["bytes"]
+
+
+def probe(case: Case, batch: int, opts: StepOptions, cpu_budget: int) -> bool:
+    """Do two steps at ``batch`` run? On GPU: no out-of-memory. On CPU: peak RSS under ``cpu_budget`` bytes."""
+    try:
+        peak = two_steps_peak(case, batch, opts)  # on GPU, running at all is the answer
     except oom_types():
-        ok = False
-    free(opts.device)
-    return ok
+        return False
+    return opts.device.type == "cuda" or peak <= cpu_budget
 
 
 def measure(case: Case, batch: int, opts: StepOptions, timing: dict, peak_flops: float, note: str = "") -> dict:
@@ -88,13 +95,7 @@ def measure(case: Case, batch: int, opts: StepOptions, timing: dict, peak_flops:
 def memory_at(case: Case, batch: int, opts: StepOptions) -> dict:
     """Peak memory of two training steps of ``case`` at ``batch``: where activations, not weights and optimizer
     state, dominate (what training at the paper's batch 256 is like), measured without the timing windows."""
-    with peak_memory(opts.device) as mem:
-        step, _ = make_step(case, batch, opts)
-        step(0), step(1)
-        sync(opts.device)
-        del step
-    free(opts.device)
-    return {**identity(case, batch), "peak_memory_bytes": mem["bytes"]}
+    return {**identity(case, batch), "peak_memory_bytes": two_steps_peak(case, batch, opts)}
 
 
 def measure_stepping_down(case: Case, batch: int, opts: StepOptions, timing: dict, peak_flops: float, log) -> dict:
