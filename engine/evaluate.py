@@ -120,9 +120,7 @@ def evaluate_checkpoint(
         out["test_by_sigma"] = curve
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "noise_curve.md").write_text(noise_curve_table(curve))
-        plot_noise_curve(
-            curve, out_dir / "noise_curve.png", title=f"{meta['model']['name']} on {Path(store.path).name}"
-        )
+        plot_noise_curve(curve, out_dir / "noise_curve.png", title=f"{meta['model']['name']} on {store.path.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         out_dir / "eval.json",

@@ -26,6 +26,7 @@ from engine.losses.ldam import LDAMLoss
 from engine.losses.reweighting import class_balanced_weights
 
 DRW_LR_FACTOR = 0.1  # the learning rate from the re-weighting epoch on (Cao et al. 2019; the paper)
+DRW_EPOCH = 10  # the paper's 0-based epoch re-weighting starts
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class LossRecipe:
     margins: bool  # LDAM's label-dependent margins (else plain cross-entropy)
     weighting: str  # "none" | "cb": class-balanced from the first epoch | "drw": class-balanced from defer_epoch
     multilabel: bool = False  # per-class BCE for (N, K) 0/1 labels
-    defer_epoch: int = 10  # "drw": the 0-based epoch re-weighting starts (the paper's 10)
+    defer_epoch: int = DRW_EPOCH  # "drw": the 0-based epoch re-weighting starts
 
     def weighted(self, epoch: int) -> bool:
         return self.weighting == "cb" or (self.weighting == "drw" and epoch >= self.defer_epoch)
@@ -88,7 +89,7 @@ RECIPES = {
 LOSSES = tuple(RECIPES)
 
 
-def recipe(name: str, multilabel: bool, defer_epoch: int = 10) -> LossRecipe:
+def recipe(name: str, multilabel: bool, defer_epoch: int = DRW_EPOCH) -> LossRecipe:
     """The recipe named ``name``, checked against the store's task, re-weighting from ``defer_epoch``."""
     if name not in RECIPES:
         raise UsageError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
@@ -106,7 +107,7 @@ def build_loss(
     name: str,
     class_counts: Sequence[int] | torch.Tensor | None,
     multilabel: bool = False,
-    defer_epoch: int = 10,
+    defer_epoch: int = DRW_EPOCH,
     **options,
 ) -> nn.Module:
     """``recipe(name, multilabel, defer_epoch).build(class_counts, **options)``."""

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 
 from engine.errors import UsageError
 from engine.losses import LossRecipe
+from engine.losses.recipes import DRW_EPOCH
 
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
@@ -57,7 +58,7 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int = 60
     patience: int = 15  # early stopping on validation balanced accuracy
-    drw_epoch: int = 10  # deferred re-weighting: class-balanced weights and lr x0.1 from this epoch
+    drw_epoch: int = DRW_EPOCH  # deferred re-weighting: class-balanced weights and lr x0.1 from this epoch
     noise: str = "karras"  # paper: uniform over 32 Karras levels (0.002 .. 80, rho 7)
     mask_p: float = 0.2  # paper's latent augmentation: drop 20 % of elements
     target_std: float = 0.5  # paper: per-channel standardisation to std 0.5
