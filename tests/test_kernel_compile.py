@@ -60,7 +60,7 @@ def test_every_specialisation_compiles_without_spills(check):
     adaln = [s for s in specs if s["kernel"] == "_adaln_modulate_fwd"]  # fp32 residual stream, bf16 modulation
     assert {s["dtypes"]["x"] for s in adaln} == {"fp32"} and {s["dtypes"]["scale"] for s in adaln} == {"bf16", "fp32"}
     uses = " ".join(u for s in specs for u in s["uses"])
-    assert all(f"train B={b}:" in uses for b in tool.TRAIN_BATCHES) and "eval B=1:" in uses
+    assert all(f"train B={b}:" in uses for b in load_tool("kernel_launches").TRAIN_BATCHES) and "eval B=1:" in uses
 
 
 def test_spills_fail_the_check(check):
