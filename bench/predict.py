@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from unittest import mock
 
@@ -56,6 +56,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 import bench.train_steps as train_steps
 from bench.cuda_autocast import CudaAutocast
 from bench.flop_count import flop_counter
+from bench.pairing import pairs
 from bench.roofline import Roofline, gpu, roofline_time
 from bench.train_steps import IMAGE_MODELS, Case, StepOptions, build_net, make_step
 from engine.training.objective import TrainingLoss
@@ -366,17 +367,39 @@ def predict_ratio(latent: dict, image: dict) -> dict:
     }
 
 
+def predict_grid(
+    latent_models: list[str],
+    shapes: list[str],
+    image_models: list[str],
+    image_sizes: list[int],
+    devices: list[str],
+    predict: Callable[[str, str | tuple[int, int, int], str], dict] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """(rows, ratios): ``predict(model, shape, device)`` (default ``predict_case`` at batch 256) of every latent
+    model at every shape and every image model at every size, on each device, and ``predict_ratio`` of every
+    pair the two pairings form (``bench.pairing``); a row marked "skipped" is left unpaired."""
+    predict = predict or (lambda model, shape, device: predict_case(model, shape, device=device))
+    rows, ratios = [], []
+    for device in devices:
+        rows += [predict(model, shape, device) for model in latent_models for shape in shapes]
+        rows += [predict(model, (3, size, size), device) for model in image_models for size in image_sizes]
+        done = [r for r in rows if "skipped" not in r and r["device"] == device]
+        ratios += [{"pairing": pairing, **predict_ratio(lat, img)} for pairing, lat, img in pairs(done)]
+    return rows, ratios
+
+
 def paper_pairs(batch: int = DEFAULT_BATCH, devices: tuple[str, ...] = ("h100-sxm", "h200-sxm")) -> list[dict]:
     """The protocol's two pairings at the paper's scale, predicted: convnext-t-film on the flux2 latent of a
-    512 px image against resnet50 at 256 px (paper protocol) and at 512 px (same source)."""
-    rows = []
-    for device in devices:
-        latent = predict_case("convnext-t-film", "flux2-512", batch, device)
-        rows.append(latent)
-        for size, pairing in ((256, "paper protocol"), (512, "same source")):
-            image = predict_case("resnet50", (3, size, size), batch, device)
-            rows += [image, {"pairing": pairing, **predict_ratio(latent, image)}]
-    return rows
+    512 px image against resnet50 at 256 px (paper protocol) and at 512 px (same source); rows, then ratios."""
+    rows, ratios = predict_grid(
+        ["convnext-t-film"],
+        ["flux2-512"],
+        ["resnet50"],
+        [256, 512],
+        list(devices),
+        lambda m, s, d: predict_case(m, s, batch, d),
+    )
+    return rows + ratios
 
 
 if __name__ == "__main__":  # python -m bench.predict: the paper pairs as JSON lines

@@ -32,7 +32,7 @@ from bench import environment
 from bench.batch_search import largest_batch
 from bench.case_rows import DoesNotFit, free, measure_stepping_down, memory_at, oom_types, probe
 from bench.matmul_peak import matmul_peak
-from bench.pairing import PAIRINGS, PAPER, memory_ratios, pairs, ratios
+from bench.pairing import PAIRINGS, PAPER, memory_ratios, ratios
 from bench.report import SCHEMA, write_outputs
 from bench.result_file import save_json
 from bench.step_profile import label_norm_layers, profile_steps
@@ -382,30 +382,21 @@ def _search_part(report: dict, cases: list[Case], args, options, timing: dict, p
 def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
     """bench.predict at the paper's scale (batch 256, the protocol's shapes and image sizes) on each device, and
     the same simulation of this run's own CPU rows set against what they measured."""
-    from bench.predict import DEFAULT_BATCH, predict_case, predict_ratio
+    from bench.predict import DEFAULT_BATCH, predict_case, predict_grid
+
+    def predict(model: str, shape, device: str) -> dict:
+        log(f"predicted: {model} @ {shape if isinstance(shape, str) else f'{shape[1]}px'} on {device}")
+        return _guarded(log, "prediction", lambda: predict_case(model, shape, device=device))
 
     devices = _items(args.predict_devices)
-    latent_models = list(dict.fromkeys(c.model for c in cases if c.space == "latent"))
-    image_models = list(dict.fromkeys(c.model for c in cases if c.space == "image"))
-    shapes, sizes = _items(args.predict_shapes), [int(s) for s in _items(args.predict_image_sizes)]
-    rows, paired = [], []
-    for device in devices:
-        for model in latent_models:
-            for shape in shapes:
-                log(f"predicted: {model} @ {shape} on {device}")
-                rows.append(
-                    _guarded(log, "prediction", lambda m=model, sh=shape, d=device: predict_case(m, sh, device=d))
-                )
-        for model in image_models:
-            for size in sizes:
-                log(f"predicted: {model} @ {size}px on {device}")
-                rows.append(
-                    _guarded(
-                        log, "prediction", lambda m=model, sz=size, d=device: predict_case(m, (3, sz, sz), device=d)
-                    )
-                )
-        done = [r for r in rows if "skipped" not in r and r["device"] == device]
-        paired += [{"pairing": pairing, **predict_ratio(lat, img)} for pairing, lat, img in pairs(done)]
+    rows, paired = predict_grid(
+        list(dict.fromkeys(c.model for c in cases if c.space == "latent")),
+        _items(args.predict_shapes),
+        list(dict.fromkeys(c.model for c in cases if c.space == "image")),
+        [int(s) for s in _items(args.predict_image_sizes)],
+        devices,
+        predict,
+    )
     return {
         "label": "predicted",
         "batch": DEFAULT_BATCH,
