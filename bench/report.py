@@ -1,34 +1,28 @@
 """`bench report RESULT.json...`: render `bench throughput` results as Markdown and PNG plots, one file or
-several side by side (other devices, other commits); `--readme` writes the README's performance section from
-throughput, kernels and loaders results. Every figure comes from the JSON, nothing is typed in.
+several side by side (other devices, other commits); `--page` rewrites the generated sections of the documentation
+(README.md's headline, docs/results.md) from throughput, kernels, loaders, fidelity and gap results. Every figure
+comes from the JSON, nothing is typed in.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from bench.readme_section import SchemaError, read, update
 from bench.result_file import save_json
-
-SCHEMA = "latent-engine/bench-throughput/1"
-MiB = 2**20
-
-
-class SchemaError(ValueError):
-    pass
-
-
-def read(path: Path) -> dict:
-    """A result file's JSON object, whatever wrote it."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SchemaError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(report, dict):
-        raise SchemaError(f"{path}: holds a JSON {type(report).__name__}, not an object; pass files written by `bench`")
-    return report
+from bench.throughput_tables import (
+    SCHEMA,
+    MiB,
+    headline,
+    headline_lines,
+    memory_lines,
+    or_dash,
+    predicted_lines,
+    rate,
+    ratio_lines,
+)
 
 
 def load(path: Path) -> dict:
@@ -37,38 +31,6 @@ def load(path: Path) -> dict:
     if schema != SCHEMA:
         raise SchemaError(f"{path}: schema {schema!r} is not {SCHEMA!r}; pass files written by `bench throughput`")
     return report
-
-
-def rate(r: dict) -> str:
-    return f"{r['samples_per_s']:,.1f} ({r['iqr'][0]:,.1f}-{r['iqr'][1]:,.1f})"
-
-
-def _opt(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _source_px(case: str) -> int:
-    """The image px a latent case stands for ("convnext-t-film @ flux2-512 (32x64x64)" -> 512)."""
-    return int(case.split(" @ ")[1].split(" ")[0].rsplit("-", 1)[1])
-
-
-def headlines(report: dict) -> list[dict]:
-    """The paper's comparison as closely as this run has it, in both pairings: the first latent model on the
-    FLUX.2 shape of the largest resolution against the first image model, equal batch."""
-    eq = [r for r in report["ratios"] if r["regime"] == "equal batch"]
-    if not eq:
-        return []
-    first_latent = report["rows"][0]["model"] if report["rows"] else None
-    pool = [r for r in eq if "flux2-" in r["latent"] and r["latent"].startswith(f"{first_latent} @ ")] or eq
-    latent = max(pool, key=lambda r: _source_px(r["latent"]))["latent"]
-    image_model = next((r["model"] for r in report["rows"] if r["space"] == "image"), None)
-    return [r for r in eq if r["latent"] == latent and r["image"].startswith(f"{image_model} @ ")]
-
-
-def headline(report: dict) -> dict | None:
-    """The headline pair of the paper protocol (or the only pairing the run has)."""
-    found = headlines(report)
-    return next((h for h in found if h.get("pairing") == "paper protocol"), found[0] if found else None)
 
 
 def markdown(report: dict) -> str:
@@ -108,7 +70,7 @@ def markdown(report: dict) -> str:
         util = None if r["utilisation"] is None else 100 * r["utilisation"]
         lines.append(
             f"| {r['regime']} | {r['case']} | {r['batch']} | {rate(r)} | {r['step_ms']:.1f} | "
-            f"{r['peak_memory_bytes'] / MiB:,.1f} | {_opt(gflop, '.3f')} | {_opt(util, '.1f')} | {r['note']} |"
+            f"{r['peak_memory_bytes'] / MiB:,.1f} | {or_dash(gflop, '.3f')} | {or_dash(util, '.1f')} | {r['note']} |"
         )
     lines += ["", "## Ratios (this run's own timings)", "", *ratio_lines(report)]
     if mem := memory_lines(report):
@@ -128,110 +90,6 @@ def markdown(report: dict) -> str:
     if report["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- {s['case']}: {s['why']}" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
-
-
-def headline_lines(report: dict) -> list[str]:
-    """The headline pairs, both pairings, beside the paper's ratios (none when the run has no equal-batch pair)."""
-    found = headlines(report)
-    if not found:
-        return []
-    lines = [
-        "| pairing | pair (equal batch) | throughput latent/image | memory image/latent | paper |",
-        "|---|---|---:|---:|---:|",
-    ]
-    paper = report["paper"]
-    for h in found:
-        lines.append(
-            f"| {h.get('pairing', 'same source')} | {h['latent']} vs {h['image']}, batch {h['latent_batch']} | "
-            f"{h['throughput_ratio']:.2f}x | {_opt(h['memory_ratio'], '.2f')}x | "
-            f"{paper['throughput_ratio']:.0f}x / {paper['memory_ratio']:.0f}x |"
-        )
-    return lines
-
-
-def memory_lines(report: dict) -> list[str]:
-    """Peak memory at the batch where activations dominate, and its ratios in both pairings."""
-    mem = report.get("memory_at_batch")
-    if not mem or not mem["rows"]:
-        return []
-    lines = [
-        f"Peak memory at batch {mem['batch']}, where activations rather than weights and optimizer state "
-        "dominate (two steps, no timing):",
-        "",
-        "| case | peak MiB |",
-        "|---|---:|",
-    ]
-    lines += [f"| {r['case']} | {r['peak_memory_bytes'] / MiB:,.1f} |" for r in mem["rows"]]
-    lines += ["", "| pairing | latent | image | memory image/latent |", "|---|---|---|---:|"]
-    lines += [f"| {r['pairing']} | {r['latent']} | {r['image']} | {r['memory_ratio']:.2f}x |" for r in mem["ratios"]]
-    return lines
-
-
-def predicted_lines(report: dict) -> list[str]:
-    """The predicted section: labelled, apart from every measured row."""
-    pred = report.get("predicted")
-    if not pred:
-        return []
-    rows = [r for r in pred["rows"] if "skipped" not in r]
-    lines = [
-        f"**Predicted, not measured** (bench.predict: FakeTensorMode, no GPU): batch {pred['batch']}, bf16 "
-        "autocast as a CUDA run; FLOPs exact (grouped/depthwise convolutions counted right), saved activations "
-        "and peak memory simulated, step time a roofline lower bound (so samples/s and MFU are upper bounds).",
-        "",
-        "| device | case | GFLOP/sample | saved MB/sample | peak GiB | samples/s | MFU |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['device']} | {r['case']} | {r['flops_per_sample'] / 1e9:.3f} | "
-        f"{r['saved_activation_bytes_per_sample'] / 1e6:.2f} | {r['peak_bytes'] / 2**30:.2f} | "
-        f"{r['predicted_samples_per_s']:,.0f} | {100 * r['mfu']:.1f} % |"
-        for r in rows
-    ]
-    if pred["ratios"]:
-        lines += [
-            "",
-            "| device | pairing | latent | image | throughput latent/image | memory image/latent |",
-            "|---|---|---|---|---:|---:|",
-        ]
-        lines += [
-            f"| {r['device']} | {r['pairing']} | {r['latent']} | {r['image']} | {r['throughput_ratio']:.2f}x | "
-            f"{r['memory_ratio']:.2f}x |"
-            for r in pred["ratios"]
-        ]
-    checked = [c for c in pred.get("vs_measured", []) if c["peak_ratio"]]
-    if checked:
-        ratios = [c["peak_ratio"] for c in checked]
-        flops_equal = all(
-            c["measured_flops_per_sample"] is not None
-            and abs(c["flops_per_sample"] - c["measured_flops_per_sample"]) <= 1e-6 * c["flops_per_sample"]
-            for c in checked
-        )
-        lines += [
-            "",
-            f"Checked against this run's measured CPU rows (the same simulation in fp32 with the CPU's "
-            f"kernels, at the measured batch): FLOPs {'equal' if flops_equal else 'DIFFER'} in "
-            f"{len(checked)} of {len(checked)} cases; simulated peak memory / measured peak RSS "
-            f"{min(ratios):.2f}-{max(ratios):.2f} (median {sorted(ratios)[len(ratios) // 2]:.2f}; RSS also "
-            "holds the allocator's caches and the framework's own buffers).",
-        ]
-    return lines
-
-
-def ratio_lines(report: dict, image_model: str | None = None) -> list[str]:
-    """The ratios table: every pair, or only those against ``image_model`` (e.g. the paper's resnet50)."""
-    lines = [
-        "| regime | pairing | latent | image | batches | throughput latent/image | memory image/latent |",
-        "|---|---|---|---|---|---:|---:|",
-    ]
-    for r in report["ratios"]:
-        if image_model is not None and not r["image"].startswith(f"{image_model} @ "):
-            continue
-        lines.append(
-            f"| {r['regime']} | {r.get('pairing', 'same source')} | {r['latent']} | {r['image']} | "
-            f"{r['latent_batch']} / {r['image_batch']} | "
-            f"{r['throughput_ratio']:.2f}x | {_opt(r['memory_ratio'], '.2f')}{'x' if r['memory_ratio'] else ''} |"
-        )
-    return lines
 
 
 def _profile_lines(prof: dict | None) -> list[str]:
@@ -329,7 +187,7 @@ def side_by_side(reports: list[dict], names: list[str]) -> str:
             f"| {n} | - | - | - |"
             if h is None
             else f"| {n} | {h['latent']} vs {h['image']} | {h['throughput_ratio']:.2f}x | "
-            f"{_opt(h['memory_ratio'], '.2f')}x |"
+            f"{or_dash(h['memory_ratio'], '.2f')}x |"
         )
     return "\n".join(lines) + "\n"
 
@@ -387,22 +245,29 @@ def main(argv: list[str]) -> int:
         "results",
         nargs="+",
         type=Path,
-        help="JSON files written by `bench throughput` (with --readme also `bench kernels`, `bench loaders`)",
+        help="JSON files written by `bench throughput` (with --page also `bench kernels`, `bench loaders`, "
+        "`bench fidelity`, `engine gap`)",
     )
     parser.add_argument("--out", type=Path, help="write the Markdown here too (default: print only)")
-    parser.add_argument("--readme", type=Path, help="replace the performance section between this README's markers")
+    parser.add_argument(
+        "--page",
+        type=Path,
+        action="append",
+        help="rewrite the generated sections between this page's markers (repeat for several pages, "
+        "e.g. --page README.md --page docs/results.md)",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="with --readme: change nothing, exit 1 if the section is not what the files render",
+        help="with --page: change nothing, exit 1 if a section is not what the files render",
     )
     args = parser.parse_args(argv)
-    if args.readme:
+    if args.page:
         if args.out:
-            parser.error("--out: not with --readme (the section goes into the README)")
-        return _readme(args.readme, args.results, args.check)
+            parser.error("--out: not with --page (the sections go into the pages)")
+        return _pages(args.page, args.results, args.check)
     if args.check:
-        parser.error("--check: only with --readme README.md")
+        parser.error("--check: only with --page, e.g. --page docs/results.md")
     try:
         reports = [load(p) for p in args.results]
     except SchemaError as err:
@@ -415,20 +280,20 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _readme(readme: Path, results: list[Path], check: bool) -> int:
-    from bench.readme_section import update  # here, not at the top: it builds on this module
-
+def _pages(pages: list[Path], results: list[Path], check: bool) -> int:
+    """Every page's generated sections, rendered (names of result files relative to the working directory)."""
     try:
-        changed = update(readme, results, write=not check)
+        changed = [page for page in pages if update(page, results, write=not check)]
     except (OSError, ValueError) as err:
         print(f"bench report: {err}", file=sys.stderr)
         return 2
     if check and changed:
         print(
-            f"bench report: {readme}: the performance section is not what the {len(results)} result files render; "
-            "run the same command without --check to rewrite it",
+            f"bench report: {', '.join(map(str, changed))}: generated sections are not what the {len(results)} "
+            "result files render; run the same command without --check to rewrite them",
             file=sys.stderr,
         )
         return 1
-    print(f"{readme}: performance section " + ("rewritten" if changed else "up to date"))
+    for page in pages:
+        print(f"{page}: generated sections " + ("rewritten" if page in changed else "up to date"))
     return 0
