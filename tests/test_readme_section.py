@@ -1,5 +1,6 @@
-"""The README's performance section: rendered from real (tiny) result files, written between the markers only,
-checked against the files, and the committed README checked against the committed results."""
+"""The generated sections of the documentation: rendered from real (tiny) result files, written between the markers
+only, checked against the files, and the committed pages (docs/results.md, README.md's headline) checked against the
+committed results."""
 
 import json
 import shutil
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 from bench.cli import main as bench_main
-from bench.readme_section import BEGIN, END, render, update
-from bench.report import SchemaError
+from bench.readme_section import SchemaError, begin, end, render, render_headline, update
 from tests.tiny_bench import NO_SLOW_PARTS, SMALL_PREDICTION, TINY_THROUGHPUT
 
 REPO = Path(__file__).resolve().parents[1]
+BEGIN, END = begin("results"), end("results")
+GAP_RESULT = REPO / "bench" / "results" / "gap-default-amd-epyc.json"
 THROUGHPUT = TINY_THROUGHPUT + NO_SLOW_PARTS + SMALL_PREDICTION
 KERNELS = ["--batch", "1", "--reps", "1", "--kernels", "film"]
 LOADERS = [
@@ -110,18 +112,18 @@ def test_render_takes_every_figure_and_command_from_the_files(repo):
 
 def test_update_replaces_only_between_the_markers_and_is_idempotent(repo):
     readme, paths = repo
-    assert update(readme, paths) is True
+    assert update(readme, paths, readme.parent) is True
     text = readme.read_text()
     head, rest = text.split(BEGIN + "\n")
     section, tail = rest.split(END + "\n")
     assert head == "# title\n\nabove\n" and tail == "below\n"
     assert "stale text" not in section and section.strip() == render(paths, readme.parent).strip()
-    assert update(readme, paths) is False and readme.read_text() == text
+    assert update(readme, paths, readme.parent) is False and readme.read_text() == text
 
 
 def test_check_fails_once_a_result_changes_and_leaves_the_readme_alone(repo, capsys):
     readme, paths = repo
-    argv = ["report", "--readme", str(readme), *map(str, paths)]
+    argv = ["report", "--page", str(readme), *map(str, paths)]
     assert bench_main(argv + ["--check"]) == 1  # the stale text
     assert bench_main(argv) == 0 and bench_main(argv + ["--check"]) == 0
     written = readme.read_text()
@@ -141,7 +143,7 @@ def test_a_readme_without_the_markers_names_the_one_to_add(repo, body, missing, 
     with pytest.raises(ValueError, match="needs the line") as err:
         update(readme, paths)
     assert missing in str(err.value) and str(readme) in str(err.value) and len(str(err.value).splitlines()) == 1
-    assert bench_main(["report", "--readme", str(readme), *map(str, paths)]) == 2
+    assert bench_main(["report", "--page", str(readme), *map(str, paths)]) == 2
     assert missing in capsys.readouterr().err and readme.read_text() == body
 
 
@@ -152,7 +154,7 @@ def test_an_unknown_file_is_refused_by_name(repo, made, capsys):
     with pytest.raises(SchemaError, match="other.json"):
         render([*paths, other])
     before = readme.read_text()
-    assert bench_main(["report", "--readme", str(readme), *map(str, paths), str(other)]) == 2
+    assert bench_main(["report", "--page", str(readme), *map(str, paths), str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other.json" in err and readme.read_text() == before
     # plain `bench report` keeps taking throughput results only
@@ -175,10 +177,58 @@ def test_the_fidelity_block_takes_its_figures_from_bench_fidelity(tmp_path):
     assert good["psnr_db"] > 30 > 15 > lost["psnr_db"]
 
 
-def test_committed_readme_section_matches_committed_results():
+def test_the_headline_takes_every_figure_from_the_gap_result(tmp_path):
+    gap = Path(shutil.copy(GAP_RESULT, tmp_path / "gap.json"))
+    report = json.loads(gap.read_text())
+    text = render_headline([gap], tmp_path)
+    assert f"`gap.json`, written by `{report['command']}`" in text and report["device"] in text
+    assert text.count("\n| ") == 1 + len(report["autoencoders"])  # the header row, then one row per autoencoder
+    for label, ae in report["autoencoders"].items():
+        arms = ae["arms"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        for arm in report["study"]["arms"]:
+            accuracy = arms[arm]["balanced_accuracy"]
+            assert f"| {accuracy['mean']:.3f} ± {accuracy['sd']:.3f} |" in row
+        gap_ = ae["gaps"]["balanced_accuracy"]["learnability_gap"]
+        assert row.endswith(f"| {gap_['mean']:+.3f} ± {gap_['sd']:.3f} |")
+    # a changed figure changes the table
+    _edit(gap, lambda r: r["autoencoders"]["default"]["gaps"]["balanced_accuracy"]["learnability_gap"].update(mean=0.5))
+    assert "| +0.500 ± " in render_headline([gap], tmp_path)
+
+
+def test_a_page_holds_several_sections_each_rendered_in_place(repo, tmp_path, capsys):
+    readme, paths = repo
+    gap = Path(shutil.copy(GAP_RESULT, readme.parent / "bench" / "results" / "gap-cpu.json"))
+    page = tmp_path / "page.md"
+    page.write_text(f"top\n{begin('headline')}\nSTALE\n{end('headline')}\nmiddle\n{BEGIN}\nSTALE\n{END}\nbottom\n")
+    assert update(page, [*paths, gap], tmp_path) is True
+    text = page.read_text()
+    headline_part = text.split(begin("headline"))[1].split(end("headline"))[0]
+    results_part = text.split(BEGIN)[1].split(END)[0]
+    assert headline_part.strip() == render_headline([*paths, gap], tmp_path).strip()
+    assert results_part.strip() == render([*paths, gap], tmp_path).strip()
+    assert text.startswith("top\n") and "\nmiddle\n" in text and text.endswith("bottom\n") and "STALE" not in text
+    # a headline asked for without a gap result is refused, naming what to pass
+    with pytest.raises(ValueError, match="engine gap"):
+        update(page, paths, tmp_path)
+    # two pages in one command, checked together
+    argv = ["report", "--page", str(page), "--page", str(readme), *map(str, [*paths, gap])]
+    assert bench_main(argv + ["--check"]) == 1 and "--check" in capsys.readouterr().err
+    assert bench_main(argv) == 0 and bench_main(argv + ["--check"]) == 0
+
+
+@pytest.mark.parametrize("page", ["docs/results.md", "README.md"])
+def test_committed_pages_match_committed_results(page):
     results = sorted((REPO / "bench" / "results").glob("*.json"))
     assert results, "no bench/results/*.json committed: run bench throughput, kernels and loaders and commit their JSON"
-    assert not update(REPO / "README.md", results, write=False), (
-        "README.md's performance section is not what bench/results/*.json render: "
-        "run `bench report --readme README.md bench/results/*.json` and commit README.md"
+    assert not update(REPO / page, results, REPO, write=False), (
+        f"{page}'s generated sections are not what bench/results/*.json render: run "
+        "`bench report --page README.md --page docs/results.md bench/results/*.json` and commit both pages"
     )
+
+
+def test_the_readme_holds_the_headline_and_the_results_page_every_block():
+    readme, results = (REPO / "README.md").read_text(), (REPO / "docs" / "results.md").read_text()
+    assert begin("headline") in readme and BEGIN not in readme
+    assert BEGIN in results and "### The learnability gap" in results and "### Training steps" in results
+    assert len(readme) < 12_000, f"README.md is {len(readme)} characters; move detail to docs/"
