@@ -46,6 +46,16 @@ def read_dicom(path: str | Path, window: tuple[float, float] | None = None) -> n
     return image.astype(np.float32)
 
 
+def dicom_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header (Columns, Rows), without reading the pixel data."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.Columns), int(ds.Rows)
+    except Exception as error:  # as read_dicom: pydicom raises many types; a missing Rows is an AttributeError
+        reason = str(error).splitlines()[0]
+        raise BadImageError(str(path), f"unreadable DICOM ({type(error).__name__}: {reason})") from None
+
+
 def _file_window(ds: pydicom.Dataset, values: np.ndarray, path: str | Path) -> tuple[float, float]:
     fix = "correct or delete the tag (without a window the image's own range is used)"
     center, width = _tag_number(ds, "WindowCenter", path, fix), _tag_number(ds, "WindowWidth", path, fix)
