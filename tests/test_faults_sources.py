@@ -180,6 +180,17 @@ def test_the_same_bytes_in_two_splits_are_refused_but_within_one_split_kept(tmp_
     assert "line 3 'b.png' (train) and line 4 'copy.png' (val) are the same bytes" in one_line(caught)
 
 
+def test_files_alike_in_size_and_first_64_kib_are_told_apart_by_all_their_bytes(tmp_path):
+    head = bytes(1 << 17)  # opening checks only that files exist: the comparison is of bytes, not pixels
+    (tmp_path / "a.png").write_bytes(head + b"a")
+    (tmp_path / "b.png").write_bytes(head + b"b")
+    root = folder(tmp_path, ["a.png,TRAIN,1,0", "b.png,TEST,0,1"])
+    assert ImageFolder(root).info.split_sizes == {"train": 1, "test": 1}
+    (tmp_path / "b.png").write_bytes(head + b"a")
+    with pytest.raises(UsageError, match="'a.png' \\(train\\) and line 3 'b.png' \\(test\\) are the same bytes"):
+        ImageFolder(root)
+
+
 def test_allow_duplicates_keeps_them_and_says_so_in_the_provenance(tmp_path):
     root = folder(tmp_path, ["img_000.png,TRAIN,1,0", "img_001.png,TRAIN,0,1", "./img_000.png,TEST,0,1"])
     source = open_source(str(root), allow_duplicates=True)

@@ -193,26 +193,28 @@ class ImageFolder:
 
     def _check_duplicates(self, paths: list[str], splits: np.ndarray) -> None:
         """Refuse two rows naming one image: the same file by two paths (``a.png``, ``./a.png``, a link), or
-        the same bytes in two splits. Only files of equal byte size in different splits are hashed, so the
-        check reads next to nothing unless there are duplicates."""
+        the same bytes in two splits. Files are compared by byte size, then by their first 64 KiB (where a
+        DICOM's unique instance UID sits), and read whole only when both agree across splits, so the check
+        costs a stat per file unless there are duplicates."""
         files = [self._resolve(p).resolve() for p in paths]
         first_row: dict[Path, int] = {}
-        pairs = []  # (row, row) of one image, 0-based
+        pairs = []  # (row, row, how) of one image, 0-based rows
         for row, file in enumerate(files):
             if file in first_row:
                 pairs.append((first_row[file], row, "the same file"))
             else:
                 first_row[file] = row
-        by_size = defaultdict(list)
-        for file, row in first_row.items():
-            by_size[file.stat().st_size].append(row)
-        candidates = [rows for rows in by_size.values() if len({splits[r] for r in rows}) > 1]
-        for rows in candidates:
-            by_hash = defaultdict(list)
-            for row in rows:
-                by_hash[hashlib.sha256(files[row].read_bytes()).digest()].append(row)
-            for same in by_hash.values():
-                pairs.extend((a, b, "the same bytes") for a, b in zip(same, same[1:]) if splits[a] != splits[b])
+        groups = [list(first_row.values())]
+        for key in (_byte_size, _head_digest, _digest):
+            refined = []
+            for rows in groups:
+                by_key = defaultdict(list)
+                for row in rows:
+                    by_key[key(files[row])].append(row)
+                refined.extend(same for same in by_key.values() if len({splits[r] for r in same}) > 1)
+            groups = refined
+        for same in groups:
+            pairs.extend((a, b, "the same bytes") for a, b in zip(same, same[1:]) if splits[a] != splits[b])
         if pairs:
             shown = "; ".join(
                 f"line {a + 2} {paths[a]!r} ({splits[a]}) and line {b + 2} {paths[b]!r} ({splits[b]}) are {how}"
@@ -342,6 +344,19 @@ def _is_dicom(path: Path) -> bool:
             return f.read(132)[128:] == b"DICM"
     except OSError:
         return False
+
+
+def _byte_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _head_digest(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(1 << 16)).digest()
+
+
+def _digest(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
 
 
 def _find_csv(root: Path) -> Path:
