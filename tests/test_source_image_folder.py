@@ -25,7 +25,7 @@ def folder(tmp_path):
     Image.fromarray(deep).save(tmp_path / "img/b.png")
     Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / "img/c.jpg", quality=95)
     shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "img/d")  # DICOM often has no extension
-    Image.fromarray(gray).save(tmp_path / "e.png")
+    Image.fromarray(gray[::-1]).save(tmp_path / "e.png")  # not a.png's bytes: a TEST copy of a TRAIN image is refused
     rows = [
         "0,img/a.png,TRAIN,p1,1,0,0",
         "1,img/b.png,train,p1,0,1,0",
@@ -57,7 +57,7 @@ def test_reads_every_format_with_labels_splits_and_groups(folder):
     rgb = source.image("val", 0)
     assert rgb.shape == (12, 10, 3) and 0 <= rgb.min() and rgb.max() <= 1
     assert np.array_equal(source.image("test", 0), read_dicom(get_testdata_file("MR_small.dcm")))
-    assert np.array_equal(source.image("test", 1), gray / np.float32(255))  # absolute path
+    assert np.array_equal(source.image("test", 1), gray[::-1] / np.float32(255))  # absolute path
 
 
 def test_csv_path_spec_and_explicit_class_columns(folder):
@@ -72,11 +72,12 @@ def test_csv_path_spec_and_explicit_class_columns(folder):
     assert source.labels("train").tolist() == [[0, 1], [1, 0]] and source.labels("train").dtype == np.uint8
 
 
-def test_multilabel_rows_reduce_to_first_positive_with_a_warning_or_stay(folder):
+def test_multilabel_rows_reduce_to_first_positive_with_a_warning_or_stay(folder, caplog):
     root, _, _ = folder
     write_csv(root, "0,img/a.png,TRAIN,p1,1,1,0", "1,img/b.png,TRAIN,p1,0,1,1", "2,img/c.jpg,TRAIN,p2,0,0,1")
-    with pytest.warns(UserWarning, match="2 of 3 rows have several positive classes"):
+    with caplog.at_level("WARNING", logger="engine.sources.image_folder"):
         source = ImageFolder(root)
+    assert len(caplog.messages) == 1 and "2 of 3 rows have several positive classes" in caplog.messages[0]
     # the first positive in alphabetical order of the columns (BCC, MEL, NV), as the paper's idxmax over them:
     # MEL+NV -> MEL (0), NV+BCC -> BCC (2); the class ids stay in the CSV's order
     assert source.labels("train").tolist() == [0, 2, 2]

@@ -13,17 +13,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import UsageError
 from engine.losses.cross_entropy import check_single_label
 from engine.losses.masked import masked_mean
 
 
-def check_counts(class_counts: Sequence[int] | torch.Tensor | None, what: str) -> torch.Tensor:
-    """Training-split samples per class as float64; every class must occur (margins and weights need n_c > 0)."""
+def check_counts(
+    class_counts: Sequence[int] | torch.Tensor | None, what: str, class_names: Sequence[str] | None = None
+) -> torch.Tensor:
+    """Training-selection samples per class as float64; every class must occur (margins and weights need n_c > 0).
+
+    A class without a training sample is the user's data, not a bug: a ``UsageError`` naming the class (by
+    name when ``class_names`` are given) and the ways out, raised when the loss is built, before any step.
+    """
     counts = torch.as_tensor([] if class_counts is None else class_counts, dtype=torch.float64)
-    if counts.ndim != 1 or len(counts) < 2 or not (counts > 0).all():
+    if counts.ndim != 1 or len(counts) < 2:
         raise ValueError(
-            f"{what} needs class_counts, one positive count per class of the training split, got "
-            f"{counts.tolist()}; a class with no training sample cannot be learnt: drop it or re-split"
+            f"{what} needs class_counts, one count per class of the training selection, got {counts.tolist()}"
+        )
+    empty = torch.nonzero(counts <= 0).flatten().tolist()
+    if empty:
+        named = ", ".join(repr(class_names[c]) if class_names is not None else f"index {c}" for c in empty)
+        which, it = (f"class {named} has", "it") if len(empty) == 1 else (f"classes {named} have", "them")
+        raise UsageError(
+            f"{which} no training sample (training counts {counts.long().tolist()}) and {what} needs every "
+            f"class: merge {it} into another class, drop {it} (rows or CSV column) and re-encode, train with "
+            f"--fold k so the pooled folds give {it} training samples, or use --loss ce"
         )
     return counts
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from engine.errors import UsageError
 from engine.losses.cross_entropy import BinaryCrossEntropy, CrossEntropy
-from engine.losses.ldam import LDAMLoss
+from engine.losses.ldam import LDAMLoss, check_counts
 from engine.losses.reweighting import class_balanced_weights
 
 DRW_LR_FACTOR = 0.1  # the learning rate from the re-weighting epoch on (Cao et al. 2019; the paper)
@@ -48,10 +48,16 @@ class LossRecipe:
         """Early stopping counts afresh from the epoch re-weighting starts (the paper's LDAM-DRW does)."""
         return self.weighting == "drw" and epoch == self.defer_epoch
 
+    @property
+    def needs_counts(self) -> bool:
+        """Margins and class-balanced weights are computed from the training selection's class counts."""
+        return not self.multilabel and (self.margins or self.weighting != "none")
+
     def build(
         self,
         class_counts: Sequence[int] | torch.Tensor | None,
         *,
+        class_names: Sequence[str] | None = None,
         epoch: int = 0,
         beta: float = 0.9999,
         max_margin: float = 0.5,
@@ -61,10 +67,13 @@ class LossRecipe:
     ) -> nn.Module:
         """The loss module for 0-based ``epoch``, called as ``loss(logits, labels, valid=None)``.
 
-        class_counts (training samples per class) are needed by all but 'ce' and 'bce'. 'ce-cb' weights from
-        the first epoch with no learning-rate step: on a small long-tailed set an unweighted phase only
-        learns the prior.
+        class_counts (training samples per class) are needed by all but 'ce' and 'bce', and checked at every
+        epoch: a class without training samples is refused when the loss is first built, not at the
+        re-weighting epoch; ``class_names`` name it in that error. 'ce-cb' weights from the first epoch with
+        no learning-rate step: on a small long-tailed set an unweighted phase only learns the prior.
         """
+        if self.needs_counts:
+            check_counts(class_counts, f"--loss {self.name}", class_names)
         weight = class_balanced_weights(class_counts, beta) if self.weighted(epoch) else None
         if self.multilabel:
             loss = BinaryCrossEntropy(pos_weight)

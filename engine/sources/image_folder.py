@@ -5,15 +5,19 @@ it every row is train and cross-validation folds split them), one 0/1 column per
 (MIMIC-CXR's 19 findings, ISIC-2019's 8 lesions, ...) or a single label column, and an
 optional patient ``id``. Like the paper, multi-label rows become their first positive class
 unless ``multilabel`` keeps them. Every listed file is checked at open, so a CSV that
-disagrees with the folder fails before any encoding starts.
+disagrees with the folder fails before any encoding starts, and so is every pair of rows
+naming one image (the same file by another path, or the same bytes in another split): a
+train/test leak unless ``allow_duplicates`` says it is meant.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,12 @@ from PIL import Image, UnidentifiedImageError
 
 from engine.errors import MissingInputError, UsageError
 from engine.sources.base import SPLITS, BadImageError, SourceInfo
-from engine.sources.dicom import read_dicom
+from engine.sources.dicom import dicom_size, read_dicom
 
 RESERVED = ("", "index", "unnamed: 0", "path", "split", "id", "fold")  # never class columns
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SHOW = 3  # offending rows or files named in an error
-NATIVE_PROBE = 8  # images read to find the folder's native size
+LOG = logging.getLogger(__name__)  # one line on stderr, as logging prints a warning when nothing is configured
 
 
 class ImageFolder:
@@ -40,6 +44,7 @@ class ImageFolder:
         class_columns: list[str] | None = None,
         multilabel: bool = False,
         window: tuple[float, float] | None = None,
+        allow_duplicates: bool = False,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -67,6 +72,8 @@ class ImageFolder:
         else:
             names, labels, onehot = self._class_columns(rows, header, class_columns, multilabel)
         self._check_files(paths)
+        if not allow_duplicates:
+            self._check_duplicates(paths, splits)
         # what the paper's folds are drawn from: every CSV row in file order, its 0/1 class columns, its id
         self._onehot, self._class_columns = onehot, names
         self._ids = [row[column["id"]].strip() for row in rows] if "id" in column else None
@@ -92,6 +99,7 @@ class ImageFolder:
                 "csv_sha256": hashlib.sha256(self.csv_path.read_bytes()).hexdigest(),
                 "label_column": label_column,
                 "window": list(window) if window else None,
+                **({"allow_duplicates": True} if allow_duplicates else {}),  # a known leak, on the record
             },
         )
 
@@ -158,11 +166,10 @@ class ImageFolder:
             )
         several = int((positives > 1).sum())
         if several:
-            warnings.warn(
+            LOG.warning(
                 f"{self.csv_path}: {several} of {len(rows)} rows have several positive classes; each keeps the "
                 "first in alphabetical order of the class columns (the paper's idxmax over its sorted columns); "
-                "multilabel=True keeps them all",
-                stacklevel=3,
+                "--multilabel keeps them all, --label-column NAME takes one label column instead"
             )
         alphabetical = np.array(sorted(range(len(class_columns)), key=lambda j: class_columns[j]))
         return tuple(class_columns), alphabetical[onehot[:, alphabetical].argmax(axis=1)].astype(np.int64), onehot
@@ -182,6 +189,41 @@ class ImageFolder:
             raise MissingInputError(
                 f"{self.csv_path}: {len(missing)} of {len(paths)} listed files do not exist "
                 f"under {self.root}, e.g. {missing[:SHOW]}; fix the paths or the folder"
+            )
+
+    def _check_duplicates(self, paths: list[str], splits: np.ndarray) -> None:
+        """Refuse two rows naming one image: the same file by two paths (``a.png``, ``./a.png``, a link), or
+        the same bytes in two splits. Files are compared by byte size, then by their first 64 KiB (where a
+        DICOM's unique instance UID sits), and read whole only when both agree across splits, so the check
+        costs a stat per file unless there are duplicates."""
+        files = [self._resolve(p).resolve() for p in paths]
+        first_row: dict[Path, int] = {}
+        pairs = []  # (row, row, how) of one image, 0-based rows
+        for row, file in enumerate(files):
+            if file in first_row:
+                pairs.append((first_row[file], row, "the same file"))
+            else:
+                first_row[file] = row
+        groups = [list(first_row.values())]
+        for key in (_byte_size, _head_digest, _digest):
+            refined = []
+            for rows in groups:
+                by_key = defaultdict(list)
+                for row in rows:
+                    by_key[key(files[row])].append(row)
+                refined.extend(same for same in by_key.values() if len({splits[r] for r in same}) > 1)
+            groups = refined
+        for same in groups:
+            pairs.extend((a, b, "the same bytes") for a, b in zip(same, same[1:]) if splits[a] != splits[b])
+        if pairs:
+            shown = "; ".join(
+                f"line {a + 2} {paths[a]!r} ({splits[a]}) and line {b + 2} {paths[b]!r} ({splits[b]}) are {how}"
+                for a, b, how in sorted(pairs)[:SHOW]
+            )
+            raise UsageError(
+                f"{self.csv_path}: rows that name one image, a leak between splits or a sample counted twice "
+                f"({len(pairs)} pairs): {shown}; keep one row per image, or pass --allow-duplicates "
+                "(allow_duplicates=True) if that is meant"
             )
 
     def _resolve(self, path: str) -> Path:
@@ -222,26 +264,50 @@ class ImageFolder:
                 folds[test] = k
         return {split: folds[rows] for split, rows in self._csv_rows.items()}
 
-    @property
+    @cached_property
     def native_size(self) -> int:
-        """The side of the folder's images, when the first few are square and of one size (else an error asking
-        for --image-size: a folder's sizes may vary, and guessing one would silently resample everything)."""
-        probe = [(split, i) for split, paths in self._paths.items() for i in range(min(NATIVE_PROBE, len(paths)))]
-        sizes = {}
-        for split, i in probe[:NATIVE_PROBE]:
-            image = self.image(split, i)
-            sizes.setdefault(image.shape[:2], self._paths[split][i])
-        if len(sizes) == 1 and (shape := next(iter(sizes)))[0] == shape[1]:
-            return int(shape[0])
-        seen = ", ".join(f"{path} is {w}x{h}" for (h, w), path in list(sizes.items())[:SHOW])
+        """The side of the folder's images when all are square and of one size, else an error naming the odd
+        ones and asking for --image-size: a folder's sizes may vary, and taking one as the size would
+        silently resample the rest. Only headers are read; an unreadable file is left to the encode, which
+        names it (and skips it under --skip-bad)."""
+        files: dict[tuple[int, int], list[str]] = defaultdict(list)  # (width, height) -> paths
+        for paths in self._paths.values():
+            for path in paths:
+                try:
+                    files[self._header_size(self._resolve(path))].append(path)
+                except BadImageError:
+                    continue
+        if not files:
+            raise UsageError(f"{self.csv_path}: none of the listed images could be read to find their size")
+        common = max(files, key=lambda size: len(files[size]))
+        if len(files) == 1 and common[0] == common[1]:
+            return int(common[0])
+        if len(files) == 1:
+            raise UsageError(
+                f"{self.root}: the images are {common[0]}x{common[1]}, not square; pass --image-size "
+                "(every image is resized to that square; the paper resizes to 512)"
+            )
+        odd = [(path, size) for size, paths in files.items() if size != common for path in paths]
+        seen = ", ".join(f"{path} is {w}x{h}" for path, (w, h) in odd[:SHOW])
         raise UsageError(
-            f"{self.root}: the images are not all one square size ({seen}); pass --image-size "
-            "(the paper resizes to 512)"
+            f"{self.root}: {len(odd)} of {len(odd) + len(files[common])} images are not {common[0]}x{common[1]} "
+            f"like the rest ({seen}); pass --image-size (every image is resized to that square; the paper "
+            "resizes to 512) or fix the odd files"
         )
+
+    def _header_size(self, path: Path) -> tuple[int, int]:
+        """(width, height) from the file's header, without decoding its pixels."""
+        if _is_dicom(path):
+            return dicom_size(path)
+        try:
+            with Image.open(path) as im:
+                return im.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise BadImageError(str(path), f"unreadable image ({type(error).__name__}: {error})") from None
 
     def image(self, split: str, index: int) -> np.ndarray:
         path = self._resolve(self._paths[split][index])
-        if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_preamble(path):
+        if _is_dicom(path):
             return read_dicom(path, self.window)
         return read_image(path)
 
@@ -269,13 +335,28 @@ def read_image(path: Path) -> np.ndarray:
     )
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def _is_dicom(path: Path) -> bool:
     """DICOM files often carry no extension; the standard marks them with 'DICM' at byte 128."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
     try:
         with open(path, "rb") as f:
             return f.read(132)[128:] == b"DICM"
     except OSError:
         return False
+
+
+def _byte_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _head_digest(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(1 << 16)).digest()
+
+
+def _digest(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
 
 
 def _find_csv(root: Path) -> Path:

@@ -183,6 +183,12 @@ class MedMNISTNpz:
 
     def _check_labels(self, split: str) -> np.ndarray:
         key = f"{split}_labels"
+        dtype = _npy_header(self._npz, key)[1]
+        if dtype.kind not in "buif":  # object arrays would need unpickling, which np.load rightly refuses
+            raise UsageError(
+                f"{self.path}: key '{key}' has dtype {dtype}; save the labels as integers "
+                f"(np.savez(..., {key}=labels.astype(np.int64)))"
+            )
         labels = self._npz[key]
         if labels.ndim == 1:
             labels = labels[:, None]
