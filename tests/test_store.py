@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.store import StoreError, open_store, wds_store, zarr_store
+from engine.store import FORMATS, StoreError, open_store
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
-from engine.store.manifest import SCHEMA_VERSION, read_manifest
+from engine.store.formats import read_manifest
+from engine.store.manifest import SCHEMA_VERSION
 from engine.store.plan import SplitContent, blocks_for_rank, plan_split
 
 SHAPE = (3, 4, 5)
@@ -61,15 +62,18 @@ def _content(n: int, rng) -> SplitContent:
     )
 
 
-@pytest.mark.parametrize("module", [zarr_store, wds_store], ids=["zarr", "wds"])
-def test_block_roundtrip_and_completion_record(tmp_path: Path, module):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_block_roundtrip_and_completion_record(tmp_path: Path, fmt):
+    container = FORMATS[fmt]
     rng = np.random.default_rng(1)
     n, plan = 23, plan_split("train", 23, 0, block=10)
     content = _content(n, rng)
     manifest = _manifest(plan)
     path = tmp_path / "s"
-    assert module.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)
-    assert not module.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)  # another worker won
+    assert container.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)
+    assert not container.create(
+        path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True
+    )  # another worker won
     store = open_store(path, require_complete=False, writable=True)
     split = store.split("train")
     lat = rng.normal(size=(n, *SHAPE)).astype(np.float16)
@@ -99,7 +103,7 @@ def test_wds_index_matches_dali_tool_and_dali_reads_it(tmp_path: Path):
     n, plan = 9, plan_split("train", 9, 0, block=9)
     content = _content(n, rng)
     path = tmp_path / "w"
-    wds_store.create(path, _manifest(plan), {"train": (plan, content)}, SHAPE, False)
+    FORMATS["wds"].create(path, _manifest(plan), {"train": (plan, content)}, SHAPE, False)
     split = open_store(path, require_complete=False, writable=True).split("train")
     lat = rng.normal(size=(n, *SHAPE)).astype(np.float16)
     split.write_block(0, lat, None, np.ones(n, np.uint8), block_moments(lat))
@@ -135,10 +139,10 @@ def test_incomplete_and_foreign_stores_are_refused(tmp_path: Path):
     rng = np.random.default_rng(3)
     plan = plan_split("train", 4, 0, block=4)
     manifest = _manifest(plan)
-    zarr_store.create(tmp_path / "z", manifest, {"train": (plan, _content(4, rng))}, SHAPE, False)
+    FORMATS["zarr"].create(tmp_path / "z", manifest, {"train": (plan, _content(4, rng))}, SHAPE, False)
     with pytest.raises(StoreError, match="encode has not finished"):
         open_store(tmp_path / "z")
-    wds_store.create(
+    FORMATS["wds"].create(
         tmp_path / "old", {**manifest, "schema_version": 0}, {"train": (plan, _content(4, rng))}, SHAPE, False
     )
     with pytest.raises(StoreError, match="schema_version 0"):

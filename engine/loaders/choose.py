@@ -52,11 +52,7 @@ def make_loader(
     """
     if loader not in LOADERS:
         raise UsageError(f"--loader {loader!r}: expected one of {LOADERS}")
-    if not store.complete:
-        raise StoreError(
-            f"{store.path}: encode has not finished (manifest.complete is false); "
-            "run the same `engine encode` again, or wait for the process writing it"
-        )
+    store.require_complete()
     same_store = selection.store_fingerprint == store.manifest.get("settings_fingerprint", "")
     if Path(selection.store_path).resolve() != Path(store.path).resolve() or not same_store:
         raise UsageError(

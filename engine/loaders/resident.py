@@ -83,7 +83,7 @@ class ResidentLoader(LatentLoader):
         )
         latents = np.empty((selection.size, *shape), dtype=np.float16)
         logvar = np.empty_like(latents) if with_logvar else None
-        reader = ChunkReader(selection, store.format, shape, with_logvar)
+        reader = ChunkReader(selection, shape, with_logvar)
         bounds = selection.chunk_bounds
         for c, (lat, lv) in enumerate(read_chunks(reader, np.arange(selection.n_chunks), workers)):
             latents[bounds[c] : bounds[c + 1]] = lat

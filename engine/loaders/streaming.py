@@ -51,7 +51,7 @@ class StreamingLoader(LatentLoader):
         self.store, self.with_logvar, self.workers = store, with_logvar, workers
         self.window_chunks, self.prefetch_depth = window_chunks, prefetch_depth
         self.latent_shape = tuple(store.manifest["latent_shape"])
-        self.reader = ChunkReader(selection, store.format, self.latent_shape, with_logvar)
+        self.reader = ChunkReader(selection, self.latent_shape, with_logvar)
         self.order_kind = f"block{window_chunks}"
 
     def order(self, epoch: int) -> np.ndarray:
