@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.store import FORMATS, StoreError, open_store
+from engine.errors import UsageError
+from engine.store import FORMATS, StoreError, format_named, open_store, store_format
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
 from engine.store.formats import read_manifest
 from engine.store.manifest import SCHEMA_VERSION
@@ -147,3 +148,28 @@ def test_incomplete_and_foreign_stores_are_refused(tmp_path: Path):
     )
     with pytest.raises(StoreError, match="schema_version 0"):
         read_manifest(tmp_path / "old")
+
+
+def test_a_container_is_picked_once_by_its_name_or_by_what_lies_on_disk(tmp_path: Path):
+    """--format names a container, a path reveals one; the store, its loaders and its chunk reads then ask it."""
+    with pytest.raises(UsageError, match=r"--format 'tar': expected one of zarr, wds"):
+        format_named("tar")
+    rng = np.random.default_rng(4)
+    plan = plan_split("train", 6, 0, block=4)
+    lat = rng.normal(size=(6, *SHAPE)).astype(np.float16)
+    for name, container in FORMATS.items():
+        assert format_named(name) is container and container.name == name
+        path = tmp_path / container.default_path
+        container.create(path, _manifest(plan), {"train": (plan, _content(6, rng))}, SHAPE, has_logvar=False)
+        assert store_format(path) is container and read_manifest(path)["settings_fingerprint"] == "test"
+        store = open_store(path, require_complete=False, writable=True)
+        assert store.container is container and store.format == name
+        with pytest.raises(StoreError, match="encode has not finished"):
+            store.require_complete()
+        split = store.split("train")
+        for b in range(plan.n_blocks):
+            lo, hi = plan.block_range(b)
+            split.write_block(b, lat[lo:hi], None, np.ones(hi - lo, np.uint8), block_moments(lat[lo:hi]))
+        np.testing.assert_array_equal(split.read_selected("latents", 1, np.array([1])), lat[5:6])
+        np.testing.assert_array_equal(split.read_selected("latents", 0, np.arange(4)), lat[:4])
+    assert FORMATS["wds"].webdataset_shards and not FORMATS["zarr"].webdataset_shards  # DALI reads wds shards itself
