@@ -26,7 +26,7 @@ from bench.result_file import recording
 from bench.shuffle_quality import shuffle_quality
 from engine.loaders import make_loader, select
 from engine.loaders.order import block_order, global_order
-from engine.store import open_store, wds_store, zarr_store
+from engine.store import FORMATS, format_named, open_store
 from engine.store.channel_stats import block_moments
 from engine.store.integrity import meta_checksums, seal
 from engine.store.manifest import SCHEMA_VERSION, fingerprint
@@ -58,7 +58,7 @@ def write_synthetic_store(path: Path, fmt: str, n: int, shape: tuple[int, ...], 
         "settings_fingerprint": fingerprint(settings),
         "complete": False,
     }
-    (zarr_store if fmt == "zarr" else wds_store).create(path, manifest, {"train": (plan, content)}, shape, False)
+    format_named(fmt).create(path, manifest, {"train": (plan, content)}, shape, False)
     store = open_store(path, require_complete=False, writable=True)
     split = store.split("train")
     for b in range(plan.n_blocks):
@@ -165,7 +165,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per loader; the first is reported apart")
     parser.add_argument("--loaders", default=",".join(LOADER_NAMES))
-    parser.add_argument("--formats", default="zarr,wds")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"store containers, of {', '.join(FORMATS)}")
     parser.add_argument(
         "--workers",
         type=int,

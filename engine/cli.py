@@ -16,6 +16,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def add_encode(sub: argparse._SubParsersAction) -> None:
+    from engine.store import FORMATS
+
     p = sub.add_parser(
         "encode",
         help="encode a dataset into a latent store (zarr or webdataset), once",
@@ -34,10 +36,9 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
         "a family (sd, flux1, flux2, sdxl, sd3, dc-ae, taesd, medvae) | a diffusers directory | "
         "[family:]file.safetensors",
     )
-    p.add_argument(
-        "--out", type=Path, default=None, help="store path (default latents.zarr, or latents_wds with --format wds)"
-    )
-    p.add_argument("--format", dest="fmt", choices=("zarr", "wds"), default="zarr")
+    defaults = ", ".join(f"{c.default_path} with --format {name}" for name, c in FORMATS.items())
+    p.add_argument("--out", type=Path, default=None, help=f"store path (default {defaults})")
+    p.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="zarr")
     p.add_argument(
         "--image-size",
         type=int,
@@ -98,9 +99,10 @@ def run_encode(args: argparse.Namespace) -> int:
     from engine.autoencoders import load_autoencoder
     from engine.encode import EncodeOptions, encode
     from engine.sources import open_source
+    from engine.store import FORMATS
 
     device = args.device or (f"cuda:{_env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    out = args.out or Path("latents_wds" if args.fmt == "wds" else "latents.zarr")
+    out = args.out or FORMATS[args.fmt].default_path
     extras = args.teacher is not None or args.reconstructions
     if extras and not args.overwrite and out.exists() and open_store(out, require_complete=False).complete:
         return add_extras(out, args, torch.device(device))

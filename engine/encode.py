@@ -25,11 +25,12 @@ from engine.sources import Source
 from engine.sources.base import BadImageError
 from engine.sources.folds import assign_folds
 from engine.sources.preprocess import to_model_input
-from engine.store import wds_store, zarr_store
 from engine.store.atomic import remove_replaced, staging_path, swap_in
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
+from engine.store.container import Container
+from engine.store.formats import format_named, store_format
 from engine.store.integrity import meta_checksums, seal
-from engine.store.manifest import SCHEMA_VERSION, StoreError, fingerprint, read_manifest, store_format
+from engine.store.manifest import SCHEMA_VERSION, StoreError, fingerprint
 from engine.store.plan import SplitContent, SplitPlan, blocks_for_rank, plan_split
 from engine.store.reader import LatentStore, open_store
 
@@ -39,7 +40,7 @@ TARGET_STD = 0.5  # the paper standardises latents to per-channel std 0.5, at lo
 @dataclass
 class EncodeOptions:
     out: Path
-    fmt: str = "zarr"  # "zarr" | "wds"
+    fmt: str = "zarr"  # a name in engine.store.FORMATS
     image_size: int = 64
     batch_size: int = 32
     posterior: bool = False  # also keep the posterior log-variance
@@ -53,6 +54,11 @@ class EncodeOptions:
     folds_like: str | None = None  # "paper": the reference code's folds (CSV sources); "engine"; None: paper for CSVs
     read_threads: int = 4
     source_args: dict | None = None  # open_source(**source_args) reopens the images (image-space runs, teachers)
+
+    @property
+    def container(self) -> Container:
+        """The store container ``fmt`` names (a UsageError naming the choices for an unknown one)."""
+        return format_named(self.fmt)
 
 
 def fold_protocol(source: Source, asked: str | None) -> str:
@@ -173,12 +179,12 @@ def _existing_manifest(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        store_format(path)
+        container = store_format(path)
     except StoreError:
         raise StoreError(
             f"{path}: exists and is not a latent store; choose another --out (nothing was deleted)"
         ) from None
-    return read_manifest(path)
+    return container.read_manifest(path)
 
 
 def encode_target(opts: EncodeOptions, manifest: dict) -> Path | None:
@@ -222,8 +228,9 @@ def prepare_store(
     """Create the store at ``target``, or reopen a partial one written with the same settings."""
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        create = zarr_store.create if opts.fmt == "zarr" else wds_store.create
-        create(target, manifest, {s: (plans[s], contents[s]) for s in plans}, latent_shape, opts.posterior)
+        opts.container.create(
+            target, manifest, {s: (plans[s], contents[s]) for s in plans}, latent_shape, opts.posterior
+        )
     store = open_store(target, require_complete=False, writable=True)
     if store.manifest.get("settings_fingerprint") != manifest["settings_fingerprint"]:
         raise StoreError(
@@ -320,8 +327,7 @@ def finalize(store: LatentStore) -> bool:
 
 def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> LatentStore:
     """Encode every split of ``source`` into ``opts.out``; returns the (possibly still partial) store."""
-    if opts.fmt not in ("zarr", "wds"):
-        raise UsageError(f"--format {opts.fmt!r}: expected zarr or wds")
+    container = opts.container  # an unknown --format is refused before any work
     if not 0 <= opts.rank < opts.world_size:
         raise UsageError(f"--rank {opts.rank} is outside --world-size {opts.world_size}")
     latent_shape = ae.latent_shape(opts.image_size)
@@ -354,7 +360,7 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
     remaining = sum(plans[n].block_range(b)[1] - plans[n].block_range(b)[0] for n, b in todo)
     if todo:
         log(
-            f"encoding {remaining} images in {len(todo)} blocks into {target} ({opts.fmt}), "
+            f"encoding {remaining} images in {len(todo)} blocks into {target} ({container.name}), "
             f"autoencoder {ae.family} ({'pretrained' if ae.pretrained else 'UNTRAINED, pretrained: false'})"
         )
     with (

@@ -1,8 +1,11 @@
-"""Fused Triton kernels with autograd wrappers and plain-torch references (imports torch and triton only)."""
+"""Fused Triton kernels with autograd wrappers and plain-torch references (imports torch and triton only).
+
+Exported: the ops the models and the training inputs call. ``kernels.film`` is not among them: no model
+calls it, it is the unfused baseline `bench kernels` times beside the fused ops (import it by its module).
+"""
 
 from kernels.adaln_modulate import adaln_modulate
 from kernels.add_noise import add_noise
-from kernels.film import film
 from kernels.film_layer_norm import film_layer_norm
 from kernels.group_norm_film_silu import group_norm_film_silu
 from kernels.noise_levels import (
@@ -22,7 +25,6 @@ __all__ = [
     "adaln_modulate",
     "add_noise",
     "c_noise",
-    "film",
     "film_layer_norm",
     "group_norm_film_silu",
     "karras_levels",

@@ -2,7 +2,7 @@
 
 No model calls it: the models apply FiLM fused with the norm that follows it (``film_layer_norm``,
 ``group_norm_film_silu``). It is kept as the unfused op `bench kernels` measures beside them, which shows
-what the fusion saves.
+what the fusion saves. It is therefore not exported from ``kernels``: import it as ``kernels.film``.
 
 The backward reads dy and x once and writes dx together with dscale = sum over positions of dy * x
 and dshift = sum over positions of dy. Each program owns whole (b, c) planes, so scale and shift are

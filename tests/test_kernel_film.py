@@ -4,8 +4,7 @@ import pytest
 import torch
 from kernel_tolerances import TOLERANCE, rel
 
-from kernels import film
-from kernels.film import film_reference
+from kernels.film import film, film_reference
 
 
 def run(x, scale, shift, dy):

@@ -14,7 +14,7 @@ import torch
 from engine.loaders import make_loader, select
 from engine.loaders.choose import dali_available
 from engine.loaders.resident import MemoryBudgetError
-from engine.store import StoreError, open_store, wds_store, zarr_store
+from engine.store import StoreError, format_named, open_store
 from engine.store.channel_stats import block_moments
 from engine.store.integrity import seal
 from engine.store.manifest import SCHEMA_VERSION
@@ -54,8 +54,7 @@ def write_store(path: Path, fmt: str, complete: bool = True, teacher: bool = Fal
         "image_size": 0,
         "autoencoder": {},
     }
-    module = zarr_store if fmt == "zarr" else wds_store
-    module.create(path, manifest, {s: (plans[s], contents[s]) for s in SIZES}, SHAPE, has_logvar=True)
+    format_named(fmt).create(path, manifest, {s: (plans[s], contents[s]) for s in SIZES}, SHAPE, has_logvar=True)
     store = open_store(path, require_complete=False, writable=True)
     for s_index, (s, plan) in enumerate(plans.items()):
         split = store.split(s)

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.store import StoreError, open_store, wds_store, zarr_store
+from engine.errors import UsageError
+from engine.store import FORMATS, StoreError, format_named, open_store, store_format
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
-from engine.store.manifest import SCHEMA_VERSION, read_manifest
+from engine.store.formats import read_manifest
+from engine.store.manifest import SCHEMA_VERSION
 from engine.store.plan import SplitContent, blocks_for_rank, plan_split
 
 SHAPE = (3, 4, 5)
@@ -61,15 +63,18 @@ def _content(n: int, rng) -> SplitContent:
     )
 
 
-@pytest.mark.parametrize("module", [zarr_store, wds_store], ids=["zarr", "wds"])
-def test_block_roundtrip_and_completion_record(tmp_path: Path, module):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_block_roundtrip_and_completion_record(tmp_path: Path, fmt):
+    container = FORMATS[fmt]
     rng = np.random.default_rng(1)
     n, plan = 23, plan_split("train", 23, 0, block=10)
     content = _content(n, rng)
     manifest = _manifest(plan)
     path = tmp_path / "s"
-    assert module.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)
-    assert not module.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)  # another worker won
+    assert container.create(path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True)
+    assert not container.create(
+        path, manifest, {"train": (plan, content)}, SHAPE, has_logvar=True
+    )  # another worker won
     store = open_store(path, require_complete=False, writable=True)
     split = store.split("train")
     lat = rng.normal(size=(n, *SHAPE)).astype(np.float16)
@@ -99,7 +104,7 @@ def test_wds_index_matches_dali_tool_and_dali_reads_it(tmp_path: Path):
     n, plan = 9, plan_split("train", 9, 0, block=9)
     content = _content(n, rng)
     path = tmp_path / "w"
-    wds_store.create(path, _manifest(plan), {"train": (plan, content)}, SHAPE, False)
+    FORMATS["wds"].create(path, _manifest(plan), {"train": (plan, content)}, SHAPE, False)
     split = open_store(path, require_complete=False, writable=True).split("train")
     lat = rng.normal(size=(n, *SHAPE)).astype(np.float16)
     split.write_block(0, lat, None, np.ones(n, np.uint8), block_moments(lat))
@@ -135,11 +140,36 @@ def test_incomplete_and_foreign_stores_are_refused(tmp_path: Path):
     rng = np.random.default_rng(3)
     plan = plan_split("train", 4, 0, block=4)
     manifest = _manifest(plan)
-    zarr_store.create(tmp_path / "z", manifest, {"train": (plan, _content(4, rng))}, SHAPE, False)
+    FORMATS["zarr"].create(tmp_path / "z", manifest, {"train": (plan, _content(4, rng))}, SHAPE, False)
     with pytest.raises(StoreError, match="encode has not finished"):
         open_store(tmp_path / "z")
-    wds_store.create(
+    FORMATS["wds"].create(
         tmp_path / "old", {**manifest, "schema_version": 0}, {"train": (plan, _content(4, rng))}, SHAPE, False
     )
     with pytest.raises(StoreError, match="schema_version 0"):
         read_manifest(tmp_path / "old")
+
+
+def test_a_container_is_picked_once_by_its_name_or_by_what_lies_on_disk(tmp_path: Path):
+    """--format names a container, a path reveals one; the store, its loaders and its chunk reads then ask it."""
+    with pytest.raises(UsageError, match=r"--format 'tar': expected one of zarr, wds"):
+        format_named("tar")
+    rng = np.random.default_rng(4)
+    plan = plan_split("train", 6, 0, block=4)
+    lat = rng.normal(size=(6, *SHAPE)).astype(np.float16)
+    for name, container in FORMATS.items():
+        assert format_named(name) is container and container.name == name
+        path = tmp_path / container.default_path
+        container.create(path, _manifest(plan), {"train": (plan, _content(6, rng))}, SHAPE, has_logvar=False)
+        assert store_format(path) is container and read_manifest(path)["settings_fingerprint"] == "test"
+        store = open_store(path, require_complete=False, writable=True)
+        assert store.container is container and store.format == name
+        with pytest.raises(StoreError, match="encode has not finished"):
+            store.require_complete()
+        split = store.split("train")
+        for b in range(plan.n_blocks):
+            lo, hi = plan.block_range(b)
+            split.write_block(b, lat[lo:hi], None, np.ones(hi - lo, np.uint8), block_moments(lat[lo:hi]))
+        np.testing.assert_array_equal(split.read_selected("latents", 1, np.array([1])), lat[5:6])
+        np.testing.assert_array_equal(split.read_selected("latents", 0, np.arange(4)), lat[:4])
+    assert FORMATS["wds"].webdataset_shards and not FORMATS["zarr"].webdataset_shards  # DALI reads wds shards itself

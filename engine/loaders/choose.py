@@ -8,17 +8,17 @@ not installed, resident over its budget) is an error naming the fix, never a sil
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine.errors import UsageError
 from engine.loaders.loader import LatentLoader
+from engine.loaders.options import LoaderOptions
 from engine.loaders.resident import ResidentLoader, default_budget, gib, resident_bytes
 from engine.loaders.selection import Selection
-from engine.loaders.streaming import WINDOW_CHUNKS
 from engine.store import LatentStore, StoreError
 
 LOADERS = ("auto", "resident", "dali", "torch")
@@ -34,44 +34,31 @@ def make_loader(
     batch_size: int,
     device: str | torch.device = "cpu",
     loader: str = "auto",
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    tail: str = "drop",
-    with_logvar: bool = False,
-    memory_budget: int | None = None,
-    window_chunks: int = WINDOW_CHUNKS,
-    workers: int | None = None,
     log: Callable[[str], None] = print,
+    **options: Any,
 ) -> LatentLoader:
     """A loader of ``selection``; ``batch_size`` is the global batch (each rank gets batch_size // world_size).
 
-    ``workers``: chunk reads in flight, as threads (torch loader, resident caching) or DALI
-    external-source processes (DALI on zarr); DALI's webdataset reader uses its own threads.
-    ``memory_budget`` (bytes) bounds the resident loader: default half the free device memory.
+    ``options`` are the other fields of ``LoaderOptions`` (engine/loaders/options.py: seed, rank, world_size,
+    tail, with_logvar, workers, memory_budget, window_chunks, prefetch_depth), where they are defined and
+    explained once; None keeps a field's default. The loader picked is handed them as that one object.
     """
     if loader not in LOADERS:
         raise UsageError(f"--loader {loader!r}: expected one of {LOADERS}")
-    if not store.complete:
-        raise StoreError(
-            f"{store.path}: encode has not finished (manifest.complete is false); "
-            "run the same `engine encode` again, or wait for the process writing it"
-        )
+    given = {key: value for key, value in options.items() if value is not None}
+    opts = LoaderOptions(batch_size=batch_size, device=torch.device(device), **given)
+    store.require_complete()
     same_store = selection.store_fingerprint == store.manifest.get("settings_fingerprint", "")
     if Path(selection.store_path).resolve() != Path(store.path).resolve() or not same_store:
         raise UsageError(
             f"selection was made from {selection.store_path}, not {store.path}; call select() on this store"
         )
-    if with_logvar and not all(store.split(name).has_logvar for name in selection.splits):
+    if opts.with_logvar and not all(store.split(name).has_logvar for name in selection.splits):
         raise StoreError(f"{store.path}: the store has no posterior log-variance; re-encode with --posterior")
-    device = torch.device(device)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    common = dict(seed=seed, rank=rank, world_size=world_size, tail=tail, with_logvar=with_logvar)
-    shape = tuple(store.manifest["latent_shape"])
     name, why = loader, "asked for"
     if loader == "auto":
-        need = resident_bytes(selection, shape, with_logvar)
-        budget = default_budget(device) if memory_budget is None else int(memory_budget)
+        need = resident_bytes(selection, tuple(store.manifest["latent_shape"]), opts.with_logvar)
+        budget = default_budget(opts.device) if opts.memory_budget is None else int(opts.memory_budget)
         if need <= budget:
             name, why = "resident", f"the selection ({gib(need)}) fits the memory budget ({gib(budget)})"
         else:
@@ -86,16 +73,14 @@ def make_loader(
     log(
         f"loader: {name} ({why}); {selection.size} samples of {selection.role}"
         f"{'' if selection.fold is None else f' (fold {selection.fold})'}, global batch {batch_size}, "
-        f"rank {rank}/{world_size}, tail {tail}"
+        f"rank {opts.rank}/{opts.world_size}, tail {opts.tail}"
     )
     if name == "resident":
-        return ResidentLoader(
-            store, selection, batch_size, device, memory_budget=memory_budget, workers=workers, log=log, **common
-        )
+        return ResidentLoader(store, selection, opts, log=log)
     if name == "dali":
         from engine.loaders.dali import DaliLoader
 
-        return DaliLoader(store, selection, batch_size, device, window_chunks=window_chunks, workers=workers, **common)
+        return DaliLoader(store, selection, opts)
     from engine.loaders.streaming import TorchLoader
 
-    return TorchLoader(store, selection, batch_size, device, window_chunks=window_chunks, workers=workers, **common)
+    return TorchLoader(store, selection, opts)

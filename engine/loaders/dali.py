@@ -2,12 +2,12 @@
 
 webdataset stores go through ``fn.readers.webdataset`` + ``fn.decoders.numpy``, given the shards in the
 order this rank first needs them (and, when the selection leaves out rows of a shard, an index file,
-written once per loader, that lists only the selected samples). zarr stores, which DALI cannot read, go
-through a parallel ``external_source`` whose callable maps ``idx_in_epoch`` through that same chunk order
-and returns one whole chunk per sample. One pipeline per pass: epoch and resume point are ours, so DALI's
-own shuffling, sharding (``shard_id``/``num_shards`` would give each rank a contiguous part and an order
-that changes with the world size) and checkpointing stay off. The pipelines run on the CPU
-(``device_id=None``); batches reach the device through pinned, non-blocking copies.
+written once per loader, that lists only the selected samples). Other containers (zarr), which DALI
+cannot read, go through a parallel ``external_source`` whose callable maps ``idx_in_epoch`` through
+that same chunk order and returns one whole chunk per sample. One pipeline per pass: epoch and resume
+point are ours, so DALI's own shuffling, sharding (``shard_id``/``num_shards`` would give each rank a
+contiguous part and an order that changes with the world size) and checkpointing stay off. The pipelines
+run on the CPU (``device_id=None``); batches reach the device through pinned, non-blocking copies.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from engine.loaders.assembler import ChunkPlan
 from engine.loaders.chunk_reader import Chunk, ChunkReader
 from engine.loaders.streaming import StreamingLoader
 
-CHUNKS_PER_RUN = 8  # zarr: chunks per pipeline iteration, read in parallel by the workers
+CHUNKS_PER_RUN = 8  # external source (zarr): chunks per pipeline iteration, read in parallel by the workers
 SAMPLES_PER_RUN = 256  # webdataset: samples per reader iteration (larger is slower here: cache)
 READER_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))  # the other half assembles batches and trains
 
@@ -54,11 +54,11 @@ class DaliLoader(StreamingLoader):
     _shard_list: list[tuple[str, str]] | None = None
 
     def _chunks(self, cplan: ChunkPlan) -> Iterator[Chunk]:
-        if self.store.format == "zarr":
-            return self._zarr_chunks(cplan.chunks)
-        return self._wds_chunks(cplan.chunks)
+        if self.store.container.webdataset_shards:
+            return self._wds_chunks(cplan.chunks)
+        return self._external_chunks(cplan.chunks)
 
-    def _zarr_chunks(self, chunks: np.ndarray) -> Iterator[Chunk]:
+    def _external_chunks(self, chunks: np.ndarray) -> Iterator[Chunk]:
         from nvidia.dali import fn, pipeline_def
 
         outputs = 2 if self.with_logvar else 1

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from engine.errors import UsageError
+from engine.loaders.options import LoaderOptions
 from engine.loaders.schedule import RankPlan, Schedule
 from engine.loaders.selection import Selection
 
@@ -48,18 +49,10 @@ class Batch:
 class LatentLoader:
     name = "base"
 
-    def __init__(
-        self,
-        selection: Selection,
-        batch_size: int,
-        device: str | torch.device,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        tail: str = "drop",
-    ):
-        self.selection, self.device, self.seed = selection, torch.device(device), int(seed)
-        self.schedule = Schedule(selection.size, batch_size, world_size, rank, tail)
+    def __init__(self, selection: Selection, options: LoaderOptions):
+        self.selection, self.options = selection, options
+        self.device, self.seed = torch.device(options.device), int(options.seed)
+        self.schedule = Schedule(selection.size, options.batch_size, options.world_size, options.rank, options.tail)
         self.epoch, self._step = 0, 0
         self._active: Iterator[Batch] | None = None
 

@@ -15,6 +15,7 @@ import torch
 
 from engine.loaders.chunk_reader import ChunkReader, read_chunks
 from engine.loaders.loader import Batch, LatentLoader
+from engine.loaders.options import LoaderOptions
 from engine.loaders.order import global_order
 from engine.loaders.schedule import RankPlan
 from engine.loaders.selection import Selection
@@ -54,24 +55,12 @@ class ResidentLoader(LatentLoader):
     order_kind = "global"
 
     def __init__(
-        self,
-        store: LatentStore,
-        selection: Selection,
-        batch_size: int,
-        device: str | torch.device,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        tail: str = "drop",
-        with_logvar: bool = False,
-        memory_budget: int | None = None,
-        workers: int = 2,
-        log: Callable[[str], None] = print,
+        self, store: LatentStore, selection: Selection, options: LoaderOptions, log: Callable[[str], None] = print
     ):
-        super().__init__(selection, batch_size, device, seed, rank, world_size, tail)
-        shape = tuple(store.manifest["latent_shape"])
+        super().__init__(selection, options)
+        shape, with_logvar = tuple(store.manifest["latent_shape"]), options.with_logvar
         need = resident_bytes(selection, shape, with_logvar)
-        budget = default_budget(self.device) if memory_budget is None else int(memory_budget)
+        budget = default_budget(self.device) if options.memory_budget is None else int(options.memory_budget)
         if need > budget:
             raise MemoryBudgetError(
                 f"resident loader: {selection.size} samples need {gib(need)} on {self.device}, over the memory budget "
@@ -83,9 +72,9 @@ class ResidentLoader(LatentLoader):
         )
         latents = np.empty((selection.size, *shape), dtype=np.float16)
         logvar = np.empty_like(latents) if with_logvar else None
-        reader = ChunkReader(selection, store.format, shape, with_logvar)
+        reader = ChunkReader(selection, shape, with_logvar)
         bounds = selection.chunk_bounds
-        for c, (lat, lv) in enumerate(read_chunks(reader, np.arange(selection.n_chunks), workers)):
+        for c, (lat, lv) in enumerate(read_chunks(reader, np.arange(selection.n_chunks), options.workers)):
             latents[bounds[c] : bounds[c + 1]] = lat
             if logvar is not None:
                 logvar[bounds[c] : bounds[c + 1]] = lv

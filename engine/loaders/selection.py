@@ -90,11 +90,7 @@ def select(store: LatentStore, role: str, fold: int | None = None, teacher: str 
     """
     if role not in ROLES:
         raise UsageError(f"selection role {role!r}: expected one of {ROLES}")
-    if not store.complete:
-        raise StoreError(
-            f"{store.path}: encode has not finished (manifest.complete is false); "
-            "run the same `engine encode` again, or wait for the process writing it"
-        )
+    store.require_complete()
     n_folds = int(store.manifest.get("folds", {}).get("n_folds", 0))
     if fold is not None and n_folds < 3:
         raise StoreError(

@@ -17,42 +17,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 from engine.loaders.assembler import ChunkPlan, assemble, chunk_plan
 from engine.loaders.chunk_reader import Chunk, ChunkReader, read_chunks
 from engine.loaders.loader import Batch, LatentLoader
+from engine.loaders.options import LoaderOptions
 from engine.loaders.order import block_order
 from engine.loaders.prefetch import prefetch
 from engine.loaders.schedule import RankPlan
 from engine.loaders.selection import Selection
 from engine.store import LatentStore
 
-WINDOW_CHUNKS = 16  # chunks shuffled together: >= 10x the samples of a chunk, as streaming's py1b advises
-
 
 class StreamingLoader(LatentLoader):
-    def __init__(
-        self,
-        store: LatentStore,
-        selection: Selection,
-        batch_size: int,
-        device: str | torch.device,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        tail: str = "drop",
-        with_logvar: bool = False,
-        window_chunks: int = WINDOW_CHUNKS,
-        workers: int = 2,
-        prefetch_depth: int = 4,
-    ):
-        super().__init__(selection, batch_size, device, seed, rank, world_size, tail)
-        self.store, self.with_logvar, self.workers = store, with_logvar, workers
-        self.window_chunks, self.prefetch_depth = window_chunks, prefetch_depth
+    def __init__(self, store: LatentStore, selection: Selection, options: LoaderOptions):
+        super().__init__(selection, options)
+        self.store, self.with_logvar, self.workers = store, options.with_logvar, options.workers
+        self.window_chunks, self.prefetch_depth = options.window_chunks, options.prefetch_depth
         self.latent_shape = tuple(store.manifest["latent_shape"])
-        self.reader = ChunkReader(selection, store.format, self.latent_shape, with_logvar)
-        self.order_kind = f"block{window_chunks}"
+        self.reader = ChunkReader(selection, self.latent_shape, self.with_logvar)
+        self.order_kind = f"block{self.window_chunks}"
 
     def order(self, epoch: int) -> np.ndarray:
         return block_order(self.selection.chunk_bounds, self.seed, epoch, self.window_chunks)

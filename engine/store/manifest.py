@@ -1,7 +1,7 @@
 """The store manifest: what the latents are, where they came from, and whether encoding finished.
 
-zarr stores keep it in the root group's attributes under ``manifest``; webdataset stores in
-``manifest.json`` beside the shards. Both hold the same dictionary.
+Each container keeps it in its own file (engine/store/container.py: ``Container.read_manifest``); every
+container holds the same dictionary, checked here.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 from engine.errors import UsageError
 
 SCHEMA_VERSION = 2  # 2: block checksums, metadata checksums, integrity.json
-MANIFEST_JSON = "manifest.json"
-ZARR_META = "zarr.json"
 
 
 class StoreError(UsageError):
@@ -25,19 +23,6 @@ class StoreError(UsageError):
 def fingerprint(obj: object) -> str:
     """sha256 of canonical JSON: equal settings give equal fingerprints on every machine."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
-def store_format(path: Path) -> str:
-    """'zarr' or 'wds' from what lies at ``path``; a StoreError when it is neither."""
-    if not path.exists():
-        raise StoreError(f"{path}: no such store; write one with `engine encode --out {path}`")
-    if (path / ZARR_META).is_file():
-        return "zarr"
-    if (path / MANIFEST_JSON).is_file():
-        return "wds"
-    raise StoreError(
-        f"{path}: not a latent store (no {ZARR_META} or {MANIFEST_JSON}); was it written by `engine encode`?"
-    )
 
 
 REQUIRED = (
@@ -52,17 +37,9 @@ REQUIRED = (
 )
 
 
-def read_manifest(path: Path) -> dict:
-    """The manifest of the store at ``path``, checked for a schema version this engine reads and its fields."""
-    fmt = store_format(path)
-    file = path / (ZARR_META if fmt == "zarr" else MANIFEST_JSON)
-    try:
-        meta = json.loads(file.read_text())
-    except (OSError, ValueError) as err:
-        raise StoreError(f"{file}: unreadable ({err}); the store's manifest is damaged, re-encode the store") from None
-    manifest = meta.get("attributes", {}).get("manifest") if fmt == "zarr" else meta
-    if manifest is None:
-        raise StoreError(f"{path}: zarr group without a `manifest` attribute; it was not written by `engine encode`")
+def check_manifest(path: Path, file: Path, manifest: dict) -> dict:
+    """``manifest`` (read from ``file`` of the store at ``path``) when this engine reads its schema version and it
+    has every field; otherwise a StoreError naming the fix."""
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise StoreError(

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.store.atomic import create_by_rename
+from engine.store.container import Container
 from engine.store.integrity import block_checksum, digest
-from engine.store.manifest import MANIFEST_JSON, StoreError, write_json_atomic
+from engine.store.manifest import StoreError, write_json_atomic
 from engine.store.plan import SplitContent, SplitPlan
 
 COMPONENTS = ("latent", "label", "logvar")
+MANIFEST_JSON = "manifest.json"
 DAMAGED = "the store is damaged, re-encode it with --overwrite or restore it from a copy"
 
 
@@ -31,35 +32,6 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
-
-
-def create(
-    path: Path,
-    manifest: dict,
-    splits: dict[str, tuple[SplitPlan, SplitContent]],
-    latent_shape: tuple[int, int, int],
-    has_logvar: bool,
-) -> bool:
-    """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
-
-    def build(tmp: Path) -> None:
-        tmp.mkdir(parents=True)
-        for name, (plan, content) in splits.items():
-            (tmp / name).mkdir()
-            np.savez(
-                tmp / name / "meta.npz",
-                keys=content.keys,
-                labels=content.labels,
-                folds=content.folds,
-                groups=content.groups,
-                block=np.int64(plan.block),
-                n_blocks=np.int64(plan.n_blocks),
-                has_logvar=np.bool_(has_logvar),
-                latent_shape=np.asarray(latent_shape, dtype=np.int64),
-            )
-        write_json_atomic(tmp / MANIFEST_JSON, manifest)
-
-    return create_by_rename(path, build)
 
 
 class WdsSplit:
@@ -229,6 +201,39 @@ class WdsSplit:
             )
         return out
 
+    def read_selected(self, key: str, b: int, local: np.ndarray) -> np.ndarray:
+        """Rows ``local`` of block ``b`` straight from the shard's bytes through its index, with no tar parsing."""
+        lo = b * self.block
+        ext = {"latents": "latent.npy", "logvar": "logvar.npy"}[key]
+        tar, members = self.shard(b, "tar"), {}
+        try:
+            for line in self.shard(b, "idx").read_text().splitlines()[1:]:
+                fields = line.split()
+                for j in range(0, len(fields), 4):
+                    if fields[j] == ext:
+                        members[int(fields[j + 3].split(".", 1)[0]) - lo] = (int(fields[j + 1]), int(fields[j + 2]))
+            raw = np.fromfile(tar, dtype=np.uint8)
+        except (OSError, ValueError, IndexError) as err:
+            raise StoreError(
+                f"{tar}: unreadable shard or index ({err}); the store is damaged, re-encode it with --overwrite"
+            ) from None
+        count = int(np.prod(self.latent_shape))
+        out = np.empty((len(local), *self.latent_shape), dtype=np.float16)
+        for i, row in enumerate(local.tolist()):
+            if row not in members:
+                raise StoreError(
+                    f"{tar}: no {ext} for row {lo + row}; the shard is incomplete, re-encode the store with --overwrite"
+                )
+            offset, size = members[row]
+            if offset + size > len(raw) or size < 2 * count:
+                raise StoreError(
+                    f"{tar}: truncated ({len(raw)} bytes, row {lo + row} needs bytes {offset}-"
+                    f"{offset + size}); the store is damaged, re-encode it with --overwrite"
+                )
+            # the array's bytes end the .npy member; its header length does not matter
+            out[i] = np.frombuffer(raw, np.float16, count, offset + size - 2 * count).reshape(self.latent_shape)
+        return out
+
     def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         return (
             self.read_block(b, "latents"),
@@ -278,3 +283,40 @@ class WdsStore:
 
     def set_manifest(self, manifest: dict) -> None:
         write_json_atomic(self.path / MANIFEST_JSON, manifest)
+
+
+class WdsFormat(Container):
+    name = "wds"
+    default_path = Path("latents_wds")
+    marker = MANIFEST_JSON
+    webdataset_shards = True
+
+    def build(
+        self,
+        path: Path,
+        manifest: dict,
+        splits: dict[str, tuple[SplitPlan, SplitContent]],
+        latent_shape: tuple[int, int, int],
+        has_logvar: bool,
+    ) -> None:
+        path.mkdir(parents=True)
+        for name, (plan, content) in splits.items():
+            (path / name).mkdir()
+            np.savez(
+                path / name / "meta.npz",
+                keys=content.keys,
+                labels=content.labels,
+                folds=content.folds,
+                groups=content.groups,
+                block=np.int64(plan.block),
+                n_blocks=np.int64(plan.n_blocks),
+                has_logvar=np.bool_(has_logvar),
+                latent_shape=np.asarray(latent_shape, dtype=np.int64),
+            )
+        write_json_atomic(path / MANIFEST_JSON, manifest)
+
+    def open(self, path: Path, writable: bool = False) -> WdsStore:
+        return WdsStore(path)
+
+    def manifest_in(self, meta: dict) -> dict | None:
+        return meta

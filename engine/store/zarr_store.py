@@ -13,53 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.store.atomic import create_by_rename
+from engine.store.container import Container
 from engine.store.integrity import block_checksum, digest
 from engine.store.manifest import StoreError
 from engine.store.plan import SplitContent, SplitPlan
 
 if TYPE_CHECKING:
     import zarr
-
-
-def create(
-    path: Path,
-    manifest: dict,
-    splits: dict[str, tuple[SplitPlan, SplitContent]],
-    latent_shape: tuple[int, int, int],
-    has_logvar: bool,
-) -> bool:
-    """Build the empty store beside ``path`` and rename it into place; False if another worker won."""
-    import zarr  # imported on use: device-side runs (bench, resident training) work without zarr installed
-
-    def build(tmp: Path) -> None:
-        root = zarr.open_group(tmp, mode="w-")
-        for name, (plan, content) in splits.items():
-            g = root.create_group(name)
-            n, c = plan.size, latent_shape[0]
-            shape, chunk = (n, *latent_shape), (plan.block, *latent_shape)
-            shard = (plan.block * plan.blocks_per_shard, *latent_shape)
-            # uncompressed: zstd saves ~8 % on latents and caps reads at ~60k samples per CPU-second
-            g.create_array("latents", shape=shape, chunks=chunk, shards=shard, dtype="float16", compressors=None)
-            if has_logvar:
-                g.create_array("logvar", shape=shape, chunks=chunk, shards=shard, dtype="float16", compressors=None)
-            g.create_array("valid", shape=(n,), chunks=(plan.block,), dtype="uint8", fill_value=0)
-            g.create_array("done", shape=(plan.n_blocks,), chunks=(1,), dtype="uint8", fill_value=0)
-            g.create_array("checksum", shape=(plan.n_blocks,), chunks=(1,), dtype="uint64", fill_value=0)
-            g.create_array("moments", shape=(plan.n_blocks, c, 3), chunks=(1, c, 3), dtype="float64")
-            for key in ("labels", "folds", "keys", "groups"):
-                value = getattr(content, key)
-                arr = g.create_array(
-                    key,
-                    shape=value.shape,
-                    chunks=value.shape or (1,),
-                    dtype=str if value.dtype.kind == "U" else value.dtype,
-                    config={"write_empty_chunks": True},
-                )
-                arr[...] = value
-        root.attrs["manifest"] = manifest
-
-    return create_by_rename(path, build)
 
 
 BLOCK_INDEXED = ("done", "checksum", "moments")  # one entry per block; the others have one per row
@@ -203,6 +163,12 @@ class ZarrSplit:
                 )
         return self.read(key, lo, hi)
 
+    def read_selected(self, key: str, b: int, local: np.ndarray) -> np.ndarray:
+        """Rows ``local`` of block ``b``: the block's contiguous rows read whole (errors name the shard file)."""
+        lo = b * self.block
+        block = self.read_written(key, lo, min(lo + self.block, self.size))
+        return block if len(local) == len(block) else block[local]
+
     def read_block_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         lo, hi = b * self.block, min((b + 1) * self.block, self.size)
         return (
@@ -257,3 +223,52 @@ class ZarrStore:
 
     def set_manifest(self, manifest: dict) -> None:
         self.root.attrs["manifest"] = manifest
+
+
+class ZarrFormat(Container):
+    name = "zarr"
+    default_path = Path("latents.zarr")
+    marker = "zarr.json"
+    webdataset_shards = False
+
+    def build(
+        self,
+        path: Path,
+        manifest: dict,
+        splits: dict[str, tuple[SplitPlan, SplitContent]],
+        latent_shape: tuple[int, int, int],
+        has_logvar: bool,
+    ) -> None:
+        import zarr  # imported on use: device-side runs (bench, resident training) work without zarr installed
+
+        root = zarr.open_group(path, mode="w-")
+        for name, (plan, content) in splits.items():
+            g = root.create_group(name)
+            n, c = plan.size, latent_shape[0]
+            shape, chunk = (n, *latent_shape), (plan.block, *latent_shape)
+            shard = (plan.block * plan.blocks_per_shard, *latent_shape)
+            # uncompressed: zstd saves ~8 % on latents and caps reads at ~60k samples per CPU-second
+            g.create_array("latents", shape=shape, chunks=chunk, shards=shard, dtype="float16", compressors=None)
+            if has_logvar:
+                g.create_array("logvar", shape=shape, chunks=chunk, shards=shard, dtype="float16", compressors=None)
+            g.create_array("valid", shape=(n,), chunks=(plan.block,), dtype="uint8", fill_value=0)
+            g.create_array("done", shape=(plan.n_blocks,), chunks=(1,), dtype="uint8", fill_value=0)
+            g.create_array("checksum", shape=(plan.n_blocks,), chunks=(1,), dtype="uint64", fill_value=0)
+            g.create_array("moments", shape=(plan.n_blocks, c, 3), chunks=(1, c, 3), dtype="float64")
+            for key in ("labels", "folds", "keys", "groups"):
+                value = getattr(content, key)
+                arr = g.create_array(
+                    key,
+                    shape=value.shape,
+                    chunks=value.shape or (1,),
+                    dtype=str if value.dtype.kind == "U" else value.dtype,
+                    config={"write_empty_chunks": True},
+                )
+                arr[...] = value
+        root.attrs["manifest"] = manifest
+
+    def open(self, path: Path, writable: bool = False) -> ZarrStore:
+        return ZarrStore(path, writable)
+
+    def manifest_in(self, meta: dict) -> dict | None:
+        return meta.get("attributes", {}).get("manifest")
