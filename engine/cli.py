@@ -327,6 +327,7 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
         "tests, and latent diagnostics. Resumable: a killed gap "
         "reuses finished runs and resumes the rest. Defaults follow the paper on a GPU; on a CPU they are reduced, "
         "and the report lists what differs.",
+        epilog="arms: " + "; ".join(f"{arm.name}: {arm.description}" for arm in arms.ARMS),
     )
     p.add_argument("--dataset", default=None, help="as `engine encode --dataset` (default: the embedded synthetic one)")
     p.add_argument("--autoencoder", action="append", default=None, help="repeatable: encode a store with each")

@@ -61,7 +61,7 @@ class Arm:
     """One classifier of the study, trained and evaluated as an `engine train` run per autoencoder and unit."""
 
     name: str
-    description: str  # for the CLI help and the docs
+    description: str  # what it is, for `engine gap --help`
     space: str  # TrainConfig.space of its runs
     model: Callable[[str, str], str]  # (study's image model, study's latent model) -> its --model
     originals: bool = False  # on the original images: one run per unit, on the first store, for every autoencoder
@@ -77,7 +77,13 @@ class Arm:
 
 
 ARMS: tuple[Arm, ...] = (
-    Arm(IMAGE, "the image classifier on the originals (shared by every autoencoder)", "image", image_model, True),
+    Arm(
+        IMAGE,
+        "the image classifier on the originals (shared by every autoencoder)",
+        "image",
+        image_model,
+        originals=True,
+    ),
     Arm(
         RECON,
         "the same classifier on the autoencoder's reconstructions D(z), decoded once into the store",
