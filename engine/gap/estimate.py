@@ -28,7 +28,7 @@ def step_seconds(cfg: TrainConfig, device: torch.device) -> tuple[float, int]:
     store, sel = open_selections(probe)
     net = build_network(probe, store, device, log=lambda *_: None)
     objective, _ = build_objective(probe, store, sel, net, probe.image_size or default_image_size(store), device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=probe.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=probe.lr)  # the paper's, and every gap run's
     loader = make_loader(
         store, sel["train"], probe.batch_size, device, probe.loader, seed=probe.seed, log=lambda *_: None
     )
