@@ -165,7 +165,7 @@ def _loaders(report: dict, name: str) -> list[str]:
 
 
 def _gap(report: dict, name: str) -> list[str]:
-    from engine.metrics.gap_report import autoencoder_lines
+    from engine.gap.report import autoencoder_lines
 
     study = report["study"]
     lines = [

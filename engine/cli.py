@@ -316,24 +316,26 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_gap(sub: argparse._SubParsersAction) -> None:
-    from engine.gap import ARMS
+    from engine.gap import arms
     from engine.losses import LOSSES
     from engine.training.config import NOISE
 
+    names, gaps = arms.names(), [arm.gap_title for arm in arms.ARMS if arm.gap]
     p = sub.add_parser(
         "gap",
         help="the learnability gap: image vs reconstruction vs latent classifiers per autoencoder, with tests",
-        description="Train and evaluate the image, recon, latent, latent-plain and latent-distill arms for each "
-        "autoencoder on the same samples, budget and seeds/folds; report the fidelity gap (image - recon), the "
-        "learnability gap (recon - latent) with paired tests, and latent diagnostics. Resumable: a killed gap "
+        description=f"Train and evaluate the {', '.join(names[:-1])} and {names[-1]} arms for each "
+        f"autoencoder on the same samples, budget and seeds/folds; report the {', the '.join(gaps)} with paired "
+        "tests, and latent diagnostics. Resumable: a killed gap "
         "reuses finished runs and resumes the rest. Defaults follow the paper on a GPU; on a CPU they are reduced, "
         "and the report lists what differs.",
+        epilog="arms: " + "; ".join(f"{arm.name}: {arm.description}" for arm in arms.ARMS),
     )
     p.add_argument("--dataset", default=None, help="as `engine encode --dataset` (default: the embedded synthetic one)")
     p.add_argument("--autoencoder", action="append", default=None, help="repeatable: encode a store with each")
     p.add_argument("--store", action="append", default=None, help="repeatable: stores already encoded (same dataset)")
     p.add_argument("--out", required=True, type=Path, help="study directory: stores/, runs/, gap.json, gap.md, PNGs")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    p.add_argument("--arms", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
     p.add_argument("--folds", default=None, help="K or all: cross-validation folds (test k, val k+1) as run units")
     p.add_argument("--seeds", type=int, default=3, help="seeds per fold (or per stored split without --folds)")
     p.add_argument("--epochs", type=int, default=None, help="every arm (default 60 on CUDA, 20 on CPU)")

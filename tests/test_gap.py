@@ -374,3 +374,104 @@ def test_the_readme_block_takes_every_figure_from_gap_json(study):
             assert f"| {arm} | {len(a['runs'])} | {s['mean']:.3f} ± {s['sd']:.3f} |" in text
         g = ae["gaps"]["balanced_accuracy"]["learnability_gap"]
         assert f"| learnability gap (recon - latent) | {g['mean']:+.3f} ± {g['sd']:.3f} | {g['n']} |" in text
+
+
+def test_the_runs_the_statistics_and_the_report_follow_the_arm_table(stores, tmp_path, monkeypatch, capsys):
+    from engine.gap import GapPlan, Unit, arms
+    from engine.gap.report import autoencoder_lines
+    from engine.gap.stats import gaps, spread
+
+    dummy = arms.Arm(
+        "latent-dummy",
+        "a latent arm only this test knows",
+        "latent",
+        arms.plain_latent_model,
+        recovers=arms.over_latent("dummy_trick"),
+    )
+    monkeypatch.setattr(arms, "ARMS", (*arms.ARMS, dummy))  # one entry: nothing else names the arm
+    plan = GapPlan(
+        out=tmp_path,
+        stores={"a": stores["zarr"], "b": stores["wds"]},
+        arms=arms.parse("latent,latent-dummy,image"),
+        units=[Unit(None, 0), Unit(None, 1)],
+        image_model="resnet18",
+        latent_model="adm-s-film",
+        budget={"epochs": 1},
+        device=torch.device("cpu"),
+    )
+    runs = [(arm.name, label, unit.name) for arm, label, unit in plan.runs()]
+    assert runs[:2] == [("image", "a", "split-seed0"), ("image", "a", "split-seed1")]  # the originals arm first
+    assert [r for r in runs if r[0] == "latent-dummy"] == [
+        ("latent-dummy", label, unit) for label in "ab" for unit in ("split-seed0", "split-seed1")
+    ]
+    cfg = plan.config(dummy, "b", Unit(None, 1))
+    assert (cfg.space, cfg.model, cfg.store, cfg.seed, cfg.distill) == (
+        "latent",
+        "adm-s",
+        str(stores["wds"]),
+        1,
+        "none",
+    )
+    assert Path(cfg.out) == tmp_path / "runs" / "b" / "latent-dummy" / "split-seed1"
+
+    per_run = {"image": {"u": 0.9}, "recon": {"u": 0.8}, "latent": {"u": 0.5}, "latent-dummy": {"u": 0.65}}
+    g = gaps(per_run)
+    assert g["recovered"] == {"dummy_trick": pytest.approx(0.5)}  # (0.65 - 0.5) / (0.8 - 0.5)
+    assert g["learnability_gap"]["mean"] == pytest.approx(0.3) and g["fidelity_gap"]["mean"] == pytest.approx(0.1)
+
+    ae = {
+        "autoencoder": {"family": "default", "pretrained": False},
+        "latent_shape": [4, 4, 4],
+        "image_size": 32,
+        "arms": {arm: {"runs": v, "balanced_accuracy": spread(list(v.values()))} for arm, v in per_run.items()},
+        "gaps": {"balanced_accuracy": g},
+        "diagnostics": {
+            "linear_probe": None,
+            "pca": {"participation_ratio": 2.0, "dims": 64, "fraction_of_dims": 0.03},
+        },
+    }
+    ae["diagnostics"]["channel_std"] = [1.0] * 4
+    lines = autoencoder_lines("a", ae)
+    rows = lines[4 : lines.index("", 4)]  # the arms' table, below its header
+    assert [row.split(" | ")[0] for row in rows] == ["| image", "| recon", "| latent", "| latent-dummy"]  # table order
+    text = "\n".join(lines)
+    assert "dummy trick recovers 50 %" in text and "(dummy trick: of latent's)" in text
+
+    with pytest.raises(SystemExit):
+        engine_main(["gap", "--help"])
+    assert "latent-dummy" in capsys.readouterr().out
+
+
+def test_the_estimate_times_the_training_step_engine_train_runs(stores, tmp_path, monkeypatch):
+    import engine.gap.estimate as estimate
+    from engine.gap import GapPlan, Unit, arms
+    from engine.training.objective import ImageObjective, LatentObjective
+
+    steps, real = [], estimate.train_step
+
+    def counted(net, optimizer, objective, batch, step):
+        steps.append((type(objective), len(batch), step))
+        return real(net, optimizer, objective, batch, step)
+
+    monkeypatch.setattr(estimate, "train_step", counted)
+    plan = GapPlan(
+        out=tmp_path,
+        stores={"a": stores["zarr"]},
+        arms=arms.parse("image,latent-distill,latent"),  # distilled before any teacher logits exist
+        units=[Unit(None, 0)],
+        image_model="resnet18",
+        latent_model="adm-s-film",
+        budget={"epochs": 2, "batch_size": 32},
+        device=torch.device("cpu"),
+    )
+    lines = []
+    out = estimate.estimate(plan, lines.append)
+    # one timing per model and input: latent shares latent-distill's; two steps of 16 samples each
+    assert steps == [
+        (ImageObjective, 16, 0),
+        (ImageObjective, 16, 1),
+        (LatentObjective, 16, 0),
+        (LatentObjective, 16, 1),
+    ]
+    assert out["runs_to_do"] == 3 and out["training_minutes_at_most"] > 0 and out["peak_bytes"] > 0
+    assert lines[0].startswith("estimate: 3 of 3 runs to do, at most 2 epochs each")

@@ -1,10 +1,12 @@
-"""The gap report for a person: gap.md (tables) and PNG plots, rendered from gap.json's content only."""
+"""The gap report for a person: gap.md (tables) and PNG plots, rendered from gap.json's content only, its rows
+and their order from the arm table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-ARM_ORDER = ("image", "recon", "latent", "latent-plain", "latent-distill")
+from engine.gap import arms as table
+
 NAMES = {
     "balanced_accuracy": "balanced accuracy",
     "auroc": "AUROC",
@@ -22,6 +24,11 @@ def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.2g}"
 
 
+def _words(key: str) -> str:
+    """A gap.json key as the report writes it: noise_conditioning -> noise conditioning."""
+    return key.replace("_", " ")
+
+
 def _gap_line(name: str, g: dict | None) -> str:
     if g is None:
         return f"| {name} | - | - | - | - |"
@@ -30,7 +37,7 @@ def _gap_line(name: str, g: dict | None) -> str:
 
 def autoencoder_lines(label: str, ae: dict) -> list[str]:
     """One autoencoder's tables: arms, gaps with their tests, recovered fractions, diagnostics."""
-    arms = [a for a in ARM_ORDER if a in ae["arms"]]
+    arms = [a for a in table.names() if a in ae["arms"]]
     metrics = [k for k in NAMES if arms and k in ae["arms"][arms[0]]]
     shape = "x".join(map(str, ae["latent_shape"]))
     lines = [
@@ -48,19 +55,18 @@ def autoencoder_lines(label: str, ae: dict) -> list[str]:
         "",
         "| balanced accuracy | mean ± sd of paired differences | n | paired t p | Wilcoxon p |",
         "|---|---:|---:|---:|---:|",
-        _gap_line("fidelity gap (image - recon)", g.get("fidelity_gap")),
-        _gap_line("learnability gap (recon - latent)", g.get("learnability_gap")),
+        *[_gap_line(arm.gap_title, g.get(arm.gap.key)) for arm in table.ARMS if arm.gap],
     ]
     rec = g.get("recovered", {})
     if rec:
+        notes = [arm.recovers for arm in table.ARMS if arm.recovers and arm.recovers.key in rec]
         lines += [
             "",
             "Of the learnability gap (means): "
             + "; ".join(
-                f"{what.replace('_', ' ')} recovers {'-' if v is None else f'{100 * v:.0f} %'}"
-                for what, v in rec.items()
+                f"{_words(what)} recovers {'-' if v is None else f'{100 * v:.0f} %'}" for what, v in rec.items()
             )
-            + " (noise conditioning: of latent-plain's gap; distillation: of latent's).",
+            + f" ({'; '.join(f'{_words(r.key)}: {r.note}' for r in notes)}).",
         ]
     d = ae["diagnostics"]
     probe, pca, fid = d["linear_probe"], d["pca"], d.get("fidelity")
@@ -114,11 +120,15 @@ def plot_arms(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(report["autoencoders"])
+    labels, arms = list(report["autoencoders"]), table.names()
     fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(labels), 3.6))
-    width = 0.8 / len(ARM_ORDER)
-    for j, arm in enumerate(ARM_ORDER):
-        xs = [i + (j - 2) * width for i, label in enumerate(labels) if arm in report["autoencoders"][label]["arms"]]
+    width = 0.8 / len(arms)
+    for j, arm in enumerate(arms):
+        xs = [
+            i + (j - (len(arms) - 1) / 2) * width
+            for i, label in enumerate(labels)
+            if arm in report["autoencoders"][label]["arms"]
+        ]
         stats = [
             report["autoencoders"][lb]["arms"][arm]["balanced_accuracy"]
             for lb in labels
@@ -134,14 +144,15 @@ def plot_arms(report: dict, path: Path) -> None:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("test balanced accuracy")
     ax.set_title("image vs reconstruction vs latent classifiers")
-    ax.legend(fontsize=7, ncol=len(ARM_ORDER) + 1, loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    ax.legend(fontsize=7, ncol=len(arms) + 1, loc="lower center", bbox_to_anchor=(0.5, 1.08))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_noise(report: dict, path: Path) -> None:
-    """The latent arms' test balanced accuracy against sigma, per autoencoder (mean over units)."""
+    """The noise-conditioned arms' test balanced accuracy against sigma, per autoencoder (mean over units): every
+    arm whose runs recorded a curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +160,7 @@ def plot_noise(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for label, ae in report["autoencoders"].items():
-        for arm in ("latent", "latent-distill"):
+        for arm in table.names():
             curve = ae["arms"].get(arm, {}).get("test_by_sigma")
             if curve:
                 sig = sorted(curve, key=float)

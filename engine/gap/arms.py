@@ -1,0 +1,126 @@
+"""The arms of a gap study: one entry each, the only place their names are spelled.
+
+An arm says what `engine train` run it is (space, model, distillation), what it needs before it runs
+(reconstructions in the store, another arm's logits), and what the statistics compare it with: the gap whose
+lower side it is (fidelity gap = image - recon, learnability gap = recon - latent) and what it recovers of the
+learnability gap. The plan, the runs, the statistics and the report all read ``ARMS`` (as ``arms.ARMS``, so a
+test can extend it): adding an arm is one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.errors import UsageError
+from engine.models import plain_variant
+
+IMAGE, RECON, LATENT, LATENT_PLAIN, LATENT_DISTILL = "image", "recon", "latent", "latent-plain", "latent-distill"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """What is lost between two arms, paired by run unit: ``above`` - the arm that carries this gap."""
+
+    key: str  # gap.json's gaps[metric][key]
+    title: str  # the report's row, before "(above - arm)"
+    above: str
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What an arm wins back of the learnability gap, in means: (arm - base) / (reference - base), where
+    reference - base is the base arm's gap (None when it has none to recover)."""
+
+    key: str  # gap.json's gaps[metric]["recovered"][key]
+    base: str
+    note: str  # the report's reading of the fraction, e.g. "of latent's"
+    reference: str = RECON
+
+
+def over_latent(key: str) -> Recovery:
+    """The usual comparison of a mitigation: what it recovers of the noise-conditioned latent arm's gap."""
+    return Recovery(key, base=LATENT, note=f"of {LATENT}'s")
+
+
+def image_model(image: str, latent: str) -> str:
+    return image
+
+
+def latent_model(image: str, latent: str) -> str:
+    return latent
+
+
+def plain_latent_model(image: str, latent: str) -> str:
+    """The latent model without noise conditioning (the registry's unconditioned twin)."""
+    return plain_variant(latent)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One classifier of the study, trained and evaluated as an `engine train` run per autoencoder and unit."""
+
+    name: str
+    description: str  # what it is, for `engine gap --help`
+    space: str  # TrainConfig.space of its runs
+    model: Callable[[str, str], str]  # (study's image model, study's latent model) -> its --model
+    originals: bool = False  # on the original images: one run per unit, on the first store, for every autoencoder
+    reconstructions: bool = False  # on the store's reconstructions: the study decodes them before any run
+    teacher: str | None = None  # distils (MSE on logits, the paper's) from this originals arm of the same unit
+    gap: Gap | None = None  # the gap whose lower side this arm is
+    recovers: Recovery | None = None
+
+    @property
+    def gap_title(self) -> str:
+        """The gap this arm carries, as the report names it: "fidelity gap (image - recon)"."""
+        return f"{self.gap.title} ({self.gap.above} - {self.name})"
+
+
+ARMS: tuple[Arm, ...] = (
+    Arm(
+        IMAGE,
+        "the image classifier on the originals (shared by every autoencoder)",
+        "image",
+        image_model,
+        originals=True,
+    ),
+    Arm(
+        RECON,
+        "the same classifier on the autoencoder's reconstructions D(z), decoded once into the store",
+        "recon",
+        image_model,
+        reconstructions=True,
+        gap=Gap("fidelity_gap", "fidelity gap", above=IMAGE),
+    ),
+    Arm(
+        LATENT,
+        "the noise-conditioned FiLM latent classifier",
+        "latent",
+        latent_model,
+        gap=Gap("learnability_gap", "learnability gap", above=RECON),
+        recovers=Recovery("noise_conditioning", base=LATENT_PLAIN, note=f"of {LATENT_PLAIN}'s gap"),
+    ),
+    Arm(LATENT_PLAIN, "the same latent classifier without noise conditioning", "latent", plain_latent_model),
+    Arm(
+        LATENT_DISTILL,
+        "the latent arm distilled from the image arm's stored logits of the same unit "
+        "(the paper's 0.5 * classification + 0.5 * MSE on logits)",
+        "latent",
+        latent_model,
+        teacher=IMAGE,
+        recovers=over_latent("distillation"),
+    ),
+)
+
+
+def names() -> list[str]:
+    return [arm.name for arm in ARMS]
+
+
+def parse(text: str) -> tuple[Arm, ...]:
+    """``--arms a,b,c``: the entries of those names, in the order given."""
+    wanted = [a.strip() for a in text.split(",")]
+    table = {arm.name: arm for arm in ARMS}
+    if unknown := [a for a in wanted if a not in table]:
+        raise UsageError(f"--arms: unknown {unknown}; choose from {', '.join(table)}")
+    return tuple(table[a] for a in wanted)

@@ -1,0 +1,93 @@
+"""What a gap study runs: its units (folds and seeds), and per arm, autoencoder and unit one `engine train` run."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import UsageError
+from engine.gap.arms import Arm
+from engine.store import LatentStore
+from engine.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One run of every arm: a cross-validation fold (None: the stored splits) and a seed."""
+
+    fold: int | None
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return ("split" if self.fold is None else f"fold{self.fold}") + f"-seed{self.seed}"
+
+
+@dataclass
+class GapPlan:
+    out: Path
+    stores: dict[str, Path]  # autoencoder label -> its store
+    arms: tuple[Arm, ...]
+    units: list[Unit]
+    image_model: str
+    latent_model: str
+    budget: dict  # TrainConfig fields every arm gets (epochs, batch_size, patience, loss, ...)
+    device: torch.device
+    encode: dict = field(default_factory=dict)  # label -> (source args, autoencoder spec), for stores to encode
+    command: str = "engine gap"  # the command line, as the report records it
+
+    @property
+    def first(self) -> str:
+        """The autoencoder whose store holds the originals arms' runs (the originals are the same in every store)."""
+        return next(iter(self.stores))
+
+    def config(self, arm: Arm, label: str, unit: Unit) -> TrainConfig:
+        """The `engine train` run of ``arm`` for ``unit`` on autoencoder ``label``'s store."""
+        distill = {"distill": "mse", "teacher": teacher_name(unit)} if arm.teacher else {}
+        return TrainConfig(
+            store=str(self.stores[self.first if arm.originals else label]),
+            out=str(self.run_dir(arm, label, unit)),
+            space=arm.space,
+            model=arm.model(self.image_model, self.latent_model),
+            fold=unit.fold,
+            seed=unit.seed,
+            device=str(self.device),
+            **self.budget,
+            **distill,
+        )
+
+    def run_dir(self, arm: Arm, label: str, unit: Unit) -> Path:
+        return self.out / "runs" / (arm.name if arm.originals else label) / arm.name / unit.name
+
+    def runs(self) -> list[tuple[Arm, str, Unit]]:
+        """(arm, autoencoder label, unit) in the order they run: the originals arms first (their logits teach)."""
+        shared = [(arm, self.first, u) for arm in self.arms if arm.originals for u in self.units]
+        return shared + [
+            (arm, label, u) for label in self.stores for u in self.units for arm in self.arms if not arm.originals
+        ]
+
+
+def teacher_name(unit: Unit) -> str:
+    """The stored logits of the teaching arm of ``unit``, in every store."""
+    return f"teacher_{unit.name}".replace("-", "_")
+
+
+def label_of(spec: str) -> str:
+    """A directory-safe name for an autoencoder spec (a family stays its name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec).name if "/" in spec else spec).strip("_") or "autoencoder"
+
+
+def plan_units(store: LatentStore, folds: str | None, seeds: int) -> list[Unit]:
+    """``--folds K|all`` (the store's first K folds, or all) times ``--seeds N``; no --folds: the stored splits."""
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds}: run at least one seed")
+    if folds is None:
+        return [Unit(None, s) for s in range(seeds)]
+    n = int(store.manifest["folds"]["n_folds"])
+    k = n if folds == "all" else int(folds) if folds.isdigit() else -1
+    if not 1 <= k <= n:
+        raise UsageError(f"--folds {folds}: give a number of folds in 1..{n} (the store's) or 'all'")
+    return [Unit(f, s) for f in range(k) for s in range(seeds)]

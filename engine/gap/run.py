@@ -1,0 +1,175 @@
+"""Running a gap study: the stores it needs, every run of the plan (reused, resumed or trained), the summary
+(gap.json) and the report. Every run is an `engine train` run in DIR/runs: a killed study reuses the finished
+runs (their eval.json) and resumes the unfinished ones (--resume)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from engine.autoencoders import load_autoencoder
+from engine.encode import EncodeOptions, encode
+from engine.environment import device_name, versions
+from engine.errors import UsageError
+from engine.gap.estimate import estimate
+from engine.gap.paper import differs_from_paper
+from engine.gap.plan import GapPlan, Unit, teacher_name
+from engine.gap.report import write_report
+from engine.gap.stats import gaps, spread
+from engine.metrics.latent_diagnostics import latent_diagnostics
+from engine.reconstruct import add_reconstructions
+from engine.sources import open_source
+from engine.store import open_store
+from engine.store.manifest import write_json_atomic
+from engine.teacher import add_teacher_logits
+from engine.train import train
+from engine.training.config import TrainConfig
+from engine.training.inputs import default_image_size
+
+SCHEMA = "latent-engine/gap/1"
+METRICS = ("balanced_accuracy", "auroc", "mcc")
+MEDMNIST = ("medmnist_acc", "medmnist_auc")
+
+
+def prepare_stores(plan: GapPlan, log) -> None:
+    """Encode the stores to encode (resumable), decode their reconstructions when an arm trains on them."""
+    for label, (source_args, spec) in plan.encode.items():
+        source = open_source(**source_args)
+        ae = load_autoencoder(spec, device=plan.device)
+        size = source.native_size
+        log(f"[{label}] store {plan.stores[label]}: encode {spec} at {size} px")
+        encode(source, ae, EncodeOptions(out=plan.stores[label], image_size=size, source_args=source_args), log=log)
+    if any(arm.reconstructions for arm in plan.arms):
+        for label, path in plan.stores.items():
+            if not (open_store(path).manifest.get("reconstructions") or {}).get("complete"):
+                log(f"[{label}] reconstructions of {path}")
+                add_reconstructions(path, plan.device, log=log)
+
+
+def run_one(cfg: TrainConfig, log) -> dict:
+    """The run's eval.json: reused when it exists, else trained (resumed when a checkpoint is there)."""
+    out = Path(cfg.out)
+    if (out / "eval.json").is_file():
+        return json.loads((out / "eval.json").read_text())
+    cfg = replace(cfg, resume=(out / "last.safetensors").is_file())
+    train(cfg, log=lambda *_: None)
+    return json.loads((out / "eval.json").read_text())
+
+
+def store_teacher(plan: GapPlan, teacher: str, unit: Unit, log) -> None:
+    """The teaching arm's best checkpoint of ``unit`` as teacher logits in every store (once per store)."""
+    arm = next(arm for arm in plan.arms if arm.name == teacher)
+    ckpt = plan.run_dir(arm, plan.first, unit) / "best.safetensors"
+    for label, path in plan.stores.items():
+        record = open_store(path).manifest.get("teachers", {}).get(teacher_name(unit))
+        if record is None or record["checkpoint"] != str(ckpt.resolve()):
+            log(f"[{label}] teacher logits {teacher_name(unit)} from {ckpt}")
+            add_teacher_logits(path, ckpt, plan.device, name=teacher_name(unit))
+
+
+def run_gap(plan: GapPlan, log=print) -> dict:
+    """Every arm of every autoencoder and unit, then the report (DIR/gap.json, gap.md, PNG plots)."""
+    plan.out.mkdir(parents=True, exist_ok=True)
+    prepare_stores(plan, log)
+    first = open_store(next(iter(plan.stores.values())))
+    for label, path in plan.stores.items():
+        manifest = open_store(path).manifest
+        if manifest["dataset"]["fingerprint"] != first.manifest["dataset"]["fingerprint"]:
+            raise UsageError(
+                f"{path}: holds another dataset (or other folds) than {first.path}; the arms of a gap "
+                f"study compare the same samples: encode {label}'s store from the same source"
+            )
+    image_size = default_image_size(first)
+    study = {
+        "out": str(plan.out),
+        "arms": [arm.name for arm in plan.arms],
+        "units": [u.name for u in plan.units],
+        "image_model": plan.image_model,
+        "latent_model": plan.latent_model,
+        "budget": plan.budget,
+        "device": str(plan.device),
+        "differs_from_paper": differs_from_paper(plan, image_size, first.manifest["folds"].get("protocol", "engine")),
+        "estimate": estimate(plan, log),
+    }
+    results: dict[str, dict[str, dict[str, dict]]] = {}
+    skipped = []
+    todo = plan.runs()
+    ran = {arm.name for arm in plan.arms}
+    started = time.perf_counter()
+    for i, (arm, label, unit) in enumerate(todo, 1):
+        cfg = plan.config(arm, label, unit)
+        where = f"[{i}/{len(todo)}] {'images' if arm.originals else label} {arm.name} {unit.name}"
+        if arm.teacher:
+            if arm.teacher not in ran:
+                why = f"no {arm.teacher} arm to distil from"
+                skipped.append(
+                    {
+                        "arm": arm.name,
+                        "autoencoder": label,
+                        "unit": unit.name,
+                        "why": f"{why} (add {arm.teacher} to --arms)",
+                    }
+                )
+                log(f"{where}: skipped, {why}")
+                continue
+            store_teacher(plan, arm.teacher, unit, log)
+        log(f"{where}: {'reused' if (Path(cfg.out) / 'eval.json').is_file() else 'training'} ({cfg.out})")
+        result = run_one(cfg, log)
+        test = result["test"]
+        log(
+            f"{where}: test balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f} "
+            f"({(time.perf_counter() - started) / 60:.1f} min so far)"
+        )
+        for owner in plan.stores if arm.originals else [label]:
+            results.setdefault(owner, {}).setdefault(arm.name, {})[unit.name] = {
+                "test": {k: test[k] for k in (*METRICS, *MEDMNIST) if k in test},
+                "test_by_sigma": {s: m["balanced_accuracy"] for s, m in result.get("test_by_sigma", {}).items()},
+                "run": cfg.out,
+            }
+    report = {
+        "schema": SCHEMA,
+        "command": plan.command,
+        "device": device_name(plan.device),
+        "device_type": plan.device.type,
+        "versions": versions(plan.device.type == "cuda"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "study": study,
+        "skipped": skipped,
+        "autoencoders": {label: summarise(label, plan, results.get(label, {})) for label in plan.stores},
+    }
+    write_json_atomic(plan.out / "gap.json", report)
+    write_report(report, plan.out)
+    log(f"report: {plan.out / 'gap.md'} ({plan.out / 'gap.json'})")
+    return report
+
+
+def summarise(label: str, plan: GapPlan, arms: dict[str, dict[str, dict]]) -> dict:
+    """One autoencoder's part of gap.json: its arms' metrics over units, its gaps, its latent diagnostics."""
+    store = open_store(plan.stores[label])
+    m = store.manifest
+    out = {
+        "store": str(store.path),
+        "autoencoder": {k: m["autoencoder"][k] for k in ("family", "spec", "pretrained")},
+        "latent_shape": m["latent_shape"],
+        "image_size": m["image_size"],
+        "arms": {},
+        "gaps": {},
+        "chance": {"balanced_accuracy": 1 / len(m["dataset"]["class_names"]), "auroc": 0.5, "mcc": 0.0},
+    }
+    medmnist = m["dataset"]["name"].startswith("medmnist:")  # MedMNIST's own ACC/AUC only for its own files
+    wanted = (*METRICS, *(MEDMNIST if medmnist else ()))
+    metrics = [k for k in wanted if all(k in r["test"] for runs in arms.values() for r in runs.values())]
+    for arm, runs in arms.items():
+        out["arms"][arm] = {"runs": runs, **{k: spread([r["test"][k] for r in runs.values()]) for k in metrics}}
+        curves = [r["test_by_sigma"] for r in runs.values() if r["test_by_sigma"]]
+        if curves:
+            out["arms"][arm]["test_by_sigma"] = {s: float(np.mean([c[s] for c in curves])) for s in curves[0]}
+    for k in metrics:
+        out["gaps"][k] = gaps({arm: {u: r["test"][k] for u, r in runs.items()} for arm, runs in arms.items()})
+    out["diagnostics"] = latent_diagnostics(store)
+    return out
