@@ -59,7 +59,7 @@ def test_fp64_gradcheck():
     assert torch.autograd.gradcheck(op_of(fused_mlp, True, True, "tanh"), leaves)
 
 
-def plain_modules(c_in, hidden, c_out, approximate):
+def plain_modules(c_in, hidden, c_out):
     """The modules a ConvNeXt block chains (LayerNorm, Linear, GELU, Linear, then the layer scale)."""
     norm, fc1, fc2 = torch.nn.LayerNorm(c_in, eps=1e-6), torch.nn.Linear(c_in, hidden), torch.nn.Linear(hidden, c_out)
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_under_autocast_it_agrees_with_the_plain_modules(device, dtype):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     torch.manual_seed(0)
-    norm, fc1, fc2, scale = (m.to(device) for m in plain_modules(24, 96, 24, "none"))
+    norm, fc1, fc2, scale = (m.to(device) for m in plain_modules(24, 96, 24))
     params = [*norm.parameters(), *fc1.parameters(), *fc2.parameters(), scale]
     x = (torch.randn(3, 5, 7, 24, device=device) + 2.0).to(dtype)  # a conv's output under autocast: half
     dy = torch.randn(3, 5, 7, 24, device=device)
@@ -100,7 +100,7 @@ def test_under_autocast_it_agrees_with_the_plain_modules(device, dtype):
 
 
 def test_keeps_only_its_input_in_the_compute_dtype():
-    norm, fc1, fc2, scale = plain_modules(32, 128, 32, "none")
+    norm, fc1, fc2, scale = plain_modules(32, 128, 32)
     params = (*norm.parameters(), *fc1.parameters(), *fc2.parameters(), scale)
 
     def activations(y):
