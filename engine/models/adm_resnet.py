@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.memory import is_lean, recompute
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import group_norm_film_silu
 
@@ -133,7 +134,11 @@ class AttentionPool2d(nn.Module):
 
 
 class ADMResNet(nn.Module):
-    """Noise-aware ResNet classifier for (B, C, H, W) latents; forward(x, c_noise) -> logits."""
+    """Noise-aware ResNet classifier for (B, C, H, W) latents; forward(x, c_noise) -> logits.
+
+    memory: "plain" or "lean" (``engine.models.memory``): lean recomputes every block in the backward from its
+    input, keeping one map per block instead of each norm's, conv's and attention's.
+    """
 
     PRETRAINED_NEW = (r"^noise_embedding\.", r"\.film\.")
     PRETRAINED_REPLACEABLE = (r"^input_conv\.", r"^head\.")
@@ -153,8 +158,10 @@ class ADMResNet(nn.Module):
         groups: int = 32,
         embedding_channels: int = 256,
         clean_sigma: float = 0.002,
+        memory: str = "plain",
     ):
         super().__init__()
+        self.lean = is_lean(memory, "adm")
         if pool not in POOLS:
             raise ValueError(f"adm: pool={pool!r}; use one of {', '.join(POOLS)}")
         if pool == "attention" and latent_size is None:
@@ -200,7 +207,8 @@ class ADMResNet(nn.Module):
             emb = F.silu(self.noise_embedding(resolve_c_noise(c_noise, x, self.clean_sigma)))
         h = self.input_conv(x)
         for block in self.blocks:
-            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+            args = (h, emb) if isinstance(block, ResBlock) else (h,)
+            h = recompute(block, *args) if self.lean else block(*args)
         h = self.out_norm(h)
         h = self.pool(h) if self.pool is not None else h.mean((-2, -1))
         return self.head(h)

@@ -22,10 +22,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import UsageError
+from engine.models.memory import is_lean
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import film_layer_norm
+from kernels.fused_mlp import fused_mlp
 
 CONVNEXT_T = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
+# The paper's Tiny and timm's smaller widths and depths (timm's convnext.py: atto, femto, pico, nano). timm builds
+# those four with conv_mlp=True (1x1 convs for the MLP); the block here stays the torchvision one, Linear layers.
+CONVNEXT_PRESETS = {
+    "convnext-atto": {"depths": (2, 2, 6, 2), "dims": (40, 80, 160, 320)},
+    "convnext-femto": {"depths": (2, 2, 6, 2), "dims": (48, 96, 192, 384)},
+    "convnext-pico": {"depths": (2, 2, 6, 2), "dims": (64, 128, 256, 512)},
+    "convnext-nano": {"depths": (2, 2, 8, 2), "dims": (80, 160, 320, 640)},
+    "convnext-t": CONVNEXT_T,
+}
 PAPER_STEM_STRIDE = 4
 
 
@@ -72,9 +83,13 @@ def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch
 
 
 class Block(nn.Module):
-    """ConvNeXt block: 7x7 depthwise conv, LayerNorm, MLP x4 with GELU, layer scale, stochastic depth."""
+    """ConvNeXt block: 7x7 depthwise conv, LayerNorm, MLP x4 with GELU, layer scale, stochastic depth.
 
-    def __init__(self, dim: int, layer_scale: float, drop_prob: float):
+    lean: the norm, MLP and layer scale run as one ``kernels.fused_mlp`` (same parameters, same function),
+    which keeps only the conv's output for the backward instead of five tensors, two of them 4x wide.
+    """
+
+    def __init__(self, dim: int, layer_scale: float, drop_prob: float, lean: bool = False):
         super().__init__()
         self.block = nn.Sequential(
             nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
@@ -87,9 +102,18 @@ class Block(nn.Module):
         )
         self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
         self.drop_prob = drop_prob
+        self.lean = lean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + stochastic_depth(self.layer_scale * self.block(x), self.drop_prob, self.training)
+        branch = self._fused_branch(x) if self.lean else self.layer_scale * self.block(x)
+        return x + stochastic_depth(branch, self.drop_prob, self.training)
+
+    def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:
+        conv, _, norm, fc1, _, fc2, _ = self.block
+        h = conv(x).permute(0, 2, 3, 1)
+        norm_args = (norm.weight, norm.bias, norm.eps)
+        h = fused_mlp(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1), norm=norm_args)
+        return h.permute(0, 3, 1, 2)
 
 
 def _timm_block(m: re.Match) -> str:
@@ -113,7 +137,10 @@ _PAPER_STORE_STATS = ("mean", "std")  # the paper's per-channel latent statistic
 
 
 class ConvNeXtFiLM(nn.Module):
-    """ConvNeXt on latents; with noise_conditioned, forward(x, c_noise) applies FiLM after every stage."""
+    """ConvNeXt on latents; with noise_conditioned, forward(x, c_noise) applies FiLM after every stage.
+
+    memory: "plain" or "lean" (``engine.models.memory``): lean blocks keep less for the backward, same parameters.
+    """
 
     # For engine.models.pretrained: names an ImageNet file lacks by design, and names whose shape may differ
     # by design (stem input channels and kernel, class count); both stay at their fresh initialisation.
@@ -132,8 +159,10 @@ class ConvNeXtFiLM(nn.Module):
         layer_scale: float = 1e-6,
         embedding_channels: int = 256,
         clean_sigma: float = 0.002,
+        memory: str = "plain",
     ):
         super().__init__()
+        lean = is_lean(memory, "convnext")
         if len(depths) != len(dims):
             raise ValueError(f"convnext: depths {tuple(depths)} and dims {tuple(dims)} must have one entry per stage")
         self.noise_conditioned = noise_conditioned
@@ -148,7 +177,7 @@ class ConvNeXtFiLM(nn.Module):
         total, first = sum(depths), 0
         for stage, (depth, dim) in enumerate(zip(depths, dims)):
             drop = [stochastic_depth_prob * (first + i) / max(total - 1, 1) for i in range(depth)]
-            layers.append(nn.Sequential(*(Block(dim, layer_scale, p) for p in drop)))
+            layers.append(nn.Sequential(*(Block(dim, layer_scale, p, lean) for p in drop)))
             first += depth
             if stage + 1 < len(dims):
                 layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[stage + 1], 2, stride=2)))

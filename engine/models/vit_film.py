@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import UsageError
+from engine.models.memory import is_lean, recompute
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import adaln_modulate
+from kernels.fused_mlp import fused_mlp
 
 VIT_PRESETS = {  # DiT's widths: S 384 / 6 heads, B 768 / 12; T (192 / 3) for small budgets; depth 12
     "vit-t": {"dim": 192, "depth": 12, "heads": 3},
@@ -103,11 +105,24 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm attention + MLP; with ``conditioned``, adaLN-Zero modulation and gates from the embedding."""
+    """Pre-norm attention + MLP; with ``conditioned``, adaLN-Zero modulation and gates from the embedding.
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, conditioned: bool, embedding: int, backend: str):
+    lean: the MLP runs as ``kernels.fused_mlp`` (same parameters), so the block's rerun in the backward keeps
+    only the MLP's input instead of its two 4x-wide intermediates.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        conditioned: bool,
+        embedding: int,
+        backend: str,
+        lean: bool = False,
+    ):
         super().__init__()
-        self.conditioned = conditioned
+        self.conditioned, self.lean = conditioned, lean
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=not conditioned, eps=1e-6)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=not conditioned, eps=1e-6)
         self.attn = Attention(dim, heads, backend)
@@ -119,14 +134,24 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
         if not self.conditioned:
             x = x + self.attn(self.norm1(x))
-            return x + self.mlp(self.norm2(x))
+            return x + self._mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(e).chunk(6, dim=1)
         x = x + gate1[:, None] * self.attn(adaln_modulate(x, scale1, shift1, self.norm1.eps))
-        return x + gate2[:, None] * self.mlp(adaln_modulate(x, scale2, shift2, self.norm2.eps))
+        return x + gate2[:, None] * self._mlp(adaln_modulate(x, scale2, shift2, self.norm2.eps))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.lean:
+            return self.mlp(x)
+        fc1, gelu, fc2 = self.mlp
+        return fused_mlp(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, approximate=gelu.approximate)
 
 
 class ViTFiLM(nn.Module):
-    """Patchified-latent transformer; with noise_conditioned, forward(x, c_noise) modulates every block."""
+    """Patchified-latent transformer; with noise_conditioned, forward(x, c_noise) modulates every block.
+
+    memory: "plain" or "lean" (``engine.models.memory``): lean recomputes every block in the backward from its
+    input token stream, with the MLP fused.
+    """
 
     def __init__(
         self,
@@ -142,13 +167,16 @@ class ViTFiLM(nn.Module):
         attention: str = "sdpa",
         clean_sigma: float = 0.002,
         latent_size: int | None = None,
+        memory: str = "plain",
     ):
         super().__init__()
         check_attention(attention)
+        self.lean = is_lean(memory, "vit")
         self.noise_conditioned, self.patch_size, self.clean_sigma = noise_conditioned, patch_size, clean_sigma
         self.patchify = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, noise_conditioned, embedding_channels, attention) for _ in range(depth)
+            Block(dim, heads, mlp_ratio, noise_conditioned, embedding_channels, attention, self.lean)
+            for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, elementwise_affine=not noise_conditioned, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
@@ -192,7 +220,7 @@ class ViTFiLM(nn.Module):
             else None
         )
         for block in self.blocks:
-            h = block(h, e)
+            h = recompute(block, h, e) if self.lean else block(h, e)
         pooled = h.mean(dim=1, keepdim=True)  # (B, 1, dim): the average token
         if self.noise_conditioned:
             shift, scale = self.final(e).chunk(2, dim=1)

@@ -1,0 +1,168 @@
+"""A block's MLP (optional LayerNorm -> fc1 -> GELU -> fc2 -> layer scale) that keeps only its input for backward.
+
+Eager PyTorch keeps, per position, the norm's input (in fp32 under autocast: layer_norm is an fp32 op), fc1's
+input, GELU's input and output (4x wide each) and fc2's output for the layer scale: 26 bytes per element of a
+ConvNeXt block's C x H x W under bf16 autocast, 24 of them here. This op saves its input in the compute dtype
+(plus the weights, which exist anyway) and recomputes the norm, fc1 and GELU in the backward: one more fc1
+matmul per step for a ~6x smaller saved set. The layer scale is folded into fc2 (``gamma * W2``,
+``gamma * b2``), so no scaled copy of fc2's output is kept either.
+
+Same mathematics as the plain modules: under autocast the matmuls run in the autocast dtype on casts of the
+same fp32 weights, the norm in fp32 with its output rounded to the autocast dtype as fc1's autocast would; the
+backward replays exactly the forward's recomputation (same ops, same dtypes). Only the fold reorders one
+product (``(h @ W2.T + b2) * gamma`` becomes ``h @ (gamma * W2).T + gamma * b2``): equal up to rounding.
+Plain torch matmuls, so it runs wherever torch does; there is no Triton path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+APPROXIMATIONS = ("none", "tanh")  # nn.GELU's: ConvNeXt uses the exact erf GELU, DiT-style ViTs tanh
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the matmuls run in: autocast's where it is on for x's device (and x is not fp64), else x's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def _norm_stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """LayerNorm runs in fp32 for half inputs (autocast's fp32 list), in x's own dtype otherwise."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _forward_parts(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
+    """(fc1's input, fc1's output, GELU's output, fc2's folded weight and bias), all in ``dtype``."""
+    h = x
+    if norm is not None:
+        weight, bias, eps = norm
+        h = torch.native_layer_norm(x.to(_norm_stats_dtype(x)), (x.shape[-1],), weight, bias, eps)[0]
+    h = h.to(dtype)
+    a = F.linear(h, w1.to(dtype), b1.to(dtype))
+    if scale is not None:
+        w2, b2 = w2 * scale[:, None], b2 * scale
+    return h, a, F.gelu(a, approximate=approximate), w2.to(dtype), b2.to(dtype)
+
+
+class _FusedMLP(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale, approximate):
+        norm = (norm_weight, norm_bias, eps) if norm_weight is not None else None
+        dtype = _compute_dtype(x)
+        h, _, g, w2s, b2s = _forward_parts(x, norm, w1, b1, w2, b2, scale, approximate, dtype)
+        kept = x if norm is not None else h  # the norm's input as given, or fc1's input in the compute dtype
+        ctx.save_for_backward(kept, norm_weight, norm_bias, w1, b1, w2, b2, scale)
+        ctx.eps, ctx.approximate, ctx.dtype, ctx.normed, ctx.x_dtype = (
+            eps,
+            approximate,
+            dtype,
+            norm is not None,
+            x.dtype,
+        )
+        return F.linear(g, w2s, b2s)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dy):
+        kept, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
+        norm = (norm_weight, norm_bias, ctx.eps) if ctx.normed else None
+        dtype = ctx.dtype
+        h, a, g, w2s, _ = _forward_parts(kept, norm, w1, b1, w2, b2, scale, ctx.approximate, dtype)
+        width = a.shape[-1]
+        dy2, g2, h2 = dy.reshape(-1, dy.shape[-1]).to(dtype), g.reshape(-1, width), h.reshape(-1, h.shape[-1])
+
+        dw2s = dy2.t() @ g2  # gradients of the folded weight and bias
+        db2s = dy2.sum(0)
+        da = torch.ops.aten.gelu_backward(dy2 @ w2s, a.reshape(-1, width), approximate=ctx.approximate)
+        dw1, db1 = da.t() @ h2, da.sum(0)
+        dh = (da @ w1.to(dtype)).view(h.shape)
+
+        if scale is not None:
+            dscale = (dw2s.to(w2.dtype) * w2).sum(1) + db2s.to(b2.dtype) * b2
+            dw2, db2 = dw2s.to(w2.dtype) * scale[:, None], db2s.to(b2.dtype) * scale
+        else:
+            dscale, dw2, db2 = None, dw2s, db2s
+
+        dnorm_weight = dnorm_bias = None
+        if norm is not None:
+            stats_dtype = _norm_stats_dtype(kept)
+            x = kept.to(stats_dtype)
+            _, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, ctx.eps)
+            dx, dnorm_weight, dnorm_bias = torch.ops.aten.native_layer_norm_backward(
+                dh.to(stats_dtype),
+                x,
+                (x.shape[-1],),
+                mean,
+                rstd,
+                norm_weight,
+                norm_bias,
+                list(ctx.needs_input_grad[:3]),
+            )
+        else:
+            dx = dh
+        return (
+            None if dx is None else dx.to(ctx.x_dtype),
+            None if dnorm_weight is None else dnorm_weight.to(norm_weight.dtype),
+            None if dnorm_bias is None else dnorm_bias.to(norm_bias.dtype),
+            None,
+            dw1.to(w1.dtype),
+            db1.to(b1.dtype),
+            dw2.to(w2.dtype),
+            db2.to(b2.dtype),
+            None if dscale is None else dscale.to(scale.dtype),
+            None,
+        )
+
+
+def fused_mlp(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    layer_scale: torch.Tensor | None = None,
+    approximate: str = "none",
+    norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+) -> torch.Tensor:
+    """``fc2(gelu(fc1(LayerNorm(x)))) * layer_scale`` over x's last dim, keeping only x for the backward.
+
+    x: (..., C_in); fc1: (H, C_in), (H,); fc2: (C_out, H), (C_out,); layer_scale: (C_out,) or None;
+    approximate: nn.GELU's; norm: (weight, bias, eps) of a LayerNorm over C_in applied first, or None.
+    """
+    if approximate not in APPROXIMATIONS:
+        raise ValueError(f"fused_mlp: approximate={approximate!r}; use one of {', '.join(APPROXIMATIONS)}")
+    if x.shape[-1] != fc1_weight.shape[1] or fc2_weight.shape[1] != fc1_weight.shape[0]:
+        raise ValueError(
+            f"fused_mlp: x {tuple(x.shape)}, fc1 {tuple(fc1_weight.shape)} and fc2 {tuple(fc2_weight.shape)} "
+            "do not chain; expected x (..., C_in), fc1 (H, C_in), fc2 (C_out, H)"
+        )
+    if layer_scale is not None and layer_scale.shape != (fc2_weight.shape[0],):
+        raise ValueError(
+            f"fused_mlp: layer_scale {tuple(layer_scale.shape)} must be (C_out,) = ({fc2_weight.shape[0]},)"
+        )
+    norm_weight, norm_bias, eps = norm if norm is not None else (None, None, 0.0)
+    return _FusedMLP.apply(
+        x, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, layer_scale, approximate
+    )
+
+
+def fused_mlp_reference(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    layer_scale: torch.Tensor | None = None,
+    approximate: str = "none",
+    norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+) -> torch.Tensor:
+    """The plain modules' composition (what the block computes without the fused op), for the tests."""
+    if norm is not None:
+        x = F.layer_norm(x, (x.shape[-1],), *norm)
+    y = F.linear(F.gelu(F.linear(x, fc1_weight, fc1_bias), approximate=approximate), fc2_weight, fc2_bias)
+    return y if layer_scale is None else y * layer_scale
