@@ -3,6 +3,11 @@ keep behaviour (a refactor, a move) is checked against what the code did before 
 
 ``python -m tests.same_weights`` rewrites tests/fixtures/same_weights.json; only do that when a change is
 meant to alter training, and say so in the commit.
+
+The last digits of a float step depend on which vector instructions the CPU kernels pick (AVX-512 and AVX2
+builds of the same conv sum in another order), so every record runs in a child process with the instruction
+set pinned to AVX2 (``PINNED_ISA``: torch's own kernels, oneDNN and MKL), which any x86-64 CPU of the last
+decade has: the fixture then means the same on every such machine, whatever its widest instructions.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from safetensors.torch import load_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "same_weights.json"
+PINNED_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 SIZES = {"train": 48, "val": 16, "test": 16}
 COMMON = ["--batch-size", "16", "--epochs", "2", "--seed", "3"]
 RUNS = {  # name -> engine train arguments: each path through the step (latent noise, FiLM, DRW, image augmentation)
@@ -72,6 +78,27 @@ def record(root: Path) -> dict:
         torch.set_num_threads(threads)
 
 
+def record_pinned(root: Path) -> dict:
+    """``record`` in a child process whose CPU kernels are pinned to ``PINNED_ISA`` (they are chosen when torch
+    loads, so the pin cannot be set in a process that has imported it)."""
+    import os
+    import subprocess
+
+    out = root / "record.json"
+    env = {**os.environ, **PINNED_ISA, "TQDM_DISABLE": "1"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.same_weights", "--out", str(out), "--root", str(root)],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
 def assert_same(got: dict, want: dict, rtol: float = 1e-5) -> None:
     assert got.keys() == want.keys()
     for name in want:
@@ -82,10 +109,19 @@ def assert_same(got: dict, want: dict, rtol: float = 1e-5) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
     import os
     import tempfile
 
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        FIXTURE.write_text(json.dumps(record(Path(tmp)), indent=1) + "\n")
-    print(f"wrote {FIXTURE}", file=sys.stderr)
+    parser = argparse.ArgumentParser(description="record the same-weights runs (pinned ISA: see the docstring)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the record (default: the fixture)")
+    parser.add_argument("--root", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    args = parser.parse_args()
+    if any(os.environ.get(k) != v for k, v in PINNED_ISA.items()):
+        with tempfile.TemporaryDirectory() as tmp:  # re-run this module with the pinned instruction set
+            recorded = record_pinned(args.root or Path(tmp))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            recorded = record(args.root or Path(tmp))
+    (args.out or FIXTURE).write_text(json.dumps(recorded, indent=1) + "\n")
+    print(f"wrote {args.out or FIXTURE}", file=sys.stderr)
