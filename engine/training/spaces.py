@@ -100,7 +100,7 @@ class Space(ABC):
     """What one kind of classifier input owns; one instance per space, in ``SPACES``."""
 
     name: str
-    inputs: str  # what the network sees, for messages
+    input_kind: str  # what the network sees, for messages
     default_model: str  # the model of --model's default in this space
     can_teach: bool = False  # whether its checkpoints may give teacher logits (computed on the source images)
     store_fields: tuple[str, ...] = ()  # store record fields the trained network depends on, beyond the dataset
@@ -160,13 +160,13 @@ class Space(ABC):
         channels = self.network_args(manifest)["in_channels"]
         if channels != model_record["in_channels"]:
             raise UsageError(
-                f"{checkpoint}: expects {model_record['in_channels']}-channel {self.inputs}, "
+                f"{checkpoint}: expects {model_record['in_channels']}-channel {self.input_kind}, "
                 f"the store's have {channels} channels ({manifest['latent_shape']} latents)"
             )
 
 
 class LatentSpace(Space):
-    name, inputs, default_model = "latent", "latents", "convnext-t-film"
+    name, input_kind, default_model = "latent", "latents", "convnext-t-film"
     store_fields = ("latent_shape", "image_size", "autoencoder_hash")  # the standardisation and the latent grid
 
     def network_args(self, manifest: dict) -> dict[str, int]:
@@ -185,7 +185,7 @@ class LatentSpace(Space):
 
 
 class ImageSpace(Space):
-    name, inputs, default_model = "image", "images", "resnet50"
+    name, input_kind, default_model = "image", "images", "resnet50"
     can_teach = True
     reconstructions = False  # the source's originals
 
@@ -203,7 +203,7 @@ class ReconSpace(ImageSpace):
     """The image classifier on D(E(x)): it depends on the autoencoder that made the reconstructions, and a
     teacher's logits are computed on the originals, which it never saw."""
 
-    name, inputs = "recon", "reconstructions"
+    name, input_kind = "recon", "reconstructions"
     can_teach = False
     reconstructions = True
     store_fields = ("autoencoder_hash",)
