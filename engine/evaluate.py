@@ -19,9 +19,9 @@ from engine.metrics import classification_metrics, noise_curve_table, plot_noise
 from engine.models import build_model
 from engine.store import LatentStore
 from engine.store.manifest import write_json_atomic
-from engine.training.checkpoint import read_checkpoint, store_differences
+from engine.training.checkpoint import read_checkpoint
 from engine.training.config import TrainConfig
-from engine.training.inputs import ImageInputs, LatentInputs, clean_level
+from engine.training.spaces import space_for
 
 EVAL_BATCH = 256  # evaluation noise is keyed by batch position: one batch size makes every evaluation agree
 
@@ -66,7 +66,8 @@ def evaluate_checkpoint(
     weights, _, meta = read_checkpoint(checkpoint)
     class_names = store.manifest["dataset"]["class_names"]
     cfg = TrainConfig.from_dict(meta["config"])
-    differences = store_differences(meta["store"], store.manifest, cfg.space)
+    space = space_for(cfg.space)
+    differences = space.store_differences(meta["store"], store.manifest)
     if differences and not allow_other_store:
         raise UsageError(
             f"{checkpoint}: does not fit {store.path}: {'; '.join(differences)}; evaluate on the store it "
@@ -79,11 +80,7 @@ def evaluate_checkpoint(
             f"{checkpoint}: trained on classes {meta['class_names']}, the store has {class_names}; "
             "no option makes those comparable"
         )
-    if cfg.space == "latent" and tuple(store.manifest["latent_shape"][:1]) != (meta["model"]["in_channels"],):
-        raise UsageError(
-            f"{checkpoint}: expects {meta['model']['in_channels']}-channel latents, "
-            f"the store has {store.manifest['latent_shape']}"
-        )
+    space.check_fit(checkpoint, meta["model"], store.manifest)
     model = build_model(**meta["model"])
     try:
         model.load_state_dict(weights)
@@ -95,28 +92,19 @@ def evaluate_checkpoint(
     model.to(device)
     out, loaders, conditioned = {}, {}, model.noise_conditioned
     protocol = clean_eval or cfg.clean_eval
-    inputs = LatentInputs.from_config(cfg, store.manifest, device) if cfg.space == "latent" else None
+    feed = space.feed(cfg, store, int(meta["image_size"]), device)
     for role in ("val", "test"):
         sel = select(store, role, fold)
         loaders[role] = make_loader(
             store, sel, batch_size, device, loader, seed=cfg.seed, tail="partial", log=lambda *_: None
         )
-        if inputs is not None:
-            make = inputs.eval_input_at(clean_level(protocol), conditioned)
-        else:
-            make = ImageInputs.cache(store, sel, int(meta["image_size"]), device, cfg.space == "recon").eval_input
-        out[role] = evaluate(model, loaders[role], make, class_names)
+        out[role] = evaluate(model, loaders[role], feed.eval_input(sel, protocol, conditioned), class_names)
         log(
             f"{role}: "
             + ", ".join(f"{k} {out[role][k]:.4f}" for k in ("balanced_accuracy", "auroc", "mcc") if k in out[role])
         )
-    if conditioned:
-        sigmas = inputs.sigmas()
-        levels = np.unique(np.linspace(0, len(sigmas) - 1, cfg.curve_levels).round().astype(int))
-        curve = {
-            sigmas[level]: evaluate(model, loaders["test"], inputs.eval_input_at(int(level), True), class_names)
-            for level in levels
-        }
+    if curve_inputs := (feed.noise_curve(cfg.curve_levels) if conditioned else {}):
+        curve = {sigma: evaluate(model, loaders["test"], make, class_names) for sigma, make in curve_inputs.items()}
         out["test_by_sigma"] = curve
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "noise_curve.md").write_text(noise_curve_table(curve))
@@ -128,7 +116,7 @@ def evaluate_checkpoint(
             "checkpoint": str(checkpoint),
             "store": str(store.path),
             "fold": fold,
-            "clean_eval": protocol if cfg.space == "latent" else None,
+            "clean_eval": space.recorded_clean_eval(protocol),
             **out,
         },
     )

@@ -21,20 +21,21 @@ from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
 from engine.store.integrity import digest, update_field_files
-from engine.training.checkpoint import read_checkpoint, store_differences
+from engine.training.checkpoint import read_checkpoint
 from engine.training.config import TrainConfig
 from engine.training.inputs import imagenet_normalise, reopen_source
+from engine.training.spaces import space_for
 
 
 def load_teacher(checkpoint: Path, manifest: dict, device: torch.device) -> tuple[torch.nn.Module, dict]:
     weights, _, meta = read_checkpoint(checkpoint)
-    space = TrainConfig.from_dict(meta["config"]).space
-    if space != "image":
+    space = space_for(TrainConfig.from_dict(meta["config"]).space)
+    if not space.can_teach:  # its logits are computed on the source images: only their classifier has seen them
         raise UsageError(
             f"{checkpoint}: a teacher must be an image-space checkpoint (`engine train --space image`), "
-            f"this one was trained in {space} space"
+            f"this one was trained in {space.name} space"
         )
-    if differences := store_differences(meta["store"], manifest, "image"):
+    if differences := space.store_differences(meta["store"], manifest):
         raise UsageError(
             f"{checkpoint}: the teacher was trained on other data than this store holds "
             f"({'; '.join(differences)}); train it on a store of the same dataset"

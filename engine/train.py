@@ -26,14 +26,15 @@ from tqdm import tqdm
 from engine.errors import UsageError
 from engine.evaluate import evaluate, evaluate_checkpoint
 from engine.loaders import LatentLoader, Selection, make_loader, select
-from engine.models import build_model, load_pretrained, model_config
+from engine.models import model_config
 from engine.store import LatentStore, StoreError, open_store
 from engine.training.checkpoint import RunState, read_checkpoint, restore_optimizer, save_checkpoint, store_record
 from engine.training.config import LrSchedule, TrainConfig
 from engine.training.distributed import DistContext, init_distributed
-from engine.training.inputs import ImageInputs, LatentInputs, clean_level, default_image_size
-from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
+from engine.training.inputs import default_image_size
+from engine.training.objective import TrainingLoss, train_step
 from engine.training.run_dir import RunDir
+from engine.training.spaces import space_for
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -75,47 +76,14 @@ def open_selections(cfg: TrainConfig) -> tuple[LatentStore, dict[str, Selection]
     return store, sel
 
 
-def build_network(cfg: TrainConfig, store: LatentStore, device: torch.device, log) -> torch.nn.Module:
-    """The classifier of ``--model`` for the store's latents (or images), optionally initialised from weights."""
-    c, h, _ = store.manifest["latent_shape"]
-    classes = len(store.manifest["dataset"]["class_names"])
-    # the attention backend is an option of the transformer models only: another model refuses it by name
-    options = {} if cfg.attention == "sdpa" else {"attention": cfg.attention}
-    model = (
-        build_model(cfg.model, c, classes, latent_size=h, **options)
-        if cfg.space == "latent"
-        else build_model(cfg.model, 3, classes, **options)
-    )
-    if cfg.init:
-        loaded = load_pretrained(model, cfg.init)
-        log(f"init from {cfg.init}: {len(loaded.loaded)} tensors loaded, {len(loaded.reinitialised)} kept fresh")
-    return model.to(device)
-
-
-def build_objective(
-    cfg: TrainConfig,
-    store: LatentStore,
-    sel: dict[str, Selection],
-    model: torch.nn.Module,
-    image_size: int,
-    device: torch.device,
-):
-    """(training objective, validation input): noised latents for latent runs, augmented images for image runs."""
+def build_loss(cfg: TrainConfig, store: LatentStore, train: Selection, device: torch.device) -> TrainingLoss:
+    """The --loss recipe (with --distill), weighted by the training selection's class counts."""
     multilabel = store.manifest["dataset"]["multilabel"]
-    labels = np.asarray(sel["train"].labels)
+    labels = np.asarray(train.labels)
     counts = (
         labels.sum(0) if multilabel else np.bincount(labels, minlength=len(store.manifest["dataset"]["class_names"]))
     )
-    loss = TrainingLoss.from_config(cfg, counts, multilabel, device)
-    if cfg.space == "latent":
-        inputs = LatentInputs.from_config(cfg, store.manifest, device)
-        return (
-            LatentObjective(inputs, loss, model.noise_conditioned),
-            inputs.eval_input_at(clean_level(cfg.clean_eval), model.noise_conditioned),
-        )
-    recon = cfg.space == "recon"  # the same image classifier, on the store's reconstructions D(z)
-    images = {role: ImageInputs.cache(store, sel[role], image_size, device, recon) for role in ("train", "val")}
-    return ImageObjective(images["train"], loss, cfg.seed), images["val"].eval_input
+    return TrainingLoss.from_config(cfg, counts, multilabel, device)
 
 
 @dataclass
@@ -173,8 +141,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         store, sel["val"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed, tail="partial", log=say
     )
     image_size = cfg.image_size or default_image_size(store)
-    model = build_network(cfg, store, ctx.device, say)
-    objective, val_input = build_objective(cfg, store, sel, model, image_size, ctx.device)
+    loss = build_loss(cfg, store, sel["train"], ctx.device)
+    # the network and what it is fed, as --space decides: noised latents, or augmented images (training/spaces.py)
+    model, objective, val_input = space_for(cfg.space).training(cfg, store, sel, loss, image_size, ctx.device, say)
     net = DistributedDataParallel(model) if ctx.world_size > 1 else model
     net = torch.compile(net) if cfg.compile else net
     optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(

@@ -118,14 +118,11 @@ def store_record(manifest: dict) -> dict:
     }
 
 
-def store_differences(record: dict, manifest: dict, space: str) -> list[str]:
-    """How a store differs from the one a checkpoint was trained on, in what matters for ``space``."""
+def store_differences(record: dict, manifest: dict, depends_on: tuple[str, ...]) -> list[str]:
+    """How a store differs from the one a checkpoint was trained on (``record``): in its classes and dataset,
+    and in the fields ``depends_on`` names (what the checkpoint's space depends on: ``Space.store_fields``)."""
     here = store_record(manifest)
-    keys = ["class_names", "dataset_fingerprint"] + {
-        "latent": ["latent_shape", "image_size", "autoencoder_hash"],
-        "recon": ["autoencoder_hash"],
-        "image": [],
-    }[space]
+    keys = ("class_names", "dataset_fingerprint", *depends_on)
     return [
         f"{key} {record.get(key)} (checkpoint) vs {here[key]} (store)" for key in keys if record.get(key) != here[key]
     ]

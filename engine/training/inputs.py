@@ -25,21 +25,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from engine.errors import UsageError
 from engine.loaders import Batch, Selection
 from engine.sources import Source, open_source
 from engine.sources.preprocess import resize, to_model_input
 from engine.store import LatentStore, StoreError
+from engine.training.noise_schedules import N_LEVELS, NOISE_SCHEDULES
 from kernels import add_noise, c_noise
-from kernels.noise_levels import (
-    NoiseLevels,
-    karras_levels,
-    karras_sigmas,
-    sample_edm_lognormal,
-    sample_karras,
-    sample_vp,
-)
+from kernels.noise_levels import NoiseLevels, karras_levels, karras_sigmas
 
-N_LEVELS = 32  # the paper's discrete Karras levels
 CLEAN_LEVEL = N_LEVELS - 1  # sigma 0.002: evaluation inside the trained range, unlike the reference code's 1e-5
 REFERENCE_CLEAN_SIGMA = 1e-5  # the reference code's clean evaluation: no noise, the embedding of this sigma
 IMAGE_SIZE = 256  # the paper's image-space classifiers take 256 px
@@ -69,7 +63,10 @@ class LatentInputs:
         precondition: bool = False,
         seed: int = 0,
     ):
-        self.noise, self.mask_p, self.target_std, self.seed = noise, mask_p, target_std, seed
+        if noise not in NOISE_SCHEDULES:
+            raise UsageError(f"--noise {noise!r}: expected one of {', '.join(NOISE_SCHEDULES)}")
+        self.schedule = NOISE_SCHEDULES[noise]
+        self.mask_p, self.target_std, self.seed = mask_p, target_std, seed
         self.precondition = precondition
         self.mean = torch.tensor(channel_mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(channel_std, dtype=torch.float32, device=device)
@@ -98,16 +95,10 @@ class LatentInputs:
         return step_seed(self.seed, step)
 
     def draw_levels(self, batch: int, step: int) -> NoiseLevels:
-        """One noise level per sample of training step ``step`` (the paper: uniform over the 32 Karras levels)."""
+        """One noise level per sample of training step ``step``, from the ``--noise`` schedule (the paper: uniform
+        over the 32 Karras levels)."""
         g = torch.Generator(device="cpu").manual_seed(self._key(step, 1))
-        if self.noise == "karras":
-            return sample_karras(batch, g, self.device, n=N_LEVELS)
-        if self.noise == "edm":
-            return sample_edm_lognormal(batch, g, self.device)
-        if self.noise in ("vp-linear", "vp-cosine"):
-            return sample_vp(batch, g, self.device, schedule=self.noise.split("-")[1])
-        zeros = torch.zeros(batch, device=self.device)
-        return NoiseLevels(zeros + 1, zeros, c_noise(zeros + karras_sigmas(N_LEVELS)[-1].item()), None)
+        return self.schedule(batch, g, self.device)
 
     def _scaled(self, lv: NoiseLevels) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.precondition:

@@ -1,0 +1,219 @@
+"""The three inputs a classifier trains on (``--space``), as objects that own everything that differs.
+
+- ``latent``: the store's latents, standardised, masked and noised in one pass (``LatentInputs``), for a
+  noise-conditioned latent classifier;
+- ``image``: the images the store was encoded from, cached on the device and augmented there
+  (``ImageInputs``): the paper's image-space baseline, and the only classifier that can be a teacher;
+- ``recon``: the same image classifier on the store's reconstructions D(E(x)) (`engine encode
+  --reconstructions`): what the autoencoder keeps, seen through pixels.
+
+A space builds the network for a store, the training objective and the evaluation inputs (through its
+``Feed``, bound to one store and device), says which parts of a store a checkpoint depends on, and what
+``--clean-eval`` means for it. ``SPACES`` is the one place a space's name (``--space``, recorded in
+config.json and every checkpoint) is looked up: a job picks the object once and calls it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import torch
+
+from engine.errors import UsageError
+from engine.loaders import Batch, Selection
+from engine.models import build_model, load_pretrained
+from engine.store import LatentStore
+from engine.training.checkpoint import store_differences
+from engine.training.inputs import ImageInputs, LatentInputs, clean_level
+from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss
+
+if TYPE_CHECKING:  # the config names the spaces; the spaces only read a config handed to them
+    from engine.training.config import TrainConfig
+
+EvalInput = Callable[[Batch], tuple[torch.Tensor, torch.Tensor | None]]  # batch -> (x, c_noise or None)
+Objective = LatentObjective | ImageObjective
+
+
+class Training(NamedTuple):
+    """What a run trains: the network, the loss of a step on its input, and the validation input."""
+
+    model: torch.nn.Module
+    objective: Objective
+    val_input: EvalInput
+
+
+class Feed(ABC):
+    """A space's inputs from one store on one device: the training objective and the evaluation inputs."""
+
+    @abstractmethod
+    def objective(self, selection: Selection, loss: TrainingLoss, noise_conditioned: bool) -> Objective:
+        """The loss of a training step on ``selection``'s samples."""
+
+    @abstractmethod
+    def eval_input(self, selection: Selection, clean_eval: str, noise_conditioned: bool) -> EvalInput:
+        """The clean evaluation input of ``selection``'s batches under ``--clean-eval`` ``clean_eval``."""
+
+    def noise_curve(self, levels: int) -> dict[float, EvalInput]:
+        """sigma -> evaluation input at that noise level, ``levels`` of them; none where there is no noise."""
+        return {}
+
+
+class LatentFeed(Feed):
+    def __init__(self, inputs: LatentInputs):
+        self.inputs = inputs
+
+    def objective(self, selection: Selection, loss: TrainingLoss, noise_conditioned: bool) -> LatentObjective:
+        return LatentObjective(self.inputs, loss, noise_conditioned)
+
+    def eval_input(self, selection: Selection, clean_eval: str, noise_conditioned: bool) -> EvalInput:
+        return self.inputs.eval_input_at(clean_level(clean_eval), noise_conditioned)
+
+    def noise_curve(self, levels: int) -> dict[float, EvalInput]:
+        """The Karras levels, ``levels`` of the 32 spread evenly from the highest sigma to the lowest."""
+        sigmas = self.inputs.sigmas()
+        picked = np.unique(np.linspace(0, len(sigmas) - 1, levels).round().astype(int))
+        return {sigmas[level]: self.inputs.eval_input_at(int(level), True) for level in picked}
+
+
+class ImageFeed(Feed):
+    """Images of a selection, cached on the device when first asked for (the originals or the reconstructions)."""
+
+    def __init__(self, store: LatentStore, image_size: int, device: torch.device, reconstructions: bool, seed: int):
+        self.store, self.image_size, self.device = store, image_size, device
+        self.reconstructions, self.seed = reconstructions, seed
+
+    def _images(self, selection: Selection) -> ImageInputs:
+        return ImageInputs.cache(self.store, selection, self.image_size, self.device, self.reconstructions)
+
+    def objective(self, selection: Selection, loss: TrainingLoss, noise_conditioned: bool) -> ImageObjective:
+        return ImageObjective(self._images(selection), loss, self.seed)
+
+    def eval_input(self, selection: Selection, clean_eval: str, noise_conditioned: bool) -> EvalInput:
+        return self._images(selection).eval_input  # images carry no noise: --clean-eval does not apply
+
+
+class Space(ABC):
+    """What one kind of classifier input owns; one instance per space, in ``SPACES``."""
+
+    name: str
+    input_kind: str  # what the network sees, for messages
+    default_model: str  # the model of --model's default in this space
+    can_teach: bool = False  # whether its checkpoints may give teacher logits (computed on the source images)
+    store_fields: tuple[str, ...] = ()  # store record fields the trained network depends on, beyond the dataset
+
+    @abstractmethod
+    def network_args(self, manifest: dict) -> dict[str, int]:
+        """``build_model``'s input arguments for the store: in_channels (and the latent side)."""
+
+    @abstractmethod
+    def input_shape(self, manifest: dict, image_size: int) -> tuple[int, int, int]:
+        """(C, H, W) of one network input from the store, images at ``image_size`` px."""
+
+    @abstractmethod
+    def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> Feed:
+        """The space's inputs from ``store`` on ``device`` for a run of ``cfg``."""
+
+    def recorded_clean_eval(self, clean_eval: str) -> str | None:
+        """What eval.json records of ``--clean-eval``: None where the inputs carry no noise."""
+        return None
+
+    def network(self, cfg: TrainConfig, manifest: dict, device: torch.device, log) -> torch.nn.Module:
+        """The classifier of ``--model`` for the store's inputs, optionally initialised from ``--init``."""
+        classes = len(manifest["dataset"]["class_names"])
+        # the attention backend is an option of the transformer models only: another model refuses it by name
+        options = {} if cfg.attention == "sdpa" else {"attention": cfg.attention}
+        model = build_model(cfg.model, num_classes=classes, **self.network_args(manifest), **options)
+        if cfg.init:
+            loaded = load_pretrained(model, cfg.init)
+            log(f"init from {cfg.init}: {len(loaded.loaded)} tensors loaded, {len(loaded.reinitialised)} kept fresh")
+        return model.to(device)
+
+    def training(
+        self,
+        cfg: TrainConfig,
+        store: LatentStore,
+        selections: dict[str, Selection],
+        loss: TrainingLoss,
+        image_size: int,
+        device: torch.device,
+        log,
+    ) -> Training:
+        """The network, its objective on the train selection and its input on the val selection."""
+        model = self.network(cfg, store.manifest, device, log)
+        feed = self.feed(cfg, store, image_size, device)
+        return Training(
+            model,
+            feed.objective(selections["train"], loss, model.noise_conditioned),
+            feed.eval_input(selections["val"], cfg.clean_eval, model.noise_conditioned),
+        )
+
+    def store_differences(self, record: dict, manifest: dict) -> list[str]:
+        """How a store differs from a checkpoint's (``record``) in what a network of this space depends on."""
+        return store_differences(record, manifest, self.store_fields)
+
+    def check_fit(self, checkpoint: Path, model_record: dict, manifest: dict) -> None:
+        """Refuse a store whose inputs the checkpoint's network cannot take, whatever --allow-other-store says."""
+        channels = self.network_args(manifest)["in_channels"]
+        if channels != model_record["in_channels"]:
+            raise UsageError(
+                f"{checkpoint}: expects {model_record['in_channels']}-channel {self.input_kind}, "
+                f"the store's have {channels} channels ({manifest['latent_shape']} latents)"
+            )
+
+
+class LatentSpace(Space):
+    name, input_kind, default_model = "latent", "latents", "convnext-t-film"
+    store_fields = ("latent_shape", "image_size", "autoencoder_hash")  # the standardisation and the latent grid
+
+    def network_args(self, manifest: dict) -> dict[str, int]:
+        c, h, _ = manifest["latent_shape"]
+        return {"in_channels": c, "latent_size": h}
+
+    def input_shape(self, manifest: dict, image_size: int) -> tuple[int, int, int]:
+        c, h, w = manifest["latent_shape"]
+        return c, h, w
+
+    def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> LatentFeed:
+        return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device))
+
+    def recorded_clean_eval(self, clean_eval: str) -> str | None:
+        return clean_eval
+
+
+class ImageSpace(Space):
+    name, input_kind, default_model = "image", "images", "resnet50"
+    can_teach = True
+    reconstructions = False  # the source's originals
+
+    def network_args(self, manifest: dict) -> dict[str, int]:
+        return {"in_channels": 3}
+
+    def input_shape(self, manifest: dict, image_size: int) -> tuple[int, int, int]:
+        return 3, image_size, image_size
+
+    def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> ImageFeed:
+        return ImageFeed(store, image_size, device, self.reconstructions, cfg.seed)
+
+
+class ReconSpace(ImageSpace):
+    """The image classifier on D(E(x)): it depends on the autoencoder that made the reconstructions, and a
+    teacher's logits are computed on the originals, which it never saw."""
+
+    name, input_kind = "recon", "reconstructions"
+    can_teach = False
+    reconstructions = True
+    store_fields = ("autoencoder_hash",)
+
+
+SPACES: dict[str, Space] = {space.name: space for space in (LatentSpace(), ImageSpace(), ReconSpace())}
+
+
+def space_for(name: str) -> Space:
+    """The space of ``--space`` ``name`` (as a config records it)."""
+    if name not in SPACES:
+        raise UsageError(f"--space {name!r}: expected one of {', '.join(SPACES)}")
+    return SPACES[name]
