@@ -18,15 +18,15 @@ import torch
 from bench.environment import kernels_env
 from engine.loaders import Batch
 from engine.losses import RECIPES
-from engine.models import build_model, model_options
+from engine.models import MODELS, build_model, model_options
 from engine.training.inputs import ImageInputs, LatentInputs
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 
 # autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
 LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
 PAPER_SHAPES = ("sd-512", "flux1-512", "flux2-512", "dc-ae-512", "sd-256", "flux1-256", "flux2-256", "dc-ae-256")
-LATENT_MODELS = ("convnext-t-film", "adm-s-film", "adm-b-film", "vit-s-film", "convnext-t", "adm-s", "adm-b", "vit-s")
-IMAGE_MODELS = ("resnet50", "resnet18")
+LATENT_MODELS = tuple(name for name, entry in MODELS.items() if entry.on_latents)  # as registered
+IMAGE_MODELS = tuple(name for name, entry in MODELS.items() if not entry.on_latents)
 NUM_CLASSES = 4
 POOL_BATCHES = 2  # distinct resident batches cycled through, so no step reuses the previous step's input
 

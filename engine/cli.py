@@ -161,98 +161,23 @@ def add_extras(out: Path, args: argparse.Namespace, device) -> int:
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from engine.loaders import LOADERS
-    from engine.losses import LOSSES
-    from engine.training.config import CLEAN_EVALS, DISTILL, NOISE, OPTIMIZERS, SPACES, TrainConfig
+    from engine.training.options import add_config_options
 
-    d = TrainConfig(store="")
     p = sub.add_parser(
         "train",
         help="train a (noise-conditioned) classifier on a latent store, or its image-space baseline",
-        description="Train on a store written by `engine encode`. Defaults follow the paper's protocol.",
+        description="Train on a store written by `engine encode`. Defaults follow the paper's protocol; a model "
+        "that needs another recipe (the transformers) brings its own defaults, and an option given always wins.",
     )
-    p.add_argument("--store", required=True)
-    p.add_argument("--out", default=None, help="run directory (default runs/<space>-<model>[-fold<k>])")
-    p.add_argument(
-        "--space",
-        choices=SPACES,
-        default=d.space,
-        help="latent (default) | image: the originals | recon: the store's reconstructions (same classifier, "
-        "augmentation and budget as image)",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="convnext-t-film (latent default), adm-s-film, adm-b-film, the DiT-style transformers "
-        "vit-t-film/vit-s-film/vit-b-film, the unconditioned convnext-t/adm-s/adm-b/vit-t/vit-s/vit-b, "
-        "resnet50 (image default), resnet18",
-    )
-    p.add_argument("--fold", type=int, default=None, help="cross-validation: test fold k, validation fold k+1")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss)
-    p.add_argument("--distill", choices=DISTILL, default=d.distill, help="from stored teacher logits")
-    p.add_argument("--teacher", default=d.teacher, help="which stored teacher logits to distil from (their name)")
-    p.add_argument("--distill-alpha", type=float, default=d.distill_alpha)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--lr", type=float, default=None, help="default 1e-4, 5e-4 when distilling")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=d.warmup_steps,
-        help="linear learning-rate warm-up over the first N steps (default 0, the paper's none; the "
-        "transformers need it above --lr 1e-4)",
-    )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--patience", type=int, default=d.patience)
-    p.add_argument("--drw-epoch", type=int, default=d.drw_epoch)
-    p.add_argument("--noise", choices=NOISE, default=d.noise)
-    p.add_argument("--mask-p", type=float, default=d.mask_p)
-    p.add_argument("--target-std", type=float, default=d.target_std)
-    p.add_argument(
-        "--curve-levels",
-        type=int,
-        default=d.curve_levels,
-        help="noise levels of the test curve of a noise-conditioned model (1..32, spread over the Karras levels)",
-    )
-    p.add_argument(
-        "--clean-eval",
-        choices=CLEAN_EVALS,
-        default=d.clean_eval,
-        help="clean validation and test input: lowest (at the lowest trained noise level, sigma 0.002) | reference "
-        "(the reference code's: no noise, the embedding of sigma 1e-5)",
-    )
-    p.add_argument(
-        "--precondition",
-        action="store_true",
-        help="EDM input scaling 1/sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper)",
-    )
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--loader", choices=LOADERS, default=d.loader)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument(
-        "--attention",
-        choices=("sdpa", "xformers"),
-        default=d.attention,
-        help="attention of the transformer models (vit-*): torch's SDPA, or xformers' memory-efficient "
-        "attention on CUDA where xformers loads",
-    )
-    p.add_argument("--device", default=None)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--init", default=None, help="torchvision/timm/paper weights, loaded by parameter name")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config_options(p)
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from engine.train import train
-    from engine.training.config import TrainConfig
+    from engine.training.options import config_from_args
 
-    fields = {k: v for k, v in vars(args).items() if k not in ("run", "command", "argv")}
-    result = train(TrainConfig(**fields))
+    result = train(config_from_args(args))
     test = result.get("test")
     if test:
         mcc = f", MCC {test['mcc']:.4f}" if "mcc" in test else ""
@@ -264,6 +189,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
+    from engine.loaders import LOADERS
+    from engine.training.config import CLEAN_EVALS
+
     p = sub.add_parser("eval", help="evaluate a checkpoint on a store: val/test metrics and the noise-level curve")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--store", required=True)
@@ -274,7 +202,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=int, default=256, help="evaluation noise depends on it: keep 256 to match `engine train`"
     )
-    p.add_argument("--loader", default="auto")
+    p.add_argument("--loader", choices=LOADERS, default="auto")
     p.add_argument("--device", default=None)
     p.add_argument(
         "--allow-other-store",
@@ -284,7 +212,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--clean-eval",
-        choices=("lowest", "reference"),
+        choices=CLEAN_EVALS,
         default=None,
         help="the clean input of a latent model (default: the run's own): lowest trained level | reference code's",
     )

@@ -199,3 +199,29 @@ def test_registry_names_and_errors():
         build_model("adm-s", 4, 2, latent_size=8, pool="attention")(torch.randn(1, 4, 16, 16))
     with pytest.raises(ValueError, match="not made by engine.models.build_model"):
         model_config(torch.nn.Linear(2, 2))
+
+
+def test_registry_entries_carry_conditioning_twins_and_recipe_as_data():
+    from engine.models import MODELS, PAPER, model_entry, plain_variant
+
+    assert [plain_variant(n) for n in ("convnext-t-film", "convnext-t", "vit-s-film", "resnet50")] == [
+        "convnext-t",
+        "convnext-t",
+        "vit-s",
+        "resnet50",
+    ]
+    for name, entry in MODELS.items():
+        assert entry.name == name and MODELS[entry.plain].noise_conditioned is False
+        assert entry.conditioned is None or MODELS[entry.conditioned].noise_conditioned is True
+        assert entry.noise_conditioned == (entry.conditioned == name)
+    assert model_entry("convnext-t-film").recipe == PAPER and model_entry("adm-s-film").recipe == PAPER
+    for name in ("vit-t", "vit-t-film", "vit-s", "vit-s-film", "vit-b", "vit-b-film"):
+        recipe = model_entry(name).recipe.defaults(64, distilling=False)
+        assert recipe == {"lr": 5e-4, "warmup_steps": 37, "noise": "edm", "mask_p": 0.0}, name
+    assert [n for n, e in MODELS.items() if not e.on_latents] == ["resnet18", "resnet50"]
+    with pytest.raises(ValueError, match="unknown model 'vit-s-flim'; known: adm-b, "):
+        plain_variant("vit-s-flim")
+    with pytest.raises(ValueError, match="'resnet50' is not noise-conditioned .*it has no noise-conditioned variant"):
+        build_model("resnet50", 3, 2, noise_conditioned=True)
+    with pytest.raises(ValueError, match="pick vit-s$"):
+        build_model("vit-s-film", 4, 2, latent_size=8, noise_conditioned=False)

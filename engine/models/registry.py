@@ -1,4 +1,5 @@
-"""Models by name, and the config a checkpoint records to rebuild the same architecture.
+"""Models by name: each registered name is a ``ModelEntry`` that carries, as data, how to build it, whether it
+is noise-conditioned, its unconditioned twin, whether it reads latents, and the training recipe it needs.
 
 Latent families come in two variants: ``<family>-film`` (noise-conditioned: EDM2 embedding and FiLM) and
 ``<family>`` (unconditioned, the comparison the paper draws). Image-space ResNets have only the plain name.
@@ -8,16 +9,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
 from engine.errors import UsageError
 from engine.models.adm_resnet import ADM_PRESETS, ADMResNet
 from engine.models.convnext_film import CONVNEXT_T, ConvNeXtFiLM, stem_stride_for
+from engine.models.recipe import PAPER, TRANSFORMER, Recipe
 from engine.models.resnet import RESNETS, ResNet
 from engine.models.vit_film import VIT_PRESETS, ViTFiLM
 
-FILM_SUFFIX = "-film"
+# (in_channels, num_classes, latent_size, noise-conditioned, architecture options) -> (model, options it used)
+Builder = Callable[[int, int, int | None, bool, dict], tuple[nn.Module, dict]]
 
 
 def _convnext(
@@ -27,7 +31,7 @@ def _convnext(
     return ConvNeXtFiLM(in_channels, num_classes, conditioned, **kw), kw
 
 
-def _adm(preset: str) -> Callable:
+def _adm(preset: str) -> Builder:
     def build(
         in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
     ) -> tuple[nn.Module, dict]:
@@ -37,7 +41,7 @@ def _adm(preset: str) -> Callable:
     return build
 
 
-def _vit(preset: str) -> Callable:
+def _vit(preset: str) -> Builder:
     def build(
         in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
     ) -> tuple[nn.Module, dict]:
@@ -47,7 +51,7 @@ def _vit(preset: str) -> Callable:
     return build
 
 
-def _resnet(name: str) -> Callable:
+def _resnet(name: str) -> Builder:
     def build(
         in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
     ) -> tuple[nn.Module, dict]:
@@ -56,31 +60,61 @@ def _resnet(name: str) -> Callable:
     return build
 
 
-# family -> (builder, class whose options it takes, has a noise-conditioned variant)
-_FAMILIES = {
-    "convnext-t": (_convnext, ConvNeXtFiLM, True),
-    **{name: (_adm(name), ADMResNet, True) for name in ADM_PRESETS},
-    **{name: (_vit(name), ViTFiLM, True) for name in VIT_PRESETS},
-    **{name: (_resnet(name), ResNet, False) for name in RESNETS},
-}
-MODEL_NAMES = tuple(sorted([*_FAMILIES, *(f + FILM_SUFFIX for f, (_, _, film) in _FAMILIES.items() if film)]))
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model name."""
+
+    name: str
+    builder: Builder
+    architecture: type  # the class whose constructor options ``build_model(name, ..., **kw)`` takes
+    noise_conditioned: bool
+    plain: str  # the unconditioned twin (the entry's own name when it is unconditioned)
+    conditioned: str | None  # the noise-conditioned twin (its own name when conditioned; None: the family has none)
+    on_latents: bool  # a latent classifier (False: an image classifier)
+    recipe: Recipe = PAPER  # the training defaults it needs where the user gave none
+
+    def options(self) -> list[str]:
+        return [p for p in inspect.signature(self.architecture).parameters if p not in _NOT_OPTIONS]
+
+
+def _latent_pair(family: str, builder: Builder, architecture: type, recipe: Recipe = PAPER) -> dict[str, ModelEntry]:
+    """A latent family's two registered names: ``<family>-film`` (noise-conditioned) and ``<family>``."""
+    film = f"{family}-film"
+    return {
+        film: ModelEntry(film, builder, architecture, True, family, film, True, recipe),
+        family: ModelEntry(family, builder, architecture, False, family, film, True, recipe),
+    }
+
+
+MODELS: dict[str, ModelEntry] = dict(
+    sorted(
+        {
+            **_latent_pair("convnext-t", _convnext, ConvNeXtFiLM),
+            **{k: v for p in ADM_PRESETS for k, v in _latent_pair(p, _adm(p), ADMResNet).items()},
+            **{k: v for p in VIT_PRESETS for k, v in _latent_pair(p, _vit(p), ViTFiLM, TRANSFORMER).items()},
+            **{n: ModelEntry(n, _resnet(n), ResNet, False, n, None, False) for n in RESNETS},
+        }.items()
+    )
+)
+MODEL_NAMES = tuple(MODELS)
 _NOT_OPTIONS = {"self", "in_channels", "num_classes", "noise_conditioned", "latent_size", "block", "layers"}
 
 
-def plain_variant(name: str) -> str:
-    """The unconditioned twin of a model name (itself for a model without noise conditioning): the registry's
-    own naming, so callers never build names."""
-    if name not in MODEL_NAMES:
+def model_entry(name: str) -> ModelEntry:
+    """The registered entry of ``name``; an unknown name is a one-line error listing the known ones."""
+    if name not in MODELS:
         raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    return name.removesuffix(FILM_SUFFIX)
+    return MODELS[name]
+
+
+def plain_variant(name: str) -> str:
+    """The unconditioned twin of a model name (itself for a model without noise conditioning), as registered."""
+    return model_entry(name).plain
 
 
 def model_options(name: str) -> list[str]:
     """The architecture options ``build_model(name, ..., **kw)`` takes (e.g. vit-s-film: attention, patch_size)."""
-    if name not in MODEL_NAMES:
-        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    _, cls, _ = _FAMILIES[name.removesuffix(FILM_SUFFIX)]
-    return [p for p in inspect.signature(cls).parameters if p not in _NOT_OPTIONS]
+    return model_entry(name).options()
 
 
 def build_model(
@@ -91,27 +125,25 @@ def build_model(
     noise_conditioned: bool | None = None,
     **kw,
 ) -> nn.Module:
-    """A fresh model by name; the ``-film`` suffix decides noise conditioning.
+    """A fresh model by name; its entry decides noise conditioning.
 
     latent_size: the latent side in px when known (ConvNeXt picks its stem stride from it, ADM's attention
     pooling sizes its position embedding); image-space ResNets ignore it. noise_conditioned may be given
     only to confirm the name. kw: architecture options of the family's class (e.g. stochastic_depth_prob).
     """
-    if name not in MODEL_NAMES:
-        raise UsageError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    conditioned = name.endswith(FILM_SUFFIX)
+    entry = model_entry(name)
+    conditioned = entry.noise_conditioned
     if noise_conditioned is not None and noise_conditioned != conditioned:
-        other = name.removesuffix(FILM_SUFFIX) if conditioned else name + FILM_SUFFIX
+        other = entry.conditioned if noise_conditioned else entry.plain
+        fix = f"pick {other}" if other else "it has no noise-conditioned variant"
         raise UsageError(
             f"model {name!r} is {'' if conditioned else 'not '}noise-conditioned but "
-            f"noise_conditioned={noise_conditioned}; pick {other}"
+            f"noise_conditioned={noise_conditioned}; {fix}"
         )
-    family = name.removesuffix(FILM_SUFFIX)
-    builder, _, _ = _FAMILIES[family]
-    options = model_options(name)
+    options = entry.options()
     if unknown := sorted(set(kw) - set(options)):
         raise UsageError(f"model {name!r} has no option {', '.join(unknown)}; options: {', '.join(options)}")
-    model, resolved = builder(in_channels, num_classes, latent_size, conditioned, kw)
+    model, resolved = entry.builder(in_channels, num_classes, latent_size, conditioned, kw)
     model.build_config = {
         "name": name,
         "in_channels": in_channels,

@@ -1,16 +1,26 @@
 """Everything a training run is decided by, with the paper's protocol as the defaults.
 
+Each field is also an `engine train` option: its type, default, choices and help live here, in the field's
+metadata, and engine/training/options.py makes the command line from them. The fields a model's recipe sets
+(``Recipe.FIELDS``: lr, warmup_steps, noise, mask_p) default to None, "not given": ``__post_init__`` fills them
+from the model's registered recipe (engine/models/recipe.py; the paper's for convnext-t-film), so config.json
+records the values a run used and a resume compares those, while an explicit value always wins.
+
 The one path from a recorded config back to objects is ``TrainConfig.from_dict``: `engine eval`, the
 teacher and a resumed run read a checkpoint's config through it, never as a loose dict.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from engine.errors import UsageError
-from engine.losses import LossRecipe
+from engine.loaders import LOADERS
+from engine.losses import LOSSES, LossRecipe
 from engine.losses.recipes import DRW_EPOCH
+from engine.models import MODEL_NAMES, model_entry
+from engine.models.vit_film import ATTENTION
 
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
@@ -18,6 +28,11 @@ SPACES = ("latent", "image", "recon")  # recon: the image classifier on the stor
 NOISE = ("karras", "edm", "vp-linear", "vp-cosine", "none")
 DISTILL = ("none", "mse", "kl")
 OPTIMIZERS = ("adam", "adamw")
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A TrainConfig field that is also an `engine train` option (engine/training/options.py reads the metadata)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -41,51 +56,89 @@ class LrSchedule:
 
 @dataclass
 class TrainConfig:
-    store: str
-    out: str | None = None  # run directory (default runs/<space>-<model>[-fold<k>])
-    space: str = "latent"
-    model: str | None = None  # default: convnext-t-film (latent), resnet50 (image)
-    fold: int | None = None  # None: the stored train/val/test splits; k: test fold k, validation fold k+1
-    loss: str = "ldam-drw"  # paper: LDAM with deferred re-weighting; multi-label stores use bce
-    distill: str = "none"  # teacher logits stored by `engine encode --teacher`: paper's MSE or KL
-    teacher: str = "teacher_logits"  # which stored teacher logits (`engine encode --teacher CKPT --teacher-name`)
-    distill_alpha: float = 0.5  # alpha * classification + (1 - alpha) * distillation
-    temperature: float = 4.0  # for distill="kl"
-    optimizer: str = "adam"
-    lr: float | None = None  # default 1e-4, 5e-4 when distilling (paper)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0  # linear learning-rate warm-up over the first steps (not in the paper; transformers)
-    batch_size: int = 256
-    epochs: int = 60
-    patience: int = 15  # early stopping on validation balanced accuracy
-    drw_epoch: int = DRW_EPOCH  # deferred re-weighting: class-balanced weights and lr x0.1 from this epoch
-    noise: str = "karras"  # paper: uniform over 32 Karras levels (0.002 .. 80, rho 7)
-    mask_p: float = 0.2  # paper's latent augmentation: drop 20 % of elements
-    target_std: float = 0.5  # paper: per-channel standardisation to std 0.5
-    precondition: bool = False  # EDM input scaling c_in (not in the paper; needed on hard latents, see README)
-    clean_eval: str = "lowest"  # validation and test: at the lowest trained level, or "reference" (no noise, 1e-5)
-    curve_levels: int = 32  # noise levels of the test curve of a noise-conditioned model, spread over the 32
-    image_size: int | None = None  # image space: default 256, or the stored image size if smaller
-    seed: int = 0
-    loader: str = "auto"
-    compile: bool = False
-    attention: str = "sdpa"  # transformer models: torch's scaled_dot_product_attention, or "xformers" (CUDA)
-    device: str | None = None
-    checkpoint_every: int = 0  # steps between checkpoints inside an epoch (0: at epoch ends only)
-    max_steps: int | None = None  # stop after this many steps (quick runs)
-    init: str | None = None  # torchvision/timm/paper weights loaded by parameter name
-    resume: bool = False
+    store: str = field(metadata={"help": "a store written by `engine encode` (zarr or webdataset)", "choices": None})
+    out: str | None = option(None, "run directory (default runs/<space>-<model>[-fold<k>])")
+    space: str = option(
+        "latent",
+        "latent (default) | image: the originals | recon: the store's reconstructions (same classifier, "
+        "augmentation and budget as image)",
+        SPACES,
+    )
+    model: str | None = option(
+        None,
+        "the classifier: a latent one, noise-conditioned (*-film) or not, or an image ResNet (default "
+        "convnext-t-film on latents, resnet50 on images); its recipe gives the defaults of --lr, --warmup-steps, "
+        "--noise and --mask-p",
+        MODEL_NAMES,
+    )
+    fold: int | None = option(None, "cross-validation: test fold k, validation fold k+1 (default: the stored splits)")
+    loss: str = option("ldam-drw", "paper: LDAM with deferred re-weighting; multi-label stores use bce", LOSSES)
+    distill: str = option(
+        "none", "from stored teacher logits (`engine encode --teacher`): the paper's MSE or KL", DISTILL
+    )
+    teacher: str = option(
+        "teacher_logits", "which stored teacher logits to distil from (their name, `engine encode --teacher-name`)"
+    )
+    distill_alpha: float = option(0.5, "alpha * classification + (1 - alpha) * distillation")
+    temperature: float = option(4.0, "softening of --distill kl")
+    optimizer: str = option("adam", "the paper's Adam, or AdamW", OPTIMIZERS)
+    lr: float | None = option(None, "learning rate of Adam/AdamW")
+    weight_decay: float = option(0.0, "of the optimizer")
+    warmup_steps: int | None = option(
+        None,
+        "linear learning-rate warm-up over the first N steps (the paper has none; the transformers need it above "
+        "--lr 1e-4)",
+    )
+    batch_size: int = option(256, "samples per step, over all ranks (the paper: 256)")
+    epochs: int = option(60, "at most this many epochs (the paper: 60)")
+    patience: int = option(15, "early stopping on validation balanced accuracy: epochs without improvement")
+    drw_epoch: int = option(DRW_EPOCH, "deferred re-weighting: class-balanced weights and lr x0.1 from this epoch")
+    noise: str | None = option(
+        None, "training noise levels (karras: the paper's, uniform over 32 levels 0.002 .. 80, rho 7)", NOISE
+    )
+    mask_p: float | None = option(None, "latent augmentation: the share of elements dropped")
+    target_std: float = option(0.5, "per-channel standardisation of the latents to this std (the paper: 0.5)")
+    precondition: bool = option(
+        False, "EDM input scaling 1/sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper; needed on hard latents)"
+    )
+    clean_eval: str = option(
+        "lowest",
+        "clean validation and test input: lowest (at the lowest trained noise level, sigma 0.002) | reference "
+        "(the reference code's: no noise, the embedding of sigma 1e-5)",
+        CLEAN_EVALS,
+    )
+    curve_levels: int = option(
+        32, "noise levels of the test curve of a noise-conditioned model (1..32, spread over the Karras levels)"
+    )
+    image_size: int | None = option(None, "image space: default 256, or the stored image size if smaller")
+    seed: int = option(0, "of the weights, the order and every draw of a step")
+    loader: str = option("auto", "how batches reach the device (auto picks the fastest that fits)", LOADERS)
+    compile: bool = option(False, "torch.compile the model")
+    attention: str = option(
+        "sdpa",
+        "attention of the transformer models (vit-*): torch's SDPA, or xformers' memory-efficient "
+        "attention on CUDA where xformers loads",
+        ATTENTION,
+    )
+    device: str | None = option(None, "cpu | cuda | cuda:N (default: cuda:$LOCAL_RANK when available)")
+    checkpoint_every: int = option(0, "steps between checkpoints inside an epoch (0: at epoch ends only)")
+    max_steps: int | None = option(None, "stop after this many steps (quick runs)")
+    init: str | None = option(None, "torchvision/timm/paper weights, loaded by parameter name")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
-        for name, allowed in (
-            ("space", SPACES),
-            ("noise", NOISE),
-            ("distill", DISTILL),
-            ("optimizer", OPTIMIZERS),
-            ("clean_eval", CLEAN_EVALS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise UsageError(f"--{name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise UsageError("--batch-size and --epochs must be >= 1")
+        if self.model is None:
+            self.model = "convnext-t-film" if self.space == "latent" else "resnet50"
+        for f in fields(self):
+            allowed, value = f.metadata.get("choices"), getattr(self, f.name)
+            if allowed and value is not None and value not in allowed:
+                raise UsageError(f"{flag(f.name)} {value!r}: expected one of {', '.join(allowed)}")
+        recipe = model_entry(self.model).recipe.defaults(self.batch_size, distilling=self.distill != "none")
+        for name, value in recipe.items():
+            if getattr(self, name) is None:  # not given: the model's recipe
+                setattr(self, name, value)
         if not 1 <= self.curve_levels <= 32:
             raise UsageError(f"--curve-levels {self.curve_levels}: must be in 1..32 (the Karras levels)")
         if not 0 <= self.mask_p < 1:
@@ -94,12 +147,6 @@ class TrainConfig:
             raise UsageError(f"--distill-alpha {self.distill_alpha}: must be in [0, 1]")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps {self.warmup_steps}: must be >= 0 (0: no warm-up)")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise UsageError("--batch-size and --epochs must be >= 1")
-        if self.model is None:
-            self.model = "convnext-t-film" if self.space == "latent" else "resnet50"
-        if self.lr is None:
-            self.lr = 5e-4 if self.distill != "none" else 1e-4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,9 +168,15 @@ class TrainConfig:
 
     def same_run(self, other: dict) -> list[str]:
         """Fields that differ from a recorded config, ignoring those a resume may change; a field the recorded
-        config lacks (written before the field existed) had its default."""
+        config lacks (written before the field existed) had its default, resolved as this engine resolves it."""
+        recorded = TrainConfig.from_dict(other)
         return [
             f.name
             for f in fields(self)
-            if f.name not in self.RESUMABLE_CHANGES and other.get(f.name, f.default) != getattr(self, f.name)
+            if f.name not in self.RESUMABLE_CHANGES and getattr(recorded, f.name) != getattr(self, f.name)
         ]
+
+
+def flag(name: str) -> str:
+    """The command-line option of TrainConfig field ``name``: --warmup-steps for warmup_steps."""
+    return "--" + name.replace("_", "-")
