@@ -4,10 +4,8 @@ keep behaviour (a refactor, a move) is checked against what the code did before 
 ``python -m tests.same_weights`` rewrites tests/fixtures/same_weights.json; only do that when a change is
 meant to alter training, and say so in the commit.
 
-The last digits of a float step depend on which vector instructions the CPU kernels pick (AVX-512 and AVX2
-builds of the same conv sum in another order), so every record runs in a child process with the instruction
-set pinned to AVX2 (``PINNED_ISA``: torch's own kernels, oneDNN and MKL), which any x86-64 CPU of the last
-decade has: the fixture then means the same on every such machine, whatever its widest instructions.
+Every record runs in a child process with the CPU instruction set pinned (tests/pinned_isa.py), so the fixture
+means the same on every x86-64 machine.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import numpy as np
 from safetensors.torch import load_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "same_weights.json"
-PINNED_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 SIZES = {"train": 48, "val": 16, "test": 16}
 COMMON = ["--batch-size", "16", "--epochs", "2", "--seed", "3"]
 RUNS = {  # name -> engine train arguments: each path through the step (latent noise, FiLM, DRW, image augmentation)
@@ -79,23 +76,11 @@ def record(root: Path) -> dict:
 
 
 def record_pinned(root: Path) -> dict:
-    """``record`` in a child process whose CPU kernels are pinned to ``PINNED_ISA`` (they are chosen when torch
-    loads, so the pin cannot be set in a process that has imported it)."""
-    import os
-    import subprocess
+    """``record`` in a child process with the CPU instruction set pinned (tests/pinned_isa.py)."""
+    from tests.pinned_isa import run_pinned
 
     out = root / "record.json"
-    env = {**os.environ, **PINNED_ISA, "TQDM_DISABLE": "1"}
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.same_weights", "--out", str(out), "--root", str(root)],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    run_pinned("tests.same_weights", "--out", str(out), "--root", str(root))
     return json.loads(out.read_text())
 
 
@@ -110,14 +95,15 @@ def assert_same(got: dict, want: dict, rtol: float = 1e-5) -> None:
 
 if __name__ == "__main__":
     import argparse
-    import os
     import tempfile
+
+    from tests.pinned_isa import is_pinned
 
     parser = argparse.ArgumentParser(description="record the same-weights runs (pinned ISA: see the docstring)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the record (default: the fixture)")
     parser.add_argument("--root", type=Path, default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args()
-    if any(os.environ.get(k) != v for k, v in PINNED_ISA.items()):
+    if not is_pinned():
         with tempfile.TemporaryDirectory() as tmp:  # re-run this module with the pinned instruction set
             recorded = record_pinned(args.root or Path(tmp))
     else:
