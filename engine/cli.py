@@ -30,6 +30,12 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", default=None, help="one column holding the class of each row")
     p.add_argument("--multilabel", action="store_true", help="keep rows with several positive classes multi-label")
     p.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="encode a folder + CSV whose rows name one image twice (the same file, or the same bytes in two "
+        "splits: a leak between splits), which is refused otherwise",
+    )
+    p.add_argument(
         "--autoencoder",
         default=None,
         help="default (shipped, trained on other synthetic images) | default-untrained (seeded, the control) | "
@@ -112,6 +118,7 @@ def run_encode(args: argparse.Namespace) -> int:
         "label_column": args.label_column,
         "multilabel": args.multilabel,
         "seed": args.seed,
+        **({"allow_duplicates": True} if args.allow_duplicates else {}),  # recorded only when given: a known leak
     }
     source = open_source(**source_args)
     ae = load_autoencoder(args.autoencoder, device=device, seed=args.seed)
@@ -245,8 +252,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def add_gap(sub: argparse._SubParsersAction) -> None:
     from engine.gap import arms
-    from engine.losses import LOSSES
-    from engine.training.config import NOISE
+    from engine.gap.command import EVERY_ARM, budget_help
+    from engine.models import MODELS
+    from engine.training.options import add_config_options
 
     names, gaps = arms.names(), [arm.gap_title for arm in arms.ARMS if arm.gap]
     p = sub.add_parser(
@@ -266,36 +274,20 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arms", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
     p.add_argument("--folds", default=None, help="K or all: cross-validation folds (test k, val k+1) as run units")
     p.add_argument("--seeds", type=int, default=3, help="seeds per fold (or per stored split without --folds)")
-    p.add_argument("--epochs", type=int, default=None, help="every arm (default 60 on CUDA, 20 on CPU)")
-    p.add_argument("--batch-size", type=int, default=None, help="every arm (default 256 on CUDA, 64 on CPU)")
-    p.add_argument("--patience", type=int, default=None, help="every arm (default 15 on CUDA, 20 on CPU)")
-    p.add_argument("--lr", type=float, default=None, help="every arm (default: engine train's, 5e-4 distilling)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="every arm: linear learning-rate warm-up (default 0)")
-    p.add_argument("--loss", choices=LOSSES, default=None, help="every arm (default ldam-drw on CUDA, ce-cb on CPU)")
-    p.add_argument("--noise", choices=NOISE, default=None)
-    p.add_argument("--mask-p", type=float, default=None)
-    p.add_argument("--drw-epoch", type=int, default=None)
+    every_arm = p.add_argument_group(
+        "every arm", "engine train's options, applied to every run of the study; not given: " + budget_help()
+    )
+    add_config_options(every_arm, EVERY_ARM, unset=True)
     p.add_argument(
-        "--curve-levels",
-        type=int,
+        "--image-model",
         default=None,
-        help="noise levels of each latent arm's test curve (default 8 on CPU, 32 on CUDA)",
-    )
-    p.add_argument(
-        "--clean-eval",
-        choices=("lowest", "reference"),
-        default=None,
-        help="every latent arm's clean evaluation (default lowest; reference: as the paper's code)",
-    )
-    p.add_argument(
-        "--precondition", action="store_true", help="EDM input scaling for the latent arms (on by default on CPU)"
-    )
-    p.add_argument(
-        "--image-model", default=None, help="image and recon arms (default resnet50 on CUDA, resnet18 on CPU)"
+        choices=[n for n, e in MODELS.items() if not e.on_latents],
+        help="image and recon arms (default resnet50 on CUDA, resnet18 on CPU)",
     )
     p.add_argument(
         "--latent-model",
         default=None,
+        choices=[n for n, e in MODELS.items() if e.on_latents and e.noise_conditioned],
         help="latent arms, a noise-conditioned model (default convnext-t-film on CUDA, adm-s-film on CPU)",
     )
     p.add_argument("--device", default=None)

@@ -78,12 +78,10 @@ def open_selections(cfg: TrainConfig) -> tuple[LatentStore, dict[str, Selection]
 
 def build_loss(cfg: TrainConfig, store: LatentStore, train: Selection, device: torch.device) -> TrainingLoss:
     """The --loss recipe (with --distill), weighted by the training selection's class counts."""
-    multilabel = store.manifest["dataset"]["multilabel"]
+    multilabel, names = store.manifest["dataset"]["multilabel"], store.manifest["dataset"]["class_names"]
     labels = np.asarray(train.labels)
-    counts = (
-        labels.sum(0) if multilabel else np.bincount(labels, minlength=len(store.manifest["dataset"]["class_names"]))
-    )
-    return TrainingLoss.from_config(cfg, counts, multilabel, device)
+    counts = labels.sum(0) if multilabel else np.bincount(labels, minlength=len(names))
+    return TrainingLoss.from_config(cfg, counts, multilabel, device, class_names=names)
 
 
 @dataclass

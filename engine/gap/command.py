@@ -13,6 +13,38 @@ from engine.gap import arms
 from engine.gap.plan import GapPlan, label_of, plan_units
 from engine.gap.run import prepare_stores, run_gap
 from engine.store import open_store
+from engine.training.options import given_options
+
+# engine train options that `engine gap` passes to every arm's runs (given: they override the budget below)
+EVERY_ARM = (
+    "epochs",
+    "batch_size",
+    "patience",
+    "lr",
+    "warmup_steps",
+    "loss",
+    "noise",
+    "mask_p",
+    "drw_epoch",
+    "curve_levels",
+    "clean_eval",
+    "precondition",
+)
+# the budget of every arm where no option is given: the paper's on CUDA; reduced on a CPU, where the paper's
+# 60 epochs of LDAM-DRW at batch 256 learn nothing in a CPU afternoon (docs/gap.md), with EDM's input scaling
+BUDGET = {
+    "cuda": {"epochs": 60, "batch_size": 256, "patience": 15, "loss": "ldam-drw", "curve_levels": 32},
+    "cpu": {"epochs": 20, "batch_size": 64, "patience": 20, "loss": "ce-cb", "curve_levels": 8, "precondition": True},
+}
+MODELS = {"cuda": ("resnet50", "convnext-t-film"), "cpu": ("resnet18", "adm-s-film")}  # (image, latent) arms
+
+
+def budget_help() -> str:
+    """The defaults of the every-arm options, per device, for --help."""
+    return "; ".join(
+        f"on {device}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in budget.items())
+        for device, budget in BUDGET.items()
+    )
 
 
 def main_args(args, log=print) -> GapPlan:
@@ -37,19 +69,9 @@ def main_args(args, log=print) -> GapPlan:
             label = label_of(spec)
             stores[label] = out / "stores" / f"{label}.zarr"
             to_encode[label] = (source_args, spec)
-    cuda = device.type == "cuda"
-    budget = {
-        "epochs": args.epochs or (60 if cuda else 20),
-        "batch_size": args.batch_size or (256 if cuda else 64),
-        "patience": args.patience or (15 if cuda else 20),
-        "loss": args.loss or ("ldam-drw" if cuda else "ce-cb"),
-    }
-    budget["curve_levels"] = args.curve_levels or (32 if cuda else 8)
-    for key in ("lr", "warmup_steps", "noise", "mask_p", "drw_epoch", "clean_eval"):
-        if getattr(args, key) is not None:
-            budget[key] = getattr(args, key)
-    if args.precondition or not cuda:
-        budget["precondition"] = True
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    budget = {**BUDGET[kind], **given_options(args, EVERY_ARM)}
+    image_model, latent_model = MODELS[kind]
     plan = GapPlan(
         out=out,
         stores=stores,
@@ -58,8 +80,8 @@ def main_args(args, log=print) -> GapPlan:
         encode=to_encode,
         device=device,
         budget=budget,
-        image_model=args.image_model or ("resnet50" if cuda else "resnet18"),
-        latent_model=args.latent_model or ("convnext-t-film" if cuda else "adm-s-film"),
+        image_model=args.image_model or image_model,
+        latent_model=args.latent_model or latent_model,
     )
     if to_encode:
         prepare_stores(replace(plan, arms=()), log)

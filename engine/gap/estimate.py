@@ -11,10 +11,11 @@ import torch
 from engine.gap.plan import GapPlan
 from engine.loaders import make_loader
 from engine.store import open_store
-from engine.train import build_network, build_objective, open_selections
+from engine.train import build_loss, open_selections
 from engine.training.config import TrainConfig
 from engine.training.inputs import default_image_size
 from engine.training.objective import train_step
+from engine.training.spaces import space_for
 
 PROBE_BATCH = 16  # samples of the timed steps, scaled to the run's batch
 
@@ -26,8 +27,9 @@ def step_seconds(cfg: TrainConfig, device: torch.device) -> tuple[float, int]:
     network). Every run seeds itself when it starts, so the draws made here change no result."""
     probe = replace(cfg, batch_size=min(cfg.batch_size, PROBE_BATCH), distill="none")
     store, sel = open_selections(probe)
-    net = build_network(probe, store, device, log=lambda *_: None)
-    objective, _ = build_objective(probe, store, sel, net, probe.image_size or default_image_size(store), device)
+    loss = build_loss(probe, store, sel["train"], device)
+    image_size = probe.image_size or default_image_size(store)
+    net, objective, _ = space_for(probe.space).training(probe, store, sel, loss, image_size, device, lambda *_: None)
     optimizer = torch.optim.Adam(net.parameters(), lr=probe.lr)  # the paper's, and every gap run's
     loader = make_loader(
         store, sel["train"], probe.batch_size, device, probe.loader, seed=probe.seed, log=lambda *_: None

@@ -99,6 +99,12 @@ def select(store: LatentStore, role: str, fold: int | None = None, teacher: str 
     if fold is not None and not 0 <= fold < n_folds:
         raise UsageError(f"--fold {fold}: the store has folds 0..{n_folds - 1}")
     names = [role] if fold is None else sorted(store.splits)  # cross-validation pools every stored split
+    if fold is None and role not in store.splits:
+        raise StoreError(
+            f"{store.path}: no {role} split (the store has {', '.join(sorted(store.splits))}); pass --fold k to "
+            f"train on its cross-validation folds, or add {role.upper()} rows to the source's Split column and "
+            "re-encode"
+        )
     data = [store.split(name) for name in names]  # a StoreError naming the existing splits when one is absent
     rows = [np.flatnonzero(_kept(store, d, role, fold, n_folds)) for d in data]
     if sum(len(r) for r in rows) == 0:

@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.errors import UsageError
 from engine.models.adm_resnet import ADM_PRESETS, ADMResNet
-from engine.models.convnext_film import CONVNEXT_T, ConvNeXtFiLM, stem_stride_for
+from engine.models.convnext_film import CONVNEXT_PRESETS, ConvNeXtFiLM, stem_stride_for
 from engine.models.recipe import PAPER, TRANSFORMER, Recipe
 from engine.models.resnet import RESNETS, ResNet
 from engine.models.vit_film import VIT_PRESETS, ViTFiLM
@@ -24,11 +24,14 @@ from engine.models.vit_film import VIT_PRESETS, ViTFiLM
 Builder = Callable[[int, int, int | None, bool, dict], tuple[nn.Module, dict]]
 
 
-def _convnext(
-    in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
-) -> tuple[nn.Module, dict]:
-    kw = {**CONVNEXT_T, "stem_stride": stem_stride_for(latent_size), **kw}
-    return ConvNeXtFiLM(in_channels, num_classes, conditioned, **kw), kw
+def _convnext(preset: str) -> Builder:
+    def build(
+        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
+    ) -> tuple[nn.Module, dict]:
+        kw = {**CONVNEXT_PRESETS[preset], "stem_stride": stem_stride_for(latent_size), **kw}
+        return ConvNeXtFiLM(in_channels, num_classes, conditioned, **kw), kw
+
+    return build
 
 
 def _adm(preset: str) -> Builder:
@@ -89,7 +92,7 @@ def _latent_pair(family: str, builder: Builder, architecture: type, recipe: Reci
 MODELS: dict[str, ModelEntry] = dict(
     sorted(
         {
-            **_latent_pair("convnext-t", _convnext, ConvNeXtFiLM),
+            **{k: v for p in CONVNEXT_PRESETS for k, v in _latent_pair(p, _convnext(p), ConvNeXtFiLM).items()},
             **{k: v for p in ADM_PRESETS for k, v in _latent_pair(p, _adm(p), ADMResNet).items()},
             **{k: v for p in VIT_PRESETS for k, v in _latent_pair(p, _vit(p), ViTFiLM, TRANSFORMER).items()},
             **{n: ModelEntry(n, _resnet(n), ResNet, False, n, None, False) for n in RESNETS},

@@ -20,12 +20,13 @@ from engine.loaders import LOADERS
 from engine.losses import LOSSES, LossRecipe
 from engine.losses.recipes import DRW_EPOCH
 from engine.models import MODEL_NAMES, model_entry
+from engine.models.memory import MEMORY_MODES
 from engine.models.vit_film import ATTENTION
+from engine.training.noise_schedules import NOISE
+from engine.training.spaces import SPACES, space_for
 
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
-SPACES = ("latent", "image", "recon")  # recon: the image classifier on the store's reconstructions
-NOISE = ("karras", "edm", "vp-linear", "vp-cosine", "none")
 DISTILL = ("none", "mse", "kl")
 OPTIMIZERS = ("adam", "adamw")
 
@@ -62,7 +63,7 @@ class TrainConfig:
         "latent",
         "latent (default) | image: the originals | recon: the store's reconstructions (same classifier, "
         "augmentation and budget as image)",
-        SPACES,
+        tuple(SPACES),
     )
     model: str | None = option(
         None,
@@ -120,6 +121,12 @@ class TrainConfig:
         "attention on CUDA where xformers loads",
         ATTENTION,
     )
+    memory: str = option(
+        "plain",
+        "what a latent model keeps for its backward: plain (eager autograd) | lean (the same function and weights; "
+        "fused MLPs that recompute their GELU, blocks recomputed in the backward: less memory, more time)",
+        MEMORY_MODES,
+    )
     device: str | None = option(None, "cpu | cuda | cuda:N (default: cuda:$LOCAL_RANK when available)")
     checkpoint_every: int = option(0, "steps between checkpoints inside an epoch (0: at epoch ends only)")
     max_steps: int | None = option(None, "stop after this many steps (quick runs)")
@@ -130,7 +137,7 @@ class TrainConfig:
         if self.batch_size < 1 or self.epochs < 1:
             raise UsageError("--batch-size and --epochs must be >= 1")
         if self.model is None:
-            self.model = "convnext-t-film" if self.space == "latent" else "resnet50"
+            self.model = space_for(self.space).default_model
         for f in fields(self):
             allowed, value = f.metadata.get("choices"), getattr(self, f.name)
             if allowed and value is not None and value not in allowed:

@@ -37,15 +37,24 @@ class TrainingLoss:
         alpha: float = 0.5,
         temperature: float = 4.0,
         device: torch.device | None = None,
+        class_names: list[str] | None = None,
     ):
-        self.recipe, self.counts, self.device = recipe, class_counts, device
+        self.recipe, self.counts, self.device, self.class_names = recipe, class_counts, device, class_names
         self.distill, self.alpha, self.temperature = distill, alpha, temperature
         self.set_epoch(0)
 
     @classmethod
-    def from_config(cls, cfg, class_counts: np.ndarray, multilabel: bool, device: torch.device) -> TrainingLoss:
+    def from_config(
+        cls,
+        cfg,
+        class_counts: np.ndarray,
+        multilabel: bool,
+        device: torch.device,
+        class_names: list[str] | None = None,
+    ) -> TrainingLoss:
         """The --loss recipe for the store's task: multi-label stores train with BCE whatever --loss says
-        (LDAM and CE are single-label losses, and ldam-drw is the default)."""
+        (LDAM and CE are single-label losses, and ldam-drw is the default). ``class_names`` name a class without
+        training samples in the error of a recipe that needs every class."""
         return cls(
             recipe("bce" if multilabel else cfg.loss, multilabel, cfg.drw_epoch),
             class_counts,
@@ -53,10 +62,11 @@ class TrainingLoss:
             alpha=cfg.distill_alpha,
             temperature=cfg.temperature,
             device=device,
+            class_names=class_names,
         )
 
     def set_epoch(self, epoch: int) -> None:
-        loss = self.recipe.build(self.counts, epoch=epoch, device=self.device)
+        loss = self.recipe.build(self.counts, class_names=self.class_names, epoch=epoch, device=self.device)
         if self.distill != "none":
             loss = Distillation(
                 loss,

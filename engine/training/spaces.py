@@ -124,8 +124,10 @@ class Space(ABC):
     def network(self, cfg: TrainConfig, manifest: dict, device: torch.device, log) -> torch.nn.Module:
         """The classifier of ``--model`` for the store's inputs, optionally initialised from ``--init``."""
         classes = len(manifest["dataset"]["class_names"])
-        # the attention backend is an option of the transformer models only: another model refuses it by name
+        # the attention backend is an option of the transformer models only, the memory mode of the latent models
+        # only: another model refuses a non-default value by name
         options = {} if cfg.attention == "sdpa" else {"attention": cfg.attention}
+        options |= {} if cfg.memory == "plain" else {"memory": cfg.memory}
         model = build_model(cfg.model, num_classes=classes, **self.network_args(manifest), **options)
         if cfg.init:
             loaded = load_pretrained(model, cfg.init)
