@@ -23,7 +23,6 @@ from engine.store.integrity import block_checksum, digest
 from engine.store.manifest import StoreError, write_json_atomic
 from engine.store.plan import SplitContent, SplitPlan
 
-COMPONENTS = ("latent", "label", "logvar")
 MANIFEST_JSON = "manifest.json"
 DAMAGED = "the store is damaged, re-encode it with --overwrite or restore it from a copy"
 
