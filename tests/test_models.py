@@ -173,6 +173,7 @@ def test_registry_names_and_errors():
     assert {
         "convnext-t-film",
         "convnext-t",
+        *(f"convnext-{size}{film}" for size in ("atto", "femto", "pico", "nano") for film in ("", "-film")),
         "adm-s-film",
         "adm-s",
         "adm-b-film",

@@ -101,7 +101,7 @@ def select(store: LatentStore, role: str, fold: int | None = None, teacher: str 
     names = [role] if fold is None else sorted(store.splits)  # cross-validation pools every stored split
     if fold is None and role not in store.splits:
         raise StoreError(
-            f"{store.path}: no {role} split (the store has {', '.join(sorted(store.splits))}); pass --fold k to "
+            f"{store.path}: no split {role!r} (the store has {', '.join(sorted(store.splits))}); pass --fold k to "
             f"train on its cross-validation folds, or add {role.upper()} rows to the source's Split column and "
             "re-encode"
         )
