@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from unittest import mock
 
 import torch
+from torch.utils import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench.train_steps as train_steps
@@ -138,6 +139,28 @@ def _fused_kernels_as_on_cuda() -> Iterator[None]:
         for name, module in list(sys.modules.items()):
             if (name == "kernels" or name.startswith("kernels.")) and hasattr(module, "use_triton"):
                 stack.enter_context(mock.patch.object(module, "use_triton", lambda x: True))
+        yield
+
+
+@contextlib.contextmanager
+def _recomputed_under(policy: CudaAutocast) -> Iterator[None]:
+    """Recomputed blocks (``torch.utils.checkpoint``) rerun under the autocast policy in the backward, as
+    non-reentrant checkpointing restores CUDA autocast's state for its rerun; the emulated policy is a mode
+    that the backward would otherwise run without."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    original = checkpoint.checkpoint
+
+    def wrapped(function, *args, **kwargs):
+        def under_policy(*a, **k):
+            if any(mode is policy for mode in _get_current_function_mode_stack()):
+                return function(*a, **k)
+            with policy:
+                return function(*a, **k)
+
+        return original(under_policy, *args, **kwargs)
+
+    with mock.patch.object(checkpoint, "checkpoint", wrapped):
         yield
 
 
@@ -234,6 +257,7 @@ def simulate(
             stack.enter_context(mock.patch(target, lambda *a, **k: None))
         if region is not None:
             stack.enter_context(mock.patch("engine.training.objective.autocast", region))
+            stack.enter_context(_recomputed_under(policy))
         net = net._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=cpu))
         tracker = MemTracker()
         tracker.track_external(net)
