@@ -1,9 +1,11 @@
 """Which image classifier `bench throughput` sets each latent classifier against, and the ratios of a pair.
 
-Two pairings. The paper protocol: the latent of a 512 px image against the image classifier at 256 px (the
+Three pairings. The paper protocol: the latent of a 512 px image against the image classifier at 256 px (the
 paper encodes 512 px images and trains its image classifier at 256 px), that is at half the latent's source
-px. The same source: against the image classifier at the latent's own source px. The paper reports 64x the
-throughput and 1/120 of the memory.
+px. The same source: against the image classifier at the latent's own source px. End to end
+(``bench.end_to_end``): the paper protocol with each side fed as users train it, the image side decoding
+512 px PNG/JPEG files in DataLoader workers, the latent side reading its store through the engine's loader;
+a side runs at min(loader, step). The paper reports 64x the throughput and 1/120 of the memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator
 
 PAPER = {"throughput_ratio": 64.0, "memory_ratio": 120.0}
 PAIRINGS = {"paper protocol": 0.5, "same source": 1.0}  # image side of the pair: this fraction of the source px
+END_TO_END = "end to end"  # the paper protocol's sizes, input pipelines included: its rows need loader rates
 
 
 def pairs(rows: list[dict]) -> Iterator[tuple[str, dict, dict]]:

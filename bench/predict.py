@@ -6,7 +6,9 @@ allocation is real, no data is, so batch 256 at 512 px takes seconds and no memo
 
 - FLOPs per sample, by ``bench.flop_count`` (grouped and depthwise weight gradients counted right);
 - saved-activation bytes per sample: the unique storages autograd saves for backward
-  (``saved_tensors_hooks``), less parameters and autocast's copies of them (per step, not per sample);
+  (``saved_tensors_hooks``), less parameters and autocast's copies of them (per step, not per sample), and
+  the inputs a recomputed block (``torch.utils.checkpoint``) keeps by reference: counted by the counter
+  ``bench.saved_activations`` counts a real step with, so the two agree on the same step;
 - peak memory of two whole steps (forward, backward, Adam; the second is the steady state: Adam's state
   exists and the first step's gradients live until ``zero_grad``), by
   ``torch.distributed._tools.mem_tracker.MemTracker``: every storage counted from the op that creates it
@@ -43,6 +45,7 @@ for the length of a call: run it where no real GPU work runs in other threads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterator
@@ -50,14 +53,16 @@ from dataclasses import dataclass, field
 from unittest import mock
 
 import torch
+from torch.utils import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 import bench.train_steps as train_steps
+from bench.calibrated import CALIBRATION, describe
 from bench.cuda_autocast import CudaAutocast
 from bench.flop_count import flop_counter
 from bench.pairing import pairs
 from bench.roofline import Roofline, gpu, roofline_time
+from bench.saved_activations import SavedTensorCounter
 from bench.train_steps import IMAGE_MODELS, Case, StepOptions, build_net, make_step
 from engine.training.objective import TrainingLoss
 
@@ -137,35 +142,31 @@ def _fused_kernels_as_on_cuda() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _recomputed_under(policy: CudaAutocast) -> Iterator[None]:
+    """Recomputed blocks (``torch.utils.checkpoint``) rerun under the autocast policy in the backward, as
+    non-reentrant checkpointing restores CUDA autocast's state for its rerun; the emulated policy is a mode
+    that the backward would otherwise run without."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    original = checkpoint.checkpoint
+
+    def wrapped(function, *args, **kwargs):
+        def under_policy(*a, **k):
+            if any(mode is policy for mode in _get_current_function_mode_stack()):
+                return function(*a, **k)
+            with policy:
+                return function(*a, **k)
+
+        return original(under_policy, *args, **kwargs)
+
+    with mock.patch.object(checkpoint, "checkpoint", wrapped):
+        yield
+
+
 def _foreach_like_cuda(params, differentiable, use_fused=False):
     """Adam's default on CUDA tensors (foreach); the CPU default (a loop per tensor) needs less memory."""
     return False, not differentiable
-
-
-class _SavedBytes:
-    """Unique storages autograd saves for backward, split into weights (parameters, autocast's copies of
-    them) and activations."""
-
-    def __init__(self, params: list[torch.Tensor], casts: WeakIdKeyDictionary | None):
-        self.params = WeakIdKeyDictionary({p.untyped_storage(): True for p in params})
-        self.casts = casts
-        self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.activations = self.weights = 0
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()  # views (weight.t(), a slice) share their base's storage
-        if st not in self.seen:
-            self.seen[st] = True
-            if st in self.params or (self.casts is not None and st in self.casts):
-                self.weights += st.nbytes()
-            else:
-                self.activations += st.nbytes()
-        return t
-
-    @contextlib.contextmanager
-    def hooks(self) -> Iterator[None]:
-        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
-            yield
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class Simulation:
     batch: int
     autocast: bool
     channels_last: bool
+    memory: str  # plain | lean (StepOptions.memory)
     flops: int  # one step, corrected counter
     flops_stock: int  # one step, torch's stock counter
     saved_activation_bytes: int
@@ -214,6 +216,7 @@ def simulate(
     loss: str = "ldam-drw",
     kernels: str = "triton",
     foreach: bool = True,
+    memory: str = "plain",
 ) -> Simulation:
     """Two bench training steps of ``model`` on ``batch`` samples of ``shape`` under FakeTensorMode.
 
@@ -221,7 +224,8 @@ def simulate(
     as on a CPU. channels_last: None means bench's GPU default (image models channels-last, latent not).
     kernels: "triton", the fused kernels' CUDA path (launches recorded); "reference", their plain-torch
     CPU path (what a CPU run executes, for checking a simulation against one). foreach: Adam's multi-tensor
-    implementation, its default for CUDA tensors; False: its per-tensor loop, the CPU default.
+    implementation, its default for CUDA tensors; False: its per-tensor loop, the CPU default. memory: plain |
+    lean (``StepOptions.memory``: a latent model's lean mode, an image ResNet's residual blocks recomputed).
     """
     if kernels not in ("triton", "reference"):
         raise ValueError(f"kernels={kernels!r}: expected 'triton' (as on CUDA) or 'reference' (as on CPU)")
@@ -233,9 +237,11 @@ def simulate(
         raise ValueError(f"batch {batch}: must be at least 1")
     cl = case.space == "image" if channels_last is None else channels_last
     cpu = torch.device("cpu")
-    opts = StepOptions(cpu, channels_last=cl, loss=loss, kernels="auto" if kernels == "triton" else "reference")
+    opts = StepOptions(
+        cpu, channels_last=cl, loss=loss, kernels="auto" if kernels == "triton" else "reference", memory=memory
+    )
     with torch.device("meta"):  # weights: shapes (and bench's memory format) only, no values drawn
-        net = build_net(case, StepOptions(torch.device("meta"), channels_last=cl))
+        net = build_net(case, dataclasses.replace(opts, device=torch.device("meta")))
     policy = CudaAutocast(torch.bfloat16) if autocast else None
     region = (lambda device: policy) if policy is not None else None
 
@@ -251,6 +257,7 @@ def simulate(
             stack.enter_context(mock.patch(target, lambda *a, **k: None))
         if region is not None:
             stack.enter_context(mock.patch("engine.training.objective.autocast", region))
+            stack.enter_context(_recomputed_under(policy))
         net = net._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=cpu))
         tracker = MemTracker()
         tracker.track_external(net)
@@ -258,11 +265,11 @@ def simulate(
             step, net = make_step(case, batch, opts, net=net)
             step(0)  # creates Adam's state; its gradients live on into the next step's forward
             tracker.reset_mod_stats()
-            saved = _SavedBytes(list(net.parameters()), policy.casts if policy is not None else None)
+            saved = SavedTensorCounter(list(net.parameters()), policy.casts if policy is not None else None)
             roofline = Roofline()
             _LAUNCHES.append(roofline)
             try:
-                with roofline, flop_counter() as counter, FlopCounterMode(display=False) as stock, saved.hooks():
+                with roofline, flop_counter() as counter, FlopCounterMode(display=False) as stock, saved.counting():
                     step(1)
             finally:
                 _LAUNCHES.remove(roofline)
@@ -274,10 +281,11 @@ def simulate(
         batch=batch,
         autocast=autocast,
         channels_last=cl,
+        memory=memory,
         flops=int(counter.get_total_flops()),
         flops_stock=int(stock.get_total_flops()),
         saved_activation_bytes=saved.activations,
-        saved_weight_bytes=saved.weights,
+        saved_weight_bytes=saved.parameters,
         peak_bytes=breakdown.get("Total", 0),
         peak_breakdown=breakdown,
         ops=tuple(roofline.ops),
@@ -300,12 +308,16 @@ def predict_case(
     *,
     autocast: bool = True,
     channels_last: bool | None = None,
+    memory: str = "plain",
 ) -> dict:
     """Predicted figures of one bench training step of ``model`` on ``batch`` samples of ``shape`` on ``device``
-    (h100-sxm | h200-sxm), as bench throughput would run it there (bf16 autocast, fp32 weights and Adam)."""
+    (h100-sxm | h200-sxm), as bench throughput would run it there (bf16 autocast, fp32 weights and Adam), in
+    ``memory`` mode (plain | lean)."""
     key, spec = gpu(device)
-    sim = simulate(model, tuple(shape) if not isinstance(shape, str) else shape, batch, autocast, channels_last)
+    shape = tuple(shape) if not isinstance(shape, str) else shape
+    sim = simulate(model, shape, batch, autocast, channels_last, memory=memory)
     step_s, memory_s = roofline_time(sim.ops, spec)
+    calibrated_s, graphs_s = CALIBRATION.step_time(sim.ops, spec), CALIBRATION.step_time(sim.ops, spec, graphs=True)
     samples_per_s = batch / step_s if step_s > 0 else math.inf
     return {
         "label": LABEL,
@@ -321,6 +333,7 @@ def predict_case(
         if autocast
         else "fp32 throughout",
         "channels_last": sim.channels_last,
+        "memory": sim.memory,
         "params": sim.params,
         "flops_per_sample": sim.flops / batch,
         "flops_per_sample_stock_counter": sim.flops_stock / batch,
@@ -336,6 +349,10 @@ def predict_case(
         "predicted_samples_per_s": samples_per_s,
         "memory_bound_fraction": memory_s / step_s if step_s > 0 else 0.0,
         "mfu": sim.flops / (step_s * spec.bf16_flops) if step_s > 0 else 0.0,
+        "calibrated_step_s": calibrated_s,
+        "calibrated_samples_per_s": batch / calibrated_s,
+        "calibrated_step_s_cuda_graphs": graphs_s,
+        "calibration": describe(),
         "ops": len(sim.ops),
         "roofline": "sum over dispatched ops of max(flops / peak, bytes / HBM bandwidth); peaks: dense "
         f"bf16 {spec.bf16_flops / 1e12:.1f} TFLOP/s, HBM {spec.hbm_bytes_per_s / 1e12:.2f} TB/s; no launch "
@@ -346,7 +363,8 @@ def predict_case(
 
 
 def predict_ratio(latent: dict, image: dict) -> dict:
-    """Predicted latent/image throughput and image/latent memory ratios of two predict_case results."""
+    """Predicted latent/image throughput (calibrated; the roofline's beside it) and image/latent memory ratios of
+    two predict_case results."""
     if latent.get("label") != LABEL or image.get("label") != LABEL:
         raise ValueError("predict_ratio takes two predict_case results (label 'predicted')")
     if latent["device"] != image["device"]:
@@ -356,8 +374,10 @@ def predict_ratio(latent: dict, image: dict) -> dict:
         "device": latent["device"],
         "latent": latent["case"],
         "image": image["case"],
+        "memory": [latent["memory"], image["memory"]],
         "batch": [latent["batch"], image["batch"]],
-        "throughput_ratio": latent["predicted_samples_per_s"] / image["predicted_samples_per_s"],
+        "throughput_ratio": latent["calibrated_samples_per_s"] / image["calibrated_samples_per_s"],
+        "roofline_throughput_ratio": latent["predicted_samples_per_s"] / image["predicted_samples_per_s"],
         "memory_ratio": image["peak_bytes"] / latent["peak_bytes"] if latent["peak_bytes"] else math.inf,
         "flops_ratio": image["flops_per_sample"] / latent["flops_per_sample"] if latent["flops_per_sample"] else 0,
         "saved_activation_ratio": image["saved_activation_bytes_per_sample"]
@@ -388,22 +408,34 @@ def predict_grid(
     return rows, ratios
 
 
-def paper_pairs(batch: int = DEFAULT_BATCH, devices: tuple[str, ...] = ("h100-sxm", "h200-sxm")) -> list[dict]:
-    """The protocol's two pairings at the paper's scale, predicted: convnext-t-film on the flux2 latent of a
-    512 px image against resnet50 at 256 px (paper protocol) and at 512 px (same source); rows, then ratios."""
-    rows, ratios = predict_grid(
-        ["convnext-t-film"],
-        ["flux2-512"],
-        ["resnet50"],
-        [256, 512],
-        list(devices),
-        lambda m, s, d: predict_case(m, s, batch, d),
-    )
-    return rows + ratios
+def paper_pairs(
+    batch: int = DEFAULT_BATCH,
+    devices: tuple[str, ...] = ("h100-sxm", "h200-sxm"),
+    latent_models: tuple[str, ...] = ("convnext-t-film", "convnext-atto-film"),
+    memories: tuple[str, ...] = ("plain", "lean"),
+) -> list[dict]:
+    """The protocol's two pairings at the paper's scale, predicted: each latent model (in each memory mode) on
+    the flux2 latent of a 512 px image against the stock resnet50 at 256 px (paper protocol) and at 512 px
+    (same source); rows, then ratios."""
+    rows, ratios = {}, []
+    for memory in memories:
+        found, paired = predict_grid(
+            list(latent_models),
+            ["flux2-512"],
+            ["resnet50"],
+            [256, 512],
+            list(devices),
+            lambda m, s, d, memory=memory: predict_case(
+                m, s, batch, d, memory=memory if isinstance(s, str) else "plain"
+            ),
+        )
+        rows.update({(r["case"], r["device"], r["memory"]): r for r in found})
+        ratios += paired
+    return list(rows.values()) + ratios
 
 
 if __name__ == "__main__":  # python -m bench.predict: the paper pairs as JSON lines
     import json
 
     for row in paper_pairs():
-        print(json.dumps({k: v for k, v in row.items() if k not in ("roofline", "caveats")}))
+        print(json.dumps({k: v for k, v in row.items() if k not in ("roofline", "caveats", "calibration")}))

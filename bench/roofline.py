@@ -30,22 +30,30 @@ class GPU:
 # 67 TFLOPS, for both parts (same GH100 die and clocks); they differ in memory: H100 SXM 80 GB HBM3 at
 # 3.35 TB/s, H200 SXM 141 GB HBM3e at 4.8 TB/s. The dense peaks to one more digit (989.4, 494.7, 66.9)
 # are the ones NVIDIA's Hopper architecture whitepaper tabulates for H100 SXM5.
+# The two GPUs of the published measurements bench.calibrated is fitted to. NVIDIA A100 datasheet (SXM4 80GB):
+# BF16 tensor 312 TFLOPS, TF32 156 TFLOPS (dense), FP32 19.5 TFLOPS, HBM2e 2,039 GB/s. NVIDIA Ampere GA102
+# whitepaper (GeForce RTX 3090): FP16/BF16 tensor with FP32 accumulate 71 TFLOPS and TF32 35.6 TFLOPS (dense),
+# FP32 35.6 TFLOPS, GDDR6X 936 GB/s, 24 GB.
 GPUS = {
     "h100-sxm": GPU("NVIDIA H100 SXM (predicted)", 989.4e12, 494.7e12, 66.9e12, 3.35e12, 80e9),
     "h200-sxm": GPU("NVIDIA H200 SXM (predicted)", 989.4e12, 494.7e12, 66.9e12, 4.8e12, 141e9),
+    "a100-sxm": GPU("NVIDIA A100 SXM4 80GB (predicted)", 312e12, 156e12, 19.5e12, 2.039e12, 80e9),
+    "rtx-3090": GPU("NVIDIA GeForce RTX 3090 (predicted)", 71e12, 35.6e12, 35.6e12, 0.936e12, 24e9),
 }
-_ALIASES = {"h100": "h100-sxm", "h200": "h200-sxm"}
+_ALIASES = {"h100": "h100-sxm", "h200": "h200-sxm", "a100": "a100-sxm", "3090": "rtx-3090"}
 
 
 def gpu(device: str) -> tuple[str, GPU]:
     key = _ALIASES.get(device.lower(), device.lower())
     if key not in GPUS:
-        raise ValueError(f"unknown device {device!r}; known: {', '.join(GPUS)} (or h100, h200)")
+        raise ValueError(f"unknown device {device!r}; known: {', '.join(GPUS)} (or {', '.join(_ALIASES)})")
     return key, GPUS[key]
 
 
 class Roofline(TorchDispatchMode):
-    """Per dispatched op: FLOPs (bench.flop_count's table), bytes read and written, the dtype it runs in."""
+    """Per dispatched op: FLOPs (bench.flop_count's table), bytes read and written, the dtype it runs in. A
+    depthwise convolution (one input channel per group) is named ``<op>:depthwise``, as its kernels run far
+    below the rates of dense convolutions (bench.calibrated prices it apart)."""
 
     FREE = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_unsafe_view"})
     FREE |= {"lift_fresh", "detach", "alias", "set_", "resize_", "_local_scalar_dense", "sym_size", "sym_stride"}
@@ -53,6 +61,16 @@ class Roofline(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops: list[tuple[str, int, int, torch.dtype | None]] = []
+
+    CONVOLUTIONS = frozenset({"convolution", "convolution_backward"})
+
+    @staticmethod
+    def _depthwise(args) -> bool:
+        """aten.convolution(input, weight, ..., groups) / convolution_backward(grad, input, weight, ..., groups,
+        mask): groups > 1 with one input channel per group."""
+        weight = args[1] if len(args) == 9 else args[2]
+        groups = args[8] if len(args) == 9 else args[9]
+        return groups > 1 and weight.shape[1] == 1
 
     @staticmethod
     def touched(t: torch.Tensor) -> int:
@@ -66,6 +84,8 @@ class Roofline(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
+        if name in self.CONVOLUTIONS and self._depthwise(args):
+            name += ":depthwise"
         if func.is_view or name in self.FREE or func.namespace == "prim":
             return out
         inputs = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]

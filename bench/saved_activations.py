@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import checkpoint
+from torch.utils.weak import WeakIdKeyDictionary
 
 from engine.models import build_model
 
@@ -37,18 +38,25 @@ class SavedBytes:
 
 
 class SavedTensorCounter:
-    """Counts the unique storages saved for the backward while ``counting()`` is open."""
+    """Counts the unique storages saved for the backward while ``counting()`` is open.
 
-    def __init__(self, params: list[torch.Tensor]):
-        self.params = {p.untyped_storage().data_ptr() for p in params}
-        self.seen: set[int] = set()  # storage addresses: every saved storage stays alive until the backward
+    Storages are told apart by identity (weakly held), not by address, so the count works on fake tensors
+    (``bench.predict``) as on real ones; ``weights``: storages besides the parameters that count as weights
+    (the autocast copies of them, ``CudaAutocast.casts``). Every saved storage stays alive until the backward,
+    so none is counted twice.
+    """
+
+    def __init__(self, params: list[torch.Tensor], weights: WeakIdKeyDictionary | None = None):
+        self.params = WeakIdKeyDictionary({p.untyped_storage(): True for p in params})
+        self.weights = weights if weights is not None else WeakIdKeyDictionary()
+        self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.activations = self.parameters = 0
 
     def keep(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in self.seen and storage.nbytes():
-            self.seen.add(storage.data_ptr())
-            if storage.data_ptr() in self.params:
+        storage = t.untyped_storage()  # views (weight.t(), a slice) share their base's storage
+        if storage not in self.seen and storage.nbytes():
+            self.seen[storage] = True
+            if storage in self.params or storage in self.weights:
                 self.parameters += storage.nbytes()
             else:
                 self.activations += storage.nbytes()

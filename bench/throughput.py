@@ -137,6 +137,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         default="sdpa",
         help="attention of the transformer latent models (vit-*): torch's SDPA or xformers (CUDA)",
     )
+    p.add_argument(
+        "--memory",
+        choices=("plain", "lean"),
+        default="plain",
+        help="what the steps keep for the backward (engine train --memory; image ResNets: residual blocks "
+        "recomputed); predicted rows record it",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the profile of the latent step")
     p.add_argument("--no-real-input", action="store_true", help="skip the mode with the input path included")
     p.add_argument("--real-size", type=int, help="image px of the real-input mode (GPU default 256)")
@@ -207,7 +214,9 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
 
     def options(case: Case, **kw) -> StepOptions:
         cl = args.channels_last == "all" or (args.channels_last == "image" and case.space == "image")
-        return StepOptions(device, compile=args.compile, channels_last=cl, attention=args.attention, **kw)
+        return StepOptions(
+            device, compile=args.compile, channels_last=cl, attention=args.attention, memory=args.memory, **kw
+        )
 
     report = _new_report(args, reduced, argv, device)
     out = args.out or environment.result_path("throughput", report["device"])
@@ -249,6 +258,7 @@ def _new_report(args: argparse.Namespace, reduced: list[str], argv: list[str], d
             "precision": "bf16 autocast (fp32 weights and optimizer)" if cuda else "fp32 (CPU)",
             "channels_last": args.channels_last,
             "compile": args.compile,
+            "memory_mode": args.memory,
             "attention": f"{args.attention} (the transformer models, vit-*)",
             "equal_batch": args.batch,
             "timing": f"{args.warmup} warm-up steps, then {args.windows} windows of {args.steps} steps; median "
@@ -386,7 +396,7 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
 
     def predict(model: str, shape, device: str) -> dict:
         log(f"predicted: {model} @ {shape if isinstance(shape, str) else f'{shape[1]}px'} on {device}")
-        return _guarded(log, "prediction", lambda: predict_case(model, shape, device=device))
+        return _guarded(log, "prediction", lambda: predict_case(model, shape, device=device, memory=args.memory))
 
     devices = _items(args.predict_devices)
     rows, paired = predict_grid(

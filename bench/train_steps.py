@@ -9,6 +9,7 @@ normalised, then the network and the loss.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,9 +17,11 @@ import numpy as np
 import torch
 
 from bench.environment import kernels_env
+from bench.image_checkpointing import recompute_residual_blocks
 from engine.loaders import Batch
 from engine.losses import RECIPES
 from engine.models import MODELS, build_model, model_options
+from engine.models.memory import is_lean
 from engine.training.inputs import ImageInputs, LatentInputs
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 
@@ -86,11 +89,20 @@ class StepOptions:
     loss: str = "ldam-drw"
     kernels: str = "auto"  # LATENT_ENGINE_KERNELS while the step is built and run: auto | triton | reference
     attention: str = "sdpa"  # of the transformer models (vit-*): sdpa | xformers, as engine train --attention
+    # plain | lean (engine.models.memory): a latent model's own lean mode, an image ResNet's residual blocks
+    # recomputed (bench.image_checkpointing)
+    memory: str = "plain"
 
 
 def build_net(case: Case, opts: StepOptions) -> torch.nn.Module:
     in_ch, side = case.shape[0], case.shape[1]
-    options = {"attention": opts.attention} if "attention" in model_options(case.model) else {}  # the vit-* only
+    accepted = model_options(case.model)
+    options = {"attention": opts.attention} if "attention" in accepted else {}  # the vit-* only
+    if "memory" in accepted:
+        options["memory"] = opts.memory
+    elif is_lean(opts.memory, case.model):
+        net = build_net(case, dataclasses.replace(opts, memory="plain"))
+        return recompute_residual_blocks(net)
     net = build_model(case.model, in_ch, NUM_CLASSES, latent_size=side if case.space == "latent" else None, **options)
     net = net.to(opts.device)
     return net.to(memory_format=torch.channels_last) if opts.channels_last else net

@@ -78,7 +78,14 @@ def test_ratio_of_a_latent_and_an_image_prediction():
     assert image["channels_last"] and not latent["channels_last"]  # bench's GPU default
     r = predict_ratio(latent, image)
     assert r["label"] == "predicted"
-    assert r["throughput_ratio"] == pytest.approx(latent["predicted_samples_per_s"] / image["predicted_samples_per_s"])
+    assert r["roofline_throughput_ratio"] == pytest.approx(
+        latent["predicted_samples_per_s"] / image["predicted_samples_per_s"]
+    )
+    assert r["throughput_ratio"] == pytest.approx(  # the headline: calibrated
+        latent["calibrated_samples_per_s"] / image["calibrated_samples_per_s"]
+    )
+    for row in (latent, image):
+        assert row["calibrated_samples_per_s"] <= row["predicted_samples_per_s"]  # the roofline bounds it
     assert r["memory_ratio"] == pytest.approx(image["peak_bytes"] / latent["peak_bytes"])
     with pytest.raises(ValueError, match="one device"):
         predict_ratio(latent, predict_case("resnet18", (3, 32, 32), 4, "h200"))

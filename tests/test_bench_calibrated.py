@@ -1,0 +1,25 @@
+"""bench.calibrated: it reproduces its published fit points within the errors it reports, stays under the
+roofline's samples/s, and prices the launch floor and the eager dispatch as it says."""
+
+import pytest
+import torch
+
+from bench.calibrated import CALIBRATION, FIT_ERRORS, FIT_POINTS, Calibration, samples_per_s
+from bench.roofline import gpu, roofline_time
+
+
+@pytest.mark.parametrize("point, error", list(zip(FIT_POINTS, FIT_ERRORS)), ids=lambda p: getattr(p, "model", ""))
+def test_fit_points_are_reproduced_within_the_reported_error(point, error):
+    got = samples_per_s(CALIBRATION, point) / point.samples_per_s - 1
+    assert got == pytest.approx(error, abs=0.005)
+    assert abs(got) < 0.15
+
+
+def test_floor_and_dispatch_bind_small_ops_and_graphs_remove_the_host_term():
+    _, h200 = gpu("h200")
+    ops = [("add", 0, 1024, torch.bfloat16)] * 100 + [("convolution:depthwise", 10**6, 10**9, torch.bfloat16)]
+    c = Calibration(0.5, 0.5, 0.25, kernel_floor_s=3e-6, dispatch_s=50e-6)
+    depthwise_s = 10**9 / (0.25 * h200.hbm_bytes_per_s)
+    assert c.step_time(ops, h200, graphs=True) == pytest.approx(100 * 3e-6 + depthwise_s)
+    assert c.step_time(ops, h200) == pytest.approx(max(100 * 3e-6 + depthwise_s, 101 * 50e-6))
+    assert c.step_time(ops, h200) >= roofline_time(ops, h200)[0]  # never faster than the roofline

@@ -1,0 +1,33 @@
+"""bench.end_to_end: a side runs at min(loader, step), the ratio comes from those rates, and one worker's
+decode rate is measured on real files."""
+
+from bench.end_to_end import decode_rate_per_worker, ratio, side
+from bench.pairing import END_TO_END
+
+
+def row(case: str, space: str, step: float, peak: int) -> dict:
+    """The fields of a bench.predict row a side reads."""
+    return {
+        "case": case,
+        "space": space,
+        "memory": "plain",
+        "device": "h200-sxm",
+        "batch": 256,
+        "calibrated_samples_per_s": step,
+        "peak_bytes": peak,
+    }
+
+
+def test_a_side_runs_at_the_slower_of_its_loader_and_its_step():
+    fed = side(row("img", "image", 5000.0, 10), "8 workers", 1600.0)
+    assert (fed["samples_per_s"], fed["bound"]) == (1600.0, "loader")
+    starved = side(row("lat", "latent", 30000.0, 1), "make_loader", 90000.0)
+    assert (starved["samples_per_s"], starved["bound"]) == (30000.0, "step")
+    r = ratio(starved, fed)
+    assert r["pairing"] == END_TO_END and r["label"] == "predicted"
+    assert r["throughput_ratio"] == 30000.0 / 1600.0 and r["memory_ratio"] == 10.0
+
+
+def test_one_worker_decodes_real_files():
+    for suffix in (".png", ".jpg"):
+        assert decode_rate_per_worker(suffix, count=40, source_px=64, size=32) > 0

@@ -1,0 +1,42 @@
+"""bench.predict in lean memory: it keeps less than plain, and its count of what a step keeps for the backward is
+the count bench.saved_activations makes of the same step run for real on the CPU."""
+
+import pytest
+import torch
+
+from bench.predict import simulate
+from bench.saved_activations import SavedTensorCounter
+from bench.train_steps import Case, StepOptions, build_net, make_step
+
+SHAPE, BATCH = (4, 16, 16), 2
+
+
+def real_step_saved(model: str, memory: str) -> int:
+    """Activation bytes kept for the backward by the second of two real fp32 CPU steps, as simulate counts its."""
+    torch.manual_seed(0)
+    case = Case("latent", model, "x".join(map(str, SHAPE)), SHAPE)
+    opts = StepOptions(torch.device("cpu"), kernels="reference", memory=memory)
+    step, net = make_step(case, BATCH, opts, net=build_net(case, opts))
+    step(0)
+    counter = SavedTensorCounter(list(net.parameters()))
+    with counter.counting():
+        step(1)
+    return counter.activations
+
+
+@pytest.mark.parametrize("model", ["convnext-t-film"])
+def test_predicted_saved_bytes_equal_a_real_cpu_steps(model):
+    predicted = {
+        memory: simulate(model, SHAPE, BATCH, autocast=False, kernels="reference", foreach=False, memory=memory)
+        for memory in ("plain", "lean")
+    }
+    assert predicted["lean"].saved_activation_bytes < predicted["plain"].saved_activation_bytes / 2
+    for memory, sim in predicted.items():
+        assert sim.memory == memory
+        assert sim.saved_activation_bytes == real_step_saved(model, memory), memory
+
+
+def test_lean_image_baseline_recomputes_its_residual_blocks():
+    plain, lean = (simulate("resnet18", (3, 64, 64), BATCH, memory=m) for m in ("plain", "lean"))
+    assert lean.saved_activation_bytes < plain.saved_activation_bytes
+    assert lean.flops > plain.flops  # each block's forward runs again in the backward
