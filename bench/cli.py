@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from engine.errors import UsageError
+from engine.failures import INTERRUPTED, expected_failure
 
 # subcommand -> module with `main(argv: list[str]) -> int`
 COMMANDS = {
@@ -25,9 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
         return int(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0)
-    except UsageError as err:  # the user's to fix: one line; anything else keeps its traceback
-        print(f"bench {argv[0]}: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:  # the user's to fix: one line; a bug keeps its traceback
+        failure = expected_failure(err, "run the same command again")
+        if failure is None:
+            raise
+        print(f"bench {argv[0]}: {failure.line}", file=sys.stderr)
+        return INTERRUPTED if failure.status == INTERRUPTED else 2
 
 
 if __name__ == "__main__":

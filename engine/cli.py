@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from engine.errors import UsageError
+from engine.failures import expected_failure
+from engine.output_folder import require_writable
 from engine.store import open_store
+
+RERUN = "nothing was written that a rerun needs: run the same command again"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -96,7 +101,26 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
         "at the image classifier's size) for `engine train --space recon`; on an existing complete store "
         "only the reconstructions are added",
     )
-    p.set_defaults(run=run_encode)
+    p.set_defaults(run=run_encode, after_interrupt="run the same command again: it resumes from the finished blocks")
+
+
+def check_encode_args(args: argparse.Namespace) -> None:
+    """The options' ranges, before anything is read or created."""
+    for option, value, least in (
+        ("--batch-size", args.batch_size, 1),
+        ("--image-size", args.image_size, 1),
+        ("--block-samples", args.block_samples, 1),
+        ("--world-size", args.world_size, 1),
+    ):
+        if value is not None and value < least:
+            raise UsageError(f"{option} {value}: must be >= {least}")
+    if args.folds < 2:
+        raise UsageError(
+            f"--folds {args.folds}: cross-validation needs at least 2 folds (and `engine train --fold` 3: test "
+            "fold k, validation fold k+1, training the rest); pass --folds 5, the paper's"
+        )
+    if not 0 <= args.rank < args.world_size:
+        raise UsageError(f"--rank {args.rank}: must be in 0..{args.world_size - 1} (--world-size {args.world_size})")
 
 
 def run_encode(args: argparse.Namespace) -> int:
@@ -107,8 +131,10 @@ def run_encode(args: argparse.Namespace) -> int:
     from engine.sources import open_source
     from engine.store import FORMATS
 
-    device = args.device or (f"cuda:{_env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+    check_encode_args(args)
     out = args.out or FORMATS[args.fmt].default_path
+    require_writable(out)
+    device = args.device or (f"cuda:{_env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     extras = args.teacher is not None or args.reconstructions
     if extras and not args.overwrite and out.exists() and open_store(out, require_complete=False).complete:
         return add_extras(out, args, torch.device(device))
@@ -177,14 +203,18 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "that needs another recipe (the transformers) brings its own defaults, and an option given always wins.",
     )
     add_config_options(p)
-    p.set_defaults(run=run_train)
+    p.set_defaults(
+        run=run_train, after_interrupt="run the same command with --resume to continue from the last checkpoint"
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.train import train
+    from engine.train import default_out, train
     from engine.training.options import config_from_args
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    require_writable(config.out or default_out(config))
+    result = train(config)
     test = result.get("test")
     if test:
         mcc = f", MCC {test['mcc']:.4f}" if "mcc" in test else ""
@@ -223,7 +253,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the clean input of a latent model (default: the run's own): lowest trained level | reference code's",
     )
-    p.set_defaults(run=run_eval)
+    p.set_defaults(run=run_eval, after_interrupt=RERUN)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -232,9 +262,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from engine.evaluate import evaluate_checkpoint
     from engine.training.checkpoint import read_checkpoint
 
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+    out = args.out or args.checkpoint.parent / f"eval-{Path(args.store).name}"
+    require_writable(out)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fold = args.fold if args.fold is not None else read_checkpoint(args.checkpoint)[2]["config"].get("fold")
-    out = args.out or args.checkpoint.parent / f"eval-{Path(args.store).name}"
     evaluate_checkpoint(
         args.checkpoint,
         open_store(args.store),
@@ -291,7 +324,9 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
         help="latent arms, a noise-conditioned model (default convnext-t-film on CUDA, adm-s-film on CPU)",
     )
     p.add_argument("--device", default=None)
-    p.set_defaults(run=run_gap)
+    p.set_defaults(
+        run=run_gap, after_interrupt="run the same command again: it reuses the finished runs and resumes the rest"
+    )
 
 
 def run_gap(args: argparse.Namespace) -> int:
@@ -308,7 +343,7 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="check that every file is there at its size, without reading the blocks' checksums",
     )
-    p.set_defaults(run=run_inspect)
+    p.set_defaults(run=run_inspect, after_interrupt=RERUN)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -336,6 +371,9 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engine", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an expected failure too (engine --debug train ...)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_encode(sub)
     add_train(sub)
@@ -346,9 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # results record the command that made them
     try:
         return int(args.run(args) or 0)
-    except UsageError as err:  # anything else is a bug in the engine: it keeps its traceback
-        print(f"engine {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as err:
+        failure = expected_failure(err, args.after_interrupt, getattr(args, "out", None))
+        if failure is None:  # a bug in the engine: it keeps its traceback
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"engine {args.command}: {failure.line}", file=sys.stderr)
+        return failure.status
 
 
 if __name__ == "__main__":

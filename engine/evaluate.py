@@ -46,6 +46,18 @@ def evaluate(model: torch.nn.Module, loader: LatentLoader, make_input: Callable,
     return classification_metrics(logits, labels, class_names=class_names)
 
 
+def fold_leak(trained: int | None, evaluated: int | None, store: LatentStore) -> str | None:
+    """How fold ``evaluated`` was seen by a checkpoint trained with ``--fold trained`` (test fold k, validation
+    fold k+1, training the rest; None: the stored splits), or None when it was held out."""
+    if evaluated is None or evaluated == trained:
+        return None
+    if trained is None:
+        return "the checkpoint was trained on the stored splits, whose training samples are spread over every fold"
+    n_folds = int(store.manifest.get("folds", {}).get("n_folds", 0))
+    role = "validation" if n_folds and evaluated == (trained + 1) % n_folds else "training"
+    return f"the checkpoint was trained with --fold {trained}, where fold {evaluated} was in its {role} set"
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     store: LatentStore,
@@ -63,10 +75,17 @@ def evaluate_checkpoint(
     ``clean_eval`` (default: the run's own ``--clean-eval``) picks the clean input of a latent model: at the
     lowest trained level, or as the reference code (no noise, the embedding of sigma 1e-5).
     """
-    weights, _, meta = read_checkpoint(checkpoint)
+    weights, _, meta = read_checkpoint(checkpoint, log=log)
     class_names = store.manifest["dataset"]["class_names"]
-    cfg = TrainConfig.from_dict(meta["config"])
+    try:
+        cfg = TrainConfig.from_dict(meta["config"])
+    except (UsageError, TypeError) as err:
+        raise UsageError(
+            f"{checkpoint}: its recorded config does not load ({err}); evaluate another checkpoint"
+        ) from None
     space = space_for(cfg.space)
+    if (leak := fold_leak(cfg.fold, fold, store)) is not None:
+        log(f"WARNING --fold {fold}: {leak}; its metrics on this fold are not held out")
     differences = space.store_differences(meta["store"], store.manifest)
     if differences and not allow_other_store:
         raise UsageError(
@@ -81,7 +100,12 @@ def evaluate_checkpoint(
             "no option makes those comparable"
         )
     space.check_fit(checkpoint, meta["model"], store.manifest)
-    model = build_model(**meta["model"])
+    try:
+        model = build_model(**meta["model"])
+    except (UsageError, TypeError) as err:
+        raise UsageError(
+            f"{checkpoint}: its recorded model does not build ({err}); evaluate another checkpoint"
+        ) from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:

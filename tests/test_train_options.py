@@ -58,6 +58,7 @@ def test_every_field_is_an_option_with_its_default_and_every_option_a_field():
     assert vars(args) == {
         "command": "train",
         "run": args.run,
+        "after_interrupt": args.after_interrupt,  # what Ctrl-C's one line says
         **{f.name: options[f.name].default for f in fields(TrainConfig)},
         "store": "s.zarr",
     }

@@ -288,11 +288,29 @@ def _from_directory(path: Path, shipped: bool = False) -> torch.nn.Module:
         return cls.from_pretrained(root, low_cpu_mem_usage=False)
     except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as err:
         weights = next(root.glob(f"{_WEIGHTS}*"))
+        if _unsafe_pickle(weights):
+            raise UsageError(
+                f"{weights}: a pickle holding more than tensors, unsafe to load: refused; re-save the autoencoder "
+                "with save_pretrained (safetensors)"
+            ) from None
         raise UsageError(
             f"{weights}: unreadable autoencoder weights ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:200]}); "
             + (_RESHIP if shipped else "the file is truncated or damaged, copy it again")
         ) from None
+
+
+def _unsafe_pickle(path: Path) -> bool:
+    """Whether ``path`` is a torch pickle that torch's weights-only loader refuses (it would run code)."""
+    if path.suffix == ".safetensors":
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return True
+    except Exception:  # damaged or not a pickle at all: the caller's "truncated or damaged" stands
+        return False
+    return False
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

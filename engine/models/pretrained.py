@@ -9,11 +9,13 @@ rather than training a half-loaded model.
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from engine.errors import MissingInputError, UsageError
@@ -36,12 +38,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"--init {path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(
+            f"--init {path}: a pickle holding more than tensors, unsafe to load: refused; re-save its state_dict "
+            "(torch.save(model.state_dict(), ...) or as .safetensors)"
+        ) from None
+    except (SafetensorError, RuntimeError, EOFError, OSError) as err:
+        raise UsageError(
+            f"--init {path}: unreadable weights ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "
+            "truncated or damaged, download or copy it again"
+        ) from None
     while isinstance(state, dict) and (inner := next((k for k in _CONTAINERS if isinstance(state.get(k), dict)), None)):
         state = state[inner]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -134,8 +134,13 @@ class TrainConfig:
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.epochs < 1:
-            raise UsageError("--batch-size and --epochs must be >= 1")
+        for name, least in (("batch_size", 1), ("epochs", 1), ("patience", 1), ("checkpoint_every", 0)):
+            if getattr(self, name) < least:
+                raise UsageError(f"{flag(name)} {getattr(self, name)}: must be >= {least}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"--max-steps {self.max_steps}: must be >= 1 (leave it out for no limit)")
+        if self.fold is not None and self.fold < 0:
+            raise UsageError(f"--fold {self.fold}: must be >= 0 (test fold k, validation fold k+1)")
         if self.model is None:
             self.model = space_for(self.space).default_model
         for f in fields(self):

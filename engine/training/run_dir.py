@@ -2,7 +2,8 @@
 
 One writer per run directory: ``start`` takes an exclusive lock on ``run.lock`` (holding the writer's
 pid) for as long as the run lives. The OS drops the lock when its holder dies, so a killed run never
-blocks its own ``--resume``, while a second ``engine train`` into the same ``--out`` stops at once.
+blocks its own ``--resume``, while a second ``engine train`` into the same ``--out`` stops at once. Holding the
+lock, it removes the partial checkpoint files a killed writer left behind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from engine.errors import ExistingOutputError, MissingInputError, UsageError
 from engine.store.manifest import write_json_atomic
+from engine.training.checkpoint import remove_partial_checkpoints
 
 
 class RunDir:
@@ -45,6 +47,7 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
+        remove_partial_checkpoints(self.path)  # the lock is ours: no other writer is writing one
         if not resume and self.last.is_file():
             self.release()
             raise ExistingOutputError(
