@@ -350,8 +350,9 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
     grouped = all((c.groups != "").all() for c in contents.values())
     manifest = base_manifest(source, ae, opts, plans, contents, grouped)
     with encode_lock(opts.out, opts.rank, opts.world_size).acquire(opts.out):  # a second identical encode stops here
-        for path in (opts.out, staging_path(opts.out)):
+        for path in (opts.out, staging_path(opts.out)):  # what killed runs left: skeletons, swapped-out stores
             remove_stale_builds(path)
+        remove_replaced(opts.out)
         target = encode_target(opts, manifest)
         if target is None:
             return _already_complete(source, ae, opts, log)
@@ -360,6 +361,14 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
                 f"{opts.out} holds a store; encoding its replacement beside it in {target}: the old store stays "
                 "until the new one is complete, and the same command resumes a killed replacement"
             )
+        row_bytes = container.row_bytes(sample_bytes, 1 + opts.posterior)
+        if not target.exists():  # before the skeleton: a store that cannot fit leaves nothing behind
+            mine = [
+                plan.block_range(b)
+                for plan in plans.values()
+                for b in blocks_for_rank(plan, opts.rank, opts.world_size)
+            ]
+            require_free_space(target, sum(hi - lo for lo, hi in mine) * row_bytes)
         store = prepare_store(target, opts, manifest, contents, plans, latent_shape)
         todo = [
             (name, b)
@@ -368,7 +377,7 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
             if not store.split(name).block_done(b)
         ]
         remaining = sum(plans[n].block_range(b)[1] - plans[n].block_range(b)[0] for n, b in todo)
-        require_free_space(target, remaining * container.row_bytes(sample_bytes, 1 + opts.posterior))
+        require_free_space(target, remaining * row_bytes)
         for name in plans:
             store.split(name).remove_temporary([b for n, b in todo if n == name])  # a killed write's leftovers
         if todo:

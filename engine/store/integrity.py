@@ -219,14 +219,14 @@ def manifest_problems(store, recorded: dict[str, str]) -> list[str]:
     """Manifest fields that differ from the digests recorded with it: edited by hand (or by another tool)."""
     found = manifest_digests(store.manifest)
     changed = sorted(
-        [f"{field} (edited)" for field in found if field in recorded and found[field] != recorded[field]]
-        + [f"{field} (added)" for field in found.keys() - recorded.keys()]
-        + [f"{field} (removed)" for field in recorded.keys() - found.keys()]
+        [(field, "edited") for field in found if field in recorded and found[field] != recorded[field]]
+        + [(field, "added") for field in found.keys() - recorded.keys()]
+        + [(field, "removed") for field in recorded.keys() - found.keys()]
     )
     return [
-        f"{store.path}: manifest field {field} differs from the integrity record written with the store; the manifest "
-        f"was edited after encoding: {_damaged(store.path)}"
-        for field in changed
+        f"{store.path}: manifest field {field} was {how} after encoding (the integrity record written with the store "
+        f"says otherwise); {_damaged(store.path)}"
+        for field, how in changed
     ]
 
 
