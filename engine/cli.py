@@ -323,6 +323,12 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
         choices=[n for n, e in MODELS.items() if e.on_latents and e.noise_conditioned],
         help="latent arms, a noise-conditioned model (default convnext-t-film on CUDA, adm-s-film on CPU)",
     )
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="train again the runs in OUT/runs recorded with other settings (another budget); without it such a "
+        "study is refused, naming the fields",
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(
         run=run_gap, after_interrupt="run the same command again: it reuses the finished runs and resumes the rest"

@@ -2,8 +2,11 @@
 
 Every block is encoded from the same images in the same batches whether or not the run was
 interrupted, and channel statistics are merged in block order, so a resumed or multi-worker
-encode equals an uninterrupted one bit for bit. ``--overwrite`` encodes the new store beside the
-old one and swaps it in only when complete: a failed or killed overwrite loses nothing.
+encode equals an uninterrupted one bit for bit. A store says complete only once everything its manifest
+promises is written (statistics, the fidelity record, the integrity record), so a kill at any point
+resumes to the same store. ``--overwrite`` encodes the new store beside the old one and swaps it in only
+when complete: a failed or killed overwrite loses nothing. One process writes a store (a lock beside it),
+free space is checked before the first block, and what a failed or killed write left behind is removed.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from engine.sources import Source
 from engine.sources.base import BadImageError
 from engine.sources.folds import assign_folds
 from engine.sources.preprocess import to_model_input
-from engine.store.atomic import remove_replaced, staging_path, swap_in
+from engine.store.atomic import remove_replaced, remove_stale_builds, staging_path, swap_in
 from engine.store.channel_stats import block_moments, mean_std, merge_moments
 from engine.store.container import Container
 from engine.store.formats import format_named, store_format
 from engine.store.integrity import meta_checksums, seal
+from engine.store.lock import encode_lock
 from engine.store.manifest import SCHEMA_VERSION, StoreError, fingerprint
 from engine.store.plan import SplitContent, SplitPlan, blocks_for_rank, plan_split
 from engine.store.reader import LatentStore, open_store
+from engine.store.space import require_free_space
 
 TARGET_STD = 0.5  # the paper standardises latents to per-channel std 0.5, at load time here
 
@@ -283,8 +288,12 @@ def encode_block(
     return latents, logvar, valid, skipped
 
 
-def finalize(store: LatentStore) -> bool:
-    """Write statistics, the file record, and mark the store complete once every block of every split is done."""
+def finalize(store: LatentStore, ae: Autoencoder, source: Source) -> bool:
+    """Once every block of every split is done: statistics, the fidelity record, the file record, and last
+    ``complete``; False while blocks remain. A kill before the last write leaves ``complete`` false, and the
+    next run of the same command redoes this, to the same values."""
+    if store.complete:
+        return True
     manifest = dict(store.manifest)
     splits = {name: store.split(name) for name in sorted(store.splits)}  # one merge order for every container
     if not all(s.done_flags().all() for s in splits.values()):
@@ -319,9 +328,9 @@ def finalize(store: LatentStore) -> bool:
         "over": stats_split,
         "all_splits": {"mean": mean_all, "std": std_all},
     }
+    manifest["fidelity"] = store_fidelity(ae, source, store)
     seal(store)
-    manifest["complete"] = True
-    store.set_manifest(manifest)
+    store.set_manifest({**manifest, "complete": True})  # the manifest's digests under the record, then the manifest
     return True
 
 
@@ -340,29 +349,72 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
     contents = split_contents(source, opts.n_folds, opts.fold_seed, fold_protocol(source, opts.folds_like))
     grouped = all((c.groups != "").all() for c in contents.values())
     manifest = base_manifest(source, ae, opts, plans, contents, grouped)
-    target = encode_target(opts, manifest)
-    if target is None:
-        log(f"{opts.out} already holds this store, complete; nothing to do (--overwrite encodes it again)")
+    with encode_lock(opts.out, opts.rank, opts.world_size).acquire(opts.out):  # a second identical encode stops here
+        for path in (opts.out, staging_path(opts.out)):  # what killed runs left: skeletons, swapped-out stores
+            remove_stale_builds(path)
+        remove_replaced(opts.out)
+        target = encode_target(opts, manifest)
+        if target is None:
+            return _already_complete(source, ae, opts, log)
+        if target != opts.out:
+            log(
+                f"{opts.out} holds a store; encoding its replacement beside it in {target}: the old store stays "
+                "until the new one is complete, and the same command resumes a killed replacement"
+            )
+        row_bytes = container.row_bytes(sample_bytes, 1 + opts.posterior)
+        if not target.exists():  # before the skeleton: a store that cannot fit leaves nothing behind
+            mine = [
+                plan.block_range(b)
+                for plan in plans.values()
+                for b in blocks_for_rank(plan, opts.rank, opts.world_size)
+            ]
+            require_free_space(target, sum(hi - lo for lo, hi in mine) * row_bytes)
+        store = prepare_store(target, opts, manifest, contents, plans, latent_shape)
+        todo = [
+            (name, b)
+            for name, plan in plans.items()
+            for b in blocks_for_rank(plan, opts.rank, opts.world_size)
+            if not store.split(name).block_done(b)
+        ]
+        remaining = sum(plans[n].block_range(b)[1] - plans[n].block_range(b)[0] for n, b in todo)
+        require_free_space(target, remaining * row_bytes)
+        for name in plans:
+            store.split(name).remove_temporary([b for n, b in todo if n == name])  # a killed write's leftovers
+        if todo:
+            log(
+                f"encoding {remaining} images in {len(todo)} blocks into {target} ({container.name}), "
+                f"autoencoder {ae.family} ({'pretrained' if ae.pretrained else 'UNTRAINED, pretrained: false'})"
+            )
+        write_blocks(source, ae, opts, store, plans, todo, remaining, log)
+        if not finalize(open_store(target, require_complete=False, writable=True), ae, source):
+            log(
+                f"rank {opts.rank}: its blocks are done; other workers' blocks remain. "
+                "The last worker to finish (or a rerun of the same command) completes the manifest."
+            )
+            return open_store(target, require_complete=False)
+        fidelity = open_store(target).manifest["fidelity"]
+        log(
+            f"reconstruction fidelity ({fidelity['rows']} of {fidelity['split']}): "
+            f"PSNR {fidelity['psnr_db']:.2f} dB, SSIM {fidelity['ssim']:.3f}"
+        )
+        if target != opts.out and swap_in(opts.out, target):
+            log(f"replaced {opts.out} with the new store")
+        remove_replaced(opts.out)
         return open_store(opts.out)
-    if target != opts.out:
-        log(
-            f"{opts.out} holds a store; encoding its replacement beside it in {target}: the old store stays until "
-            "the new one is complete, and the same command resumes a killed replacement"
-        )
-    store = prepare_store(target, opts, manifest, contents, plans, latent_shape)
 
-    todo = [
-        (name, b)
-        for name, plan in plans.items()
-        for b in blocks_for_rank(plan, opts.rank, opts.world_size)
-        if not store.split(name).block_done(b)
-    ]
-    remaining = sum(plans[n].block_range(b)[1] - plans[n].block_range(b)[0] for n, b in todo)
-    if todo:
-        log(
-            f"encoding {remaining} images in {len(todo)} blocks into {target} ({container.name}), "
-            f"autoencoder {ae.family} ({'pretrained' if ae.pretrained else 'UNTRAINED, pretrained: false'})"
-        )
+
+def write_blocks(
+    source: Source,
+    ae: Autoencoder,
+    opts: EncodeOptions,
+    store: LatentStore,
+    plans: dict[str, SplitPlan],
+    todo: list[tuple[str, int]],
+    remaining: int,
+    log,
+) -> None:
+    """Encode and write the blocks ``todo``; a write that fails (a full disk) leaves its block undone, no temporary
+    file, and an OSError naming the store when the system named no file."""
     with (
         ThreadPoolExecutor(opts.read_threads) as pool,
         tqdm(total=remaining, unit="img", file=sys.stderr, desc=f"encode rank {opts.rank}") as bar,
@@ -372,21 +424,22 @@ def encode(source: Source, ae: Autoencoder, opts: EncodeOptions, log=print) -> L
             latents, logvar, valid, skipped = encode_block(source, ae, name, lo, hi, opts, pool)
             for key in skipped:
                 log(f"skipped unreadable image {key} (--skip-bad)")
-            store.split(name).write_block(b, latents, logvar, valid, block_moments(latents[valid.astype(bool)]))
+            split = store.split(name)
+            try:
+                split.write_block(b, latents, logvar, valid, block_moments(latents[valid.astype(bool)]))
+            except OSError as err:
+                split.remove_temporary([b])
+                if err.filename is None:
+                    raise OSError(err.errno, err.strerror or str(err), str(store.path)) from err
+                raise
             bar.update(hi - lo)
-    if not finalize(open_store(target, require_complete=False, writable=True)):
-        log(
-            f"rank {opts.rank}: its blocks are done; other workers' blocks remain. "
-            "The last worker to finish (or a rerun of the same command) completes the manifest."
-        )
-        return open_store(target, require_complete=False)
-    done = open_store(target, writable=True)
-    done.set_manifest({**done.manifest, "fidelity": store_fidelity(ae, source, done)})
-    log(
-        f"reconstruction fidelity ({done.manifest['fidelity']['rows']} of {done.manifest['fidelity']['split']}): "
-        f"PSNR {done.manifest['fidelity']['psnr_db']:.2f} dB, SSIM {done.manifest['fidelity']['ssim']:.3f}"
-    )
-    if target != opts.out and swap_in(opts.out, target):
-        log(f"replaced {opts.out} with the new store")
-    remove_replaced(opts.out)
+
+
+def _already_complete(source: Source, ae: Autoencoder, opts: EncodeOptions, log) -> LatentStore:
+    """The complete store at ``--out``; one an older engine completed before its fidelity record gets it now."""
+    store = open_store(opts.out, writable=True)
+    if "fidelity" not in store.manifest:
+        log(f"{opts.out}: complete but without its fidelity record (an encode stopped before it); adding it")
+        store.set_manifest({**store.manifest, "fidelity": store_fidelity(ae, source, store)})
+    log(f"{opts.out} already holds this store, complete; nothing to do (--overwrite encodes it again)")
     return open_store(opts.out)

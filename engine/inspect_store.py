@@ -106,7 +106,7 @@ def describe(store: LatentStore) -> str:
         row = []
         for s in store.splits:
             info = m["splits"][s]
-            if "class_counts" in info:
+            if k < len(info.get("class_counts", [])):  # an edited manifest may name more classes than it counted
                 n = info["class_counts"][k]
                 row.append(f"{n:>7} {100 * n / max(info['valid'], 1):5.1f}%")
             else:

@@ -28,6 +28,7 @@ from engine.evaluate import evaluate, evaluate_checkpoint
 from engine.loaders import LatentLoader, Selection, make_loader, select
 from engine.models import model_config
 from engine.store import LatentStore, StoreError, open_store
+from engine.store.integrity import identity
 from engine.training.checkpoint import RunState, read_checkpoint, restore_optimizer, save_checkpoint, store_record
 from engine.training.config import LrSchedule, TrainConfig
 from engine.training.distributed import DistContext, init_distributed
@@ -138,6 +139,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     val_loader = make_loader(
         store, sel["val"], cfg.batch_size, ctx.device, cfg.loader, seed=cfg.seed, tail="partial", log=say
     )
+    pinned = identity(store.path)  # the store this run trains on, by content: refused if another replaces it
     image_size = cfg.image_size or default_image_size(store)
     loss = build_loss(cfg, store, sel["train"], ctx.device)
     # the network and what it is fed, as --space decides: noised latents, or augmented images (training/spaces.py)
@@ -151,7 +153,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     learning_rate = LrSchedule.from_config(cfg, recipe)
     state = RunState()
     recorded = (
-        run.start({"train": config, "model": model_config(model), "store": manifest}, cfg.resume)
+        run.start(
+            {"train": config, "model": model_config(model), "store": manifest, "store_identity": pinned}, cfg.resume
+        )
         if ctx.is_main
         else None
     )
@@ -160,6 +164,11 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         if recorded is not None and (diff := cfg.same_run(recorded["train"])):
             raise UsageError(
                 f"{run.path}: --resume with other settings ({', '.join(diff)}); resume with the original command"
+            )
+        if recorded is not None and (changed := store_change(recorded, store.manifest, pinned)):
+            raise StoreError(
+                f"{store.path}: not the store {run.path} started on ({changed}); resume it on that store "
+                "(restore it), or start a new run on this one with another --out"
             )
         weights, optim_tensors, meta = read_checkpoint(run.last)
         model.load_state_dict(weights)
@@ -249,9 +258,30 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         result["ranks_in_sync"] = ranks_in_sync(model)
         say(f"ranks in sync: identical weights on {ctx.world_size} ranks")
     if ctx.is_main and run.best.is_file():
+        if (now := identity(store.path)) != pinned:
+            raise StoreError(
+                f"{store.path}: replaced while this run trained on it (content {pinned}, now {now}); the final "
+                f"evaluation would read other data. The checkpoints stay in {run.path}: evaluate them with "
+                f"`engine eval {run.best} --store STORE` on the store they were trained on"
+            )
         result.update(evaluate_checkpoint(run.best, store, run.path, ctx.device, cfg.fold, cfg.loader, log=say))
     ctx.close()
     return result
+
+
+SETTINGS = ("dataset", "autoencoder", "image_size", "latent_shape", "logvar", "folds", "splits", "format")
+
+
+def store_change(recorded: dict, manifest: dict, now: str) -> str | None:
+    """What differs between the store a run recorded in its config.json and the one at its path now; None: the same.
+    A run recorded before stores were pinned compares the settings alone."""
+    before = recorded["store"]
+    if before.get("settings_fingerprint") != manifest.get("settings_fingerprint"):
+        fields = [key for key in SETTINGS if before.get(key) != manifest.get(key)]
+        return f"re-encoded with other {', '.join(fields) or 'settings'}"
+    if (pinned := recorded.get("store_identity")) not in (None, now):
+        return f"re-encoded with the same settings to other latents: content {pinned}, now {now}"
+    return None
 
 
 def ranks_in_sync(model: torch.nn.Module) -> bool:

@@ -82,6 +82,7 @@ def main_args(args, log=print) -> GapPlan:
         budget=budget,
         image_model=args.image_model or image_model,
         latent_model=args.latent_model or latent_model,
+        rerun_changed=args.rerun_changed,
     )
     if to_encode:
         prepare_stores(replace(plan, arms=()), log)

@@ -38,6 +38,7 @@ class GapPlan:
     device: torch.device
     encode: dict = field(default_factory=dict)  # label -> (source args, autoencoder spec), for stores to encode
     command: str = "engine gap"  # the command line, as the report records it
+    rerun_changed: bool = False  # retrain runs recorded with other settings (else the study is refused)
 
     @property
     def first(self) -> str:

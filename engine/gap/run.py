@@ -1,11 +1,16 @@
 """Running a gap study: the stores it needs, every run of the plan (reused, resumed or trained), the summary
 (gap.json) and the report. Every run is an `engine train` run in DIR/runs: a killed study reuses the finished
-runs (their eval.json) and resumes the unfinished ones (--resume)."""
+runs (their eval.json) and resumes the unfinished ones (--resume), but only those whose recorded config
+(config.json) is the one it would run now. A run trained with other settings (another budget) is refused
+before any training, naming the fields, unless ``--rerun-changed`` retrains it: a report never shows a
+budget its runs were not trained with."""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +33,7 @@ from engine.store import open_store
 from engine.store.manifest import write_json_atomic
 from engine.teacher import add_teacher_logits
 from engine.train import train
-from engine.training.config import TrainConfig
+from engine.training.config import TrainConfig, flag
 from engine.training.inputs import default_image_size
 
 SCHEMA = "latent-engine/gap/1"
@@ -61,20 +66,61 @@ def run_one(cfg: TrainConfig, log) -> dict:
     return json.loads((out / "eval.json").read_text())
 
 
+def changed_runs(plan: GapPlan) -> dict[Path, dict[str, tuple[object, object]]]:
+    """Runs of the plan already begun in DIR/runs whose recorded config differs from the one the study would run:
+    {run dir: {field: (recorded, now)}}."""
+    changed = {}
+    for arm, label, unit in plan.runs():
+        cfg = plan.config(arm, label, unit)
+        recorded_file = Path(cfg.out) / "config.json"
+        if not recorded_file.is_file():
+            continue
+        recorded = TrainConfig.from_dict(json.loads(recorded_file.read_text())["train"])
+        if diff := cfg.same_run(vars(recorded)):
+            changed[Path(cfg.out)] = {name: (getattr(recorded, name), getattr(cfg, name)) for name in diff}
+    return changed
+
+
+def settle_changed_runs(plan: GapPlan, log) -> None:
+    """Refuse a study whose runs were trained with other settings, naming them and the two ways out; with
+    ``--rerun-changed``, delete those runs so they are trained again."""
+    changed = changed_runs(plan)
+    if not changed:
+        return
+    fields = {name: values for diff in changed.values() for name, values in diff.items()}
+    if not plan.rerun_changed:
+        now = ", ".join(f"{name} {old}, now {new}" for name, (old, new) in fields.items())
+        old = " ".join(f"{flag(name)} {old}" for name, (old, _) in fields.items())
+        raise UsageError(
+            f"{plan.out}: {len(changed)} of its runs were trained with other settings ({now}; e.g. "
+            f"{next(iter(changed))}); pass --rerun-changed to train them again (their results are replaced), "
+            f"or rerun with the settings they were trained with ({old})"
+        )
+    for run in changed:
+        log(f"{run}: trained with other settings ({', '.join(changed[run])}); training it again (--rerun-changed)")
+        shutil.rmtree(run)
+
+
 def store_teacher(plan: GapPlan, teacher: str, unit: Unit, log) -> None:
     """The teaching arm's best checkpoint of ``unit`` as teacher logits in every store (once per store)."""
     arm = next(arm for arm in plan.arms if arm.name == teacher)
     ckpt = plan.run_dir(arm, plan.first, unit) / "best.safetensors"
     for label, path in plan.stores.items():
         record = open_store(path).manifest.get("teachers", {}).get(teacher_name(unit))
-        if record is None or record["checkpoint"] != str(ckpt.resolve()):
+        if record is None or (record["checkpoint"], record["sha256"]) != (str(ckpt.resolve()), _sha256(ckpt)):
             log(f"[{label}] teacher logits {teacher_name(unit)} from {ckpt}")
             add_teacher_logits(path, ckpt, plan.device, name=teacher_name(unit))
+
+
+def _sha256(path: Path) -> str:
+    """A retrained teacher keeps its checkpoint's path: its logits are stale when its bytes changed."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_gap(plan: GapPlan, log=print) -> dict:
     """Every arm of every autoencoder and unit, then the report (DIR/gap.json, gap.md, PNG plots)."""
     plan.out.mkdir(parents=True, exist_ok=True)
+    settle_changed_runs(plan, log)  # before any work: a stale run is refused (or retrained), never reused
     prepare_stores(plan, log)
     first = open_store(next(iter(plan.stores.values())))
     for label, path in plan.stores.items():

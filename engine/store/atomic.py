@@ -12,20 +12,48 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 
 def create_by_rename(path: Path, build: Callable[[Path], None]) -> bool:
     """Run ``build`` on a temporary sibling of ``path``, rename it to ``path``; False if ``path`` appeared first."""
-    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    remove_stale_builds(path)
+    tmp = path.with_name(f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
     try:
+        build(tmp)
         os.rename(tmp, path)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():
+            raise  # the build failed (a full disk, a read-only folder): nothing of it is left
         return False
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+def remove_stale_builds(path: Path) -> None:
+    """Delete skeletons of ``path`` whose builder died (killed while building): they are this host's, and their
+    pid is gone. Another host's, or a live worker's, are left to their builder."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{path.name}.creating-*"):
+        owner = tmp.name.rsplit(".creating-", 1)[1]
+        builder_host, _, pid = owner.rpartition("-")  # "HOST-PID"; a bare PID from engines before the host was named
+        if builder_host in ("", host) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
     return True
 
 
@@ -55,6 +83,10 @@ def swap_in(path: Path, staging: Path) -> bool:
 
 
 def remove_replaced(path: Path) -> None:
-    """Delete what earlier swaps of ``path`` moved away (a kill may have left some)."""
+    """Delete what earlier swaps of ``path`` moved away (a kill may have left some). A ``path`` that was a symlink
+    was moved as the link: the link goes, never what it pointed to."""
     for old in path.parent.glob(f".{path.name}.replaced-*"):
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink() or not old.is_dir():
+            old.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(old, ignore_errors=True)

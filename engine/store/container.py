@@ -59,6 +59,11 @@ class SplitData(Protocol):
     def blocks_in_file(self, rel: str) -> list[int]: ...
     def data_files(self) -> dict[str, list[Path]]: ...
     def write_row_field(self, key: str, values: np.ndarray) -> list[Path]: ...
+    def layout_problems(self, plan: SplitPlan) -> list[str]:
+        """One line per array whose rows or blocks disagree with ``plan`` (the manifest's record of the split)."""
+
+    def remove_temporary(self, blocks: list[int]) -> None:
+        """Delete what failed or killed writes of ``blocks`` left behind (before those blocks are written again)."""
 
 
 class OpenContainer(Protocol):
@@ -73,6 +78,11 @@ class Container(ABC):
     default_path: Path  # where `engine encode` writes without --out
     marker: str  # the file at a store's root that says it is one of this container's, and holds its manifest
     webdataset_shards: bool  # its splits are tar shards with index files that DALI's webdataset reader reads itself
+    member_overhead: int  # bytes a stored array of a row costs beyond its data (headers, padding): for space estimates
+
+    def row_bytes(self, latent_bytes: int, arrays: int) -> int:
+        """About what one row costs on disk: ``arrays`` latent-sized arrays (latents, logvar) and its label."""
+        return arrays * (latent_bytes + self.member_overhead) + self.member_overhead
 
     def create(
         self,

@@ -7,10 +7,14 @@ in place reads back without complaint, so the container alone is never trusted. 
   with the block and before its completion flag: the same value in both containers;
 - the manifest carries checksums of each split's metadata arrays (keys, labels, folds, groups) and
   of added row fields (teacher logits);
-- ``integrity.json`` lists every data file with its size, written when the store completes.
+- ``integrity.json`` lists every data file with its size, a digest of every manifest field (channel
+  statistics and class names included: training trusts them) and the store's content digest (its
+  identity: what a training run pins), written when the store completes and rewritten with the manifest
+  by every later addition (``LatentStore.set_manifest``).
 
-``quick_check`` (run whenever a store is opened for use) compares files and sizes against the list
-and the array shapes against the manifest: cheap, and it catches missing and truncated files.
+``quick_check`` (run whenever a store is opened for use) compares files and sizes against the list,
+the manifest's fields against their digests, and every array's shape against the manifest: cheap, and
+it catches missing and truncated files, hand-edited manifests and array metadata.
 ``full_check`` (``engine inspect``) also recomputes every checksum with one sequential read.
 """
 
@@ -23,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.store.manifest import StoreError, write_json_atomic
+from engine.store.manifest import StoreError, fingerprint, write_json_atomic
+from engine.store.plan import SplitPlan
 
 RECORD = "integrity.json"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: manifest field digests and the content digest
+READS = (1, 2)  # a version-1 record (no manifest digests) is read: its stores stay usable, their manifest unchecked
 META_KEYS = ("keys", "labels", "folds", "groups")
 SHOW = 20  # problems listed before "and N more"
 
@@ -68,10 +74,55 @@ def _damaged(store_path: Path) -> str:
     )
 
 
-def record_files(store_path: Path, files: dict[str, dict[str, list[Path]]]) -> dict:
-    """Write integrity.json: {split: {field: {relative path: bytes}}} for the given files."""
+def manifest_digests(manifest: dict) -> dict[str, str]:
+    """A digest per manifest field, by dotted path (``channel_stats.std``, ``dataset.class_names``): an edit is
+    named by the field it touched."""
+    found: dict[str, str] = {}
+
+    def walk(path: str, value: object) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{path}.{key}" if path else str(key), inner)
+        else:
+            found[path] = fingerprint(value)
+
+    walk("", manifest)
+    return found
+
+
+def content_digest(store) -> str:
+    """The store's identity: its settings and every block's and metadata array's checksum. Equal only for the
+    same latents of the same samples; a re-encode of other images, or with other settings, differs."""
+    return fingerprint(
+        {
+            "settings": store.manifest["settings_fingerprint"],
+            "splits": {
+                name: {
+                    "meta": store.manifest["splits"][name].get("checksums"),
+                    "blocks": _block_checksums(store.split(name)),
+                }
+                for name in sorted(store.splits)
+            },
+        }
+    )
+
+
+def _block_checksums(split) -> list[str]:
+    return [f"{split.block_checksum(b):016x}" for b in range(split.n_blocks)]
+
+
+def identity(store_path: Path) -> str:
+    """The content digest of the store now at ``store_path`` (read from its record: cheap, no data read)."""
+    record = read_record(store_path)
+    return record.get("content") or fingerprint(record["files"])  # version 1: its files and sizes
+
+
+def record_files(store_path: Path, files: dict[str, dict[str, list[Path]]], content: str) -> dict:
+    """Write integrity.json: {split: {field: {relative path: bytes}}} for the given files, and the content digest
+    (the manifest's digests follow with the manifest: ``record_manifest``)."""
     record = {
         "version": RECORD_VERSION,
+        "content": content,
         "files": {
             split: {
                 field: {str(p.relative_to(store_path)): p.stat().st_size for p in sorted(paths)}
@@ -82,6 +133,13 @@ def record_files(store_path: Path, files: dict[str, dict[str, list[Path]]]) -> d
     }
     write_json_atomic(store_path / RECORD, record)
     return record
+
+
+def record_manifest(store_path: Path, manifest: dict) -> None:
+    """Put ``manifest``'s field digests under the record; written just before the manifest itself."""
+    record = read_record(store_path)
+    record.update(version=RECORD_VERSION, manifest=manifest_digests(manifest))
+    write_json_atomic(store_path / RECORD, record)
 
 
 def update_field_files(store_path: Path, split: str, field: str, paths: Iterable[Path]) -> None:
@@ -104,7 +162,7 @@ def read_record(store_path: Path) -> dict:
         ) from None
     except (OSError, ValueError) as err:
         raise StoreError(f"{path}: unreadable ({err}); {_damaged(store_path)}") from None
-    if record.get("version") != RECORD_VERSION:
+    if record.get("version") not in READS:
         raise StoreError(
             f"{path}: record version {record.get('version')}, this engine reads {RECORD_VERSION}; "
             "re-encode the store with this engine"
@@ -131,6 +189,9 @@ def quick_check(store) -> list[str]:
                         f"array {field}; truncated or replaced){_blocks_of(store, split, rel)}"
                     )
     shape = tuple(store.manifest["latent_shape"])
+    if "manifest" in record:
+        problems += manifest_problems(store, record["manifest"])
+    problems += statistics_problems(store)
     for name in store.splits:
         try:
             split = store.split(name)
@@ -148,7 +209,38 @@ def quick_check(store) -> list[str]:
                 f"{store.path}: split {name} holds {split.size} rows, the manifest says "
                 f"{store.manifest['splits'][name]['size']}"
             )
+        entry = store.manifest["splits"][name]
+        plan = SplitPlan(name, int(entry["size"]), int(entry["block"]), int(entry["blocks_per_shard"]))
+        problems += split.layout_problems(plan)
     return problems
+
+
+def manifest_problems(store, recorded: dict[str, str]) -> list[str]:
+    """Manifest fields that differ from the digests recorded with it: edited by hand (or by another tool)."""
+    found = manifest_digests(store.manifest)
+    changed = sorted(
+        [(field, "edited") for field in found if field in recorded and found[field] != recorded[field]]
+        + [(field, "added") for field in found.keys() - recorded.keys()]
+        + [(field, "removed") for field in recorded.keys() - found.keys()]
+    )
+    return [
+        f"{store.path}: manifest field {field} was {how} after encoding (the integrity record written with the store "
+        f"says otherwise); {_damaged(store.path)}"
+        for field, how in changed
+    ]
+
+
+def statistics_problems(store) -> list[str]:
+    """Channel statistics that standardising cannot use: a std that is not a positive finite number."""
+    stats = store.manifest.get("channel_stats")
+    if stats is None:
+        return []
+    bad = [(c, v) for c, v in enumerate(stats.get("std", [])) if not (isinstance(v, (int, float)) and 0 < v < np.inf)]
+    return [
+        f"{store.path}: manifest field channel_stats.std is {v!r} for channel {c}; latents are divided by it when "
+        f"standardised: {_damaged(store.path)}"
+        for c, v in bad
+    ]
 
 
 def _blocks_of(store, split: str, rel: str) -> str:
@@ -242,6 +334,8 @@ def summarise(problems: list[str]) -> list[str]:
 
 
 def seal(store) -> dict:
-    """Record every data file and its size (integrity.json); call once every block is written, before
-    the manifest says complete."""
-    return record_files(store.path, {name: store.split(name).data_files() for name in store.splits})
+    """Record every data file, its size and the content digest (integrity.json); call once every block is
+    written, before the manifest (whose digests ``set_manifest`` adds) says complete."""
+    return record_files(
+        store.path, {name: store.split(name).data_files() for name in store.splits}, content_digest(store)
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from engine.store.container import Container, SplitData
 from engine.store.formats import store_format
-from engine.store.integrity import quick_check, summarise
+from engine.store.integrity import RECORD, quick_check, record_manifest, summarise
 from engine.store.manifest import StoreError
 
 
@@ -42,6 +42,10 @@ class LatentStore:
         return self._opened.split(name)
 
     def set_manifest(self, manifest: dict) -> None:
+        """Write the manifest; once the store is sealed (integrity.json), its field digests first, so that only
+        the engine's own changes (teacher logits, reconstructions) pass the check that refuses hand edits."""
+        if (self.path / RECORD).is_file():
+            record_manifest(self.path, manifest)
         self._opened.set_manifest(manifest)
         self.manifest = manifest
 

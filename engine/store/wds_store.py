@@ -88,6 +88,15 @@ class WdsSplit:
         self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray, moments: np.ndarray
     ) -> None:
         """Tar and index through temporary names, the completion record last."""
+        try:
+            self._write_block(b, latents, logvar, valid, moments)
+        except BaseException:
+            self.remove_temporary([b])  # a full disk or an interrupt leaves the last whole state, no partial file
+            raise
+
+    def _write_block(
+        self, b: int, latents: np.ndarray, logvar: np.ndarray | None, valid: np.ndarray, moments: np.ndarray
+    ) -> None:
         lo = b * self.block
         labels = self._meta["labels"]
         tmp_tar, lines = self.shard(b, "tar.tmp"), []
@@ -117,6 +126,25 @@ class WdsSplit:
             checksum=np.uint64(block_checksum(latents, logvar, valid)),
         )
         os.replace(tmp_rec, self.shard(b, "block.npz"))
+
+    def remove_temporary(self, blocks: list[int]) -> None:
+        """The temporary files of ``blocks``' writes that a failed or killed write left behind."""
+        for b in blocks:
+            for ext in ("tar.tmp", "idx.tmp", "block.tmp.npz"):
+                self.shard(b, ext).unlink(missing_ok=True)
+
+    def layout_problems(self, plan: SplitPlan) -> list[str]:
+        """Metadata (meta.npz) that disagrees with the manifest's plan of the split: edited, or another store's."""
+        found = {"rows": self.size, "block": self.block, "n_blocks": self.n_blocks}
+        found |= {f"{key} rows": len(self._meta[key]) for key in ("labels", "folds", "groups")}
+        want = {"rows": plan.size, "block": plan.block, "n_blocks": plan.n_blocks}
+        want |= {f"{key} rows": plan.size for key in ("labels", "folds", "groups")}
+        return [
+            f"{self.path / 'meta.npz'}: {field} {found[field]}, the manifest records {want[field]} (split "
+            f"{self.name}); the split's metadata was edited: {DAMAGED}"
+            for field in want
+            if found[field] != want[field]
+        ]
 
     def _record(self, b: int) -> dict:
         if not self.block_done(b):
@@ -289,6 +317,7 @@ class WdsFormat(Container):
     default_path = Path("latents_wds")
     marker = MANIFEST_JSON
     webdataset_shards = True
+    member_overhead = 1024  # a 512-byte tar header, the .npy header, padding to 512 bytes
 
     def build(
         self,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 BLOCK_INDEXED = ("done", "checksum", "moments")  # one entry per block; the others have one per row
 DERIVED_RECORD = ("_done", "_checksum")  # suffixes of a derived array's completion record, one entry per block
+DAMAGED = "re-encode the store with --overwrite or restore it from a copy"
 
 
 class ZarrSplit:
@@ -201,6 +202,36 @@ class ZarrSplit:
         per_file = (array.shards or array.chunks)[0] // self.block
         return list(range(first * per_file, min((first + 1) * per_file, self.n_blocks)))
 
+    def layout_problems(self, plan: SplitPlan) -> list[str]:
+        """Arrays whose rows or blocks disagree with the manifest's plan of the split (their zarr.json edited):
+        found here, before a read past the rows the manifest promises."""
+        problems = []
+        for key in sorted(self.group.array_keys()):
+            array = self._array(key)
+            rows = plan.n_blocks if key in BLOCK_INDEXED or key.endswith(DERIVED_RECORD) else plan.size
+            if array.shape[:1] != (rows,):
+                problems.append(
+                    f"{self.path / self.name / key / 'zarr.json'}: shape {list(array.shape)}, the manifest records "
+                    f"{rows} {'blocks' if rows == plan.n_blocks and rows != plan.size else 'rows'} (split "
+                    f"{self.name}); the array's metadata was edited: {DAMAGED}"
+                )
+        if (chunk := self._array("latents").chunks[0]) != plan.block:
+            problems.append(
+                f"{self.path / self.name / 'latents' / 'zarr.json'}: blocks of {chunk} rows, the manifest records "
+                f"{plan.block} (split {self.name}); the array's metadata was edited: {DAMAGED}"
+            )
+        return problems
+
+    def remove_temporary(self, blocks: list[int]) -> None:
+        """zarr writes each chunk or shard file through a ``NAME.<uuid>.partial`` sibling: those of ``blocks``' files
+        (a kill mid-write leaves one; a worker owns its blocks' files, so no other writer's are touched)."""
+        for b in blocks:
+            for key in ("latents", "logvar", "valid", *BLOCK_INDEXED):
+                if key in self.group:
+                    file = self._file_of_rows(key, b if key in BLOCK_INDEXED else b * self.block)
+                    for partial in file.parent.glob(f"{file.name}.*.partial"):
+                        partial.unlink(missing_ok=True)
+
     def data_files(self) -> dict[str, list[Path]]:
         """Every file of every array of the split, by array name."""
         return {
@@ -230,6 +261,7 @@ class ZarrFormat(Container):
     default_path = Path("latents.zarr")
     marker = "zarr.json"
     webdataset_shards = False
+    member_overhead = 0  # rows are contiguous in uncompressed chunks
 
     def build(
         self,
