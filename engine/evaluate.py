@@ -18,10 +18,15 @@ import torch
 
 from engine.errors import UsageError
 from engine.loaders import LatentLoader, Selection, make_loader, select
-from engine.metrics import classification_metrics, noise_curve_table, plot_noise_curve
-from engine.metrics.bootstrap import Bootstrap
-from engine.metrics.predictions import predictions_of
-from engine.metrics.report import plot_report, prediction_report
+from engine.metrics import (
+    Bootstrap,
+    classification_metrics,
+    noise_curve_table,
+    plot_noise_curve,
+    plot_report,
+    prediction_report,
+    predictions_of,
+)
 from engine.models import build_model
 from engine.store import LatentStore, StoreError
 from engine.store.manifest import write_json_atomic

@@ -3,8 +3,9 @@ matrix, the calibration, and a bootstrap interval on every number, with the PNGs
 
 The headline metrics keep their flat keys (``balanced_accuracy``, ``auroc``, ``recall/<class>`` ...: what the
 gap study and the CLI read); the rest sit beside them under ``per_class``, ``confusion_matrix``,
-``calibration``, ``intervals`` (``{"balanced_accuracy": [low, high], "sensitivity/<class>": ..., "ece": ...}``)
-and ``bootstrap`` (how the intervals were made, and whether whole patients were resampled).
+``calibration``, ``intervals`` (``{"balanced_accuracy": [low, high], "sensitivity/<class>": ..., "ece": ...}``:
+every number engine.metrics.resampled computes, None where no resample defines it) and ``bootstrap`` (how the
+intervals were made, and whether whole patients were resampled).
 """
 
 from __future__ import annotations
