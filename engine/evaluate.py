@@ -2,7 +2,10 @@
 
 `engine eval CKPT --store S` and the end of `engine train` both run ``evaluate_checkpoint``: the best
 checkpoint on val and test, and for noise-conditioned latent models the test metrics at each of the
-32 Karras levels (the diagnostic curve), as JSON, a Markdown table and a PNG.
+32 Karras levels (the diagnostic curve), as JSON, a Markdown table and a PNG. Each role's entry of eval.json
+is engine.metrics.report's: headline metrics, per-class metrics, the confusion matrix and the calibration
+(with ``<role>_confusion_matrix.png`` and ``<role>_reliability.png`` beside eval.json), and for the test role
+a bootstrap interval on every number, resampling patients where the store records them.
 """
 
 from __future__ import annotations
@@ -14,31 +17,63 @@ import numpy as np
 import torch
 
 from engine.errors import UsageError
-from engine.loaders import LatentLoader, make_loader, select
-from engine.metrics import classification_metrics, noise_curve_table, plot_noise_curve
+from engine.loaders import LatentLoader, Selection, make_loader, select
+from engine.metrics import (
+    Bootstrap,
+    classification_metrics,
+    noise_curve_table,
+    plot_noise_curve,
+    plot_report,
+    prediction_report,
+    predictions_of,
+)
 from engine.models import build_model
-from engine.store import LatentStore
+from engine.store import LatentStore, StoreError
 from engine.store.manifest import write_json_atomic
 from engine.training.checkpoint import read_checkpoint
 from engine.training.config import TrainConfig
 from engine.training.spaces import space_for
 
 EVAL_BATCH = 256  # evaluation noise is keyed by batch position: one batch size makes every evaluation agree
+INTERVALS = {"test": Bootstrap()}  # the roles whose numbers get bootstrap intervals (1,000 resamples, seed 0)
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: LatentLoader, make_input: Callable) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of every valid sample, in a fixed order (epoch 0 of the loader)."""
+def predict_with_ids(
+    model: torch.nn.Module, loader: LatentLoader, make_input: Callable
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, labels and selection ids of every valid sample, in a fixed order (epoch 0 of the loader)."""
     model.eval()
     loader.set_epoch(0)
-    logits, labels = [], []
+    logits, labels, ids = [], [], []
     for batch in loader:
         x, c = make_input(batch)
         keep = batch.valid
         logits.append(model(x, c).float()[keep].cpu().numpy())
         labels.append(batch.labels[keep].cpu().numpy())
+        ids.append(batch.ids[keep].cpu().numpy())
     loader.set_epoch(0)  # the next evaluation sees the same order, resumed run or not
-    return np.concatenate(logits), np.concatenate(labels)
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(ids)
+
+
+def predict(model: torch.nn.Module, loader: LatentLoader, make_input: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every valid sample, in a fixed order (epoch 0 of the loader)."""
+    logits, labels, _ = predict_with_ids(model, loader, make_input)
+    return logits, labels
+
+
+def patient_groups(store: LatentStore, sel: Selection, ids: np.ndarray) -> np.ndarray | None:
+    """The stored patient id of each sample ``ids`` of ``sel``; None where the store records none for some sample
+    (the source had no patient column, or a store written before groups were stored)."""
+    splits, rows = sel.locate(ids)
+    groups = np.empty(len(ids), dtype=object)
+    for name in np.unique(splits):
+        try:
+            stored = store.split(str(name)).meta("groups")
+        except (StoreError, KeyError):
+            return None
+        groups[splits == name] = stored[rows[splits == name]]
+    return None if (groups == "").any() else groups.astype(str)
 
 
 def evaluate(model: torch.nn.Module, loader: LatentLoader, make_input: Callable, class_names: list[str]) -> dict:
@@ -117,12 +152,16 @@ def evaluate_checkpoint(
     out, loaders, conditioned = {}, {}, model.noise_conditioned
     protocol = clean_eval or cfg.clean_eval
     feed = space.feed(cfg, store, int(meta["image_size"]), device)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for role in ("val", "test"):
         sel = select(store, role, fold)
         loaders[role] = make_loader(
             store, sel, batch_size, device, loader, seed=cfg.seed, tail="partial", log=lambda *_: None
         )
-        out[role] = evaluate(model, loaders[role], feed.eval_input(sel, protocol, conditioned), class_names)
+        logits, labels, ids = predict_with_ids(model, loaders[role], feed.eval_input(sel, protocol, conditioned))
+        predictions = predictions_of(logits, labels, class_names)
+        out[role] = prediction_report(predictions, patient_groups(store, sel, ids), INTERVALS.get(role))
+        plot_report(out[role], out_dir, role, f"{meta['model']['name']} on {store.path.name}")
         log(
             f"{role}: "
             + ", ".join(f"{k} {out[role][k]:.4f}" for k in ("balanced_accuracy", "auroc", "mcc") if k in out[role])
@@ -130,10 +169,8 @@ def evaluate_checkpoint(
     if curve_inputs := (feed.noise_curve(cfg.curve_levels) if conditioned else {}):
         curve = {sigma: evaluate(model, loaders["test"], make, class_names) for sigma, make in curve_inputs.items()}
         out["test_by_sigma"] = curve
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "noise_curve.md").write_text(noise_curve_table(curve))
         plot_noise_curve(curve, out_dir / "noise_curve.png", title=f"{meta['model']['name']} on {store.path.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         out_dir / "eval.json",
         {

@@ -29,10 +29,25 @@ def _words(key: str) -> str:
     return key.replace("_", " ")
 
 
-def _gap_line(name: str, g: dict | None) -> str:
+def _interval(bounds: list[float] | None, fmt: str = "+.3f", scale: float = 1.0, unit: str = "") -> str:
+    """A bootstrap interval as '[low, high]'; '-' where gap.json has none (written before intervals, or undefined)."""
+    return "-" if bounds is None else f"[{scale * bounds[0]:{fmt}}, {scale * bounds[1]:{fmt}}]{unit}"
+
+
+def _gap_line(name: str, g: dict | None, intervals: bool) -> str:
+    """One gap's row; ``intervals`` adds the bootstrap interval column (gap.json written since it has them)."""
+    last = " - |" if intervals else ""
     if g is None:
-        return f"| {name} | - | - | - | - |"
-    return f"| {name} | {g['mean']:+.3f} ± {g['sd']:.3f} | {g['n']} | {_p(g['t_p'])} | {_p(g['wilcoxon_p'])} |"
+        return f"| {name} | - | - | - | - |{last}"
+    if intervals:
+        last = f" {_interval(g.get('interval'))} |"
+    return f"| {name} | {g['mean']:+.3f} ± {g['sd']:.3f} | {g['n']} | {_p(g['t_p'])} | {_p(g['wilcoxon_p'])} |{last}"
+
+
+def _recovered(what: str, value: float | None, bounds: list[float] | None) -> str:
+    shown = "-" if value is None else f"{100 * value:.0f} %"
+    interval = "" if bounds is None else f" (95 % interval {_interval(bounds, '.0f', 100, ' %')})"
+    return f"{_words(what)} recovers {shown}{interval}"
 
 
 def autoencoder_lines(label: str, ae: dict) -> list[str]:
@@ -51,11 +66,13 @@ def autoencoder_lines(label: str, ae: dict) -> list[str]:
         a = ae["arms"][arm]
         lines.append(f"| {arm} | {len(a['runs'])} | " + " | ".join(_pm(a[k]) for k in metrics) + " |")
     g = ae["gaps"].get("balanced_accuracy", {})
+    intervals = "bootstrap" in g  # a gap.json written before the intervals renders as it did
     lines += [
         "",
-        "| balanced accuracy | mean ± sd of paired differences | n | paired t p | Wilcoxon p |",
-        "|---|---:|---:|---:|---:|",
-        *[_gap_line(arm.gap_title, g.get(arm.gap.key)) for arm in table.ARMS if arm.gap],
+        "| balanced accuracy | mean ± sd of paired differences | n | paired t p | Wilcoxon p |"
+        + (" 95 % interval (bootstrap over units) |" if intervals else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|" if intervals else ""),
+        *[_gap_line(arm.gap_title, g.get(arm.gap.key), intervals) for arm in table.ARMS if arm.gap],
     ]
     rec = g.get("recovered", {})
     if rec:
@@ -63,9 +80,7 @@ def autoencoder_lines(label: str, ae: dict) -> list[str]:
         lines += [
             "",
             "Of the learnability gap (means): "
-            + "; ".join(
-                f"{_words(what)} recovers {'-' if v is None else f'{100 * v:.0f} %'}" for what, v in rec.items()
-            )
+            + "; ".join(_recovered(what, v, g.get("recovered_interval", {}).get(what)) for what, v in rec.items())
             + f" ({'; '.join(f'{_words(r.key)}: {r.note}' for r in notes)}).",
         ]
     d = ae["diagnostics"]
