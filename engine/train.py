@@ -36,6 +36,7 @@ from engine.training.inputs import default_image_size
 from engine.training.objective import TrainingLoss, train_step
 from engine.training.run_dir import RunDir
 from engine.training.spaces import space_for
+from engine.training.tensorboard import TRAINING_LOGS, NoLog
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -159,6 +160,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         if ctx.is_main
         else None
     )
+    curves = TRAINING_LOGS[cfg.log](run.path) if ctx.is_main else NoLog()  # --log tensorboard: a view of the record
     ctx.barrier()
     if cfg.resume:
         if recorded is not None and (diff := cfg.same_run(recorded["train"])):
@@ -221,6 +223,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
             bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:.0f}")
             if ctx.is_main:
                 run.log({"step": state.step, "epoch": epoch, "loss": value, "lr": optimizer.param_groups[0]["lr"]})
+                curves.step(state.step, value, optimizer.param_groups[0]["lr"])
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                 checkpoints.save(run.last, state)
             if cfg.max_steps is not None and state.step >= cfg.max_steps:
@@ -240,6 +243,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
             state.bad_epochs += 1
         if ctx.is_main:
             run.log({"step": state.step, "epoch": epoch, "val": val, "samples_per_s": rate})
+            curves.epoch(epoch, val)
         say(
             f"epoch {epoch}: val balanced accuracy {val['balanced_accuracy']:.4f}, "
             f"AUROC {val['auroc']:.4f}{' (best)' if improved else ''}, {rate:.0f} samples/s"
@@ -265,6 +269,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
                 f"`engine eval {run.best} --store STORE` on the store they were trained on"
             )
         result.update(evaluate_checkpoint(run.best, store, run.path, ctx.device, cfg.fold, cfg.loader, log=say))
+        curves.noise_curve(result.get("test_by_sigma", {}))
+    curves.close()
     ctx.close()
     return result
 

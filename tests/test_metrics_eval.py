@@ -86,3 +86,20 @@ def test_eval_json_agrees_with_scikit_learn_on_the_runs_logits(store, tmp_path, 
             with Image.open(run / f"{role}_{kind}.png") as image:
                 assert image.format == "PNG"
                 image.verify()
+
+
+def test_log_tensorboard_writes_the_runs_curves_beside_its_record(store, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    args = ["--model", "adm-s-film", "--batch-size", "16", "--epochs", "1", "--curve-levels", "2"]
+    args += ["--log", "tensorboard"]
+    assert engine_main(["train", "--store", str(store), "--out", str(run), *args]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["log"] == "tensorboard"
+    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    losses = [(r["step"], r["loss"]) for r in record if "loss" in r]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(s, pytest.approx(v)) for s, v in losses]
+    assert [e.step for e in events.Scalars("val/balanced_accuracy")] == [0]
+    assert len(events.Scalars("noise_curve/balanced_accuracy")) == 2

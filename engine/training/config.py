@@ -24,6 +24,7 @@ from engine.models.memory import MEMORY_MODES
 from engine.models.vit_film import ATTENTION
 from engine.training.noise_schedules import NOISE
 from engine.training.spaces import SPACES, space_for
+from engine.training.tensorboard import TRAINING_LOGS
 
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
@@ -120,6 +121,12 @@ class TrainConfig:
         "attention of the transformer models (vit-*): torch's SDPA, or xformers' memory-efficient "
         "attention on CUDA where xformers loads",
         ATTENTION,
+    )
+    log: str = option(
+        "none",
+        "training curves beside metrics.jsonl (which stays the record): none | tensorboard (loss, learning rate, "
+        "validation metrics per epoch, the noise curve; pip install latent-engine[log])",
+        tuple(TRAINING_LOGS),
     )
     memory: str = option(
         "plain",
