@@ -69,7 +69,7 @@ def test_faster_memory_means_a_faster_memory_bound_step():
     assert h200["flops_per_sample"] == h100["flops_per_sample"] and h200["peak_bytes"] == h100["peak_bytes"]
     assert h200["predicted_step_s"] < h100["predicted_step_s"]
     with pytest.raises(ValueError, match="unknown device"):
-        predict_case("adm-s-film", (4, 8, 8), 4, "a100")
+        predict_case("adm-s-film", (4, 8, 8), 4, "tpu-v5")
 
 
 def test_ratio_of_a_latent_and_an_image_prediction():
