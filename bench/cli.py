@@ -14,6 +14,7 @@ COMMANDS = {
     "throughput": "bench.throughput",
     "fidelity": "bench.fidelity",
     "report": "bench.report",
+    "evaluation": "bench.evaluation",
 }
 
 

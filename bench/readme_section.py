@@ -27,6 +27,7 @@ from bench.throughput_tables import (
 # kind -> the command that writes it; the order of the blocks: what is learnt, then speed
 KINDS = {
     "fidelity": "bench fidelity",
+    "evaluation": "bench evaluation",
     "gap": "engine gap",
     "throughput": "bench throughput",
     "kernels": "bench kernels",
@@ -34,6 +35,7 @@ KINDS = {
 }
 GAP_SCHEMA = "latent-engine/gap/1"  # engine gap
 FIDELITY_SCHEMA = "latent-engine/fidelity/1"  # bench fidelity
+EVALUATION_SCHEMA = "latent-engine/evaluation/1"  # bench evaluation: a run's eval.json with where it ran
 
 
 class SchemaError(ValueError):
@@ -59,6 +61,8 @@ def kind(report: dict, path: Path) -> str:
         return "gap"
     if report.get("schema") == FIDELITY_SCHEMA:
         return "fidelity"
+    if report.get("schema") == EVALUATION_SCHEMA:
+        return "evaluation"
     results = report.get("results")
     if (
         report.get("schema") == 1
@@ -206,7 +210,57 @@ def _fidelity(report: dict, name: str) -> list[str]:
     ]
 
 
-BLOCKS = {"fidelity": _fidelity, "gap": _gap, "throughput": _throughput, "kernels": _kernels, "loaders": _loaders}
+def _with_interval(value: float | None, interval: list | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _evaluation(report: dict, name: str) -> list[str]:
+    test, folder = report["evaluation"]["test"], Path(name).parent.as_posix()
+    ci, boot = test["intervals"], test["bootstrap"]
+    clustered = f"patients resampled ({boot['clustered_by']})" if boot.get("clustered_by") else "images resampled"
+    lines = [
+        f"### Per-class test metrics and calibration, `{report['name']}`: {report['device']}",
+        "",
+        f"{_source(name, report)} Intervals: {boot['level']:.0%} {boot['method']}, {boot['resamples']} "
+        f"resamples (seed {boot['seed']}), {clustered}.",
+        "",
+        "| metric | test [interval] |",
+        "|---|---:|",
+    ]
+    lines += [
+        f"| {metric.replace('_', ' ')} | {_with_interval(test.get(metric), ci.get(metric))} |"
+        for metric in ("balanced_accuracy", "auroc", "mcc")
+    ]
+    ece = test["calibration"]["ece"]
+    lines += [
+        f"| expected calibration error ({test['calibration']['definition']}) | {_with_interval(ece, ci.get('ece'))} |",
+        "",
+        "| class | support | sensitivity | specificity | PPV | F1 | AUROC | AUPRC |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    columns = ("sensitivity", "specificity", "ppv", "f1", "auroc", "auprc")
+    lines += [
+        f"| {cls} | {row['support']} | "
+        + " | ".join(_with_interval(row.get(c), ci.get(f"{c}/{cls}")) for c in columns)
+        + " |"
+        for cls, row in test["per_class"].items()
+    ]
+    figures = report["figures"]  # beside the result file; the results section lives one folder down, in docs/
+    if figures:
+        lines += ["", " ".join(f"![{f.replace('_', ' ')}](../{folder}/{png})" for f, png in figures.items())]
+    return lines
+
+
+BLOCKS = {
+    "evaluation": _evaluation,
+    "fidelity": _fidelity,
+    "gap": _gap,
+    "throughput": _throughput,
+    "kernels": _kernels,
+    "loaders": _loaders,
+}
 
 
 def _name(path: Path, root: Path) -> str:
