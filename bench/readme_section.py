@@ -219,7 +219,7 @@ def _with_interval(value: float | None, interval: list | None) -> str:
 def _evaluation(report: dict, name: str) -> list[str]:
     test, folder = report["evaluation"]["test"], Path(name).parent.as_posix()
     ci, boot = test["intervals"], test["bootstrap"]
-    clustered = f"patients resampled ({boot['clustered_by']})" if boot.get("clustered_by") else "images resampled"
+    clustered = f"resampled by {boot['clustered_by']}" if boot.get("clustered_by") else "images resampled"
     lines = [
         f"### Per-class test metrics and calibration, `{report['name']}`: {report['device']}",
         "",

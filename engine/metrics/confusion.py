@@ -27,7 +27,8 @@ def plot_confusion(matrix: dict, path: str | os.PathLike, title: str | None = No
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     for (r, c), n in np.ndenumerate(counts):
         ax.text(c, r, str(n), ha="center", va="center", fontsize=8, color="white" if share[r, c] > 0.5 else "black")
-    ax.set_xticks(range(len(columns)), columns, rotation=45 if len(columns) > 4 else 0, ha="right")
+    tilt = max(len(str(c)) for c in columns) > 5  # class names wider than a cell: tilted, or they run into each other
+    ax.set_xticks(range(len(columns)), columns, rotation=35 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylabel(matrix["axes"][0])
     ax.set_xlabel(matrix["axes"][1])
