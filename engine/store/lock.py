@@ -1,10 +1,10 @@
-"""One writer per store: an exclusive lock on a small file beside it, holding the writer's pid.
+"""One writer at a time: an exclusive lock on a small file holding the writer's pid, for a store being encoded
+(beside it) and a run directory being trained (its ``run.lock``, engine/training/run_dir.py).
 
-The same mechanism as the run directory's ``run.lock`` (engine/training/run_dir.py): the OS drops a
-``flock`` when its holder dies, so a killed encode never blocks its own resume, while a second identical
-encode stops at once and names the process it would race. The lock file lives beside the store (the
-store itself appears by rename, and may not exist yet) and stays: deleting it would let a waiter lock
-an unlinked file while a newcomer locks a fresh one.
+The OS drops a ``flock`` when its holder dies, so a killed encode or run never blocks its own resume, while a
+second writer stops at once and names the process it would race. The lock file stays: deleting it would let a
+waiter lock an unlinked file while a newcomer locks a fresh one. A store's lock lives beside the store (the
+store itself appears by rename, and may not exist yet).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from engine.errors import UsageError
 class WriterLock:
     """Held from ``acquire`` until ``release`` (or the end of the process)."""
 
-    def __init__(self, file: Path, what: str):
-        self.file, self.what = file, what  # ``what``: the command that holds it, for the refusal
+    def __init__(self, file: Path, what: str, after: str = "rerun the same command then: it finds the work done"):
+        # ``what``: the command that holds it; ``after``: what the refused one can do once the holder finishes
+        self.file, self.what, self.after = file, what, after
         self._fd: int | None = None
 
     def acquire(self, target: Path) -> WriterLock:
@@ -34,7 +35,7 @@ class WriterLock:
             os.close(fd)
             raise UsageError(
                 f"{target}: another `{self.what}` (pid {holder}) is writing it; wait for it to finish "
-                "(rerun the same command then: it finds the work done), or choose another --out"
+                f"({self.after}), or choose another --out"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -8,12 +8,11 @@ lock, it removes the partial checkpoint files a killed writer left behind.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from pathlib import Path
 
-from engine.errors import ExistingOutputError, MissingInputError, UsageError
+from engine.errors import ExistingOutputError, MissingInputError
+from engine.store.lock import WriterLock
 from engine.store.manifest import write_json_atomic
 from engine.training.checkpoint import remove_partial_checkpoints
 
@@ -26,27 +25,14 @@ class RunDir:
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
         self.lock_file = self.path / "run.lock"
-        self._lock: int | None = None
+        self._lock = WriterLock(self.lock_file, "engine train", "then resume it with --resume")
 
     def lock(self, resume: bool) -> None:
         """Hold ``run.lock`` exclusively until ``release`` or the end of the process; a run to resume must exist,
         a new one must not."""
         if resume and not self.last.is_file():
             raise MissingInputError(f"{self.path}: nothing to resume (no last.safetensors); drop --resume")
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise UsageError(
-                f"{self.path}: another `engine train` (pid {holder}) is writing this run directory; "
-                "wait for it to finish, or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock = fd
+        self._lock.acquire(self.path)
         remove_partial_checkpoints(self.path)  # the lock is ours: no other writer is writing one
         if not resume and self.last.is_file():
             self.release()
@@ -63,9 +49,7 @@ class RunDir:
         return None
 
     def release(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)  # closing the descriptor drops the lock
-            self._lock = None
+        self._lock.release()
 
     def log(self, record: dict) -> None:
         with self.metrics.open("a") as f:
