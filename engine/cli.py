@@ -303,7 +303,7 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="as `engine encode --dataset` (default: the embedded synthetic one)")
     p.add_argument("--autoencoder", action="append", default=None, help="repeatable: encode a store with each")
     p.add_argument("--store", action="append", default=None, help="repeatable: stores already encoded (same dataset)")
-    p.add_argument("--out", required=True, type=Path, help="study directory: stores/, runs/, gap.json, gap.md, PNGs")
+    p.add_argument("--out", required=True, type=Path, help="study directory: stores/, runs/, gap.json/.md/.html, PNGs")
     p.add_argument("--arms", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
     p.add_argument("--folds", default=None, help="K or all: cross-validation folds (test k, val k+1) as run units")
     p.add_argument("--seeds", type=int, default=3, help="seeds per fold (or per stored split without --folds)")

@@ -176,7 +176,7 @@ def test_every_arm_trains_on_its_own_inputs(study):
                     assert train["distill"] == "mse" and train["teacher"] == f"teacher_{unit}".replace("-", "_")
     shapes = {label: ae["latent_shape"] for label, ae in report["autoencoders"].items()}
     assert shapes == {"default": [4, 8, 8], "default-untrained": [4, 4, 4]}
-    for name in ("gap.md", "gap.png", "gap-noise.png"):
+    for name in ("gap.md", "gap.html", "gap.png", "gap-noise.png"):
         assert (study / name).is_file()
 
 
@@ -205,6 +205,63 @@ def test_the_gaps_and_tests_are_computed_from_the_runs_own_metrics(study):
         assert ae["diagnostics"]["pca"]["participation_ratio"] > 0 and ae["diagnostics"]["fidelity"]["psnr_db"] > 0
     fid = {label: ae["diagnostics"]["fidelity"]["psnr_db"] for label, ae in report["autoencoders"].items()}
     assert fid["default"] > 25 > fid["default-untrained"]  # the control's reconstructions are lost
+
+
+def test_the_study_report_stands_alone_with_protocol_intervals_per_class_and_plots(study):
+    import base64
+    import re
+    from html.parser import HTMLParser
+
+    from engine.gap.paper import PAPER
+
+    report = json.loads((study / "gap.json").read_text())
+    page, md = (study / "gap.html").read_text(), (study / "gap.md").read_text()
+
+    class Text(HTMLParser):  # the page as a reader sees it: text and the images' sources
+        def __init__(self):
+            super().__init__()
+            self.text, self.images = [], []
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+
+    seen = Text()
+    seen.feed(page)
+    text = " ".join(seen.text)
+    for png in ("gap.png", "gap-noise.png"):  # the plots inline, byte for byte, and linked from the Markdown
+        assert f"data:image/png;base64,{base64.b64encode((study / png).read_bytes()).decode()}" in seen.images
+        assert f"]({png})" in md
+    for setting, value in PAPER.items():
+        assert str(value) in text and f"| {setting.replace('_', ' ')} | {value} |" in md
+    for line in report["study"]["differs_from_paper"]:
+        assert line in text and f"- {line}" in md
+    for label, ae in report["autoencoders"].items():
+        section = md.split(f"### {label}:")[1].split("\n### ")[0]  # this autoencoder's tables
+        for arm, a in ae["arms"].items():
+            s = a["balanced_accuracy"]
+            lo, hi = s["interval"]
+            assert f"| {arm} | {len(a['runs'])} | {s['mean']:.3f} ± {s['sd']:.3f} |" in section
+            assert f"| [{lo:.3f}, {hi:.3f}] |" in section and min(s["values"]) <= lo <= hi <= max(s["values"])
+            for unit, run in a["runs"].items():  # every run with the intervals its own eval.json gives
+                test = json.loads((Path(run["run"]) / "eval.json").read_text())["test"]
+                cells = [
+                    f"{test[k]:.3f} [{test['intervals'][k][0]:.3f}, {test['intervals'][k][1]:.3f}]"
+                    for k in ("balanced_accuracy", "auroc", "mcc")
+                ]
+                assert f"| {arm} | {unit} | {' | '.join(cells)} |" in section
+                assert f"{test['calibration']['ece']:.3f} [{test['intervals']['ece'][0]:.3f}," in section
+            sens = {c: np.mean([r["sensitivity"][c] for r in a["runs"].values()]) for c in a["sensitivity"]}
+            row = re.search(rf"^\| {re.escape(arm)} \| (\d.*) \|$", section.split("Test sensitivity")[1], re.M)
+            assert row and [float(c.split(" ± ")[0]) for c in row.group(1).split(" | ")] == pytest.approx(
+                [sens[c] for c in a["sensitivity"]], abs=5e-4
+            )
+        g = ae["gaps"]["balanced_accuracy"]["learnability_gap"]
+        assert f"| learnability gap (recon - latent) | {g['mean']:+.3f} ± {g['sd']:.3f} | {g['n']} |" in section
+    assert "Traceback" not in text and "<script" not in page  # a page, not a program
 
 
 def test_a_killed_gap_reuses_finished_runs_and_resumes_the_rest(study, stores, tmp_path, capsys):

@@ -102,5 +102,5 @@ def main(args) -> int:
         g = ae["gaps"].get("balanced_accuracy", {})
         found = [f"{title} {g[key]['mean']:+.3f}" if g.get(key) else f"{title} -" for key, title in gap_of.items()]
         print(f"{label}: {', '.join(found)} balanced accuracy")
-    print(f"results in {plan.out}/gap.md")
+    print(f"results in {plan.out}/gap.html ({plan.out}/gap.md, gap.json)")
     return 0

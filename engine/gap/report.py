@@ -1,11 +1,12 @@
-"""The gap report for a person: gap.md (tables) and PNG plots, rendered from gap.json's content only, its rows
-and their order from the arm table."""
+"""The gap report for a person: gap.md and gap.html (one page: protocol, tables with intervals, plots) and the PNG
+plots, rendered from gap.json's content only, its rows and their order from the arm table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from engine.gap import arms as table
+from engine.report_page import Block, Bullets, Figure, Heading, Page, Paragraph, Table, markdown
 
 NAMES = {
     "balanced_accuracy": "balanced accuracy",
@@ -14,6 +15,9 @@ NAMES = {
     "medmnist_acc": "MedMNIST ACC",
     "medmnist_auc": "MedMNIST AUC",
 }
+
+
+METRICS = ("balanced_accuracy", "auroc", "mcc")  # every run's test metrics with their intervals
 
 
 def _pm(s: dict) -> str:
@@ -34,14 +38,14 @@ def _interval(bounds: list[float] | None, fmt: str = "+.3f", scale: float = 1.0,
     return "-" if bounds is None else f"[{scale * bounds[0]:{fmt}}, {scale * bounds[1]:{fmt}}]{unit}"
 
 
-def _gap_line(name: str, g: dict | None, intervals: bool) -> str:
+def _gap_row(name: str, g: dict | None, intervals: bool) -> list[str]:
     """One gap's row; ``intervals`` adds the bootstrap interval column (gap.json written since it has them)."""
-    last = " - |" if intervals else ""
+    last = ["-"] if intervals else []
     if g is None:
-        return f"| {name} | - | - | - | - |{last}"
+        return [name, "-", "-", "-", "-", *last]
     if intervals:
-        last = f" {_interval(g.get('interval'))} |"
-    return f"| {name} | {g['mean']:+.3f} ± {g['sd']:.3f} | {g['n']} | {_p(g['t_p'])} | {_p(g['wilcoxon_p'])} |{last}"
+        last = [_interval(g.get("interval"))]
+    return [name, f"{g['mean']:+.3f} ± {g['sd']:.3f}", str(g["n"]), _p(g["t_p"]), _p(g["wilcoxon_p"]), *last]
 
 
 def _recovered(what: str, value: float | None, bounds: list[float] | None) -> str:
@@ -50,82 +54,157 @@ def _recovered(what: str, value: float | None, bounds: list[float] | None) -> st
     return f"{_words(what)} recovers {shown}{interval}"
 
 
-def autoencoder_lines(label: str, ae: dict) -> list[str]:
-    """One autoencoder's tables: arms, gaps with their tests, recovered fractions, diagnostics."""
+def _units_interval(s: dict) -> str:
+    """An arm's interval over units; '-' for one unit (a resample of one unit is that unit)."""
+    return _interval(s["interval"], ".3f") if s["n"] > 1 else "-"
+
+
+def autoencoder_blocks(label: str, ae: dict) -> list[Block]:
+    """One autoencoder's summary: arms, gaps with their tests, recovered fractions, diagnostics."""
     arms = [a for a in table.names() if a in ae["arms"]]
     metrics = [k for k in NAMES if arms and k in ae["arms"][arms[0]]]
+    units_intervals = bool(arms) and "interval" in ae["arms"][arms[0]]["balanced_accuracy"]
     shape = "x".join(map(str, ae["latent_shape"]))
-    lines = [
-        f"### {label}: {ae['autoencoder']['family']} (pretrained: {str(ae['autoencoder']['pretrained']).lower()}), "
-        f"latents {shape} of {ae['image_size']} px images",
-        "",
-        "| arm | runs | " + " | ".join(NAMES[k] for k in metrics) + " |",
-        "|---|---:|" + "---:|" * len(metrics),
-    ]
-    for arm in arms:
-        a = ae["arms"][arm]
-        lines.append(f"| {arm} | {len(a['runs'])} | " + " | ".join(_pm(a[k]) for k in metrics) + " |")
+    arm_table = Table(
+        ["arm", "runs", *(NAMES[k] for k in metrics)]
+        + (["balanced accuracy 95 % interval (bootstrap over units)"] if units_intervals else []),
+        [
+            [arm, str(len(ae["arms"][arm]["runs"])), *(_pm(ae["arms"][arm][k]) for k in metrics)]
+            + ([_units_interval(ae["arms"][arm]["balanced_accuracy"])] if units_intervals else [])
+            for arm in arms
+        ],
+    )
     g = ae["gaps"].get("balanced_accuracy", {})
     intervals = "bootstrap" in g  # a gap.json written before the intervals renders as it did
-    lines += [
-        "",
-        "| balanced accuracy | mean ± sd of paired differences | n | paired t p | Wilcoxon p |"
-        + (" 95 % interval (bootstrap over units) |" if intervals else ""),
-        "|---|---:|---:|---:|---:|" + ("---:|" if intervals else ""),
-        *[_gap_line(arm.gap_title, g.get(arm.gap.key), intervals) for arm in table.ARMS if arm.gap],
+    gap_table = Table(
+        ["balanced accuracy", "mean ± sd of paired differences", "n", "paired t p", "Wilcoxon p"]
+        + (["95 % interval (bootstrap over units)"] if intervals else []),
+        [_gap_row(arm.gap_title, g.get(arm.gap.key), intervals) for arm in table.ARMS if arm.gap],
+    )
+    blocks: list[Block] = [
+        Heading(
+            f"{label}: {ae['autoencoder']['family']} (pretrained: {str(ae['autoencoder']['pretrained']).lower()}), "
+            f"latents {shape} of {ae['image_size']} px images",
+            level=3,
+        ),
+        arm_table,
+        gap_table,
     ]
     rec = g.get("recovered", {})
     if rec:
         notes = [arm.recovers for arm in table.ARMS if arm.recovers and arm.recovers.key in rec]
-        lines += [
-            "",
-            "Of the learnability gap (means): "
-            + "; ".join(_recovered(what, v, g.get("recovered_interval", {}).get(what)) for what, v in rec.items())
-            + f" ({'; '.join(f'{_words(r.key)}: {r.note}' for r in notes)}).",
-        ]
+        blocks.append(
+            Paragraph(
+                "Of the learnability gap (means): "
+                + "; ".join(_recovered(what, v, g.get("recovered_interval", {}).get(what)) for what, v in rec.items())
+                + f" ({'; '.join(f'{_words(r.key)}: {r.note}' for r in notes)})."
+            )
+        )
     d = ae["diagnostics"]
-    probe, pca, fid = d["linear_probe"], d["pca"], d.get("fidelity")
-    lines += [""]
+    probe, pca, fid, items = d["linear_probe"], d["pca"], d.get("fidelity"), []
     if fid:
-        lines.append(
-            f"- reconstruction fidelity: PSNR {fid['psnr_db']:.2f} dB (lowest {fid['psnr_db_min']:.2f}), "
+        items.append(
+            f"reconstruction fidelity: PSNR {fid['psnr_db']:.2f} dB (lowest {fid['psnr_db_min']:.2f}), "
             f"SSIM {fid['ssim']:.3f} ({fid['rows']} of {fid['split']})"
         )
     if probe:
-        lines.append(
-            f"- linear probe on pooled latents (train -> test): balanced accuracy "
+        items.append(
+            f"linear probe on pooled latents (train -> test): balanced accuracy "
             f"{probe['balanced_accuracy']:.3f}, AUROC {probe['auroc']:.3f}"
         )
-    lines.append(
-        f"- PCA participation ratio: {pca['participation_ratio']:.1f} of {pca['dims']} dimensions "
+    items.append(
+        f"PCA participation ratio: {pca['participation_ratio']:.1f} of {pca['dims']} dimensions "
         f"({100 * pca['fraction_of_dims']:.1f} %)"
     )
-    lines.append("- channel std (before standardisation): " + ", ".join(f"{s:.3g}" for s in d["channel_std"]))
-    return lines
+    items.append("channel std (before standardisation): " + ", ".join(f"{s:.3g}" for s in d["channel_std"]))
+    return [*blocks, Bullets(items)]
 
 
-def markdown(report: dict) -> str:
+def autoencoder_lines(label: str, ae: dict) -> list[str]:
+    """The summary as Markdown lines (the README's and docs/results.md's gap section)."""
+    return markdown(autoencoder_blocks(label, ae)).rstrip("\n").split("\n")
+
+
+def run_blocks(ae: dict) -> list[Block]:
+    """Every run's test metrics with their intervals over test samples, and every arm's per-class sensitivity;
+    nothing for a gap.json written before runs carried them."""
+    arms = [a for a in table.names() if a in ae["arms"]]
+    runs = [(arm, unit, r) for arm in arms for unit, r in ae["arms"][arm]["runs"].items() if "test_intervals" in r]
+    blocks: list[Block] = []
+    if runs:
+        over = "patients" if runs[0][2]["test_bootstrap"]["clustered_by"] == "patient" else "test images"
+
+        def cell(r: dict, key: str) -> str:
+            value = r["ece"] if key == "ece" else r["test"][key]
+            return f"{value:.3f} {_interval(r['test_intervals'].get(key), '.3f')}"
+
+        blocks.append(
+            Table(
+                ["arm", "unit", "balanced accuracy [95 %]", "AUROC [95 %]", "MCC [95 %]", "ECE [95 %]"],
+                [
+                    [arm, unit, *(cell(r, k) for k in ("balanced_accuracy", "auroc", "mcc", "ece"))]
+                    for arm, unit, r in runs
+                ],
+                caption=f"Every run's test metrics with percentile bootstrap intervals over {over} "
+                f"({runs[0][2]['test_bootstrap']['resamples']:,} resamples; ECE: top-label, 15 bins).",
+            )
+        )
+    with_classes = [arm for arm in arms if "sensitivity" in ae["arms"][arm]]
+    if with_classes:
+        classes = list(ae["arms"][with_classes[0]]["sensitivity"])
+        blocks.append(
+            Table(
+                ["arm", *classes],
+                [
+                    [arm, *("-" if (s := ae["arms"][arm]["sensitivity"][c]) is None else _pm(s) for c in classes)]
+                    for arm in with_classes
+                ],
+                caption="Test sensitivity (recall) of every class, mean ± sd over units: the macro mean hides "
+                "the rare class.",
+            )
+        )
+    return blocks
+
+
+def report_page(report: dict) -> Page:
+    """The study report a person reads: what ran and how it differs from the paper, the plots, every
+    autoencoder's tables with their intervals, and what was skipped. gap.md and gap.html are this page."""
     study = report["study"]
-    lines = [
-        "# Learnability gap",
-        "",
-        f"Arms {', '.join(study['arms'])}; units {', '.join(study['units'])}; "
-        f"image model {study['image_model']}, latent model {study['latent_model']}; on {study['device']}.",
-        "",
-        "Settings that differ from the paper's:",
-        "",
-        *[f"- {d}" for d in study["differs_from_paper"]],
-        "",
-    ]
+    page = Page("Learnability gap")
+    page.add(
+        Paragraph(
+            f"Arms {', '.join(study['arms'])}; units {', '.join(study['units'])}; "
+            f"image model {study['image_model']}, latent model {study['latent_model']}; on {study['device']}."
+        )
+    )
+    if "command" in report:
+        page.add(Paragraph(f"`{report['command']}` on {report['device']}, {report['created']}."))
+    page.add(Heading("Protocol"))
+    if "protocol" in study:
+        page.add(
+            Table(["setting", "the paper's protocol"], [[_words(k), str(v)] for k, v in study["protocol"].items()])
+        )
+    page.add(
+        Paragraph("Settings that differ from the paper's:"),
+        Bullets(study["differs_from_paper"] or ["none"]),
+        Paragraph("The arms:"),
+        Bullets([f"{arm.name}: {arm.description}" for arm in table.ARMS if arm.name in study["arms"]]),
+        Heading("Results"),
+        Paragraph(
+            "Test metrics, mean ± standard deviation over units; gaps paired by unit, with the paired t and "
+            "Wilcoxon tests (n beside every p: with a handful of units they have little power)."
+        ),
+        Figure("gap.png", "Test balanced accuracy of every arm: bars mean and sd over units, dots single runs."),
+        Figure("gap-noise.png", "Test balanced accuracy of the noise-conditioned arms against the noise level."),
+    )
     for label, ae in report["autoencoders"].items():
-        lines += [*autoencoder_lines(label, ae), ""]
+        page.add(*autoencoder_blocks(label, ae), *run_blocks(ae))
     if report["skipped"]:
-        lines += [
-            "Skipped:",
-            "",
-            *[f"- {s['arm']} {s['autoencoder']} {s['unit']}: {s['why']}" for s in report["skipped"]],
-        ]
-    return "\n".join(lines).rstrip() + "\n"
+        page.add(
+            Paragraph("Skipped:"),
+            Bullets([f"{s['arm']} {s['autoencoder']} {s['unit']}: {s['why']}" for s in report["skipped"]]),
+        )
+    return page
 
 
 def plot_arms(report: dict, path: Path) -> None:
@@ -192,6 +271,9 @@ def plot_noise(report: dict, path: Path) -> None:
 
 
 def write_report(report: dict, out: Path) -> None:
-    (out / "gap.md").write_text(markdown(report))
+    """gap.md beside its PNGs, and gap.html: the same page standing alone, its plots inline."""
     plot_arms(report, out / "gap.png")
     plot_noise(report, out / "gap-noise.png")
+    page = report_page(report)
+    (out / "gap.md").write_text(page.markdown())
+    (out / "gap.html").write_text(page.html(out))

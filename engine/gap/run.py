@@ -22,7 +22,7 @@ from engine.encode import EncodeOptions, encode
 from engine.environment import device_name, versions
 from engine.errors import UsageError
 from engine.gap.estimate import estimate
-from engine.gap.paper import differs_from_paper
+from engine.gap.paper import PAPER, differs_from_paper
 from engine.gap.plan import GapPlan, Unit, teacher_name
 from engine.gap.report import write_report
 from engine.gap.stats import gaps, spread
@@ -39,6 +39,20 @@ from engine.training.inputs import default_image_size
 SCHEMA = "latent-engine/gap/1"
 METRICS = ("balanced_accuracy", "auroc", "mcc")
 MEDMNIST = ("medmnist_acc", "medmnist_auc")
+
+
+def test_details(test: dict) -> dict:
+    """What the report shows of one run's test evaluation beyond its metrics: the bootstrap intervals over test
+    samples (patients where the store has groups) of the metrics and ECE, the ECE, and every class's sensitivity
+    (a macro mean hides the rare class). Empty for an eval.json written before these existed."""
+    if "intervals" not in test:
+        return {}
+    return {
+        "test_intervals": {k: test["intervals"][k] for k in (*METRICS, "ece") if k in test["intervals"]},
+        "test_bootstrap": test["bootstrap"],
+        "ece": test["calibration"]["ece"],
+        "sensitivity": {name: c["sensitivity"] for name, c in test["per_class"].items()},
+    }
 
 
 def prepare_stores(plan: GapPlan, log) -> None:
@@ -139,6 +153,7 @@ def run_gap(plan: GapPlan, log=print) -> dict:
         "latent_model": plan.latent_model,
         "budget": plan.budget,
         "device": str(plan.device),
+        "protocol": PAPER,
         "differs_from_paper": differs_from_paper(plan, image_size, first.manifest["folds"].get("protocol", "engine")),
         "estimate": estimate(plan, log),
     }
@@ -174,6 +189,7 @@ def run_gap(plan: GapPlan, log=print) -> dict:
         for owner in plan.stores if arm.originals else [label]:
             results.setdefault(owner, {}).setdefault(arm.name, {})[unit.name] = {
                 "test": {k: test[k] for k in (*METRICS, *MEDMNIST) if k in test},
+                **test_details(test),
                 "test_by_sigma": {s: m["balanced_accuracy"] for s, m in result.get("test_by_sigma", {}).items()},
                 "run": cfg.out,
             }
@@ -190,7 +206,7 @@ def run_gap(plan: GapPlan, log=print) -> dict:
     }
     write_json_atomic(plan.out / "gap.json", report)
     write_report(report, plan.out)
-    log(f"report: {plan.out / 'gap.md'} ({plan.out / 'gap.json'})")
+    log(f"report: {plan.out / 'gap.html'} ({plan.out / 'gap.md'}, {plan.out / 'gap.json'})")
     return report
 
 
@@ -212,6 +228,8 @@ def summarise(label: str, plan: GapPlan, arms: dict[str, dict[str, dict]]) -> di
     metrics = [k for k in wanted if all(k in r["test"] for runs in arms.values() for r in runs.values())]
     for arm, runs in arms.items():
         out["arms"][arm] = {"runs": runs, **{k: spread([r["test"][k] for r in runs.values()]) for k in metrics}}
+        if all("sensitivity" in r for r in runs.values()):
+            out["arms"][arm]["sensitivity"] = class_sensitivity([r["sensitivity"] for r in runs.values()])
         curves = [r["test_by_sigma"] for r in runs.values() if r["test_by_sigma"]]
         if curves:
             out["arms"][arm]["test_by_sigma"] = {s: float(np.mean([c[s] for c in curves])) for s in curves[0]}
@@ -219,3 +237,8 @@ def summarise(label: str, plan: GapPlan, arms: dict[str, dict[str, dict]]) -> di
         out["gaps"][k] = gaps({arm: {u: r["test"][k] for u, r in runs.items()} for arm, runs in arms.items()})
     out["diagnostics"] = latent_diagnostics(store)
     return out
+
+
+def class_sensitivity(runs: list[dict[str, float | None]]) -> dict[str, dict | None]:
+    """Every class's test sensitivity over the runs that define it (a class without test samples has none)."""
+    return {c: spread(v) if (v := [r[c] for r in runs if r[c] is not None]) else None for c in runs[0]}

@@ -29,13 +29,15 @@ UNITS_BOOTSTRAP = Bootstrap()  # 1,000 resamples of the run units, seed 0, 95 %
 
 
 def spread(values: list[float]) -> dict:
-    """Mean, sample standard deviation (0 for one value), n and the values themselves."""
+    """Mean, sample standard deviation (0 for one value), n, the values themselves and the bootstrap interval of
+    the mean over them (the units)."""
     v = np.asarray(values, dtype=float)
     return {
         "mean": float(v.mean()),
         "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
         "n": len(v),
         "values": [float(x) for x in v],
+        "interval": UNITS_BOOTSTRAP.intervals(lambda ids: {"mean": float(v[ids].mean())}, len(v))["mean"],
     }
 
 
@@ -48,7 +50,6 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict | None:
         return None
     diff = np.array([a[u] - b[u] for u in units])
     out = {**spread(diff.tolist()), "units": units, "t_p": None, "wilcoxon_p": None}
-    out["interval"] = UNITS_BOOTSTRAP.intervals(lambda ids: {"mean": float(diff[ids].mean())}, len(diff))["mean"]
     if len(diff) >= 2 and np.ptp(diff) > 0:
         out["t_p"] = float(stats.ttest_rel([a[u] for u in units], [b[u] for u in units]).pvalue)
     if len(diff) >= 1 and np.any(diff != 0):
