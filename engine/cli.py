@@ -293,7 +293,7 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gap",
         help="the learnability gap: image vs reconstruction vs latent classifiers per autoencoder, with tests",
-        description=f"Train and evaluate the {', '.join(names[:-1])} and {names[-1]} arms for each "
+        description=f"Train and evaluate the {', '.join(names[:-1])} and {names[-1]} arms (or a subset) for each "
         f"autoencoder on the same samples, budget and seeds/folds; report the {', the '.join(gaps)} with paired "
         "tests, and latent diagnostics. Resumable: a killed gap "
         "reuses finished runs and resumes the rest. Defaults follow the paper on a GPU; on a CPU they are reduced, "
@@ -304,7 +304,11 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--autoencoder", action="append", default=None, help="repeatable: encode a store with each")
     p.add_argument("--store", action="append", default=None, help="repeatable: stores already encoded (same dataset)")
     p.add_argument("--out", required=True, type=Path, help="study directory: stores/, runs/, gap.json/.md/.html, PNGs")
-    p.add_argument("--arms", default=",".join(names), help=f"comma-separated subset of {','.join(names)}")
+    p.add_argument(
+        "--arms",
+        default=",".join(arms.paper_names()),
+        help=f"comma-separated subset of {','.join(names)} (default: the paper's, {','.join(arms.paper_names())})",
+    )
     p.add_argument("--folds", default=None, help="K or all: cross-validation folds (test k, val k+1) as run units")
     p.add_argument("--seeds", type=int, default=3, help="seeds per fold (or per stored split without --folds)")
     every_arm = p.add_argument_group(

@@ -32,6 +32,7 @@ from engine.store.integrity import identity
 from engine.training.checkpoint import RunState, read_checkpoint, restore_optimizer, save_checkpoint, store_record
 from engine.training.config import LrSchedule, TrainConfig
 from engine.training.distributed import DistContext, init_distributed
+from engine.training.graft import Graft
 from engine.training.inputs import default_image_size
 from engine.training.objective import TrainingLoss, train_step
 from engine.training.run_dir import RunDir
@@ -145,6 +146,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     loss = build_loss(cfg, store, sel["train"], ctx.device)
     # the network and what it is fed, as --space decides: noised latents, or augmented images (training/spaces.py)
     model, objective, val_input = space_for(cfg.space).training(cfg, store, sel, loss, image_size, ctx.device, say)
+    # --graft: the image network's stages, and a latent stem fitted to its features (a resume loads its checkpoint)
+    grafted = None
+    if cfg.graft and not cfg.resume:
+        grafted = Graft(cfg, store, model, image_size, ctx.device).fit(sel["train"], sel["val"], say)
     net = DistributedDataParallel(model) if ctx.world_size > 1 else model
     net = torch.compile(net) if cfg.compile else net
     optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
@@ -155,7 +160,14 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     state = RunState()
     recorded = (
         run.start(
-            {"train": config, "model": model_config(model), "store": manifest, "store_identity": pinned}, cfg.resume
+            {
+                "train": config,
+                "model": model_config(model),
+                "store": manifest,
+                "store_identity": pinned,
+                **({"graft": grafted} if grafted else {}),  # how far the stem's fit came
+            },
+            cfg.resume,
         )
         if ctx.is_main
         else None

@@ -296,6 +296,35 @@ def test_an_arm_that_cannot_run_is_reported_as_skipped_with_its_reason(stores, t
     assert "Skipped:" in (out / "gap.md").read_text()
 
 
+def test_the_matched_arms_run_the_image_network_on_latents_and_the_graft_starts_from_the_image_run(stores, tmp_path):
+    out = tmp_path / "matched"
+    budget = ["--epochs", "1", "--seeds", "1", "--batch-size", "16", "--curve-levels", "1"]
+    arms = "image,latent-matched,latent-graft"
+    assert engine_main(["gap", "--store", str(stores["zarr"]), "--out", str(out), "--arms", arms, *budget]) == 0
+    report = json.loads((out / "gap.json").read_text())
+    runs = {
+        arm: a["runs"]["split-seed0"]["run"] for arm, a in report["autoencoders"]["default-untrained"]["arms"].items()
+    }
+    image_ckpt = Path(runs["image"]) / "best.safetensors"
+    for arm in ("latent-matched", "latent-graft"):
+        recorded = json.loads((Path(runs[arm]) / "config.json").read_text())
+        train, model = recorded["train"], recorded["model"]
+        assert train["model"] == "resnet18-latent" and train["noise"] == "none" and train["space"] == "latent"
+        assert model["feature_stride"] == 8  # 32 px images over the 4x4 latent grid: the image network's layer2 map
+        assert (train["graft"] == str(image_ckpt)) == (arm == "latent-graft")
+        assert ("graft" in recorded) == (arm == "latent-graft")
+    graft = json.loads((Path(runs["latent-graft"]) / "config.json").read_text())["graft"]
+    assert graft["checkpoint"] == str(image_ckpt.resolve()) and graft["val_error_after"] < graft["val_error_before"]
+    # without the image arm there is nothing to graft from: skipped, with the reason
+    alone = tmp_path / "alone"
+    assert (
+        engine_main(["gap", "--store", str(stores["zarr"]), "--out", str(alone), "--arms", "latent-graft", *budget])
+        == 0
+    )
+    skipped = json.loads((alone / "gap.json").read_text())["skipped"]
+    assert [s["why"] for s in skipped] == ["no image arm to graft from (add image to --arms)"]
+
+
 def _write_table(folder: Path, ids: list | None, rows: int = 40) -> Path:
     folder.mkdir()
     from PIL import Image

@@ -186,6 +186,8 @@ def test_registry_names_and_errors():
         "vit-b",
         "resnet50",
         "resnet18",
+        "resnet50-latent",
+        "resnet18-latent",
     } == set(MODEL_NAMES)
     with pytest.raises(ValueError, match="unknown model 'resnet50-film'; known: adm-b, "):
         build_model("resnet50-film", 3, 2)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import UsageError
-from engine.models import plain_variant
+from engine.models import model_entry, plain_variant
 
 IMAGE, RECON, LATENT, LATENT_PLAIN, LATENT_DISTILL = "image", "recon", "latent", "latent-plain", "latent-distill"
+LATENT_MATCHED, LATENT_GRAFT = "latent-matched", "latent-graft"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,19 @@ def plain_latent_model(image: str, latent: str) -> str:
     return plain_variant(latent)
 
 
+def matched_model(image: str, latent: str) -> str:
+    """The image model's own network on latents: its stem replaced by a latent stem at the latent's stride."""
+    twin = model_entry(image).latent_input
+    if twin is None:
+        raise UsageError(f"--image-model {image}: no latent-input twin for the matched arms; use resnet18 or resnet50")
+    return twin
+
+
+# the matched arms' own settings: a network without noise conditioning, on clean latents as the image arm is on
+# clean images (masking stays: it is the latents' augmentation, as flips and rotations are the images')
+MATCHED = (("noise", "none"),)
+
+
 @dataclass(frozen=True)
 class Arm:
     """One classifier of the study, trained and evaluated as an `engine train` run per autoencoder and unit."""
@@ -69,6 +83,14 @@ class Arm:
     teacher: str | None = None  # distils (MSE on logits, the paper's) from this originals arm of the same unit
     gap: Gap | None = None  # the gap whose lower side this arm is
     recovers: Recovery | None = None
+    in_paper: bool = True  # the paper's arms run by default; the others when --arms names them
+    graft_from: str | None = None  # starts from this originals arm's best checkpoint of the same unit (--graft)
+    settings: tuple[tuple[str, object], ...] = ()  # TrainConfig fields the arm sets over the study's budget
+
+    @property
+    def needs(self) -> str | None:
+        """The originals arm of the same unit this arm cannot run without (its teacher, or its graft)."""
+        return self.teacher or self.graft_from
 
     @property
     def gap_title(self) -> str:
@@ -110,11 +132,38 @@ ARMS: tuple[Arm, ...] = (
         teacher=IMAGE,
         recovers=over_latent("distillation"),
     ),
+    Arm(
+        LATENT_MATCHED,
+        "the image arm's own network on latents: its stem (and any stage above the latent's stride) replaced by "
+        "a latent stem, so that it differs from the image arm only in its input; clean latents, as the image arm "
+        "sees clean images",
+        "latent",
+        matched_model,
+        recovers=over_latent("matched_network"),
+        in_paper=False,
+        settings=MATCHED,
+    ),
+    Arm(
+        LATENT_GRAFT,
+        "latent-matched started from the image arm's trained network of the same unit, its latent stem first "
+        "fitted to regress that network's features of the training images, then all of it trained",
+        "latent",
+        matched_model,
+        graft_from=IMAGE,
+        recovers=over_latent("graft"),
+        in_paper=False,
+        settings=MATCHED,
+    ),
 )
 
 
 def names() -> list[str]:
     return [arm.name for arm in ARMS]
+
+
+def paper_names() -> list[str]:
+    """The arms a study runs when --arms is not given: the paper's."""
+    return [arm.name for arm in ARMS if arm.in_paper]
 
 
 def parse(text: str) -> tuple[Arm, ...]:

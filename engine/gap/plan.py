@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import UsageError
+from engine.gap import arms as table
 from engine.gap.arms import Arm
 from engine.store import LatentStore
 from engine.training.config import TrainConfig
@@ -48,6 +49,7 @@ class GapPlan:
     def config(self, arm: Arm, label: str, unit: Unit) -> TrainConfig:
         """The `engine train` run of ``arm`` for ``unit`` on autoencoder ``label``'s store."""
         distill = {"distill": "mse", "teacher": teacher_name(unit)} if arm.teacher else {}
+        graft = {"graft": str(self.originals_run(arm.graft_from, unit) / "best.safetensors")} if arm.graft_from else {}
         return TrainConfig(
             store=str(self.stores[self.first if arm.originals else label]),
             out=str(self.run_dir(arm, label, unit)),
@@ -56,9 +58,14 @@ class GapPlan:
             fold=unit.fold,
             seed=unit.seed,
             device=str(self.device),
-            **self.budget,
+            **{**self.budget, **dict(arm.settings)},
             **distill,
+            **graft,
         )
+
+    def originals_run(self, name: str, unit: Unit) -> Path:
+        """The run directory of originals arm ``name`` for ``unit`` (a teacher, a graft's image network)."""
+        return self.run_dir(next(arm for arm in table.ARMS if arm.name == name), self.first, unit)
 
     def run_dir(self, arm: Arm, label: str, unit: Unit) -> Path:
         return self.out / "runs" / (arm.name if arm.originals else label) / arm.name / unit.name

@@ -165,19 +165,14 @@ def run_gap(plan: GapPlan, log=print) -> dict:
     for i, (arm, label, unit) in enumerate(todo, 1):
         cfg = plan.config(arm, label, unit)
         where = f"[{i}/{len(todo)}] {'images' if arm.originals else label} {arm.name} {unit.name}"
+        if arm.needs and arm.needs not in ran:
+            why = f"no {arm.needs} arm to {'distil' if arm.teacher else 'graft'} from"
+            skipped.append(
+                {"arm": arm.name, "autoencoder": label, "unit": unit.name, "why": f"{why} (add {arm.needs} to --arms)"}
+            )
+            log(f"{where}: skipped, {why}")
+            continue
         if arm.teacher:
-            if arm.teacher not in ran:
-                why = f"no {arm.teacher} arm to distil from"
-                skipped.append(
-                    {
-                        "arm": arm.name,
-                        "autoencoder": label,
-                        "unit": unit.name,
-                        "why": f"{why} (add {arm.teacher} to --arms)",
-                    }
-                )
-                log(f"{where}: skipped, {why}")
-                continue
             store_teacher(plan, arm.teacher, unit, log)
         log(f"{where}: {'reused' if (Path(cfg.out) / 'eval.json').is_file() else 'training'} ({cfg.out})")
         result = run_one(cfg, log)

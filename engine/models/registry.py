@@ -16,17 +16,19 @@ from torch import nn
 from engine.errors import UsageError
 from engine.models.adm_resnet import ADM_PRESETS, ADMResNet
 from engine.models.convnext_film import CONVNEXT_PRESETS, ConvNeXtFiLM, stem_stride_for
+from engine.models.latent_stem_resnet import LatentStemResNet
 from engine.models.recipe import PAPER, TRANSFORMER, Recipe
-from engine.models.resnet import RESNETS, ResNet
+from engine.models.resnet import RESNETS, STAGES, ResNet
 from engine.models.vit_film import VIT_PRESETS, ViTFiLM
 
-# (in_channels, num_classes, latent_size, noise-conditioned, architecture options) -> (model, options it used)
-Builder = Callable[[int, int, int | None, bool, dict], tuple[nn.Module, dict]]
+# (in_channels, num_classes, latent_size, noise-conditioned, architecture options, the image classifier's input
+# size in px) -> (model, options it used)
+Builder = Callable[[int, int, int | None, bool, dict, int | None], tuple[nn.Module, dict]]
 
 
 def _convnext(preset: str) -> Builder:
     def build(
-        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
+        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict, image_size: int | None
     ) -> tuple[nn.Module, dict]:
         kw = {**CONVNEXT_PRESETS[preset], "stem_stride": stem_stride_for(latent_size), **kw}
         return ConvNeXtFiLM(in_channels, num_classes, conditioned, **kw), kw
@@ -36,7 +38,7 @@ def _convnext(preset: str) -> Builder:
 
 def _adm(preset: str) -> Builder:
     def build(
-        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
+        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict, image_size: int | None
     ) -> tuple[nn.Module, dict]:
         kw = {**ADM_PRESETS[preset], **kw}
         return ADMResNet(in_channels, num_classes, conditioned, latent_size=latent_size, **kw), kw
@@ -46,7 +48,7 @@ def _adm(preset: str) -> Builder:
 
 def _vit(preset: str) -> Builder:
     def build(
-        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
+        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict, image_size: int | None
     ) -> tuple[nn.Module, dict]:
         kw = {**VIT_PRESETS[preset], **kw}
         return ViTFiLM(in_channels, num_classes, conditioned, latent_size=latent_size, **kw), kw
@@ -56,9 +58,30 @@ def _vit(preset: str) -> Builder:
 
 def _resnet(name: str) -> Builder:
     def build(
-        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict
+        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict, image_size: int | None
     ) -> tuple[nn.Module, dict]:
         return ResNet(*RESNETS[name], in_channels=in_channels, num_classes=num_classes, **kw), kw
+
+    return build
+
+
+def _latent_stem_resnet(name: str) -> Builder:
+    def build(
+        in_channels: int, num_classes: int, latent_size: int | None, conditioned: bool, kw: dict, image_size: int | None
+    ) -> tuple[nn.Module, dict]:
+        if "feature_stride" not in kw:
+            if not (latent_size and image_size) or image_size % latent_size:
+                raise UsageError(
+                    f"{name}-latent: its stem maps a {latent_size} px latent grid onto the image network's map of "
+                    f"the same stride, which needs an image size divisible by it (--image-size; got {image_size})"
+                )
+            kw = {**kw, "feature_stride": image_size // latent_size}
+        if kw["feature_stride"] not in {s.stride for s in STAGES[:-1]}:
+            raise UsageError(
+                f"{name}-latent: {image_size} px images over a {latent_size} px latent grid is a stride of "
+                f"{kw['feature_stride']}; a ResNet joins at 2, 4, 8 or 16: pick --image-size to match"
+            )
+        return LatentStemResNet(*RESNETS[name], in_channels=in_channels, num_classes=num_classes, **kw), kw
 
     return build
 
@@ -75,6 +98,7 @@ class ModelEntry:
     conditioned: str | None  # the noise-conditioned twin (its own name when conditioned; None: the family has none)
     on_latents: bool  # a latent classifier (False: an image classifier)
     recipe: Recipe = PAPER  # the training defaults it needs where the user gave none
+    latent_input: str | None = None  # an image model's own network on latents (a latent stem at the same stride)
 
     def options(self) -> list[str]:
         return [p for p in inspect.signature(self.architecture).parameters if p not in _NOT_OPTIONS]
@@ -95,7 +119,15 @@ MODELS: dict[str, ModelEntry] = dict(
             **{k: v for p in CONVNEXT_PRESETS for k, v in _latent_pair(p, _convnext(p), ConvNeXtFiLM).items()},
             **{k: v for p in ADM_PRESETS for k, v in _latent_pair(p, _adm(p), ADMResNet).items()},
             **{k: v for p in VIT_PRESETS for k, v in _latent_pair(p, _vit(p), ViTFiLM, TRANSFORMER).items()},
-            **{n: ModelEntry(n, _resnet(n), ResNet, False, n, None, False) for n in RESNETS},
+            **{
+                n: ModelEntry(n, _resnet(n), ResNet, False, n, None, False, latent_input=f"{n}-latent") for n in RESNETS
+            },
+            **{
+                f"{n}-latent": ModelEntry(
+                    f"{n}-latent", _latent_stem_resnet(n), LatentStemResNet, False, f"{n}-latent", None, True
+                )
+                for n in RESNETS
+            },
         }.items()
     )
 )
@@ -126,13 +158,16 @@ def build_model(
     num_classes: int,
     latent_size: int | None = None,
     noise_conditioned: bool | None = None,
+    image_size: int | None = None,
     **kw,
 ) -> nn.Module:
     """A fresh model by name; its entry decides noise conditioning.
 
     latent_size: the latent side in px when known (ConvNeXt picks its stem stride from it, ADM's attention
     pooling sizes its position embedding); image-space ResNets ignore it. noise_conditioned may be given
-    only to confirm the name. kw: architecture options of the family's class (e.g. stochastic_depth_prob).
+    only to confirm the name. image_size: the image classifier's input in px, from which a latent model matched
+    to it (``resnet18-latent``) takes its stride; the others ignore it. kw: architecture options of the family's
+    class (e.g. stochastic_depth_prob).
     """
     entry = model_entry(name)
     conditioned = entry.noise_conditioned
@@ -146,7 +181,7 @@ def build_model(
     options = entry.options()
     if unknown := sorted(set(kw) - set(options)):
         raise UsageError(f"model {name!r} has no option {', '.join(unknown)}; options: {', '.join(options)}")
-    model, resolved = entry.builder(in_channels, num_classes, latent_size, conditioned, kw)
+    model, resolved = entry.builder(in_channels, num_classes, latent_size, conditioned, kw, image_size)
     model.build_config = {
         "name": name,
         "in_channels": in_channels,

@@ -10,6 +10,7 @@ conv).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -90,14 +91,51 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) images -> (B, num_classes) logits; c_noise is accepted for a uniform call and ignored."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.image_stem(x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def image_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
+
+    def features(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        """The feature map the network first computes at ``stride`` (a grafted latent stem's target)."""
+        for stage in STAGES[: stage_index(stride) + 1]:
+            x = getattr(self, stage.name)(x)
+        return x
 
     @staticmethod
     def rename_pretrained(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """torchvision and timm ResNets share these names."""
         return state
+
+
+class Stage(NamedTuple):
+    """One step of the network: its method or module name, output stride, and output channels (times the
+    block's expansion where ``expands``)."""
+
+    name: str
+    stride: int
+    channels: int
+    expands: bool = False
+
+    def width(self, block: type[BasicBlock | Bottleneck]) -> int:
+        return self.channels * (block.expansion if self.expands else 1)
+
+
+STAGES = (
+    Stage("image_stem", 2, 64),
+    Stage("maxpool", 4, 64),
+    *(Stage(f"layer{i + 1}", 4 * 2**i, 64 * 2**i, expands=True) for i in range(4)),
+)
+
+
+def stage_index(stride: int) -> int:
+    """The first stage of STAGES whose output has ``stride``: where a network of that input stride joins."""
+    for i, stage in enumerate(STAGES):
+        if stage.stride == stride:
+            return i
+    raise ValueError(f"a ResNet has feature maps of strides {sorted({s.stride for s in STAGES})}, not {stride}")
 
 
 RESNETS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}

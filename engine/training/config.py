@@ -19,7 +19,7 @@ from engine.errors import UsageError
 from engine.loaders import LOADERS
 from engine.losses import LOSSES, LossRecipe
 from engine.losses.recipes import DRW_EPOCH
-from engine.models import MODEL_NAMES, model_entry
+from engine.models import MODEL_NAMES, MODELS, model_entry
 from engine.models.memory import MEMORY_MODES
 from engine.models.vit_film import ATTENTION
 from engine.training.noise_schedules import NOISE
@@ -138,10 +138,23 @@ class TrainConfig:
     checkpoint_every: int = option(0, "steps between checkpoints inside an epoch (0: at epoch ends only)")
     max_steps: int | None = option(None, "stop after this many steps (quick runs)")
     init: str | None = option(None, "torchvision/timm/paper weights, loaded by parameter name")
+    graft: str | None = option(
+        None,
+        "an image-space checkpoint of the same data (e.g. a gap study's image arm best.safetensors) for a latent "
+        "model matched to its network (resnet18-latent, resnet50-latent): its stages are loaded, the latent stem "
+        "first regresses its features of the training images (--graft-epochs), then the whole classifier trains",
+    )
+    graft_epochs: int = option(5, "with --graft: epochs of the latent stem's feature regression before training")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
-        for name, least in (("batch_size", 1), ("epochs", 1), ("patience", 1), ("checkpoint_every", 0)):
+        for name, least in (
+            ("batch_size", 1),
+            ("epochs", 1),
+            ("patience", 1),
+            ("checkpoint_every", 0),
+            ("graft_epochs", 1),
+        ):
             if getattr(self, name) < least:
                 raise UsageError(f"{flag(name)} {getattr(self, name)}: must be >= {least}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -158,6 +171,11 @@ class TrainConfig:
         for name, value in recipe.items():
             if getattr(self, name) is None:  # not given: the model's recipe
                 setattr(self, name, value)
+        if self.graft and not any(entry.latent_input == self.model for entry in MODELS.values()):
+            raise UsageError(
+                f"--graft: {self.model} has no latent stem to fit; use --model resnet18-latent or resnet50-latent "
+                "(the image network with a latent stem)"
+            )
         if not 1 <= self.curve_levels <= 32:
             raise UsageError(f"--curve-levels {self.curve_levels}: must be in 1..32 (the Karras levels)")
         if not 0 <= self.mask_p < 1:

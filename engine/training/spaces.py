@@ -121,14 +121,17 @@ class Space(ABC):
         """What eval.json records of ``--clean-eval``: None where the inputs carry no noise."""
         return None
 
-    def network(self, cfg: TrainConfig, manifest: dict, device: torch.device, log) -> torch.nn.Module:
-        """The classifier of ``--model`` for the store's inputs, optionally initialised from ``--init``."""
+    def network(self, cfg: TrainConfig, manifest: dict, image_size: int, device: torch.device, log) -> torch.nn.Module:
+        """The classifier of ``--model`` for the store's inputs, optionally initialised from ``--init``;
+        ``image_size``: the image classifier's input (a latent model matched to it takes its stride from it)."""
         classes = len(manifest["dataset"]["class_names"])
         # the attention backend is an option of the transformer models only, the memory mode of the latent models
         # only: another model refuses a non-default value by name
         options = {} if cfg.attention == "sdpa" else {"attention": cfg.attention}
         options |= {} if cfg.memory == "plain" else {"memory": cfg.memory}
-        model = build_model(cfg.model, num_classes=classes, **self.network_args(manifest), **options)
+        model = build_model(
+            cfg.model, num_classes=classes, image_size=image_size, **self.network_args(manifest), **options
+        )
         if cfg.init:
             loaded = load_pretrained(model, cfg.init)
             log(f"init from {cfg.init}: {len(loaded.loaded)} tensors loaded, {len(loaded.reinitialised)} kept fresh")
@@ -145,7 +148,7 @@ class Space(ABC):
         log,
     ) -> Training:
         """The network, its objective on the train selection and its input on the val selection."""
-        model = self.network(cfg, store.manifest, device, log)
+        model = self.network(cfg, store.manifest, image_size, device, log)
         feed = self.feed(cfg, store, image_size, device)
         return Training(
             model,
