@@ -254,6 +254,14 @@ def test_the_study_report_stands_alone_with_protocol_intervals_per_class_and_plo
                 ]
                 assert f"| {arm} | {unit} | {' | '.join(cells)} |" in section
                 assert f"{test['calibration']['ece']:.3f} [{test['intervals']['ece'][0]:.3f}," in section
+            medians = []  # the arm's measured speed: each run's median epoch, from its own metrics.jsonl
+            for run in a["runs"].values():
+                lines = (Path(run["run"]) / "metrics.jsonl").read_text().splitlines()
+                medians.append(np.median([r["samples_per_s"] for r in map(json.loads, lines) if "samples_per_s" in r]))
+            assert a["samples_per_s"]["mean"] == pytest.approx(np.mean(medians))
+            latent_speed = ae["arms"]["latent"]["samples_per_s"]["mean"]
+            speed = a["samples_per_s"]["mean"]
+            assert f"| {arm} | {speed:,.0f} | {latent_speed / speed:.2f} |" in section
             sens = {c: np.mean([r["sensitivity"][c] for r in a["runs"].values()]) for c in a["sensitivity"]}
             row = re.search(rf"^\| {re.escape(arm)} \| (\d.*) \|$", section.split("Test sensitivity")[1], re.M)
             assert row and [float(c.split(" ± ")[0]) for c in row.group(1).split(" | ")] == pytest.approx(
@@ -261,6 +269,10 @@ def test_the_study_report_stands_alone_with_protocol_intervals_per_class_and_plo
             )
         g = ae["gaps"]["balanced_accuracy"]["learnability_gap"]
         assert f"| learnability gap (recon - latent) | {g['mean']:+.3f} ± {g['sd']:.3f} | {g['n']} |" in section
+    from engine.gap.report import cost_points
+
+    if cost_points(report):  # the cost plot wherever an arm recovers part of a gap
+        assert f"base64,{base64.b64encode((study / 'gap-cost.png').read_bytes()).decode()}" in page
     assert "Traceback" not in text and "<script" not in page  # a page, not a program
 
 

@@ -166,6 +166,37 @@ def run_blocks(ae: dict) -> list[Block]:
     return blocks
 
 
+def cost_blocks(ae: dict) -> list[Block]:
+    """What each arm's accuracy costs: its measured training speed, its cost per sample relative to the latent and
+    recon arms, and what it recovers of the learnability gap; nothing for a gap.json without speeds."""
+    arms = [a for a in table.names() if "samples_per_s" in ae["arms"].get(a, {})]
+    if not arms:
+        return []
+    speed = {a: ae["arms"][a]["samples_per_s"]["mean"] for a in arms}
+    g = ae["gaps"].get("balanced_accuracy", {})
+    recovers = {arm.name: arm.recovers.key for arm in table.ARMS if arm.recovers}
+
+    def relative(arm: str, to: str) -> str:
+        return f"{speed[to] / speed[arm]:.2f}" if to in speed else "-"
+
+    def recovered(arm: str) -> str:
+        key = recovers.get(arm)
+        if key is None or g.get("recovered", {}).get(key) is None:
+            return "-"
+        bounds = g.get("recovered_interval", {}).get(key)
+        return f"{100 * g['recovered'][key]:.0f} %" + ("" if bounds is None else f" {_interval(bounds, '.0f', 100)}")
+
+    return [
+        Table(
+            ["arm", "training samples/s", "cost per sample, x latent", "x recon", "recovers of the learnability gap"],
+            [[a, f"{speed[a]:,.0f}", relative(a, table.LATENT), relative(a, table.RECON), recovered(a)] for a in arms],
+            caption="Measured training speed (median over each run's epochs, mean over units; the steps alone) "
+            "and what each arm buys with it. A recovered fraction compares the arm with its base arm's gap "
+            "(95 % interval over units).",
+        ),
+    ]
+
+
 def report_page(report: dict) -> Page:
     """The study report a person reads: what ran and how it differs from the paper, the plots, every
     autoencoder's tables with their intervals, and what was skipped. gap.md and gap.html are this page."""
@@ -197,8 +228,16 @@ def report_page(report: dict) -> Page:
         Figure("gap.png", "Test balanced accuracy of every arm: bars mean and sd over units, dots single runs."),
         Figure("gap-noise.png", "Test balanced accuracy of the noise-conditioned arms against the noise level."),
     )
+    if cost_points(report):
+        page.add(
+            Figure(
+                "gap-cost.png",
+                "What each arm recovers of the learnability gap (95 % interval over units) against its measured "
+                "training cost per sample relative to the recon arm (right of the dotted line: dearer than decoding).",
+            )
+        )
     for label, ae in report["autoencoders"].items():
-        page.add(*autoencoder_blocks(label, ae), *run_blocks(ae))
+        page.add(*autoencoder_blocks(label, ae), *cost_blocks(ae), *run_blocks(ae))
     if report["skipped"]:
         page.add(
             Paragraph("Skipped:"),
@@ -270,10 +309,53 @@ def plot_noise(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def cost_points(report: dict) -> list[tuple[str, str, float, float, list[float] | None]]:
+    """(autoencoder, arm, cost per sample relative to recon, recovered fraction, its interval) of every arm
+    that recovers something and whose speed and the recon arm's were measured."""
+    points = []
+    for label, ae in report["autoencoders"].items():
+        arms, g = ae["arms"], ae["gaps"].get("balanced_accuracy", {})
+        if "samples_per_s" not in arms.get(table.RECON, {}):
+            continue
+        for arm in table.ARMS:
+            r = arm.recovers
+            if r and "samples_per_s" in arms.get(arm.name, {}) and g.get("recovered", {}).get(r.key) is not None:
+                cost = arms[table.RECON]["samples_per_s"]["mean"] / arms[arm.name]["samples_per_s"]["mean"]
+                points.append(
+                    (label, arm.name, cost, g["recovered"][r.key], g.get("recovered_interval", {}).get(r.key))
+                )
+    return points
+
+
+def plot_cost(points: list, path: Path) -> None:
+    """Recovered fraction of the learnability gap against training cost per sample relative to the recon arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, arm, cost, fraction, bounds in points:
+        err = None if bounds is None else [[100 * (fraction - bounds[0])], [100 * (bounds[1] - fraction)]]
+        ax.errorbar([cost], [100 * fraction], yerr=err, fmt="o", capsize=3, label=f"{label} {arm}")
+    ax.axhline(0, color="grey", lw=1)
+    ax.axhline(100, color="grey", ls="--", lw=1)
+    ax.axvline(1, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training cost per sample, relative to the recon arm")
+    ax.set_ylabel("% of the learnability gap recovered")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(report: dict, out: Path) -> None:
     """gap.md beside its PNGs, and gap.html: the same page standing alone, its plots inline."""
     plot_arms(report, out / "gap.png")
     plot_noise(report, out / "gap-noise.png")
+    if points := cost_points(report):
+        plot_cost(points, out / "gap-cost.png")
     page = report_page(report)
     (out / "gap.md").write_text(page.markdown())
     (out / "gap.html").write_text(page.html(out))

@@ -55,6 +55,18 @@ def test_details(test: dict) -> dict:
     }
 
 
+def training_speed(run: Path) -> dict:
+    """The run's measured training speed: the median over its epochs of the samples per second its loop recorded
+    in metrics.jsonl (the steps alone, without evaluation), and the seconds a --graft fit took; empty when the
+    run recorded none."""
+    epochs = [
+        r["samples_per_s"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val" in r
+    ]
+    graft = json.loads((run / "config.json").read_text()).get("graft") or {}
+    out = {"samples_per_s": float(np.median(epochs))} if epochs else {}
+    return out | ({"graft_seconds": graft["seconds"]} if "seconds" in graft else {})
+
+
 def prepare_stores(plan: GapPlan, log) -> None:
     """Encode the stores to encode (resumable), decode their reconstructions when an arm trains on them."""
     for label, (source_args, spec) in plan.encode.items():
@@ -185,6 +197,7 @@ def run_gap(plan: GapPlan, log=print) -> dict:
             results.setdefault(owner, {}).setdefault(arm.name, {})[unit.name] = {
                 "test": {k: test[k] for k in (*METRICS, *MEDMNIST) if k in test},
                 **test_details(test),
+                **training_speed(Path(cfg.out)),
                 "test_by_sigma": {s: m["balanced_accuracy"] for s, m in result.get("test_by_sigma", {}).items()},
                 "run": cfg.out,
             }
@@ -223,6 +236,8 @@ def summarise(label: str, plan: GapPlan, arms: dict[str, dict[str, dict]]) -> di
     metrics = [k for k in wanted if all(k in r["test"] for runs in arms.values() for r in runs.values())]
     for arm, runs in arms.items():
         out["arms"][arm] = {"runs": runs, **{k: spread([r["test"][k] for r in runs.values()]) for k in metrics}}
+        if all("samples_per_s" in r for r in runs.values()):
+            out["arms"][arm]["samples_per_s"] = spread([r["samples_per_s"] for r in runs.values()])
         if all("sensitivity" in r for r in runs.values()):
             out["arms"][arm]["sensitivity"] = class_sensitivity([r["sensitivity"] for r in runs.values()])
         curves = [r["test_by_sigma"] for r in runs.values() if r["test_by_sigma"]]
