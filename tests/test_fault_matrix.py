@@ -324,10 +324,12 @@ def test_a_checkpoint_without_a_checksum_loads_with_one_warning(store, run_copy,
     best = run_copy / "best.safetensors"
     rewrite(best, with_checksum=False)
     assert engine_main(["eval", str(best), "--store", str(store), "--out", str(tmp_path / "e")]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
+    said = capsys.readouterr()
+    err = said.err.strip().splitlines()
     assert [line for line in err if "checksum" in line] == [
         f"WARNING {best}: written without a checksum (an older engine); its tensors cannot be verified"
     ]
+    assert "checksum" not in said.out  # without --fold the checkpoint is read once: said once, on stderr
 
 
 def test_nan_weights_are_one_line_naming_the_tensor(store, run_copy, capsys):
