@@ -346,3 +346,45 @@ def test_a_gap_study_rerun_with_another_budget_is_refused_unless_rerun_changed(p
     assert engine_main([*gap, "--epochs", "2", "--rerun-changed"]) == 0
     assert json.loads(config.read_text())["train"]["epochs"] == 2
     assert json.loads((out / "gap.json").read_text())["study"]["budget"]["epochs"] == 2
+
+
+def test_the_settings_a_refused_gap_suggests_are_options_gap_parses_back_to_the_recorded_values(tmp_path):
+    import argparse
+    import re
+    import shlex
+    from dataclasses import replace
+
+    import torch
+
+    from engine.cli import add_gap
+    from engine.gap import arms
+    from engine.gap.plan import EVERY_ARM, GapPlan, Unit
+    from engine.gap.run import settle_changed_runs
+    from engine.training.options import given_options
+
+    budget = {"epochs": 2, "batch_size": 16, "loss": "ce-cb", "lr": 1e-3, "precondition": True}
+    plan = GapPlan(
+        out=tmp_path / "study",
+        stores={"default": tmp_path / "s.zarr"},
+        arms=arms.parse("latent"),
+        units=[Unit(None, 0)],
+        image_model="resnet18",
+        latent_model="adm-s-film",
+        budget=budget,
+        device=torch.device("cpu"),
+    )
+    now = plan.config(plan.arms[0], "default", plan.units[0])
+    recorded = replace(now, epochs=1, lr=2e-3, precondition=False, model="adm-s")  # model: no every-arm option
+    Path(now.out).mkdir(parents=True)
+    (Path(now.out) / "config.json").write_text(json.dumps({"train": recorded.to_dict()}))
+    with pytest.raises(UsageError) as refused:
+        settle_changed_runs(plan, log=print)
+    settings = re.search(r"rerun with the settings they were trained with \((.*)\)$", str(refused.value)).group(1)
+    options, others = settings.split("; ")
+    assert others == "model adm-s: set by the study (its models, stores), not by an every-arm option"
+    parser = argparse.ArgumentParser()
+    add_gap(parser.add_subparsers())
+    args = parser.parse_args(["gap", "--out", str(plan.out), *shlex.split(options)])
+    assert given_options(args, EVERY_ARM) == {"epochs": 1, "lr": 2e-3, "precondition": False}
+    switched = parser.parse_args(["gap", "--out", "o", "--precondition"])
+    assert given_options(switched, EVERY_ARM) == {"precondition": True}
