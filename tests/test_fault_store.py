@@ -289,6 +289,29 @@ def test_a_store_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch
     assert not out.exists() and _temporary(tmp_path) == []
 
 
+@pytest.mark.parametrize("extra", ["--reconstructions", "--teacher"])
+def test_a_field_added_to_a_store_that_cannot_fit_is_refused_before_any_work(
+    store, tmp_path, monkeypatch, capsys, extra
+):
+    from engine.store.space import MARGIN
+
+    manifest = json.loads(json.dumps(open_store(store).manifest))
+    rows = sum(entry["size"] for entry in manifest["splits"].values())
+    if extra == "--reconstructions":  # uint8 RGB at the image classifier's size: the store's 32 px
+        argv, need = ["--reconstructions"], rows * 3 * 32 * 32
+    else:  # float32 logits per class; the space is checked before the checkpoint is read (there is none)
+        argv, need = (
+            ["--teacher", str(tmp_path / "none.safetensors")],
+            rows * len(manifest["dataset"]["class_names"]) * 4,
+        )
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1 << 20))
+    assert engine_main(["encode", "--out", str(store), *argv]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert f"{store}: writing it needs about {(need + MARGIN) / 2**20:.1f} MiB, 1.0 MiB is free" in err, err
+    assert "free some space on its disk" in err
+    assert open_store(store).manifest == manifest and inspect(store)[1] == []  # the store is as it was
+
+
 # identity, not location
 
 
