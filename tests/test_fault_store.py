@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import engine.encode
+import engine.sources
 import engine.train
 from engine.autoencoders import load_autoencoder
 from engine.cli import main as engine_main
@@ -279,6 +280,32 @@ def test_a_disk_full_during_a_block_write_leaves_no_temporary_file_and_resumes(p
     assert 0 < flags.sum() < len(flags)  # the blocks before the failure are kept, the failed one is not marked done
     _encode(out, fmt, cache=_cache(pristine))
     _same_store(out, pristine[fmt])
+
+
+def test_a_disk_full_during_an_overwrite_is_one_line_and_keeps_the_old_store(
+    store, pristine, tmp_path, monkeypatch, capsys
+):
+    """Through the CLI: the replacement fails at a block write; the store at --out is the one it was."""
+    fmt = "zarr" if store.suffix == ".zarr" else "wds"
+    open_real = engine.sources.open_source  # the CLI's synthetic source, tiny: the pristine stores' images
+    tiny = {"image_size": 32, "sizes": SIZES, "cache_dir": str(_cache(pristine))}
+    monkeypatch.setattr(engine.sources, "open_source", lambda **args: open_real(**{**args, **tiny}))
+    argv = ["encode", "--out", str(store), "--format", fmt, "--autoencoder", "default-untrained"]
+    argv += ["--image-size", "32", "--block-samples", str(BLOCK), "--fold-seed", "1", "--overwrite"]
+    with monkeypatch.context() as patch:
+        _full_disk_on(patch, fmt, after=2 if fmt == "zarr" else 20)
+        assert engine_main(argv) == 1
+    err = _one_line(capsys.readouterr().err)
+    staging = staging_path(store)
+    assert f"error: no space left on {staging}" in err and "free space there or pass --out elsewhere" in err, err
+    assert _temporary(tmp_path) == [] and not list(tmp_path.glob(f".{store.name}.replaced-*"))
+    assert not open_store(staging, require_complete=False).complete  # the replacement so far, where a rerun resumes
+    assert engine_main(["inspect", str(store)]) == 0
+    _same_store(store, pristine[fmt])  # the previous good store, untouched
+    capsys.readouterr()
+    assert engine_main(argv) == 0  # the same command, with space again: resumes the replacement and swaps it in
+    assert not staging.exists() and _temporary(tmp_path) == []
+    assert open_store(store).manifest["folds"]["seed"] == 1 and inspect(store)[1] == []
 
 
 def test_a_store_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
