@@ -260,20 +260,18 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from engine.evaluate import evaluate_checkpoint
-    from engine.training.checkpoint import read_checkpoint
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     out = args.out or args.checkpoint.parent / f"eval-{Path(args.store).name}"
     require_writable(out)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    fold = args.fold if args.fold is not None else read_checkpoint(args.checkpoint)[2]["config"].get("fold")
     evaluate_checkpoint(
         args.checkpoint,
         open_store(args.store),
         out,
         device,
-        fold,
+        args.fold,
         args.loader,
         args.batch_size,
         allow_other_store=args.allow_other_store,

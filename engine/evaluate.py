@@ -107,10 +107,12 @@ def evaluate_checkpoint(
 ) -> dict:
     """Metrics of a checkpoint on the store's val and test selections; writes eval.json (+ curve files).
 
-    ``clean_eval`` (default: the run's own ``--clean-eval``) picks the clean input of a latent model: at the
-    lowest trained level, or as the reference code (no noise, the embedding of sigma 1e-5).
+    ``fold`` None is the fold the checkpoint was trained on (the stored splits for a run without one): read from
+    the checkpoint here, which is read once, so a warning about it is said once. ``clean_eval`` (default: the
+    run's own ``--clean-eval``) picks the clean input of a latent model: at the lowest trained level, or as the
+    reference code (no noise, the embedding of sigma 1e-5).
     """
-    weights, _, meta = read_checkpoint(checkpoint, log=log)
+    weights, _, meta = read_checkpoint(checkpoint)  # its warnings on stderr, as every checkpoint read says them
     class_names = store.manifest["dataset"]["class_names"]
     try:
         cfg = TrainConfig.from_dict(meta["config"])
@@ -119,6 +121,7 @@ def evaluate_checkpoint(
             f"{checkpoint}: its recorded config does not load ({err}); evaluate another checkpoint"
         ) from None
     space = space_for(cfg.space)
+    fold = cfg.fold if fold is None else fold
     if (leak := fold_leak(cfg.fold, fold, store)) is not None:
         log(f"WARNING --fold {fold}: {leak}; its metrics on this fold are not held out")
     differences = space.store_differences(meta["store"], store.manifest)

@@ -22,6 +22,7 @@ from engine.errors import UsageError
 from engine.sources.preprocess import resize
 from engine.store import open_store
 from engine.store.integrity import update_field_files
+from engine.store.space import ADDED, require_free_space
 from engine.training.inputs import default_image_size
 
 FIELD = "reconstructions"
@@ -39,6 +40,9 @@ def add_reconstructions(
             f"{store_path}: holds reconstructions at {record['image_size']} px, not {size}; keep "
             f"--image-size {record['image_size']} (the store keeps one size)"
         )
+    todo = [(name, b) for name in store.splits for b in np.flatnonzero(store.split(name).derived_done(FIELD) == 0)]
+    rows = sum(min(store.split(n).block, store.split(n).size - b * store.split(n).block) for n, b in todo)
+    require_free_space(store.path, rows * 3 * size * size, ADDED)  # uint8 RGB rows, before any decoding
     ae = reload_autoencoder(store.manifest["autoencoder"], device, store=str(store_path))
     record = {
         "image_size": size,
@@ -49,8 +53,6 @@ def add_reconstructions(
         "complete": False,
     }
     store.set_manifest({**store.manifest, FIELD: record})
-    todo = [(name, b) for name in store.splits for b in np.flatnonzero(store.split(name).derived_done(FIELD) == 0)]
-    rows = sum(min(store.split(n).block, store.split(n).size - b * store.split(n).block) for n, b in todo)
     if todo:
         log(f"decoding {rows} latents of {store_path} with {ae.family} into {size} px reconstructions")
     with tqdm(total=rows, unit="img", desc="reconstruct", file=sys.stderr) as bar:

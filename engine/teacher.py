@@ -21,6 +21,7 @@ from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
 from engine.store.integrity import digest, update_field_files
+from engine.store.space import ADDED, require_free_space
 from engine.training.checkpoint import read_checkpoint
 from engine.training.config import TrainConfig
 from engine.training.inputs import imagenet_normalise, reopen_source
@@ -77,6 +78,8 @@ def add_teacher_logits(
     field = name
     store = open_store(store_path, writable=True)
     class_names = store.manifest["dataset"]["class_names"]
+    rows = sum(store.split(s).size for s in store.splits)
+    require_free_space(store.path, rows * len(class_names) * 4, ADDED)  # float32 logits, before the teacher runs
     model, meta = load_teacher(checkpoint, store.manifest, device)
     checksums = {}
     size = int(meta["image_size"])

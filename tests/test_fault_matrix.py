@@ -4,10 +4,11 @@ Each case runs the real CLI (``engine.cli.main`` in-process, or ``python -m engi
 sent) and asserts: a non-zero exit with one line naming the file or option and the fix, no traceback, no
 partial file left, the previous checkpoint intact, and a resume still exact.
 
-Read-only folders: the tests run as root, and root writes through permission bits, so a chmod 0o555 folder
-proves nothing here. Read-only is reproduced where the kernel answers: ``os.access`` (what the check before
-work asks, EROFS on a read-only filesystem for every user) is made to deny the folder, and the write itself
-is made to fail with EROFS / EACCES. A full disk is a write failing with ENOSPC (and the free space that the
+Read-only folders: a folder chmod 0o555, and the command run in a child process that the permission bits
+apply to; root writes through them, so as root the child runs without the capabilities that let it
+(CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), and the kernel refuses. Where that cannot be done the test is skipped
+saying why. A write failing later (the disk remounted read-only, a folder's mode changed during a run) is made
+to fail with EROFS / EACCES. A full disk is a write failing with ENOSPC (and the free space that the
 checkpoint writer measures first made too small).
 """
 
@@ -142,34 +143,57 @@ def test_debug_shows_the_traceback_of_an_expected_failure(store, tmp_path, capsy
 # read-only outputs: refused before any work, and a write failing anyway is one line
 
 
+AS_USER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: what lets root read and write through permission bits
+    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone from the program exec'd next
+        print(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
+        sys.exit(77)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+PROBE = "import os, sys; open(os.path.join(sys.argv[1], 'probe'), 'x'); os.remove(os.path.join(sys.argv[1], 'probe'))"
+
+
+def python_without_override(*args: str) -> subprocess.CompletedProcess:
+    """``python ARGS`` that the kernel's permission bits apply to: as this user, or for root without the
+    capabilities that override them (root cannot run as another user here: its Python lives in root's folder)."""
+    launch = [sys.executable, "-c", AS_USER] if os.geteuid() == 0 else [sys.executable]
+    return subprocess.run([*launch, *args], env=ENV, capture_output=True, text=True)
+
+
 @pytest.fixture
-def read_only(monkeypatch):
-    """Make the kernel's answer for the given folders "not writable" (see the module docstring for why)."""
-    denied: list[Path] = []
-    access = os.access
-
-    def fake_access(path, mode, *args, **kwargs):
-        if mode & os.W_OK and Path(path).absolute() in denied:
-            return False
-        return access(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(os, "access", fake_access)
-    return denied
-
-
-def test_a_read_only_out_is_refused_before_any_work(store, trained, tmp_path, capsys, read_only):
+def read_only_folder(tmp_path):
+    """A folder chmod 0o555 that a child process really cannot write into (skipped, saying why, where none can)."""
     folder = tmp_path / "ro"
     folder.mkdir()
-    read_only.append(folder)
+    folder.chmod(0o555)
+    try:
+        probe = python_without_override("-c", PROBE, str(folder))
+        if probe.returncode == 77:
+            pytest.skip(f"permission bits cannot be made to apply to root here: {probe.stderr.strip()}")
+        if probe.returncode == 0:
+            pytest.skip(f"{folder} (mode 0o555) is writable by the child process all the same")
+        assert "PermissionError" in probe.stderr, probe.stderr
+        yield folder
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_read_only_out_is_refused_before_any_work(store, trained, read_only_folder):
+    folder = read_only_folder
     commands = {
         "encode": ["encode", "--out", str(folder / "o.zarr")],
         "train": ["train", "--store", str(store), "--out", str(folder / "run"), *FAST],
         "eval": ["eval", str(trained / "best.safetensors"), "--store", str(store), "--out", str(folder / "e")],
     }
     for name, argv in commands.items():
-        assert engine_main(argv) == 1, name
-        err = one_line(capsys)
-        assert f"{folder} is read-only or not writable" in err and "--out" in err, err
+        done = python_without_override("-m", "engine.cli", *argv)
+        assert done.returncode == 1, (name, done.stderr[-2000:])
+        assert done.stderr.strip().splitlines() == [
+            f"engine {name}: error: --out {argv[argv.index('--out') + 1]}: {folder} is read-only or not writable; "
+            "pass --out to a writable folder"
+        ], done.stderr[-2000:]
     assert list(folder.iterdir()) == []
 
 
@@ -324,10 +348,12 @@ def test_a_checkpoint_without_a_checksum_loads_with_one_warning(store, run_copy,
     best = run_copy / "best.safetensors"
     rewrite(best, with_checksum=False)
     assert engine_main(["eval", str(best), "--store", str(store), "--out", str(tmp_path / "e")]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
+    said = capsys.readouterr()
+    err = said.err.strip().splitlines()
     assert [line for line in err if "checksum" in line] == [
         f"WARNING {best}: written without a checksum (an older engine); its tensors cannot be verified"
     ]
+    assert "checksum" not in said.out  # without --fold the checkpoint is read once: said once, on stderr
 
 
 def test_nan_weights_are_one_line_naming_the_tensor(store, run_copy, capsys):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import engine.encode
+import engine.sources
 import engine.train
 from engine.autoencoders import load_autoencoder
 from engine.cli import main as engine_main
@@ -281,12 +282,61 @@ def test_a_disk_full_during_a_block_write_leaves_no_temporary_file_and_resumes(p
     _same_store(out, pristine[fmt])
 
 
+def test_a_disk_full_during_an_overwrite_is_one_line_and_keeps_the_old_store(
+    store, pristine, tmp_path, monkeypatch, capsys
+):
+    """Through the CLI: the replacement fails at a block write; the store at --out is the one it was."""
+    fmt = "zarr" if store.suffix == ".zarr" else "wds"
+    open_real = engine.sources.open_source  # the CLI's synthetic source, tiny: the pristine stores' images
+    tiny = {"image_size": 32, "sizes": SIZES, "cache_dir": str(_cache(pristine))}
+    monkeypatch.setattr(engine.sources, "open_source", lambda **args: open_real(**{**args, **tiny}))
+    argv = ["encode", "--out", str(store), "--format", fmt, "--autoencoder", "default-untrained"]
+    argv += ["--image-size", "32", "--block-samples", str(BLOCK), "--fold-seed", "1", "--overwrite"]
+    with monkeypatch.context() as patch:
+        _full_disk_on(patch, fmt, after=2 if fmt == "zarr" else 20)
+        assert engine_main(argv) == 1
+    err = _one_line(capsys.readouterr().err)
+    staging = staging_path(store)
+    assert f"error: no space left on {staging}" in err and "free space there or pass --out elsewhere" in err, err
+    assert _temporary(tmp_path) == [] and not list(tmp_path.glob(f".{store.name}.replaced-*"))
+    assert not open_store(staging, require_complete=False).complete  # the replacement so far, where a rerun resumes
+    assert engine_main(["inspect", str(store)]) == 0
+    _same_store(store, pristine[fmt])  # the previous good store, untouched
+    capsys.readouterr()
+    assert engine_main(argv) == 0  # the same command, with space again: resumes the replacement and swaps it in
+    assert not staging.exists() and _temporary(tmp_path) == []
+    assert open_store(store).manifest["folds"]["seed"] == 1 and inspect(store)[1] == []
+
+
 def test_a_store_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
     out = tmp_path / "s.zarr"
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1 << 20))
     with pytest.raises(StoreError, match=rf"{out}: writing it needs about .* MiB, 1.0 MiB is free on its disk"):
         _encode(out)
     assert not out.exists() and _temporary(tmp_path) == []
+
+
+@pytest.mark.parametrize("extra", ["--reconstructions", "--teacher"])
+def test_a_field_added_to_a_store_that_cannot_fit_is_refused_before_any_work(
+    store, tmp_path, monkeypatch, capsys, extra
+):
+    from engine.store.space import MARGIN
+
+    manifest = json.loads(json.dumps(open_store(store).manifest))
+    rows = sum(entry["size"] for entry in manifest["splits"].values())
+    if extra == "--reconstructions":  # uint8 RGB at the image classifier's size: the store's 32 px
+        argv, need = ["--reconstructions"], rows * 3 * 32 * 32
+    else:  # float32 logits per class; the space is checked before the checkpoint is read (there is none)
+        argv, need = (
+            ["--teacher", str(tmp_path / "none.safetensors")],
+            rows * len(manifest["dataset"]["class_names"]) * 4,
+        )
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1 << 20))
+    assert engine_main(["encode", "--out", str(store), *argv]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert f"{store}: writing it needs about {(need + MARGIN) / 2**20:.1f} MiB, 1.0 MiB is free" in err, err
+    assert "free some space on its disk" in err
+    assert open_store(store).manifest == manifest and inspect(store)[1] == []  # the store is as it was
 
 
 # identity, not location
@@ -346,3 +396,45 @@ def test_a_gap_study_rerun_with_another_budget_is_refused_unless_rerun_changed(p
     assert engine_main([*gap, "--epochs", "2", "--rerun-changed"]) == 0
     assert json.loads(config.read_text())["train"]["epochs"] == 2
     assert json.loads((out / "gap.json").read_text())["study"]["budget"]["epochs"] == 2
+
+
+def test_the_settings_a_refused_gap_suggests_are_options_gap_parses_back_to_the_recorded_values(tmp_path):
+    import argparse
+    import re
+    import shlex
+    from dataclasses import replace
+
+    import torch
+
+    from engine.cli import add_gap
+    from engine.gap import arms
+    from engine.gap.plan import EVERY_ARM, GapPlan, Unit
+    from engine.gap.run import settle_changed_runs
+    from engine.training.options import given_options
+
+    budget = {"epochs": 2, "batch_size": 16, "loss": "ce-cb", "lr": 1e-3, "precondition": True}
+    plan = GapPlan(
+        out=tmp_path / "study",
+        stores={"default": tmp_path / "s.zarr"},
+        arms=arms.parse("latent"),
+        units=[Unit(None, 0)],
+        image_model="resnet18",
+        latent_model="adm-s-film",
+        budget=budget,
+        device=torch.device("cpu"),
+    )
+    now = plan.config(plan.arms[0], "default", plan.units[0])
+    recorded = replace(now, epochs=1, lr=2e-3, precondition=False, model="adm-s")  # model: no every-arm option
+    Path(now.out).mkdir(parents=True)
+    (Path(now.out) / "config.json").write_text(json.dumps({"train": recorded.to_dict()}))
+    with pytest.raises(UsageError) as refused:
+        settle_changed_runs(plan, log=print)
+    settings = re.search(r"rerun with the settings they were trained with \((.*)\)$", str(refused.value)).group(1)
+    options, others = settings.split("; ")
+    assert others == "model adm-s: set by the study (its models, stores), not by an every-arm option"
+    parser = argparse.ArgumentParser()
+    add_gap(parser.add_subparsers())
+    args = parser.parse_args(["gap", "--out", str(plan.out), *shlex.split(options)])
+    assert given_options(args, EVERY_ARM) == {"epochs": 1, "lr": 2e-3, "precondition": False}
+    switched = parser.parse_args(["gap", "--out", "o", "--precondition"])
+    assert given_options(switched, EVERY_ARM) == {"precondition": True}

@@ -10,26 +10,11 @@ import torch
 
 from engine.errors import UsageError
 from engine.gap import arms
-from engine.gap.plan import GapPlan, label_of, plan_units
+from engine.gap.plan import EVERY_ARM, GapPlan, label_of, plan_units
 from engine.gap.run import prepare_stores, run_gap
 from engine.store import open_store
-from engine.training.options import given_options
+from engine.training.options import as_arguments, given_options
 
-# engine train options that `engine gap` passes to every arm's runs (given: they override the budget below)
-EVERY_ARM = (
-    "epochs",
-    "batch_size",
-    "patience",
-    "lr",
-    "warmup_steps",
-    "loss",
-    "noise",
-    "mask_p",
-    "drw_epoch",
-    "curve_levels",
-    "clean_eval",
-    "precondition",
-)
 # the budget of every arm where no option is given: the paper's on CUDA; reduced on a CPU, where the paper's
 # 60 epochs of LDAM-DRW at batch 256 learn nothing in a CPU afternoon (docs/gap.md), with EDM's input scaling
 BUDGET = {
@@ -42,7 +27,7 @@ MODELS = {"cuda": ("resnet50", "convnext-t-film"), "cpu": ("resnet18", "adm-s-fi
 def budget_help() -> str:
     """The defaults of the every-arm options, per device, for --help."""
     return "; ".join(
-        f"on {device}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in budget.items())
+        f"on {device}: " + ", ".join(" ".join(as_arguments({k: v})) for k, v in budget.items())
         for device, budget in BUDGET.items()
     )
 

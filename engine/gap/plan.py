@@ -14,6 +14,22 @@ from engine.gap.arms import Arm
 from engine.store import LatentStore
 from engine.training.config import TrainConfig
 
+# engine train options that `engine gap` passes to every arm's runs (given: they override the budget below)
+EVERY_ARM = (
+    "epochs",
+    "batch_size",
+    "patience",
+    "lr",
+    "warmup_steps",
+    "loss",
+    "noise",
+    "mask_p",
+    "drw_epoch",
+    "curve_levels",
+    "clean_eval",
+    "precondition",
+)
+
 
 @dataclass(frozen=True)
 class Unit:

@@ -23,7 +23,7 @@ from engine.environment import device_name, versions
 from engine.errors import UsageError
 from engine.gap.estimate import estimate
 from engine.gap.paper import PAPER, differs_from_paper
-from engine.gap.plan import GapPlan, Unit, teacher_name
+from engine.gap.plan import EVERY_ARM, GapPlan, Unit, teacher_name
 from engine.gap.report import write_report
 from engine.gap.stats import gaps, spread
 from engine.metrics.latent_diagnostics import latent_diagnostics
@@ -33,8 +33,9 @@ from engine.store import open_store
 from engine.store.manifest import write_json_atomic
 from engine.teacher import add_teacher_logits
 from engine.train import train
-from engine.training.config import TrainConfig, flag
+from engine.training.config import TrainConfig
 from engine.training.inputs import default_image_size
+from engine.training.options import as_arguments
 
 SCHEMA = "latent-engine/gap/1"
 METRICS = ("balanced_accuracy", "auroc", "mcc")
@@ -116,11 +117,13 @@ def settle_changed_runs(plan: GapPlan, log) -> None:
     fields = {name: values for diff in changed.values() for name, values in diff.items()}
     if not plan.rerun_changed:
         now = ", ".join(f"{name} {old}, now {new}" for name, (old, new) in fields.items())
-        old = " ".join(f"{flag(name)} {old}" for name, (old, _) in fields.items())
+        given = " ".join(as_arguments({name: old for name, (old, _) in fields.items() if name in EVERY_ARM}))
+        others = ", ".join(f"{name} {old}" for name, (old, _) in fields.items() if name not in EVERY_ARM)
+        others = others and f"{others}: set by the study (its models, stores), not by an every-arm option"
         raise UsageError(
             f"{plan.out}: {len(changed)} of its runs were trained with other settings ({now}; e.g. "
             f"{next(iter(changed))}); pass --rerun-changed to train them again (their results are replaced), "
-            f"or rerun with the settings they were trained with ({old})"
+            f"or rerun with the settings they were trained with ({'; '.join(filter(None, (given, others)))})"
         )
     for run in changed:
         log(f"{run}: trained with other settings ({', '.join(changed[run])}); training it again (--rerun-changed)")

@@ -2,7 +2,8 @@
 some of them on to their runs (`engine gap`'s "every arm" options).
 
 Each field gives ``--flag-name`` (from ``flag_name``), its type (from the annotation: ``int | None`` reads an int),
-its default, its choices and its help (from the field's metadata, engine/training/config.py); a bool is a switch.
+its default, its choices and its help (from the field's metadata, engine/training/config.py); a bool is a switch
+(with its negation, ``--no-precondition``, where a job lays the options over defaults of its own).
 The help of a field a model's recipe sets ends with what each registered model's recipe gives it.
 """
 
@@ -38,8 +39,9 @@ def add_config_options(
         f, kind = by_name[name], _value_type(hints[name])
         default = None if unset else (None if f.default is MISSING else f.default)
         help_text = f.metadata.get("help", "") + _recipe_help(name)
-        if kind is bool:
-            parser.add_argument(flag(name), action="store_true", default=default, help=help_text)
+        if kind is bool:  # a switch; laid over a job's defaults, it also needs its negation (--no-precondition)
+            action = argparse.BooleanOptionalAction if unset else "store_true"
+            parser.add_argument(flag(name), action=action, default=default, help=help_text)
             continue
         parser.add_argument(
             flag(name),
@@ -56,6 +58,18 @@ def given_options(args: argparse.Namespace, names: Iterable[str] | None = None) 
     as TrainConfig keyword arguments."""
     chosen = [f.name for f in fields(TrainConfig)] if names is None else list(names)
     return {name: getattr(args, name) for name in chosen if getattr(args, name, None) is not None}
+
+
+def as_arguments(values: dict[str, object]) -> list[str]:
+    """The command line that gives TrainConfig fields ``values`` back through options added with ``unset``:
+    ``--epochs 1``, a switch as ``--precondition`` or ``--no-precondition`` (a switch takes no value)."""
+    arguments = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            arguments.append(flag(name) if value else "--no-" + flag(name)[2:])
+        else:
+            arguments += [flag(name), str(value)]
+    return arguments
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
