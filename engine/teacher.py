@@ -15,8 +15,9 @@ import torch
 from tqdm import tqdm
 
 from engine.errors import UsageError
-from engine.loaders.selection import TEACHER
+from engine.loaders.selection import FEATURES, TEACHER
 from engine.models import build_model
+from engine.models.pooled_features import PooledFeatures
 from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
@@ -69,7 +70,8 @@ RESERVED = (
 def add_teacher_logits(
     store_path: Path, checkpoint: Path, device: torch.device, name: str = TEACHER, batch_size: int = 64
 ) -> dict:
-    """Write the teacher's logits (N, K) float32 as row field ``name`` of every split of a complete store (a
+    """Write the teacher's logits (N, K) float32 as row field ``name``, and its pooled features (N, D) float16 (what
+    its head reads: feature distillation's targets) as ``name_features``, of every split of a complete store (a
     store may hold several teachers: one per fold or seed); returns the manifest record."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name.startswith(RESERVED):
         raise UsageError(
@@ -81,6 +83,9 @@ def add_teacher_logits(
     rows = sum(store.split(s).size for s in store.splits)
     require_free_space(store.path, rows * len(class_names) * 4, ADDED)  # float32 logits, before the teacher runs
     model, meta = load_teacher(checkpoint, store.manifest, device)
+    width = model.get_submodule(type(model).HEAD).in_features
+    require_free_space(store.path, rows * (len(class_names) * 4 + width * 2), ADDED)  # and the float16 features
+    pooled, features_field = PooledFeatures(model), f"{field}{FEATURES}"
     checksums = {}
     size = int(meta["image_size"])
     source = reopen_source(store)
@@ -88,6 +93,7 @@ def add_teacher_logits(
         split = store.split(split_name)
         valid = split.meta("valid").astype(bool)
         logits = np.zeros((split.size, len(class_names)), dtype=np.float32)
+        features = np.zeros((split.size, width), dtype=np.float16)
         rows = np.flatnonzero(valid)
         for lo in tqdm(range(0, len(rows), batch_size), desc=f"teacher {split_name}", unit="batch"):
             idx = rows[lo : lo + batch_size]
@@ -98,8 +104,10 @@ def add_teacher_logits(
             x = imagenet_normalise(to_model_input(images, size, (0.0, 1.0)).to(device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits[idx] = model(x).float().cpu().numpy()
+            features[idx] = pooled.value.float().cpu().numpy()
         update_field_files(store.path, split_name, field, split.write_row_field(field, logits))
-        checksums[split_name] = {field: f"{digest(logits):016x}"}
+        update_field_files(store.path, split_name, features_field, split.write_row_field(features_field, features))
+        checksums[split_name] = {field: f"{digest(logits):016x}", features_field: f"{digest(features):016x}"}
     record = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
@@ -108,6 +116,7 @@ def add_teacher_logits(
         "val": meta.get("val"),
         "fold": TrainConfig.from_dict(meta["config"]).fold,
         "checksums": checksums,
+        "features": {"field": features_field, "dim": width},
     }
     store.set_manifest({**store.manifest, "teachers": {**store.manifest.get("teachers", {}), field: record}})
     return record

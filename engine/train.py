@@ -26,6 +26,7 @@ from tqdm import tqdm
 from engine.errors import UsageError
 from engine.evaluate import evaluate, evaluate_checkpoint
 from engine.loaders import LatentLoader, Selection, make_loader, select
+from engine.loaders.selection import FEATURES
 from engine.models import model_config
 from engine.store import LatentStore, StoreError, open_store
 from engine.store.integrity import identity
@@ -70,6 +71,12 @@ def open_selections(cfg: TrainConfig) -> tuple[LatentStore, dict[str, Selection]
         raise StoreError(
             f"{store.path}: --distill {cfg.distill} needs teacher logits `{cfg.teacher}`; add them with "
             f"`engine encode --teacher CKPT --teacher-name {cfg.teacher} --out {store.path}`"
+        )
+    if cfg.feature_distill and "teacher_features" not in sel["train"].row_fields:
+        raise StoreError(
+            f"{store.path}: --feature-distill needs the teacher features `{cfg.teacher}{FEATURES}` (stored with its "
+            f"logits since this engine version); add them with `engine encode --teacher CKPT --teacher-name "
+            f"{cfg.teacher} --out {store.path}`"
         )
     if cfg.batch_size > sel["train"].size:
         raise UsageError(

@@ -308,10 +308,10 @@ def test_an_arm_that_cannot_run_is_reported_as_skipped_with_its_reason(stores, t
     assert "Skipped:" in (out / "gap.md").read_text()
 
 
-def test_the_matched_arms_run_the_image_network_on_latents_and_the_graft_starts_from_the_image_run(stores, tmp_path):
+def test_the_arms_beyond_the_paper_run_as_their_table_entries_say(stores, tmp_path):
     out = tmp_path / "matched"
     budget = ["--epochs", "1", "--seeds", "1", "--batch-size", "16", "--curve-levels", "1"]
-    arms = "image,latent-matched,latent-graft"
+    arms = "image,latent-featdistill,latent-matched,latent-graft"
     assert engine_main(["gap", "--store", str(stores["zarr"]), "--out", str(out), "--arms", arms, *budget]) == 0
     report = json.loads((out / "gap.json").read_text())
     runs = {
@@ -325,6 +325,9 @@ def test_the_matched_arms_run_the_image_network_on_latents_and_the_graft_starts_
         assert model["feature_stride"] == 8  # 32 px images over the 4x4 latent grid: the image network's layer2 map
         assert (train["graft"] == str(image_ckpt)) == (arm == "latent-graft")
         assert ("graft" in recorded) == (arm == "latent-graft")
+    featdistill = json.loads((Path(runs["latent-featdistill"]) / "config.json").read_text())["train"]
+    assert featdistill["feature_distill"] == 1.0 and featdistill["distill"] == "none"
+    assert featdistill["teacher"] == "teacher_split_seed0" and featdistill["model"] == "adm-s-film"
     graft = json.loads((Path(runs["latent-graft"]) / "config.json").read_text())["graft"]
     assert graft["checkpoint"] == str(image_ckpt.resolve()) and graft["val_error_after"] < graft["val_error_before"]
     # without the image arm there is nothing to graft from: skipped, with the reason

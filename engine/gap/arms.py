@@ -16,7 +16,7 @@ from engine.errors import UsageError
 from engine.models import model_entry, plain_variant
 
 IMAGE, RECON, LATENT, LATENT_PLAIN, LATENT_DISTILL = "image", "recon", "latent", "latent-plain", "latent-distill"
-LATENT_MATCHED, LATENT_GRAFT = "latent-matched", "latent-graft"
+LATENT_MATCHED, LATENT_GRAFT, LATENT_FEATDISTILL = "latent-matched", "latent-graft", "latent-featdistill"
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Arm:
     model: Callable[[str, str], str]  # (study's image model, study's latent model) -> its --model
     originals: bool = False  # on the original images: one run per unit, on the first store, for every autoencoder
     reconstructions: bool = False  # on the store's reconstructions: the study decodes them before any run
-    teacher: str | None = None  # distils (MSE on logits, the paper's) from this originals arm of the same unit
+    teacher: str | None = None  # distils (as its settings say) from this originals arm's stored outputs, same unit
     gap: Gap | None = None  # the gap whose lower side this arm is
     recovers: Recovery | None = None
     in_paper: bool = True  # the paper's arms run by default; the others when --arms names them
@@ -131,6 +131,18 @@ ARMS: tuple[Arm, ...] = (
         latent_model,
         teacher=IMAGE,
         recovers=over_latent("distillation"),
+        settings=(("distill", "mse"),),
+    ),
+    Arm(
+        LATENT_FEATDISTILL,
+        "the latent arm pulled toward the image arm's features of the same unit: + 1 - linear CKA between its "
+        "pooled features and the image network's stored ones, batch by batch",
+        "latent",
+        latent_model,
+        teacher=IMAGE,
+        recovers=over_latent("feature_distillation"),
+        in_paper=False,
+        settings=(("feature_distill", 1.0),),
     ),
     Arm(
         LATENT_MATCHED,

@@ -25,7 +25,7 @@ def step_seconds(cfg: TrainConfig, device: torch.device) -> tuple[float, int]:
     and ``train_step`` on the run's first batch of up to 16 samples, the second of two steps scaled to its batch.
     Timed without distillation (its teacher logits may not exist yet; an MSE on logits costs nothing beside the
     network). Every run seeds itself when it starts, so the draws made here change no result."""
-    probe = replace(cfg, batch_size=min(cfg.batch_size, PROBE_BATCH), distill="none")
+    probe = replace(cfg, batch_size=min(cfg.batch_size, PROBE_BATCH), distill="none", feature_distill=0.0)
     store, sel = open_selections(probe)
     loss = build_loss(probe, store, sel["train"], device)
     image_size = probe.image_size or default_image_size(store)

@@ -64,7 +64,7 @@ class GapPlan:
 
     def config(self, arm: Arm, label: str, unit: Unit) -> TrainConfig:
         """The `engine train` run of ``arm`` for ``unit`` on autoencoder ``label``'s store."""
-        distill = {"distill": "mse", "teacher": teacher_name(unit)} if arm.teacher else {}
+        distill = {"teacher": teacher_name(unit)} if arm.teacher else {}  # what it distils: the arm's settings
         graft = {"graft": str(self.originals_run(arm.graft_from, unit) / "best.safetensors")} if arm.graft_from else {}
         return TrainConfig(
             store=str(self.stores[self.first if arm.originals else label]),

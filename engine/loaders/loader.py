@@ -37,6 +37,7 @@ class Batch:
     valid: torch.Tensor  # (B,) bool; False only for the padding of tail="pad_masked": loss and metrics skip it
     logvar: torch.Tensor | None = None  # posterior log-variance, when the store has it and it was asked for
     teacher_logits: torch.Tensor | None = None  # (B, K), when the store carries them
+    teacher_features: torch.Tensor | None = None  # (B, D) float16: the teacher's pooled features, beside its logits
 
     def __len__(self) -> int:
         return len(self.ids)

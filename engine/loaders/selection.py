@@ -18,6 +18,7 @@ from engine.store.manifest import fingerprint
 
 ROLES = ("train", "val", "test")
 TEACHER = "teacher_logits"  # the default name of stored teacher logits (`engine encode --teacher`)
+FEATURES = "_features"  # the teacher's pooled features are stored beside its logits under NAME + this
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,7 +29,7 @@ class Selection:
     split_of: np.ndarray  # (N,) index into ``splits``
     rows: np.ndarray  # (N,) row within its split
     keys: np.ndarray  # (N,) sample keys
-    row_fields: dict[str, np.ndarray]  # "labels", and "teacher_logits" when the store has the teacher asked for
+    row_fields: dict[str, np.ndarray]  # "labels"; "teacher_logits" / "teacher_features" when the store has them
     chunk_bounds: np.ndarray  # (n_chunks + 1,): chunk c holds ids [chunk_bounds[c], chunk_bounds[c + 1])
     chunk_split: np.ndarray  # (n_chunks,) index into ``splits``
     chunk_block: np.ndarray  # (n_chunks,) block number within its split
@@ -114,6 +115,9 @@ def select(store: LatentStore, role: str, fold: int | None = None, teacher: str 
     found = [_optional_field(d, teacher) for d in data]
     if all(f is not None for f in found):
         fields["teacher_logits"] = [f[r] for f, r in zip(found, rows)]
+    found = [_optional_field(d, teacher + FEATURES) for d in data]
+    if all(f is not None for f in found):
+        fields["teacher_features"] = [f[r] for f, r in zip(found, rows)]
     blocks = tuple(int(d.block) for d in data)
     per_split = [np.unique(r // block, return_counts=True) for r, block in zip(rows, blocks)]
     chunk_len = np.concatenate([counts for _, counts in per_split])

@@ -140,6 +140,7 @@ class ADMResNet(nn.Module):
     input, keeping one map per block instead of each norm's, conv's and attention's.
     """
 
+    HEAD = "head"  # the last Linear: what it reads are the pooled features (engine/models/pooled_features.py)
     PRETRAINED_NEW = (r"^noise_embedding\.", r"\.film\.")
     PRETRAINED_REPLACEABLE = (r"^input_conv\.", r"^head\.")
 

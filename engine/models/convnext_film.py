@@ -144,6 +144,7 @@ class ConvNeXtFiLM(nn.Module):
 
     # For engine.models.pretrained: names an ImageNet file lacks by design, and names whose shape may differ
     # by design (stem input channels and kernel, class count); both stay at their fresh initialisation.
+    HEAD = "classifier.2"  # the last Linear: what it reads are the pooled features (engine/models/pooled_features.py)
     PRETRAINED_NEW = (r"^noise_embedding\.", r"^film\.")
     PRETRAINED_REPLACEABLE = (r"^features\.0\.0\.", r"^classifier\.2\.")
 

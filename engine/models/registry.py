@@ -192,10 +192,16 @@ def build_model(
     return model
 
 
-def model_config(model: nn.Module) -> dict:
-    """JSON-ready kwargs of ``build_model`` that rebuild this architecture (DDP/compile wrappers unwrapped)."""
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DDP and torch.compile wrappers."""
     while isinstance(inner := getattr(model, "module", None) or getattr(model, "_orig_mod", None), nn.Module):
         model = inner
+    return model
+
+
+def model_config(model: nn.Module) -> dict:
+    """JSON-ready kwargs of ``build_model`` that rebuild this architecture (DDP/compile wrappers unwrapped)."""
+    model = unwrapped(model)
     if not hasattr(model, "build_config"):
         raise UsageError(
             f"model_config: this {type(model).__name__} was not made by engine.models.build_model, "

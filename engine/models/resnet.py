@@ -59,6 +59,7 @@ class ResNet(nn.Module):
     """torchvision's ResNet: 7x7/2 stem, max-pool, four stages, global average pool, fc."""
 
     noise_conditioned = False
+    HEAD = "fc"  # the last Linear: what it reads are the pooled features (engine/models/pooled_features.py)
     PRETRAINED_NEW = ()
     PRETRAINED_REPLACEABLE = (r"^conv1\.", r"^fc\.")
 

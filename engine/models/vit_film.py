@@ -153,6 +153,8 @@ class ViTFiLM(nn.Module):
     input token stream, with the MLP fused.
     """
 
+    HEAD = "head"  # the last Linear: what it reads are the pooled features (engine/models/pooled_features.py)
+
     def __init__(
         self,
         in_channels: int,

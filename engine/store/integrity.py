@@ -275,8 +275,10 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
                 for key in META_KEYS
                 if found[key] != recorded[key]
             ]
-        teachers = store.manifest.get("teachers", {}).values()
-        for field, want in (item for t in teachers for item in t.get("checksums", {}).get(name, {}).items()):
+        teachers = store.manifest.get("teachers", {}).items()
+        for teacher, field, want in (
+            (teacher, *item) for teacher, t in teachers for item in t.get("checksums", {}).get(name, {}).items()
+        ):
             try:
                 got = f"{digest(split.meta(field)):016x}"
             except StoreError as err:
@@ -285,7 +287,7 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
             if got != want:
                 problems.append(
                     f"{store.path}: split {name}, array {field}: checksum {got}, {want} when written; "
-                    f"add it again with `engine encode --teacher CKPT --teacher-name {field}`"
+                    f"add it again with `engine encode --teacher CKPT --teacher-name {teacher}`"
                 )
         for b in range(split.n_blocks):
             lo, hi = b * split.block, min((b + 1) * split.block, split.size)

@@ -82,6 +82,11 @@ class TrainConfig:
         "teacher_logits", "which stored teacher logits to distil from (their name, `engine encode --teacher-name`)"
     )
     distill_alpha: float = option(0.5, "alpha * classification + (1 - alpha) * distillation")
+    feature_distill: float = option(
+        0.0,
+        "weight w of feature distillation: + w * (1 - linear CKA) between the network's pooled features and the "
+        "stored teacher's of the batch (--teacher; `engine encode --teacher` stores both); 0: off",
+    )
     temperature: float = option(4.0, "softening of --distill kl")
     optimizer: str = option("adam", "the paper's Adam, or AdamW", OPTIMIZERS)
     lr: float | None = option(None, "learning rate of Adam/AdamW")
@@ -180,6 +185,8 @@ class TrainConfig:
             raise UsageError(f"--curve-levels {self.curve_levels}: must be in 1..32 (the Karras levels)")
         if not 0 <= self.mask_p < 1:
             raise UsageError(f"--mask-p {self.mask_p}: must be in [0, 1)")
+        if self.feature_distill < 0:
+            raise UsageError(f"--feature-distill {self.feature_distill}: must be >= 0 (0: off)")
         if not 0 <= self.distill_alpha <= 1:
             raise UsageError(f"--distill-alpha {self.distill_alpha}: must be in [0, 1]")
         if self.warmup_steps < 0:

@@ -17,6 +17,8 @@ from torch.autograd.profiler import record_function
 
 from engine.loaders import Batch
 from engine.losses import Distillation, LossRecipe, recipe
+from engine.losses.feature_distillation import cka_loss
+from engine.models.pooled_features import PooledFeatures
 from engine.training.inputs import ImageInputs, LatentInputs, step_seed
 
 NOISE_LABEL = "noise_injection"  # profiler label of the fused input pass: the benchmark attributes step time by it
@@ -118,6 +120,20 @@ class ImageObjective:
         with autocast(x.device):
             logits = net(x, None)
         return self.loss(logits.float(), batch)
+
+
+class FeatureDistilled:
+    """An objective plus ``weight`` * (1 - linear CKA) of the network's pooled features against the stored
+    teacher's of the same samples (engine/losses/feature_distillation.py): what the batch's samples look like to
+    the student, pulled toward what they look like to the image network."""
+
+    def __init__(self, inner: LatentObjective | ImageObjective, model: torch.nn.Module, weight: float):
+        self.inner, self.weight, self.loss = inner, weight, inner.loss
+        self.features = PooledFeatures(model)
+
+    def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
+        value = self.inner(net, batch, step)  # its forward pass leaves the pooled features in self.features
+        return value + self.weight * cka_loss(self.features.value, batch.teacher_features, batch.valid)
 
 
 def train_step(

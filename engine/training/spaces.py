@@ -29,13 +29,13 @@ from engine.models import build_model, load_pretrained
 from engine.store import LatentStore
 from engine.training.checkpoint import store_differences
 from engine.training.inputs import ImageInputs, LatentInputs, clean_level
-from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss
+from engine.training.objective import FeatureDistilled, ImageObjective, LatentObjective, TrainingLoss
 
 if TYPE_CHECKING:  # the config names the spaces; the spaces only read a config handed to them
     from engine.training.config import TrainConfig
 
 EvalInput = Callable[[Batch], tuple[torch.Tensor, torch.Tensor | None]]  # batch -> (x, c_noise or None)
-Objective = LatentObjective | ImageObjective
+Objective = LatentObjective | ImageObjective | FeatureDistilled
 
 
 class Training(NamedTuple):
@@ -150,11 +150,10 @@ class Space(ABC):
         """The network, its objective on the train selection and its input on the val selection."""
         model = self.network(cfg, store.manifest, image_size, device, log)
         feed = self.feed(cfg, store, image_size, device)
-        return Training(
-            model,
-            feed.objective(selections["train"], loss, model.noise_conditioned),
-            feed.eval_input(selections["val"], cfg.clean_eval, model.noise_conditioned),
-        )
+        objective = feed.objective(selections["train"], loss, model.noise_conditioned)
+        if cfg.feature_distill:
+            objective = FeatureDistilled(objective, model, cfg.feature_distill)
+        return Training(model, objective, feed.eval_input(selections["val"], cfg.clean_eval, model.noise_conditioned))
 
     def store_differences(self, record: dict, manifest: dict) -> list[str]:
         """How a store differs from a checkpoint's (``record``) in what a network of this space depends on."""
