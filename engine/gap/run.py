@@ -136,7 +136,8 @@ def store_teacher(plan: GapPlan, teacher: str, unit: Unit, log) -> None:
     ckpt = plan.run_dir(arm, plan.first, unit) / "best.safetensors"
     for label, path in plan.stores.items():
         record = open_store(path).manifest.get("teachers", {}).get(teacher_name(unit))
-        if record is None or (record["checkpoint"], record["sha256"]) != (str(ckpt.resolve()), _sha256(ckpt)):
+        stale = record is None or (record["checkpoint"], record["sha256"]) != (str(ckpt.resolve()), _sha256(ckpt))
+        if stale or "features" not in record:  # logits stored before the features were: both again
             log(f"[{label}] teacher logits {teacher_name(unit)} from {ckpt}")
             add_teacher_logits(path, ckpt, plan.device, name=teacher_name(unit))
 
