@@ -58,7 +58,8 @@ def estimate(plan: GapPlan, log) -> dict:
     todo = [cfg for cfg in todo if not (Path(cfg.out) / "eval.json").is_file()]
     step_s, params, per_run = {}, {}, []
     for cfg in todo:
-        key = (cfg.space, cfg.model, tuple(open_store(cfg.store).manifest["latent_shape"]))
+        store = open_store(cfg.store)  # a step's cost is its network on its input: images time once for every store
+        key = (cfg.space, cfg.model, space_for(cfg.space).input_shape(store.manifest, default_image_size(store)))
         if key not in step_s:
             step_s[key], params[key] = step_seconds(cfg, plan.device)
         per_run.append(step_s[key])
