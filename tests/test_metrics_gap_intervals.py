@@ -72,3 +72,13 @@ def test_a_recovered_fraction_has_an_interval_over_the_units_its_arms_share():
     assert per_unit.min() - 1e-12 <= lo and hi <= per_unit.max() + 1e-12
     text = "\n".join(autoencoder_lines("a", _ae(g)))
     assert f"distillation recovers {100 * fraction:.0f} % (95 % interval [{100 * lo:.0f}, {100 * hi:.0f}] %)" in text
+
+
+def test_a_recovery_carries_the_paired_test_of_its_arm_against_its_base_arm():
+    from scipy import stats
+
+    per_run = {**PER_RUN, "latent-distill": {"u0": 0.65, "u1": 0.70, "u2": 0.70, "u3": 0.60}}
+    gain = gaps(per_run)["gain"]["distillation"]
+    arm, base = ([per_run[a][u] for u in sorted(per_run[a])] for a in ("latent-distill", "latent"))
+    assert gain["values"] == pytest.approx(np.subtract(arm, base).tolist())
+    assert gain["t_p"] == pytest.approx(stats.ttest_rel(arm, base).pvalue)

@@ -7,7 +7,8 @@ Wilcoxon signed-rank test (two-sided). With a handful of units the tests have li
 beside every p.
 
 Recovered fractions (arms.Recovery) compare means: an arm recovers (arm - base) / (reference - base) of its
-base arm's gap.
+base arm's gap. Its gain over the base arm (arm - base, paired by unit, under "gain") carries the same two tests:
+a recovery is a finding only where that gain's p is small.
 
 Every gap and recovered fraction also has a percentile bootstrap interval over run units (engine.metrics.bootstrap,
 the code eval.json's intervals use): a resample draws units with replacement and recomputes the mean paired
@@ -83,7 +84,7 @@ def gaps(arms: dict[str, dict[str, float]]) -> dict:
     bootstrap interval under "recovered_interval", and how the intervals were made under "bootstrap")."""
     mean = {arm: float(np.mean(list(v.values()))) for arm, v in arms.items() if v}
     out = {arm.gap.key: None for arm in table.ARMS if arm.gap}
-    out["recovered"], out["recovered_interval"] = {}, {}
+    out["recovered"], out["recovered_interval"], out["gain"] = {}, {}, {}
     for arm in table.ARMS:
         if arm.gap and {arm.gap.above, arm.name} <= set(arms):
             out[arm.gap.key] = paired(arms[arm.gap.above], arms[arm.name])
@@ -91,5 +92,6 @@ def gaps(arms: dict[str, dict[str, float]]) -> dict:
         if r and {r.reference, arm.name, r.base} <= set(mean):
             out["recovered"][r.key] = recovered(mean[arm.name] - mean[r.base], mean[r.reference] - mean[r.base])
             out["recovered_interval"][r.key] = recovered_interval(arms[arm.name], arms[r.base], arms[r.reference])
+            out["gain"][r.key] = paired(arms[arm.name], arms[r.base])  # is the recovery more than chance?
     out["bootstrap"] = UNITS_BOOTSTRAP.record("run unit")
     return out
