@@ -57,6 +57,7 @@ RESERVED = (
     "checksum",
     "moments",
     "reconstructions",
+    "views",
     "meta",
     "shards",
     "index",
