@@ -11,7 +11,8 @@ validation and test never read them.
 
 Written block by block as a derived array ``views`` (N, K, C, h, w) fp16, with a checksum and a flag per block,
 as reconstructions are: a killed run, rerun, redoes only unfinished blocks, and the manifest's ``views`` record
-(with the autoencoder's equivariance error) says when they are complete. Adding views leaves the plain latents,
+(with the autoencoder's equivariance error) says when they are complete. One process adds them at a time (a lock
+beside the store). Adding views leaves the plain latents,
 the store's settings and its content identity untouched, so runs already trained on the store stay valid.
 """
 
@@ -32,6 +33,7 @@ from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
 from engine.store.integrity import update_field_files
+from engine.store.lock import WriterLock
 from engine.training.inputs import flip_rotate, reopen_source
 
 FIELD = "views"
@@ -58,6 +60,12 @@ def add_views(store_path: Path, count: int, device: torch.device, batch_size: in
     """Encode ``count`` augmented views of every valid row of every split into ``views``; returns the record."""
     if count < 1:
         raise UsageError(f"--views {count}: must be >= 1 (augmented views per image)")
+    lock = WriterLock(store_path.with_name(f".{store_path.name}.views.lock"), "engine encode --views")
+    with lock.acquire(store_path):
+        return _add_views(store_path, count, device, batch_size, log)
+
+
+def _add_views(store_path: Path, count: int, device: torch.device, batch_size: int, log) -> dict:
     store = open_store(store_path, writable=True)
     record = store.manifest.get(FIELD)
     if record is not None and record["count"] != count:

@@ -20,6 +20,7 @@ from engine.loaders import Batch, select
 from engine.sources import open_source
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
+from engine.store.lock import WriterLock
 from engine.training.inputs import flip_rotate
 from engine.training.views import TrainingViews
 from engine.views import view_seed
@@ -131,10 +132,15 @@ def test_views_resume_after_a_kill_and_a_flipped_byte_fails_inspect(
     assert any("array views" in p or str(data) in p for p in inspect(path)[1])
 
 
-def test_another_count_on_a_store_with_views_is_refused_in_one_line(with_views, capsys):
+def test_another_count_or_a_second_writer_is_refused_in_one_line(with_views, capsys):
     assert engine_main(["encode", "--out", str(with_views), "--views", str(K + 1)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"keep --views {K}" in err
+    lock = WriterLock(with_views.with_name(f".{with_views.name}.views.lock"), "engine encode --views")
+    with lock.acquire(with_views):  # another process adding views to this store
+        assert engine_main(["encode", "--out", str(with_views), "--views", str(K)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "another `engine encode --views`" in err
 
 
 def test_training_views_pick_one_view_per_seed_epoch_and_sample(with_views):
