@@ -101,6 +101,15 @@ def add_encode(sub: argparse._SubParsersAction) -> None:
         "at the image classifier's size) for `engine train --space recon`; on an existing complete store "
         "only the reconstructions are added",
     )
+    p.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also encode every image under K seeded draws of the image arm's augmentation (flip, 15 degree "
+        "rotation) for `engine train --views`, and record the autoencoder's equivariance error; on an existing "
+        "complete store only the views are added",
+    )
     p.set_defaults(run=run_encode, after_interrupt="run the same command again: it resumes from the finished blocks")
 
 
@@ -111,6 +120,7 @@ def check_encode_args(args: argparse.Namespace) -> None:
         ("--image-size", args.image_size, 1),
         ("--block-samples", args.block_samples, 1),
         ("--world-size", args.world_size, 1),
+        ("--views", args.views, 1),
     ):
         if value is not None and value < least:
             raise UsageError(f"{option} {value}: must be >= {least}")
@@ -135,7 +145,7 @@ def run_encode(args: argparse.Namespace) -> int:
     out = args.out or FORMATS[args.fmt].default_path
     require_writable(out)
     device = args.device or (f"cuda:{_env_int('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    extras = args.teacher is not None or args.reconstructions
+    extras = args.teacher is not None or args.reconstructions or args.views is not None
     if extras and not args.overwrite and out.exists() and open_store(out, require_complete=False).complete:
         return add_extras(out, args, torch.device(device))
     source_args = {
@@ -180,10 +190,15 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def add_extras(out: Path, args: argparse.Namespace, device) -> int:
-    """What a complete store can gain after encoding: reconstructions, teacher logits."""
+    """What a complete store can gain after encoding: augmented views, reconstructions, teacher logits."""
     from engine.reconstruct import add_reconstructions
     from engine.teacher import add_teacher_logits
+    from engine.views import add_views
 
+    if args.views is not None:
+        record = add_views(out, args.views, device, batch_size=args.batch_size)
+        errors = ", ".join(f"{name} {value:.4f}" for name, value in record["equivariance"]["error"].items())
+        print(f"{out}: {record['count']} augmented views per image are complete; equivariance error {errors}")
     if args.reconstructions:
         record = add_reconstructions(out, device, batch_size=args.batch_size)
         print(f"{out}: reconstructions by {record['autoencoder']} at {record['image_size']} px are complete")

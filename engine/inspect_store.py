@@ -98,6 +98,16 @@ def describe(store: LatentStore) -> str:
             f"fidelity     PSNR {fid['psnr_db']:.2f} dB (lowest {fid['psnr_db_min']:.2f}), SSIM {fid['ssim']:.3f} of "
             f"D(stored latents) on the {fid['rows']} of {fid['split']}"
         )
+    if views := m.get("views"):
+        lines.append(
+            f"views        {views['count']} augmented per image ({views['augmentation']})"
+            + ("" if views.get("complete") else ", INCOMPLETE: rerun `engine encode --views K` to resume")
+        )
+    if eq := (views or {}).get("equivariance"):
+        errors = ", ".join(f"{name} {value:.4f}" for name, value in eq["error"].items())
+        lines.append(
+            f"equivariance ||E(Tx) - T E(x)|| / ||E(x)||: {errors} (mean over the {eq['rows']} of {eq['split']})"
+        )
     lines.append("")
     names = ds["class_names"]
     width = max(12, *(len(n) for n in names))

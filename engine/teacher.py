@@ -59,6 +59,7 @@ RESERVED = (
     "checksum",
     "moments",
     "reconstructions",
+    "views",
     "meta",
     "shards",
     "index",

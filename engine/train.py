@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     for epoch in range(train_loader.epoch, cfg.epochs if not stop else 0):
         # the epoch's schedule: loss weights (DRW: class-balanced from --drw-epoch) and early stopping
         train_loader.set_epoch(epoch)
-        objective.loss.set_epoch(epoch)
+        objective.set_epoch(epoch)  # its loss weights (DRW) and, with --views, its choice of views
         if recipe.restarts_patience(epoch):
             state.bad_epochs = 0  # the paper restarts early stopping when re-weighting starts
         net.train()

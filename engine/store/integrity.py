@@ -306,13 +306,21 @@ def full_check(store, progress: Callable[[int], None] = lambda n: None) -> list[
                     f"zero-filled data{'' if finite else ', NaN/Inf among it'}); {_damaged(store.path)}"
                 )
             progress(hi - lo)
-        if (store.manifest.get("reconstructions") or {}).get("complete"):
-            problems += _derived_problems(store, split, "reconstructions")
+        for name, fix in DERIVED_FIXES.items():
+            if (store.manifest.get(name) or {}).get("complete"):
+                problems += _derived_problems(store, split, name, fix.format(path=store.path))
     return problems
 
 
-def _derived_problems(store, split, name: str) -> list[str]:
-    """Blocks of a derived array (reconstructions) whose rows no longer match the checksum written with them."""
+# arrays derived after encoding, written block by block with a checksum each, and how a damaged one is restored
+DERIVED_FIXES = {
+    "reconstructions": "add them again with `engine encode --reconstructions --out {path}`",
+    "views": "restore the store from a copy, or re-encode it: `engine encode ... --out {path} --overwrite --views K`",
+}
+
+
+def _derived_problems(store, split, name: str, fix: str) -> list[str]:
+    """Blocks of a derived array (reconstructions, views) whose rows no longer match the checksum written with them."""
     problems = []
     for b in range(split.n_blocks):
         lo, hi = b * split.block, min((b + 1) * split.block, split.size)
@@ -323,10 +331,7 @@ def _derived_problems(store, split, name: str) -> list[str]:
             problems.append(f"{where}: {err}")
             continue
         if got != want:
-            problems.append(
-                f"{where}: checksum {got:016x}, {want:016x} when written; add them again with "
-                f"`engine encode --reconstructions --out {store.path}`"
-            )
+            problems.append(f"{where}: checksum {got:016x}, {want:016x} when written; {fix}")
     return problems
 
 

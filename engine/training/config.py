@@ -105,6 +105,11 @@ class TrainConfig:
     )
     mask_p: float | None = option(None, "latent augmentation: the share of elements dropped")
     target_std: float = option(0.5, "per-channel standardisation of the latents to this std (the paper: 0.5)")
+    views: bool = option(
+        False,
+        "latent space: train on the store's augmented views (`engine encode --views K`), one per sample and epoch, "
+        "chosen by --seed; validation and test read the plain latents",
+    )
     precondition: bool = option(
         False, "EDM input scaling 1/sqrt(alpha^2 target_std^2 + sigma^2) (not in the paper; needed on hard latents)"
     )
@@ -189,6 +194,10 @@ class TrainConfig:
             raise UsageError(f"--feature-distill {self.feature_distill}: must be >= 0 (0: off)")
         if not 0 <= self.distill_alpha <= 1:
             raise UsageError(f"--distill-alpha {self.distill_alpha}: must be in [0, 1]")
+        if self.views and self.space != "latent":
+            raise UsageError(
+                f"--views with --space {self.space}: the image arms augment their images themselves; drop --views"
+            )
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps {self.warmup_steps}: must be >= 0 (0: no warm-up)")
 

@@ -20,6 +20,7 @@ from engine.losses import Distillation, LossRecipe, recipe
 from engine.losses.feature_distillation import cka_loss
 from engine.models.pooled_features import PooledFeatures
 from engine.training.inputs import ImageInputs, LatentInputs, step_seed
+from engine.training.views import TrainingViews
 
 NOISE_LABEL = "noise_injection"  # profiler label of the fused input pass: the benchmark attributes step time by it
 
@@ -91,16 +92,25 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 class LatentObjective:
-    """sigma -> noised latents -> the (FiLM) network -> the loss."""
+    """sigma -> noised latents (or the epoch's augmented views, --views) -> the (FiLM) network -> the loss."""
 
-    def __init__(self, inputs: LatentInputs, loss: TrainingLoss, noise_conditioned: bool):
-        self.inputs, self.loss, self.noise_conditioned = inputs, loss, noise_conditioned
+    def __init__(
+        self, inputs: LatentInputs, loss: TrainingLoss, noise_conditioned: bool, views: TrainingViews | None = None
+    ):
+        self.inputs, self.loss, self.noise_conditioned, self.views = inputs, loss, noise_conditioned, views
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch's loss weights and, with --views, its choice of views: functions of the epoch alone."""
+        self.loss.set_epoch(epoch)
+        if self.views is not None:
+            self.views.set_epoch(epoch)
 
     def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
         torch.manual_seed(self.inputs.network_seed(step))  # the network's own draws (dropout, stochastic depth)
+        latents = batch.latents if self.views is None else self.views.latents(batch)
         with record_function(NOISE_LABEL):
             levels = self.inputs.draw_levels(len(batch), step)  # sigma per sample (paper: 32 Karras levels)
-            x = self.inputs.noised(batch.latents, levels, step)  # (z - mean) / std * 0.5, masked, + sigma * eps
+            x = self.inputs.noised(latents, levels, step)  # (z - mean) / std * 0.5, masked, + sigma * eps
         c_noise = levels.c_noise if self.noise_conditioned else None  # ln(sigma) / 4, embedded as in EDM2
         with autocast(x.device):
             logits = net(x, c_noise)  # FiLM h * (1 + gamma) + beta after every stage, fused with the next norm
@@ -112,6 +122,9 @@ class ImageObjective:
 
     def __init__(self, images: ImageInputs, loss: TrainingLoss, seed: int):
         self.images, self.loss, self.seed = images, loss, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loss.set_epoch(epoch)
 
     def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
         seed = step_seed(self.seed, step)
@@ -130,6 +143,9 @@ class FeatureDistilled:
     def __init__(self, inner: LatentObjective | ImageObjective, model: torch.nn.Module, weight: float):
         self.inner, self.weight, self.loss = inner, weight, inner.loss
         self.features = PooledFeatures(model)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
 
     def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
         value = self.inner(net, batch, step)  # its forward pass leaves the pooled features in self.features

@@ -30,6 +30,7 @@ from engine.store import LatentStore
 from engine.training.checkpoint import store_differences
 from engine.training.inputs import ImageInputs, LatentInputs, clean_level
 from engine.training.objective import FeatureDistilled, ImageObjective, LatentObjective, TrainingLoss
+from engine.training.views import TrainingViews
 
 if TYPE_CHECKING:  # the config names the spaces; the spaces only read a config handed to them
     from engine.training.config import TrainConfig
@@ -63,11 +64,14 @@ class Feed(ABC):
 
 
 class LatentFeed(Feed):
-    def __init__(self, inputs: LatentInputs):
-        self.inputs = inputs
+    """Noised latents; with ``views_of`` (--views) training reads a selection's augmented views instead."""
+
+    def __init__(self, inputs: LatentInputs, views_of: Callable[[Selection], TrainingViews] | None = None):
+        self.inputs, self.views_of = inputs, views_of
 
     def objective(self, selection: Selection, loss: TrainingLoss, noise_conditioned: bool) -> LatentObjective:
-        return LatentObjective(self.inputs, loss, noise_conditioned)
+        views = None if self.views_of is None else self.views_of(selection)
+        return LatentObjective(self.inputs, loss, noise_conditioned, views)
 
     def eval_input(self, selection: Selection, clean_eval: str, noise_conditioned: bool) -> EvalInput:
         return self.inputs.eval_input_at(clean_level(clean_eval), noise_conditioned)
@@ -182,7 +186,8 @@ class LatentSpace(Space):
         return c, h, w
 
     def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> LatentFeed:
-        return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device))
+        views_of = (lambda selection: TrainingViews.cache(store, selection, device, cfg.seed)) if cfg.views else None
+        return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device), views_of)
 
     def recorded_clean_eval(self, clean_eval: str) -> str | None:
         return clean_eval
