@@ -346,6 +346,25 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
         help="train again the runs in OUT/runs recorded with other settings (another budget); without it such a "
         "study is refused, naming the fields",
     )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="train only shard I of N of the study's runs (a SLURM array task each; the same N for all): shard 0 "
+        "prepares the stores, the others refuse until it has; no report: merge with --report-only",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: merge the runs finished in OUT/runs into gap.json/.md/.html, listing any run missing",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N runs at once on the device, each in its own process (a CPU's threads split between them)",
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(
         run=run_gap, after_interrupt="run the same command again: it reuses the finished runs and resumes the rest"

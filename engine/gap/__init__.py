@@ -9,8 +9,9 @@ a linear probe, channel statistics, PCA participation ratio), with the noise-con
 against the noise level.
 
 The package, by concept: arms (the arm table), plan (units, which runs), paper (the paper's protocol and how a
-study differs), estimate (time and memory of the runs to do), run (stores, runs, resume, gap.json), stats (gaps
-and recovered fractions), report (gap.md and plots), command (the command line).
+study differs), estimate (time and memory of the runs to do), run (stores, gap.json), schedule (training the
+runs, serially or in parallel processes, reused or resumed), stats (gaps and recovered fractions), report (gap.md
+and plots), command (the command line).
 """
 
 from engine.gap.command import main

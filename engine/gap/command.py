@@ -11,7 +11,7 @@ import torch
 from engine.errors import UsageError
 from engine.gap import arms
 from engine.gap.plan import EVERY_ARM, GapPlan, label_of, plan_units
-from engine.gap.run import prepare_stores, run_gap
+from engine.gap.run import prepare_stores, report_gap, require_prepared, run_gap
 from engine.store import open_store
 from engine.training.options import as_arguments, given_options
 
@@ -54,6 +54,11 @@ def main_args(args, log=print) -> GapPlan:
             label = label_of(spec)
             stores[label] = out / "stores" / f"{label}.zarr"
             to_encode[label] = (source_args, spec)
+    shard = parse_shard(args.shard)
+    if args.report_only and args.shard:
+        raise UsageError("--report-only merges every shard's runs: drop --shard")
+    if args.parallel < 1:
+        raise UsageError(f"--parallel {args.parallel}: run at least 1 run at once")
     kind = "cuda" if device.type == "cuda" else "cpu"
     budget = {**BUDGET[kind], **given_options(args, EVERY_ARM)}
     image_model, latent_model = MODELS[kind]
@@ -68,11 +73,26 @@ def main_args(args, log=print) -> GapPlan:
         image_model=args.image_model or image_model,
         latent_model=args.latent_model or latent_model,
         rerun_changed=args.rerun_changed,
+        shard=shard,
     )
-    if to_encode:
+    if to_encode and args.report_only:
+        require_prepared(replace(plan, arms=()), "nothing to report: run the study (without --report-only) first")
+    elif to_encode and shard[0] > 0:
+        require_prepared(replace(plan, arms=()), f"shard 0/{shard[1]} encodes it: run that shard first, then this one")
+    elif to_encode:
         prepare_stores(replace(plan, arms=()), log)
     plan.units = plan_units(open_store(next(iter(stores.values()))), args.folds, args.seeds)
     return plan
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``--shard i/n``: this process's index among n shards; (0, 1) when not given."""
+    if text is None:
+        return (0, 1)
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise UsageError(f"--shard {text}: give i/n with 0 <= i < n, e.g. --shard 0/4 (SLURM: $SLURM_ARRAY_TASK_ID/4)")
+    return (int(index), int(count))
 
 
 def main(args) -> int:
@@ -81,11 +101,19 @@ def main(args) -> int:
 
     plan = main_args(args, log=log)
     plan.command = " ".join(["engine", *getattr(args, "argv", ["gap"])])
-    report = run_gap(plan, log=log)
+    report = report_gap(plan, log=log) if args.report_only else run_gap(plan, log=log, parallel=args.parallel)
+    if report is None:
+        print(
+            f"shard {plan.shard[0]}/{plan.shard[1]} done; once every shard is, merge them: the same command with "
+            "--report-only instead of --shard"
+        )
+        return 0
     gap_of = {arm.gap.key: arm.gap.title for arm in arms.ARMS if arm.gap}
     for label, ae in report["autoencoders"].items():
         g = ae["gaps"].get("balanced_accuracy", {})
         found = [f"{title} {g[key]['mean']:+.3f}" if g.get(key) else f"{title} -" for key, title in gap_of.items()]
         print(f"{label}: {', '.join(found)} balanced accuracy")
+    if report["missing"]:
+        print(f"INCOMPLETE: {len(report['missing'])} runs missing (gap.md lists them); the figures are over the rest")
     print(f"results in {plan.out}/gap.html ({plan.out}/gap.md, gap.json)")
     return 0

@@ -47,14 +47,15 @@ def step_seconds(cfg: TrainConfig, device: torch.device) -> tuple[float, int]:
 
 
 def estimate(plan: GapPlan, log) -> dict:
-    """Minutes and peak bytes of the runs still to do, from timed training steps of each model on its input."""
+    """Minutes and peak bytes of the runs still to do (this shard's), from timed training steps of each model on
+    its input."""
     first = open_store(next(iter(plan.stores.values())))
     m = first.manifest
     rows = sum(m["splits"][s]["valid"] for s in m["splits"])
     n_train = rows * 3 / 5 if plan.units[0].fold is not None else m["splits"]["train"]["valid"]
     budget = TrainConfig(store="", **plan.budget)  # what every run gets, with engine train's defaults
     batch, epochs = budget.batch_size, budget.epochs
-    todo = [plan.config(*run) for run in plan.runs()]
+    todo = [plan.config(*run) for run in plan.share()]
     todo = [cfg for cfg in todo if not (Path(cfg.out) / "eval.json").is_file()]
     step_s, params, per_run = {}, {}, []
     for cfg in todo:
@@ -67,7 +68,7 @@ def estimate(plan: GapPlan, log) -> dict:
     # weights, gradients and Adam's two moments in fp32, and the uint8 image cache of an image arm
     peak = 16 * max(params.values(), default=0) + rows * 3 * default_image_size(first) ** 2
     log(
-        f"estimate: {len(todo)} of {len(plan.runs())} runs to do, at most {epochs} epochs each: about {minutes:.0f} "
+        f"estimate: {len(todo)} of {len(plan.share())} runs to do, at most {epochs} epochs each: about {minutes:.0f} "
         f"min of training on {plan.device} (timed steps, without early stopping or evaluation); peak memory about "
         f"{peak / 2**30:.2f} GiB"
     )

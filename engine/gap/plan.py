@@ -56,6 +56,7 @@ class GapPlan:
     encode: dict = field(default_factory=dict)  # label -> (source args, autoencoder spec), for stores to encode
     command: str = "engine gap"  # the command line, as the report records it
     rerun_changed: bool = False  # retrain runs recorded with other settings (else the study is refused)
+    shard: tuple[int, int] = (0, 1)  # (index, count): this process trains only its share of the runs (--shard i/n)
 
     @property
     def first(self) -> str:
@@ -92,6 +93,29 @@ class GapPlan:
         return shared + [
             (arm, label, u) for label in self.stores for u in self.units for arm in self.arms if not arm.originals
         ]
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard[1] > 1
+
+    def share(self) -> list[tuple[Arm, str, Unit]]:
+        """This shard's runs, in the plan's order (all of them unsharded). The runs go in groups that never split
+        a dependency: a unit's originals runs together with every run that needs them (its distilled and grafted
+        runs, of every autoencoder), every other run alone; each group, in the plan's order, to the shard with the
+        fewest runs so far (the lowest index on a tie). Every shard computes the same partition, so a shard never
+        waits for another's run; the partition depends on n, so every shard of a study takes the same n."""
+        index, count = self.shard
+        groups: dict[object, list[tuple[Arm, str, Unit]]] = {}
+        for run in self.runs():
+            arm, _, unit = run
+            groups.setdefault(unit if arm.originals or arm.needs else run, []).append(run)
+        load, mine = [0] * count, set()
+        for runs in groups.values():
+            least = load.index(min(load))
+            load[least] += len(runs)
+            if least == index:
+                mine.update(runs)
+        return [run for run in self.runs() if run in mine]
 
 
 def teacher_name(unit: Unit) -> str:

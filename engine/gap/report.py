@@ -217,13 +217,22 @@ def report_page(report: dict) -> Page:
     """The study report a person reads: what ran and how it differs from the paper, the plots, every
     autoencoder's tables with their intervals, and what was skipped. gap.md and gap.html are this page."""
     study = report["study"]
-    page = Page("Learnability gap")
+    missing = report.get("missing", [])  # a gap.json written before shards has none
+    page = Page("Learnability gap" + (" (INCOMPLETE)" if missing else ""))
     page.add(
         Paragraph(
             f"Arms {', '.join(study['arms'])}; units {', '.join(study['units'])}; "
             f"image model {study['image_model']}, latent model {study['latent_model']}; on {study['device']}."
         )
     )
+    if missing:
+        page.add(
+            Paragraph(
+                f"INCOMPLETE: {len(missing)} runs of the study are missing (not finished yet: a shard still to run "
+                "or killed); every figure below is over the finished runs only. Missing:"
+            ),
+            Bullets([f"{m['arm']} {m['autoencoder']} {m['unit']}: {m['run']}" for m in missing]),
+        )
     if "command" in report:
         page.add(Paragraph(f"`{report['command']}` on {report['device']}, {report['created']}."))
     page.add(Heading("Protocol"))

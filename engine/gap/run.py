@@ -3,16 +3,17 @@
 runs (their eval.json) and resumes the unfinished ones (--resume), but only those whose recorded config
 (config.json) is the one it would run now. A run trained with other settings (another budget) is refused
 before any training, naming the fields, unless ``--rerun-changed`` retrains it: a report never shows a
-budget its runs were not trained with."""
+budget its runs were not trained with.
+
+A study across machines: each ``--shard i/n`` trains its share (GapPlan.share) and writes no report; shard 0
+prepares the stores (encodes them, decodes their reconstructions) and the other shards refuse until they are
+prepared; ``--report-only`` then merges the finished runs into gap.json, listing any run still missing."""
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import shutil
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +22,18 @@ from engine.autoencoders import load_autoencoder
 from engine.encode import EncodeOptions, encode
 from engine.environment import device_name, versions
 from engine.errors import UsageError
+from engine.gap.arms import Arm
 from engine.gap.estimate import estimate
 from engine.gap.paper import PAPER, differs_from_paper
-from engine.gap.plan import EVERY_ARM, GapPlan, Unit, teacher_name
+from engine.gap.plan import EVERY_ARM, GapPlan, Unit
 from engine.gap.report import write_report
+from engine.gap.schedule import skipped_because, train_share
 from engine.gap.stats import gaps, spread
 from engine.metrics.latent_diagnostics import latent_diagnostics
 from engine.reconstruct import add_reconstructions
 from engine.sources import open_source
 from engine.store import open_store
 from engine.store.manifest import write_json_atomic
-from engine.teacher import add_teacher_logits
-from engine.train import train
 from engine.training.config import TrainConfig
 from engine.training.inputs import default_image_size
 from engine.training.options import as_arguments
@@ -83,21 +84,11 @@ def prepare_stores(plan: GapPlan, log) -> None:
                 add_reconstructions(path, plan.device, log=log)
 
 
-def run_one(cfg: TrainConfig, log) -> dict:
-    """The run's eval.json: reused when it exists, else trained (resumed when a checkpoint is there)."""
-    out = Path(cfg.out)
-    if (out / "eval.json").is_file():
-        return json.loads((out / "eval.json").read_text())
-    cfg = replace(cfg, resume=(out / "last.safetensors").is_file())
-    train(cfg, log=lambda *_: None)
-    return json.loads((out / "eval.json").read_text())
-
-
-def changed_runs(plan: GapPlan) -> dict[Path, dict[str, tuple[object, object]]]:
-    """Runs of the plan already begun in DIR/runs whose recorded config differs from the one the study would run:
+def changed_runs(plan: GapPlan, runs: list[tuple[Arm, str, Unit]]) -> dict[Path, dict[str, tuple[object, object]]]:
+    """The ``runs`` already begun in DIR/runs whose recorded config differs from the one the study would run:
     {run dir: {field: (recorded, now)}}."""
     changed = {}
-    for arm, label, unit in plan.runs():
+    for arm, label, unit in runs:
         cfg = plan.config(arm, label, unit)
         recorded_file = Path(cfg.out) / "config.json"
         if not recorded_file.is_file():
@@ -109,9 +100,9 @@ def changed_runs(plan: GapPlan) -> dict[Path, dict[str, tuple[object, object]]]:
 
 
 def settle_changed_runs(plan: GapPlan, log) -> None:
-    """Refuse a study whose runs were trained with other settings, naming them and the two ways out; with
-    ``--rerun-changed``, delete those runs so they are trained again."""
-    changed = changed_runs(plan)
+    """Refuse a study whose runs (this shard's) were trained with other settings, naming them and the two ways
+    out; with ``--rerun-changed``, delete those runs so they are trained again (never another shard's)."""
+    changed = changed_runs(plan, plan.share())
     if not changed:
         return
     fields = {name: values for diff in changed.values() for name, values in diff.items()}
@@ -130,28 +121,51 @@ def settle_changed_runs(plan: GapPlan, log) -> None:
         shutil.rmtree(run)
 
 
-def store_teacher(plan: GapPlan, teacher: str, unit: Unit, log) -> None:
-    """The teaching arm's best checkpoint of ``unit`` as teacher logits in every store (once per store)."""
-    arm = next(arm for arm in plan.arms if arm.name == teacher)
-    ckpt = plan.run_dir(arm, plan.first, unit) / "best.safetensors"
+def require_prepared(plan: GapPlan, fix: str) -> None:
+    """Refuse a study whose stores are not encoded (or lack the reconstructions an arm trains on), naming ``fix``:
+    a shard other than shard 0 and --report-only prepare nothing."""
     for label, path in plan.stores.items():
-        record = open_store(path).manifest.get("teachers", {}).get(teacher_name(unit))
-        stale = record is None or (record["checkpoint"], record["sha256"]) != (str(ckpt.resolve()), _sha256(ckpt))
-        if stale or "features" not in record:  # logits stored before the features were: both again
-            log(f"[{label}] teacher logits {teacher_name(unit)} from {ckpt}")
-            add_teacher_logits(path, ckpt, plan.device, name=teacher_name(unit))
+        if not Path(path).exists() or not open_store(path, require_complete=False).complete:
+            raise UsageError(f"{path}: {label}'s store is not encoded yet; {fix}")
+        if any(arm.reconstructions for arm in plan.arms):
+            if not (open_store(path).manifest.get("reconstructions") or {}).get("complete"):
+                raise UsageError(f"{path}: {label}'s reconstructions are not decoded yet; {fix}")
 
 
-def _sha256(path: Path) -> str:
-    """A retrained teacher keeps its checkpoint's path: its logits are stale when its bytes changed."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_gap(plan: GapPlan, log=print) -> dict:
-    """Every arm of every autoencoder and unit, then the report (DIR/gap.json, gap.md, PNG plots)."""
+def run_gap(plan: GapPlan, log=print, parallel: int = 1) -> dict | None:
+    """This shard's runs (every run unsharded), then, unsharded, the report (DIR/gap.json, gap.md, PNG plots); a
+    shard writes no report (None): ``report_gap`` merges the shards' runs once they are done."""
     plan.out.mkdir(parents=True, exist_ok=True)
     settle_changed_runs(plan, log)  # before any work: a stale run is refused (or retrained), never reused
-    prepare_stores(plan, log)
+    if plan.shard[0] == 0:
+        prepare_stores(plan, log)
+    else:
+        require_prepared(plan, f"shard 0/{plan.shard[1]} prepares the stores: run it first, then this shard again")
+    require_one_dataset(plan)
+    expected = estimate(plan, log)
+    train_share(plan, log, parallel)
+    if plan.sharded:
+        index, count = plan.shard
+        log(f"shard {index}/{count}: its {len(plan.share())} runs are done; no report from a shard")
+        return None
+    return write_gap(plan, expected, log)
+
+
+def report_gap(plan: GapPlan, log=print) -> dict:
+    """``--report-only``: the report of the runs finished in DIR/runs, training nothing; the runs not finished are
+    listed as missing and the report says it is incomplete."""
+    require_prepared(plan, "nothing to report: run the study (without --report-only) first")
+    if changed := changed_runs(plan, plan.runs()):
+        raise UsageError(
+            f"{plan.out}: {len(changed)} of its runs were trained with other settings "
+            f"({', '.join(next(iter(changed.values())))}; e.g. {next(iter(changed))}); report them with the options "
+            "they were trained with, or train them again (the study with --rerun-changed)"
+        )
+    require_one_dataset(plan)
+    return write_gap(plan, None, log)
+
+
+def require_one_dataset(plan: GapPlan) -> None:
     first = open_store(next(iter(plan.stores.values())))
     for label, path in plan.stores.items():
         manifest = open_store(path).manifest
@@ -160,6 +174,12 @@ def run_gap(plan: GapPlan, log=print) -> dict:
                 f"{path}: holds another dataset (or other folds) than {first.path}; the arms of a gap "
                 f"study compare the same samples: encode {label}'s store from the same source"
             )
+
+
+def write_gap(plan: GapPlan, expected: dict | None, log) -> dict:
+    """gap.json and the report from the eval.json of every run of the plan finished in DIR/runs: the runs not
+    finished are listed as missing, and the report says it is incomplete (never a silent gap in the tables)."""
+    first = open_store(next(iter(plan.stores.values())))
     image_size = default_image_size(first)
     study = {
         "out": str(plan.out),
@@ -171,32 +191,20 @@ def run_gap(plan: GapPlan, log=print) -> dict:
         "device": str(plan.device),
         "protocol": PAPER,
         "differs_from_paper": differs_from_paper(plan, image_size, first.manifest["folds"].get("protocol", "engine")),
-        "estimate": estimate(plan, log),
+        "estimate": expected,
     }
     results: dict[str, dict[str, dict[str, dict]]] = {}
-    skipped = []
-    todo = plan.runs()
-    ran = {arm.name for arm in plan.arms}
-    started = time.perf_counter()
-    for i, (arm, label, unit) in enumerate(todo, 1):
+    skipped, missing = [], []
+    for arm, label, unit in plan.runs():
         cfg = plan.config(arm, label, unit)
-        where = f"[{i}/{len(todo)}] {'images' if arm.originals else label} {arm.name} {unit.name}"
-        if arm.needs and arm.needs not in ran:
-            why = f"no {arm.needs} arm to {'distil' if arm.teacher else 'graft'} from"
-            skipped.append(
-                {"arm": arm.name, "autoencoder": label, "unit": unit.name, "why": f"{why} (add {arm.needs} to --arms)"}
-            )
-            log(f"{where}: skipped, {why}")
+        if why := skipped_because(plan, arm):
+            skipped.append({"arm": arm.name, "autoencoder": label, "unit": unit.name, "why": why})
             continue
-        if arm.teacher:
-            store_teacher(plan, arm.teacher, unit, log)
-        log(f"{where}: {'reused' if (Path(cfg.out) / 'eval.json').is_file() else 'training'} ({cfg.out})")
-        result = run_one(cfg, log)
+        if not (Path(cfg.out) / "eval.json").is_file():
+            missing.append({"arm": arm.name, "autoencoder": label, "unit": unit.name, "run": cfg.out})
+            continue
+        result = json.loads((Path(cfg.out) / "eval.json").read_text())
         test = result["test"]
-        log(
-            f"{where}: test balanced accuracy {test['balanced_accuracy']:.4f}, AUROC {test['auroc']:.4f} "
-            f"({(time.perf_counter() - started) / 60:.1f} min so far)"
-        )
         for owner in plan.stores if arm.originals else [label]:
             results.setdefault(owner, {}).setdefault(arm.name, {})[unit.name] = {
                 "test": {k: test[k] for k in (*METRICS, *MEDMNIST) if k in test},
@@ -213,11 +221,15 @@ def run_gap(plan: GapPlan, log=print) -> dict:
         "versions": versions(plan.device.type == "cuda"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "study": study,
+        "complete": not missing,
+        "missing": missing,
         "skipped": skipped,
         "autoencoders": {label: summarise(label, plan, results.get(label, {})) for label in plan.stores},
     }
     write_json_atomic(plan.out / "gap.json", report)
     write_report(report, plan.out)
+    if missing:
+        log(f"report INCOMPLETE: {len(missing)} runs missing, e.g. {missing[0]['run']} (listed in gap.md)")
     log(f"report: {plan.out / 'gap.html'} ({plan.out / 'gap.md'}, {plan.out / 'gap.json'})")
     return report
 

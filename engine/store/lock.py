@@ -1,5 +1,6 @@
 """One writer at a time: an exclusive lock on a small file holding the writer's pid, for a store being encoded
-(beside it) and a run directory being trained (its ``run.lock``, engine/training/run_dir.py).
+(beside it), a run directory being trained (its ``run.lock``, engine/training/run_dir.py) and a store's teacher
+logits being added by a gap study (whose shards wait their turn: engine/gap/run.py).
 
 The OS drops a ``flock`` when its holder dies, so a killed encode or run never blocks its own resume, while a
 second writer stops at once and names the process it would race. The lock file stays: deleting it would let a
@@ -24,12 +25,13 @@ class WriterLock:
         self.file, self.what, self.after = file, what, after
         self._fd: int | None = None
 
-    def acquire(self, target: Path) -> WriterLock:
-        """Lock, or a UsageError naming ``target`` and the holder's pid when another process writes it."""
+    def acquire(self, target: Path, wait: bool = False) -> WriterLock:
+        """Lock, or a UsageError naming ``target`` and the holder's pid when another process writes it; with
+        ``wait``, block until the holder is done (writers whose turns are short and whose work does not clash)."""
         self.file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -58,3 +60,9 @@ def encode_lock(out: Path, rank: int, world_size: int) -> WriterLock:
     """The lock of one encode worker of the store at ``out`` (workers of one multi-worker encode hold one each)."""
     suffix = "" if world_size == 1 else f".rank{rank}"
     return WriterLock(out.with_name(f".{out.name}.encode{suffix}.lock"), "engine encode")
+
+
+def teacher_lock(store: Path) -> WriterLock:
+    """The lock of the store's teacher logits: the shards and parallel runs of a gap study each add their units'
+    logits to the same stores, and every addition rewrites the manifest."""
+    return WriterLock(store.with_name(f".{store.name}.teachers.lock"), "engine gap (teacher logits)")
