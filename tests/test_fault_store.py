@@ -112,6 +112,28 @@ def test_edited_channel_statistics_fail_inspect_open_and_train(store, tmp_path, 
     assert "channel_stats.std" in _one_line(capsys.readouterr().err)
 
 
+def test_a_store_opened_between_an_additions_two_writes_is_read_once_they_are_both_written(store, monkeypatch):
+    import engine.store.reader as reader
+    from engine.store.integrity import record_manifest
+
+    manifest = open_store(store).manifest
+    added = {**manifest, "teachers": {"t": {"checkpoint": "c"}}}
+    record_manifest(store, added)  # the addition's first write; its manifest is still to come
+    finished = []
+
+    def the_writer_finishes(seconds):  # while the reader waits, the manifest lands
+        assert seconds == reader.SETTLE_S
+        open_store(store, require_complete=False, writable=True, check=False).set_manifest(added)
+        finished.append(seconds)
+
+    monkeypatch.setattr(reader.time, "sleep", the_writer_finishes)
+    assert open_store(store).manifest["teachers"] == added["teachers"] and finished
+    monkeypatch.setattr(reader.time, "sleep", lambda seconds: None)  # an edit that never settles still fails
+    _edit_manifest(store, lambda m: m["channel_stats"]["std"].__setitem__(1, 2.5))
+    with pytest.raises(StoreError, match="manifest field channel_stats.std was edited after encoding"):
+        open_store(store)
+
+
 def test_zero_channel_std_is_refused_when_opened_for_training(store):
     _edit_manifest(store, lambda m: m["channel_stats"]["std"].__setitem__(0, 0.0))
     with pytest.raises(StoreError, match="channel_stats.std is 0.0 for channel 0; latents are divided by it"):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from engine.store.container import Container, SplitData
 from engine.store.formats import store_format
 from engine.store.integrity import RECORD, quick_check, record_manifest, summarise
 from engine.store.manifest import StoreError
+
+# an addition to a sealed store (teacher logits, reconstructions, views) writes integrity.json and then the manifest,
+# each atomically: a reader that opens the store between the two sees them disagree for a moment, so a failed check
+# is looked at once more after this long before it is a damaged store
+SETTLE_S = 0.5
 
 
 class LatentStore:
@@ -63,7 +69,12 @@ def open_store(
     store = LatentStore(path, container.read_manifest(path), container, writable=writable)
     if require_complete:
         store.require_complete()
-    if (require_complete if check is None else check) and (problems := quick_check(store)):
+    problems = quick_check(store) if (require_complete if check is None else check) else []
+    if problems:  # caught between an engine addition's two writes (integrity.json, then the manifest)? look again
+        time.sleep(SETTLE_S)
+        store = LatentStore(path, container.read_manifest(path), container, writable=writable)
+        problems = quick_check(store)
+    if problems:
         raise StoreError(
             "; ".join(summarise(problems)[:3])
             + (
