@@ -143,3 +143,13 @@ def test_a_shard_refuses_stores_its_shard_0_has_not_prepared(store, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "reconstructions are not decoded" in err and "shard 0/2" in err
     assert not (tmp_path / "study" / "runs").exists()
+
+
+def test_under_torchrun_a_study_is_refused_naming_shards_instead(store, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    capsys.readouterr()
+    assert engine_main(["gap", "--store", str(store), "--out", str(tmp_path / "study"), *GAP]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "engine gap under torchrun" in err and "--shard I/N" in err
+    assert not (tmp_path / "study").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -54,6 +55,12 @@ def main_args(args, log=print) -> GapPlan:
             label = label_of(spec)
             stores[label] = out / "stores" / f"{label}.zarr"
             to_encode[label] = (source_args, spec)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every run would join one process group across the ranks
+        raise UsageError(
+            "engine gap under torchrun: its runs train one process each, not one distributed job; start one "
+            "`engine gap ... --shard I/N` per process instead (a SLURM array task each, I = $SLURM_ARRAY_TASK_ID), "
+            "after shard 0 has prepared the stores, or --parallel N on one machine"
+        )
     shard = parse_shard(args.shard)
     if args.report_only and args.shard:
         raise UsageError("--report-only merges every shard's runs: drop --shard")
