@@ -365,6 +365,14 @@ def add_gap(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="N runs at once on the device, each in its own process (a CPU's threads split between them)",
     )
+    p.add_argument(
+        "--views",
+        type=int,
+        default=4,
+        metavar="K",
+        help="augmented views per image the latent-aug arm trains on (encoded into each store once, as "
+        "`engine encode --views K`)",
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(
         run=run_gap, after_interrupt="run the same command again: it reuses the finished runs and resumes the rest"

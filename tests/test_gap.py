@@ -311,8 +311,9 @@ def test_an_arm_that_cannot_run_is_reported_as_skipped_with_its_reason(stores, t
 def test_the_arms_beyond_the_paper_run_as_their_table_entries_say(stores, tmp_path):
     out = tmp_path / "matched"
     budget = ["--epochs", "1", "--seeds", "1", "--batch-size", "16", "--curve-levels", "1"]
-    arms = "image,latent-featdistill,latent-matched,latent-graft"
-    assert engine_main(["gap", "--store", str(stores["zarr"]), "--out", str(out), "--arms", arms, *budget]) == 0
+    arms = "image,latent-aug,latent-featdistill,latent-matched,latent-graft"
+    argv = ["gap", "--store", str(stores["zarr"]), "--out", str(out), "--arms", arms, "--views", "2", *budget]
+    assert engine_main(argv) == 0
     report = json.loads((out / "gap.json").read_text())
     runs = {
         arm: a["runs"]["split-seed0"]["run"] for arm, a in report["autoencoders"]["default-untrained"]["arms"].items()
@@ -325,6 +326,12 @@ def test_the_arms_beyond_the_paper_run_as_their_table_entries_say(stores, tmp_pa
         assert model["feature_stride"] == 8  # 32 px images over the 4x4 latent grid: the image network's layer2 map
         assert (train["graft"] == str(image_ckpt)) == (arm == "latent-graft")
         assert ("graft" in recorded) == (arm == "latent-graft")
+    views = open_store(stores["zarr"]).manifest["views"]  # encoded by the study for latent-aug
+    assert views["count"] == 2 and views["complete"]
+    aug = json.loads((Path(runs["latent-aug"]) / "config.json").read_text())["train"]
+    assert aug["views"] is True and aug["model"] == "adm-s-film"
+    error = report["autoencoders"]["default-untrained"]["diagnostics"]["equivariance"]["error"]
+    assert error == views["equivariance"]["error"] and f"hflip {error['hflip']:.3f}" in (out / "gap.md").read_text()
     featdistill = json.loads((Path(runs["latent-featdistill"]) / "config.json").read_text())["train"]
     assert featdistill["feature_distill"] == 1.0 and featdistill["distill"] == "none"
     assert featdistill["teacher"] == "teacher_split_seed0" and featdistill["model"] == "adm-s-film"

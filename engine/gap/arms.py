@@ -17,6 +17,7 @@ from engine.models import model_entry, plain_variant
 
 IMAGE, RECON, LATENT, LATENT_PLAIN, LATENT_DISTILL = "image", "recon", "latent", "latent-plain", "latent-distill"
 LATENT_MATCHED, LATENT_GRAFT, LATENT_FEATDISTILL = "latent-matched", "latent-graft", "latent-featdistill"
+LATENT_AUG = "latent-aug"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Arm:
     model: Callable[[str, str], str]  # (study's image model, study's latent model) -> its --model
     originals: bool = False  # on the original images: one run per unit, on the first store, for every autoencoder
     reconstructions: bool = False  # on the store's reconstructions: the study decodes them before any run
+    views: bool = False  # on the store's augmented views: the study encodes them before any run
     teacher: str | None = None  # distils (as its settings say) from this originals arm's stored outputs, same unit
     gap: Gap | None = None  # the gap whose lower side this arm is
     recovers: Recovery | None = None
@@ -132,6 +134,17 @@ ARMS: tuple[Arm, ...] = (
         teacher=IMAGE,
         recovers=over_latent("distillation"),
         settings=(("distill", "mse"),),
+    ),
+    Arm(
+        LATENT_AUG,
+        "the latent arm on augmented views: each epoch one of K encodings of the image under the image arm's own "
+        "flip and rotation (`engine encode --views K`), where the paper's latent arm sees one encoding, unaugmented",
+        "latent",
+        latent_model,
+        views=True,
+        recovers=over_latent("augmentation"),
+        in_paper=False,
+        settings=(("views", True),),
     ),
     Arm(
         LATENT_FEATDISTILL,

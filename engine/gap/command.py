@@ -81,6 +81,7 @@ def main_args(args, log=print) -> GapPlan:
         latent_model=args.latent_model or latent_model,
         rerun_changed=args.rerun_changed,
         shard=shard,
+        views=args.views,
     )
     if to_encode and args.report_only:
         require_prepared(replace(plan, arms=()), "nothing to report: run the study (without --report-only) first")

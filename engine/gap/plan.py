@@ -57,6 +57,7 @@ class GapPlan:
     command: str = "engine gap"  # the command line, as the report records it
     rerun_changed: bool = False  # retrain runs recorded with other settings (else the study is refused)
     shard: tuple[int, int] = (0, 1)  # (index, count): this process trains only its share of the runs (--shard i/n)
+    views: int = 4  # augmented views per image, encoded into the stores when an arm trains on them (--views K)
 
     @property
     def first(self) -> str:

@@ -117,6 +117,12 @@ def autoencoder_blocks(label: str, ae: dict) -> list[Block]:
         f"({100 * pca['fraction_of_dims']:.1f} %)"
     )
     items.append("channel std (before standardisation): " + ", ".join(f"{s:.3g}" for s in d["channel_std"]))
+    if eq := d.get("equivariance"):
+        items.append(
+            "equivariance error ||E(Tx) - T E(x)|| / ||E(x)||: "
+            + ", ".join(f"{t} {e:.3f}" for t, e in eq["error"].items())
+            + " (0: the latent of a flipped or turned image is the turned latent)"
+        )
     return [*blocks, Bullets(items)]
 
 

@@ -37,6 +37,7 @@ from engine.store.manifest import write_json_atomic
 from engine.training.config import TrainConfig
 from engine.training.inputs import default_image_size
 from engine.training.options import as_arguments
+from engine.views import add_views
 
 SCHEMA = "latent-engine/gap/1"
 METRICS = ("balanced_accuracy", "auroc", "mcc")
@@ -82,6 +83,11 @@ def prepare_stores(plan: GapPlan, log) -> None:
             if not (open_store(path).manifest.get("reconstructions") or {}).get("complete"):
                 log(f"[{label}] reconstructions of {path}")
                 add_reconstructions(path, plan.device, log=log)
+    if any(arm.views for arm in plan.arms):
+        for label, path in plan.stores.items():
+            if not (open_store(path).manifest.get("views") or {}).get("complete"):
+                log(f"[{label}] {plan.views} augmented views per image of {path}")
+                add_views(path, plan.views, plan.device, log=log)
 
 
 def changed_runs(plan: GapPlan, runs: list[tuple[Arm, str, Unit]]) -> dict[Path, dict[str, tuple[object, object]]]:
@@ -130,6 +136,9 @@ def require_prepared(plan: GapPlan, fix: str) -> None:
         if any(arm.reconstructions for arm in plan.arms):
             if not (open_store(path).manifest.get("reconstructions") or {}).get("complete"):
                 raise UsageError(f"{path}: {label}'s reconstructions are not decoded yet; {fix}")
+        if any(arm.views for arm in plan.arms):
+            if not (open_store(path).manifest.get("views") or {}).get("complete"):
+                raise UsageError(f"{path}: {label}'s augmented views are not encoded yet; {fix}")
 
 
 def run_gap(plan: GapPlan, log=print, parallel: int = 1) -> dict | None:
@@ -262,6 +271,8 @@ def summarise(label: str, plan: GapPlan, arms: dict[str, dict[str, dict]]) -> di
     for k in metrics:
         out["gaps"][k] = gaps({arm: {u: r["test"][k] for u, r in runs.items()} for arm, runs in arms.items()})
     out["diagnostics"] = latent_diagnostics(store)
+    if (views := m.get("views") or {}).get("equivariance"):
+        out["diagnostics"]["equivariance"] = views["equivariance"]
     return out
 
 
