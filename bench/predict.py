@@ -164,6 +164,23 @@ def _recomputed_under(policy: CudaAutocast) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _kernels_compute_in(policy: CudaAutocast) -> Iterator[None]:
+    """The kernels written in torch ops (``kernels.common.compute_dtype``: fused_mlp, convnext_branch) pick the
+    dtype they compute and keep in from real autocast, which the emulated policy does not switch on: under
+    the policy, they see its dtype, as they would see CUDA autocast's."""
+    import sys
+
+    def under_policy(x: torch.Tensor) -> torch.dtype:
+        return policy.dtype if x.is_floating_point() and x.dtype != torch.float64 else x.dtype
+
+    with contextlib.ExitStack() as stack:
+        for name, module in list(sys.modules.items()):
+            if (name == "kernels" or name.startswith("kernels.")) and hasattr(module, "compute_dtype"):
+                stack.enter_context(mock.patch.object(module, "compute_dtype", under_policy))
+        yield
+
+
 def _foreach_like_cuda(params, differentiable, use_fused=False):
     """Adam's default on CUDA tensors (foreach); the CPU default (a loop per tensor) needs less memory."""
     return False, not differentiable
@@ -258,6 +275,7 @@ def simulate(
         if region is not None:
             stack.enter_context(mock.patch("engine.training.objective.autocast", region))
             stack.enter_context(_recomputed_under(policy))
+            stack.enter_context(_kernels_compute_in(policy))
         net = net._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=cpu))
         tracker = MemTracker()
         tracker.track_external(net)

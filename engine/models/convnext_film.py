@@ -25,7 +25,7 @@ from engine.errors import UsageError
 from engine.models.memory import is_lean
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import film_layer_norm
-from kernels.fused_mlp import fused_mlp
+from kernels.convnext_branch import convnext_branch
 
 CONVNEXT_T = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
 # The paper's Tiny and timm's smaller widths and depths (timm's convnext.py: atto, femto, pico, nano). timm builds
@@ -85,8 +85,9 @@ def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch
 class Block(nn.Module):
     """ConvNeXt block: 7x7 depthwise conv, LayerNorm, MLP x4 with GELU, layer scale, stochastic depth.
 
-    lean: the norm, MLP and layer scale run as one ``kernels.fused_mlp`` (same parameters, same function),
-    which keeps only the conv's output for the backward instead of five tensors, two of them 4x wide.
+    lean: the whole branch (conv, norm, MLP, layer scale) runs as one ``kernels.convnext_branch`` (same parameters,
+    same function), which keeps only the block's input in the compute dtype for the backward instead of seven
+    tensors, two of them 4x wide, and reruns the depthwise conv there.
     """
 
     def __init__(self, dim: int, layer_scale: float, drop_prob: float, lean: bool = False):
@@ -110,10 +111,10 @@ class Block(nn.Module):
 
     def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:
         conv, _, norm, fc1, _, fc2, _ = self.block
-        h = conv(x).permute(0, 2, 3, 1)
         norm_args = (norm.weight, norm.bias, norm.eps)
-        h = fused_mlp(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1), norm=norm_args)
-        return h.permute(0, 3, 1, 2)
+        return convnext_branch(
+            x, conv.weight, conv.bias, norm_args, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1)
+        )
 
 
 def _timm_block(m: re.Match) -> str:
