@@ -195,6 +195,7 @@ class Simulation:
     autocast: bool
     channels_last: bool
     memory: str  # plain | lean (StepOptions.memory)
+    optimizer_memory: str  # plain | in-backward | in-backward-bf16 (StepOptions.optimizer_step)
     flops: int  # one step, corrected counter
     flops_stock: int  # one step, torch's stock counter
     saved_activation_bytes: int
@@ -234,6 +235,7 @@ def simulate(
     kernels: str = "triton",
     foreach: bool = True,
     memory: str = "plain",
+    optimizer_memory: str | None = None,
 ) -> Simulation:
     """Two bench training steps of ``model`` on ``batch`` samples of ``shape`` under FakeTensorMode.
 
@@ -243,6 +245,8 @@ def simulate(
     CPU path (what a CPU run executes, for checking a simulation against one). foreach: Adam's multi-tensor
     implementation, its default for CUDA tensors; False: its per-tensor loop, the CPU default. memory: plain |
     lean (``StepOptions.memory``: a latent model's lean mode, an image ResNet's residual blocks recomputed).
+    optimizer_memory: engine train's --optimizer-memory; None: the memory mode's (``OPTIMIZER_MEMORY_OF``: a lean
+    step steps each parameter in the backward and keeps bf16 Adam moments).
     """
     if kernels not in ("triton", "reference"):
         raise ValueError(f"kernels={kernels!r}: expected 'triton' (as on CUDA) or 'reference' (as on CPU)")
@@ -255,7 +259,12 @@ def simulate(
     cl = case.space == "image" if channels_last is None else channels_last
     cpu = torch.device("cpu")
     opts = StepOptions(
-        cpu, channels_last=cl, loss=loss, kernels="auto" if kernels == "triton" else "reference", memory=memory
+        cpu,
+        channels_last=cl,
+        loss=loss,
+        kernels="auto" if kernels == "triton" else "reference",
+        memory=memory,
+        optimizer_memory=optimizer_memory,
     )
     with torch.device("meta"):  # weights: shapes (and bench's memory format) only, no values drawn
         net = build_net(case, dataclasses.replace(opts, device=torch.device("meta")))
@@ -300,6 +309,7 @@ def simulate(
         autocast=autocast,
         channels_last=cl,
         memory=memory,
+        optimizer_memory=opts.optimizer_step,
         flops=int(counter.get_total_flops()),
         flops_stock=int(stock.get_total_flops()),
         saved_activation_bytes=saved.activations,
@@ -311,6 +321,11 @@ def simulate(
     )
 
 
+WEIGHTS_AND_ADAM = {  # per optimizer_memory
+    "plain": "fp32 weights and Adam state",
+    "in-backward": "fp32 weights and Adam state, each parameter stepped in the backward",
+    "in-backward-bf16": "fp32 weights, bf16 Adam moments, each parameter stepped in the backward",
+}
 PEAK_METHOD = (
     "simulated: torch.distributed._tools.mem_tracker.MemTracker under FakeTensorMode over two whole steps "
     "(forward, backward, Adam), every storage live from the op creating it until its last reference dies; "
@@ -327,13 +342,14 @@ def predict_case(
     autocast: bool = True,
     channels_last: bool | None = None,
     memory: str = "plain",
+    optimizer_memory: str | None = None,
 ) -> dict:
     """Predicted figures of one bench training step of ``model`` on ``batch`` samples of ``shape`` on ``device``
-    (h100-sxm | h200-sxm), as bench throughput would run it there (bf16 autocast, fp32 weights and Adam), in
-    ``memory`` mode (plain | lean)."""
+    (h100-sxm | h200-sxm), as bench throughput would run it there (bf16 autocast, fp32 weights, Adam), in
+    ``memory`` mode (plain | lean) with ``optimizer_memory`` (None: the memory mode's, ``simulate``)."""
     key, spec = gpu(device)
     shape = tuple(shape) if not isinstance(shape, str) else shape
-    sim = simulate(model, shape, batch, autocast, channels_last, memory=memory)
+    sim = simulate(model, shape, batch, autocast, channels_last, memory=memory, optimizer_memory=optimizer_memory)
     step_s, memory_s = roofline_time(sim.ops, spec)
     calibrated_s, graphs_s = CALIBRATION.step_time(sim.ops, spec), CALIBRATION.step_time(sim.ops, spec, graphs=True)
     samples_per_s = batch / step_s if step_s > 0 else math.inf
@@ -347,11 +363,12 @@ def predict_case(
         "case": sim.case.name,
         "source_px": sim.case.source_px,
         "batch": batch,
-        "precision": "bf16 autocast (CUDA policy, emulated), fp32 weights and Adam state"
+        "precision": f"bf16 autocast (CUDA policy, emulated), {WEIGHTS_AND_ADAM[sim.optimizer_memory]}"
         if autocast
-        else "fp32 throughout",
+        else f"fp32 activations, {WEIGHTS_AND_ADAM[sim.optimizer_memory]}",
         "channels_last": sim.channels_last,
         "memory": sim.memory,
+        "optimizer_memory": sim.optimizer_memory,
         "params": sim.params,
         "flops_per_sample": sim.flops / batch,
         "flops_per_sample_stock_counter": sim.flops_stock / batch,

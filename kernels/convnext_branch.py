@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.common import compute_dtype
-from kernels.fused_mlp import mlp_backward, mlp_forward
+from kernels.fused_mlp import mlp_backward, mlp_output
 
 
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -35,11 +35,10 @@ class _ConvNeXtBranch(torch.autograd.Function):
         dtype = compute_dtype(x)
         kept = x.to(dtype)  # x itself where it already is in the compute dtype
         h = _depthwise(kept, conv_weight, conv_bias, dtype)
-        norm = (norm_weight, norm_bias, eps)
-        _, _, g, w2s, b2s = mlp_forward(h, norm, w1, b1, w2, b2, scale, "none", dtype)
+        y = mlp_output(h, (norm_weight, norm_bias, eps), w1, b1, w2, b2, scale, "none", dtype)
         ctx.save_for_backward(kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale)
         ctx.eps, ctx.dtype, ctx.x_dtype = eps, dtype, x.dtype
-        return F.linear(g, w2s, b2s).permute(0, 3, 1, 2)
+        return y.permute(0, 3, 1, 2)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -50,7 +49,8 @@ class _ConvNeXtBranch(torch.autograd.Function):
         norm = (norm_weight, norm_bias, ctx.eps)
         needs_norm = (True, *ctx.needs_input_grad[3:5])  # the conv output's gradient, always
         dh, *grads = mlp_backward(dy.permute(0, 2, 3, 1), h, norm, w1, b1, w2, b2, scale, "none", dtype, needs_norm)
-        dh = dh.to(h.dtype).permute(0, 3, 1, 2)
+        dh = dh.to(dtype).permute(0, 3, 1, 2)  # as autograd hands it to the conv: in its output's dtype
+        del h  # the rerun conv's output, no longer needed: the conv's backward reads its input
         channels, size = conv_weight.shape[0], conv_weight.shape[-1]
         dx, dconv_weight, dconv_bias = torch.ops.aten.convolution_backward(
             dh,

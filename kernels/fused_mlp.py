@@ -29,18 +29,33 @@ def _norm_stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def mlp_forward(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
-    """The forward of ``_FusedMLP``'s function at x: (fc1's input, fc1's output, GELU's output, fc2's folded
-    weight and bias), all in ``dtype``."""
-    h = x
+def _fc1_input(x, norm, dtype):
     if norm is not None:
         weight, bias, eps = norm
-        h = torch.native_layer_norm(x.to(_norm_stats_dtype(x)), (x.shape[-1],), weight, bias, eps)[0]
-    h = h.to(dtype)
-    a = F.linear(h, w1.to(dtype), b1.to(dtype))
+        x = torch.native_layer_norm(x.to(_norm_stats_dtype(x)), (x.shape[-1],), weight, bias, eps)[0]
+    return x.to(dtype)
+
+
+def _fc2_folded(w2, b2, scale, dtype):
     if scale is not None:
         w2, b2 = w2 * scale[:, None], b2 * scale
-    return h, a, F.gelu(a, approximate=approximate), w2.to(dtype), b2.to(dtype)
+    return w2.to(dtype), b2.to(dtype)
+
+
+def mlp_forward(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
+    """What the backward reruns of ``_FusedMLP``'s function at x: (fc1's input, fc1's output, GELU's output, fc2's
+    folded weight and bias), all in ``dtype``."""
+    h = _fc1_input(x, norm, dtype)
+    a = F.linear(h, w1.to(dtype), b1.to(dtype))
+    return h, a, F.gelu(a, approximate=approximate), *_fc2_folded(w2, b2, scale, dtype)
+
+
+def mlp_output(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
+    """``_FusedMLP``'s function at x, in ``dtype``: its forward, which keeps no intermediate, so GELU overwrites
+    its input (one 4x-wide tensor alive, not two)."""
+    a = F.linear(_fc1_input(x, norm, dtype), w1.to(dtype), b1.to(dtype))
+    torch.ops.aten.gelu.out(a, approximate=approximate, out=a)
+    return F.linear(a, *_fc2_folded(w2, b2, scale, dtype))
 
 
 class _FusedMLP(torch.autograd.Function):
@@ -49,8 +64,7 @@ class _FusedMLP(torch.autograd.Function):
     def forward(ctx, x, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale, approximate):
         norm = (norm_weight, norm_bias, eps) if norm_weight is not None else None
         dtype = compute_dtype(x)
-        h, _, g, w2s, b2s = mlp_forward(x, norm, w1, b1, w2, b2, scale, approximate, dtype)
-        kept = x if norm is not None else h  # the norm's input as given, or fc1's input in the compute dtype
+        kept = x if norm is not None else x.to(dtype)  # the norm's input as given, or fc1's in the compute dtype
         ctx.save_for_backward(kept, norm_weight, norm_bias, w1, b1, w2, b2, scale)
         ctx.eps, ctx.approximate, ctx.dtype, ctx.normed, ctx.x_dtype = (
             eps,
@@ -59,7 +73,7 @@ class _FusedMLP(torch.autograd.Function):
             norm is not None,
             x.dtype,
         )
-        return F.linear(g, w2s, b2s)
+        return mlp_output(kept, norm, w1, b1, w2, b2, scale, approximate, dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -77,15 +91,22 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, approximate, dtype, need
     rerunning its forward first; every gradient in its tensor's dtype but d kept, in the norm's (or the compute)
     dtype; needs_norm_grads: native_layer_norm_backward's mask (kept, weight, bias). Shared with ops that chain more
     in front of the MLP (``kernels.convnext_branch``)."""
+    # Each 4x-wide tensor is dropped as soon as it is used (del), and GELU's gradient overwrites the gradient it
+    # is computed from: at most two of them are alive at once, which is the backward's peak of memory.
     h, a, g, w2s, _ = mlp_forward(kept, norm, w1, b1, w2, b2, scale, approximate, dtype)
-    width = a.shape[-1]
-    dy2, g2, h2 = dy.reshape(-1, dy.shape[-1]).to(dtype), g.reshape(-1, width), h.reshape(-1, h.shape[-1])
+    width, shape = a.shape[-1], h.shape
+    dy2, h = dy.reshape(-1, dy.shape[-1]).to(dtype), h.reshape(-1, h.shape[-1])
 
-    dw2s = dy2.t() @ g2  # gradients of the folded weight and bias
+    dw2s = dy2.t() @ g.reshape(-1, width)  # gradients of the folded weight and bias
     db2s = dy2.sum(0)
-    da = torch.ops.aten.gelu_backward(dy2 @ w2s, a.reshape(-1, width), approximate=approximate)
-    dw1, db1 = da.t() @ h2, da.sum(0)
-    dh = (da @ w1.to(dtype)).view(h.shape)
+    del g
+    da = dy2 @ w2s
+    del dy2
+    torch.ops.aten.gelu_backward.grad_input(da, a.reshape(-1, width), approximate=approximate, grad_input=da)
+    del a
+    dw1, db1 = da.t() @ h, da.sum(0)
+    dh = (da @ w1.to(dtype)).view(shape)
+    del da, h
 
     if scale is not None:
         dscale = (dw2s.to(w2.dtype) * w2).sum(1) + db2s.to(b2.dtype) * b2
@@ -97,7 +118,7 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, approximate, dtype, need
     if norm is not None:
         norm_weight, norm_bias, eps = norm
         x = kept.to(_norm_stats_dtype(kept))
-        _, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
+        mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)[1:]
         dx, dnorm_weight, dnorm_bias = torch.ops.aten.native_layer_norm_backward(
             dh.to(x.dtype), x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias, list(needs_norm_grads)
         )

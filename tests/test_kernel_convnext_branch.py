@@ -38,10 +38,16 @@ def test_fp32_matches_fp64(shape):
     )
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_run_in_their_dtype(dtype):
+def test_half_inputs_run_in_their_dtype(dtype, seed):
+    """Twice the fused MLP's bound: the map is rounded to the half dtype once more (the conv's output, then the
+    gradient handed back to the conv) before the per-channel sums of conv_b and scale (bf16: at most 1.4e-2
+    over seeds 0..19)."""
+    torch.manual_seed(seed)
     inputs, dy = make_inputs(2, 8, 5, 7, 32, dtype=dtype)  # half maps, fp32 weights: the conv and matmuls in half
-    check_against_fp64(op_of(convnext_branch), op_of(convnext_branch_reference), NAMES, inputs, dy, TOLERANCE[dtype])
+    fused, reference = op_of(convnext_branch), op_of(convnext_branch_reference)
+    check_against_fp64(fused, reference, NAMES, inputs, dy, 2 * TOLERANCE[dtype])
 
 
 def test_fp64_gradcheck():
