@@ -283,6 +283,7 @@ def simulate(
             stack.enter_context(mock.patch(target, lambda *a, **k: None))
         if region is not None:
             stack.enter_context(mock.patch("engine.training.objective.autocast", region))
+            stack.enter_context(mock.patch("engine.training.objective.network_input_dtype", lambda d: policy.dtype))
             stack.enter_context(_recomputed_under(policy))
             stack.enter_context(_kernels_compute_in(policy))
         net = net._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=cpu))
