@@ -42,12 +42,16 @@ def _fc2_folded(w2, b2, scale, dtype):
     return w2.to(dtype), b2.to(dtype)
 
 
-def mlp_forward(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
-    """What the backward reruns of ``_FusedMLP``'s function at x: (fc1's input, fc1's output, GELU's output, fc2's
-    folded weight and bias), all in ``dtype``."""
-    h = _fc1_input(x, norm, dtype)
-    a = F.linear(h, w1.to(dtype), b1.to(dtype))
-    return h, a, F.gelu(a, approximate=approximate), *_fc2_folded(w2, b2, scale, dtype)
+# Bound on one 4x-wide tensor of the backward (fc1's output, GELU's and their gradients): the rows are taken in
+# chunks of at most this many bytes of it, so a ConvNeXt-T stage-1 block at batch 256 (65,536 positions x 384,
+# 48 MiB in bf16) keeps ~16 MiB of them alive instead of 96. Weight gradients are summed over chunks in at least
+# float32: equal up to rounding to one matmul over all rows, and the same where one chunk holds them all.
+CHUNK_BYTES = 8 * 2**20
+
+
+def _sum_in(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    part = part.to(torch.promote_types(part.dtype, torch.float32))
+    return part if total is None else total.add_(part)
 
 
 def mlp_output(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
@@ -91,26 +95,33 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, approximate, dtype, need
     rerunning its forward first; every gradient in its tensor's dtype but d kept, in the norm's (or the compute)
     dtype; needs_norm_grads: native_layer_norm_backward's mask (kept, weight, bias). Shared with ops that chain more
     in front of the MLP (``kernels.convnext_branch``)."""
-    # Each 4x-wide tensor is dropped as soon as it is used (del), and GELU's gradient overwrites the gradient it
-    # is computed from: at most two of them are alive at once, which is the backward's peak of memory.
-    h, a, g, w2s, _ = mlp_forward(kept, norm, w1, b1, w2, b2, scale, approximate, dtype)
-    width, shape = a.shape[-1], h.shape
-    dy2, h = dy.reshape(-1, dy.shape[-1]).to(dtype), h.reshape(-1, h.shape[-1])
+    h = _fc1_input(kept, norm, dtype)
+    shape, h = h.shape, h.reshape(-1, h.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
+    w1c, b1c, (w2s, _) = w1.to(dtype), b1.to(dtype), _fc2_folded(w2, b2, scale, dtype)
+    dh = torch.empty_like(h)
+    dw2s = dw1 = db1 = None
+    rows = max(1, CHUNK_BYTES // (w1.shape[0] * h.element_size()))
+    for chunk in (slice(start, start + rows) for start in range(0, h.shape[0], rows)):
+        # fc1 and GELU rerun per chunk; each 4x-wide tensor is dropped once used (del) and GELU's gradient
+        # overwrites the gradient it comes from: two chunk-sized ones alive at most, the backward's peak
+        a = F.linear(h[chunk], w1c, b1c)
+        g = F.gelu(a, approximate=approximate)
+        dw2s = _sum_in(dw2s, dy2[chunk].t() @ g)  # gradient of the folded weight
+        del g
+        da = dy2[chunk] @ w2s
+        torch.ops.aten.gelu_backward.grad_input(da, a, approximate=approximate, grad_input=da)
+        del a
+        dw1, db1 = _sum_in(dw1, da.t() @ h[chunk]), _sum_in(db1, da.sum(0))
+        torch.mm(da, w1c, out=dh[chunk])
+        del da
+    db2s = dy2.sum(0)  # of the folded bias
+    dh = dh.view(shape)
+    del h, dy2, w1c, w2s  # before the norm's backward, whose float32 copies are the next peak
 
-    dw2s = dy2.t() @ g.reshape(-1, width)  # gradients of the folded weight and bias
-    db2s = dy2.sum(0)
-    del g
-    da = dy2 @ w2s
-    del dy2
-    torch.ops.aten.gelu_backward.grad_input(da, a.reshape(-1, width), approximate=approximate, grad_input=da)
-    del a
-    dw1, db1 = da.t() @ h, da.sum(0)
-    dh = (da @ w1.to(dtype)).view(shape)
-    del da, h
-
-    if scale is not None:
+    if scale is not None:  # dw2s is this function's own float32 sum: unfolded in place
         dscale = (dw2s.to(w2.dtype) * w2).sum(1) + db2s.to(b2.dtype) * b2
-        dw2, db2 = dw2s.to(w2.dtype) * scale[:, None], db2s.to(b2.dtype) * scale
+        dw2, db2 = dw2s.to(w2.dtype).mul_(scale[:, None]), db2s.to(b2.dtype) * scale
     else:
         dscale, dw2, db2 = None, dw2s, db2s
 
@@ -119,8 +130,9 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, approximate, dtype, need
         norm_weight, norm_bias, eps = norm
         x = kept.to(_norm_stats_dtype(kept))
         mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)[1:]
+        dh = dh.to(x.dtype)
         dx, dnorm_weight, dnorm_bias = torch.ops.aten.native_layer_norm_backward(
-            dh.to(x.dtype), x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias, list(needs_norm_grads)
+            dh, x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias, list(needs_norm_grads)
         )
     else:
         dx = dh

@@ -40,3 +40,14 @@ def test_lean_image_baseline_recomputes_its_residual_blocks():
     plain, lean = (simulate("resnet18", (3, 64, 64), BATCH, memory=m) for m in ("plain", "lean"))
     assert lean.saved_activation_bytes < plain.saved_activation_bytes
     assert lean.flops > plain.flops  # each block's forward runs again in the backward
+
+
+def test_a_lean_step_is_predicted_with_bf16_moments_and_no_full_set_of_gradients():
+    """The lean row's optimizer (in-backward-bf16): at the peak no gradient of the previous step is alive and Adam's
+    state is two bf16 moments per parameter, against the plain row's two float32 ones and a full set of gradients."""
+    plain, lean = (simulate("convnext-t-film", SHAPE, BATCH, memory=m) for m in ("plain", "lean"))
+    assert (plain.optimizer_memory, lean.optimizer_memory) == ("plain", "in-backward-bf16")
+    assert plain.peak_breakdown["Optstate"] == 2 * 4 * plain.params
+    assert lean.peak_breakdown["Optstate"] == 2 * 2 * lean.params
+    assert plain.peak_breakdown["Gradient"] == 4 * plain.params
+    assert lean.peak_breakdown["Gradient"] < 4 * lean.params / 10

@@ -32,6 +32,9 @@ import torch
 
 from engine.errors import UsageError
 
+# Elements of a parameter updated at once by Bf16MomentAdam: its float32 temporaries stay at a few times 4 MiB
+# whatever the parameter's size (ConvNeXt-T's largest, 768 x 3072, would need ~40 MiB of them in one piece).
+UPDATE_CHUNK = 2**20
 OPTIMIZER_MEMORY = ("plain", "in-backward", "in-backward-bf16")
 OPTIMIZERS = ("adam", "adamw")
 
@@ -175,7 +178,7 @@ class Bf16MomentAdam(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("Bf16MomentAdam.step takes no closure")
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            lr, decay = group["lr"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -191,10 +194,18 @@ class Bf16MomentAdam(torch.optim.Optimizer):
                 elif decay:
                     grad = grad.add(p, alpha=decay)
                 generator = self._generator(p.device, step)
-                # one fp32 moment at a time beside the parameter: the second, turned into the denominator in place
-                second = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                state["exp_avg_sq"].copy_(round_to_bf16_stochastically(second, generator))
-                denom = second.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
-                first = state["exp_avg"].float().lerp_(grad, 1 - beta1)
-                state["exp_avg"].copy_(round_to_bf16_stochastically(first, generator))
-                p.addcdiv_(first, denom, value=-lr / (1 - beta1**step))
+                flat = (p.view(-1), grad.reshape(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
+                for start in range(0, p.numel(), UPDATE_CHUNK):
+                    _update(*(t[start : start + UPDATE_CHUNK] for t in flat), group, step, generator)
+
+
+def _update(p, grad, exp_avg, exp_avg_sq, group: dict, step: int, generator: torch.Generator) -> None:
+    """Adam's update of (a slice of) one parameter, in float32 from bf16 moments stored back rounded."""
+    lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+    # one fp32 moment at a time beside the parameter: the second, turned into the denominator in place
+    second = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg_sq.copy_(round_to_bf16_stochastically(second, generator))
+    denom = second.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
+    first = exp_avg.float().lerp_(grad, 1 - beta1)
+    exp_avg.copy_(round_to_bf16_stochastically(first, generator))
+    p.addcdiv_(first, denom, value=-lr / (1 - beta1**step))
