@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from unittest import mock
@@ -286,6 +287,10 @@ def simulate(
             stack.enter_context(mock.patch("engine.training.objective.network_input_dtype", lambda d: policy.dtype))
             stack.enter_context(_recomputed_under(policy))
             stack.enter_context(_kernels_compute_in(policy))
+        # MemTracker's own post-accumulate-grad hook runs after an in-backward optimizer step has dropped the
+        # gradient (which its grad hook counted already) and warns of the None it finds
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", "Expected a tensor or a traceable wrapper-subclass", UserWarning)
         net = net._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=cpu))
         tracker = MemTracker()
         tracker.track_external(net)

@@ -43,11 +43,16 @@ def test_lean_image_baseline_recomputes_its_residual_blocks():
 
 
 def test_a_lean_step_is_predicted_with_bf16_moments_and_no_full_set_of_gradients():
-    """The lean row's optimizer (in-backward-bf16): at the peak no gradient of the previous step is alive and Adam's
-    state is two bf16 moments per parameter, against the plain row's two float32 ones and a full set of gradients."""
+    """The lean row's optimizer (in-backward-bf16): at the peak Adam's state is two bf16 moments per parameter (and
+    one slice's float32 temporaries), below the plain row's two float32 ones, and at most one parameter's gradient
+    is alive, against the plain row's full set."""
     plain, lean = (simulate("convnext-t-film", SHAPE, BATCH, memory=m) for m in ("plain", "lean"))
     assert (plain.optimizer_memory, lean.optimizer_memory) == ("plain", "in-backward-bf16")
-    assert plain.peak_breakdown["Optstate"] == 2 * 4 * plain.params
-    assert lean.peak_breakdown["Optstate"] == 2 * 2 * lean.params
+    assert (
+        2 * 2 * lean.params <= lean.peak_breakdown["Optstate"] < 2 * 4 * lean.params <= plain.peak_breakdown["Optstate"]
+    )
+    largest = max(
+        p.numel() for p in build_net(Case("latent", "convnext-t-film", "x", SHAPE), StepOptions("cpu")).parameters()
+    )
     assert plain.peak_breakdown["Gradient"] == 4 * plain.params
-    assert lean.peak_breakdown["Gradient"] < 4 * lean.params / 10
+    assert lean.peak_breakdown["Gradient"] <= 4 * largest

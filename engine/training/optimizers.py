@@ -194,9 +194,17 @@ class Bf16MomentAdam(torch.optim.Optimizer):
                 elif decay:
                     grad = grad.add(p, alpha=decay)
                 generator = self._generator(p.device, step)
-                flat = (p.view(-1), grad.reshape(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1))
-                for start in range(0, p.numel(), UPDATE_CHUNK):
-                    _update(*(t[start : start + UPDATE_CHUNK] for t in flat), group, step, generator)
+                for part in _slices(p, grad, state["exp_avg"], state["exp_avg_sq"]):
+                    _update(*part, group, step, generator)
+
+
+def _slices(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The tensors in matching flat slices of UPDATE_CHUNK elements; whole where one is not contiguous (a
+    channels-last conv weight), as an element-wise update may take them in any layout."""
+    if not all(t.is_contiguous() for t in tensors):
+        return [tensors]
+    flat = [t.view(-1) for t in tensors]
+    return [tuple(t[start : start + UPDATE_CHUNK] for t in flat) for start in range(0, flat[0].numel(), UPDATE_CHUNK)]
 
 
 def _update(p, grad, exp_avg, exp_avg_sq, group: dict, step: int, generator: torch.Generator) -> None:
