@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from unittest import mock
@@ -164,6 +165,23 @@ def _recomputed_under(policy: CudaAutocast) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _kernels_compute_in(policy: CudaAutocast) -> Iterator[None]:
+    """The kernels written in torch ops (``kernels.common.compute_dtype``: fused_mlp, convnext_branch) pick the
+    dtype they compute and keep in from real autocast, which the emulated policy does not switch on: under
+    the policy, they see its dtype, as they would see CUDA autocast's."""
+    import sys
+
+    def under_policy(x: torch.Tensor) -> torch.dtype:
+        return policy.dtype if x.is_floating_point() and x.dtype != torch.float64 else x.dtype
+
+    with contextlib.ExitStack() as stack:
+        for name, module in list(sys.modules.items()):
+            if (name == "kernels" or name.startswith("kernels.")) and hasattr(module, "compute_dtype"):
+                stack.enter_context(mock.patch.object(module, "compute_dtype", under_policy))
+        yield
+
+
 def _foreach_like_cuda(params, differentiable, use_fused=False):
     """Adam's default on CUDA tensors (foreach); the CPU default (a loop per tensor) needs less memory."""
     return False, not differentiable
@@ -178,6 +196,7 @@ class Simulation:
     autocast: bool
     channels_last: bool
     memory: str  # plain | lean (StepOptions.memory)
+    optimizer_memory: str  # plain | in-backward | in-backward-bf16 (StepOptions.optimizer_step)
     flops: int  # one step, corrected counter
     flops_stock: int  # one step, torch's stock counter
     saved_activation_bytes: int
@@ -217,6 +236,7 @@ def simulate(
     kernels: str = "triton",
     foreach: bool = True,
     memory: str = "plain",
+    optimizer_memory: str | None = None,
 ) -> Simulation:
     """Two bench training steps of ``model`` on ``batch`` samples of ``shape`` under FakeTensorMode.
 
@@ -226,6 +246,8 @@ def simulate(
     CPU path (what a CPU run executes, for checking a simulation against one). foreach: Adam's multi-tensor
     implementation, its default for CUDA tensors; False: its per-tensor loop, the CPU default. memory: plain |
     lean (``StepOptions.memory``: a latent model's lean mode, an image ResNet's residual blocks recomputed).
+    optimizer_memory: engine train's --optimizer-memory; None: the memory mode's (``OPTIMIZER_MEMORY_OF``: a lean
+    step steps each parameter in the backward and keeps bf16 Adam moments).
     """
     if kernels not in ("triton", "reference"):
         raise ValueError(f"kernels={kernels!r}: expected 'triton' (as on CUDA) or 'reference' (as on CPU)")
@@ -238,7 +260,12 @@ def simulate(
     cl = case.space == "image" if channels_last is None else channels_last
     cpu = torch.device("cpu")
     opts = StepOptions(
-        cpu, channels_last=cl, loss=loss, kernels="auto" if kernels == "triton" else "reference", memory=memory
+        cpu,
+        channels_last=cl,
+        loss=loss,
+        kernels="auto" if kernels == "triton" else "reference",
+        memory=memory,
+        optimizer_memory=optimizer_memory,
     )
     with torch.device("meta"):  # weights: shapes (and bench's memory format) only, no values drawn
         net = build_net(case, dataclasses.replace(opts, device=torch.device("meta")))
@@ -257,7 +284,13 @@ def simulate(
             stack.enter_context(mock.patch(target, lambda *a, **k: None))
         if region is not None:
             stack.enter_context(mock.patch("engine.training.objective.autocast", region))
+            stack.enter_context(mock.patch("engine.training.objective.network_input_dtype", lambda d: policy.dtype))
             stack.enter_context(_recomputed_under(policy))
+            stack.enter_context(_kernels_compute_in(policy))
+        # MemTracker's own post-accumulate-grad hook runs after an in-backward optimizer step has dropped the
+        # gradient (which its grad hook counted already) and warns of the None it finds
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", "Expected a tensor or a traceable wrapper-subclass", UserWarning)
         net = net._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=cpu))
         tracker = MemTracker()
         tracker.track_external(net)
@@ -282,6 +315,7 @@ def simulate(
         autocast=autocast,
         channels_last=cl,
         memory=memory,
+        optimizer_memory=opts.optimizer_step,
         flops=int(counter.get_total_flops()),
         flops_stock=int(stock.get_total_flops()),
         saved_activation_bytes=saved.activations,
@@ -293,6 +327,11 @@ def simulate(
     )
 
 
+WEIGHTS_AND_ADAM = {  # per optimizer_memory
+    "plain": "fp32 weights and Adam state",
+    "in-backward": "fp32 weights and Adam state, each parameter stepped in the backward",
+    "in-backward-bf16": "fp32 weights, bf16 Adam moments, each parameter stepped in the backward",
+}
 PEAK_METHOD = (
     "simulated: torch.distributed._tools.mem_tracker.MemTracker under FakeTensorMode over two whole steps "
     "(forward, backward, Adam), every storage live from the op creating it until its last reference dies; "
@@ -309,13 +348,14 @@ def predict_case(
     autocast: bool = True,
     channels_last: bool | None = None,
     memory: str = "plain",
+    optimizer_memory: str | None = None,
 ) -> dict:
     """Predicted figures of one bench training step of ``model`` on ``batch`` samples of ``shape`` on ``device``
-    (h100-sxm | h200-sxm), as bench throughput would run it there (bf16 autocast, fp32 weights and Adam), in
-    ``memory`` mode (plain | lean)."""
+    (h100-sxm | h200-sxm), as bench throughput would run it there (bf16 autocast, fp32 weights, Adam), in
+    ``memory`` mode (plain | lean) with ``optimizer_memory`` (None: the memory mode's, ``simulate``)."""
     key, spec = gpu(device)
     shape = tuple(shape) if not isinstance(shape, str) else shape
-    sim = simulate(model, shape, batch, autocast, channels_last, memory=memory)
+    sim = simulate(model, shape, batch, autocast, channels_last, memory=memory, optimizer_memory=optimizer_memory)
     step_s, memory_s = roofline_time(sim.ops, spec)
     calibrated_s, graphs_s = CALIBRATION.step_time(sim.ops, spec), CALIBRATION.step_time(sim.ops, spec, graphs=True)
     samples_per_s = batch / step_s if step_s > 0 else math.inf
@@ -329,11 +369,12 @@ def predict_case(
         "case": sim.case.name,
         "source_px": sim.case.source_px,
         "batch": batch,
-        "precision": "bf16 autocast (CUDA policy, emulated), fp32 weights and Adam state"
+        "precision": f"bf16 autocast (CUDA policy, emulated), {WEIGHTS_AND_ADAM[sim.optimizer_memory]}"
         if autocast
-        else "fp32 throughout",
+        else f"fp32 activations, {WEIGHTS_AND_ADAM[sim.optimizer_memory]}",
         "channels_last": sim.channels_last,
         "memory": sim.memory,
+        "optimizer_memory": sim.optimizer_memory,
         "params": sim.params,
         "flops_per_sample": sim.flops / batch,
         "flops_per_sample_stock_counter": sim.flops_stock / batch,

@@ -24,6 +24,7 @@ from engine.models import MODELS, build_model, model_options
 from engine.models.memory import is_lean
 from engine.training.inputs import ImageInputs, LatentInputs
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
+from engine.training.optimizers import build_optimizer
 
 # autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
 LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
@@ -31,6 +32,9 @@ PAPER_SHAPES = ("sd-512", "flux1-512", "flux2-512", "dc-ae-512", "sd-256", "flux
 LATENT_MODELS = tuple(name for name, entry in MODELS.items() if entry.on_latents)  # as registered
 IMAGE_MODELS = tuple(name for name, entry in MODELS.items() if not entry.on_latents)
 NUM_CLASSES = 4
+# The optimizer side of each memory mode: a lean step is the leanest the engine trains with, so its parameters are
+# stepped in the backward (no full set of gradients alive) with bf16 Adam moments (engine.training.optimizers).
+OPTIMIZER_MEMORY_OF = {"plain": "plain", "lean": "in-backward-bf16"}
 POOL_BATCHES = 2  # distinct resident batches cycled through, so no step reuses the previous step's input
 
 
@@ -92,6 +96,12 @@ class StepOptions:
     # plain | lean (engine.models.memory): a latent model's own lean mode, an image ResNet's residual blocks
     # recomputed (bench.image_checkpointing)
     memory: str = "plain"
+    # engine train --optimizer-memory; None: the memory mode's own (OPTIMIZER_MEMORY_OF)
+    optimizer_memory: str | None = None
+
+    @property
+    def optimizer_step(self) -> str:
+        return self.optimizer_memory or OPTIMIZER_MEMORY_OF[self.memory]
 
 
 def build_net(case: Case, opts: StepOptions) -> torch.nn.Module:
@@ -114,7 +124,7 @@ def make_step(
     """(step(i) -> loss, model): one full training step on device-resident input number ``i``."""
     device = opts.device
     net = net if net is not None else build_net(case, opts)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)  # the paper's optimizer
+    optimizer = build_optimizer(net.parameters(), "adam", 1e-4, 0.0, opts.optimizer_step)  # the paper's optimizer
     if opts.compile:
         torch._dynamo.reset()  # a fresh cache per step built: probes of other batch sizes never hit the recompile limit
     runner = torch.compile(net) if opts.compile else net

@@ -36,6 +36,7 @@ from engine.training.distributed import DistContext, init_distributed
 from engine.training.graft import Graft
 from engine.training.inputs import default_image_size
 from engine.training.objective import TrainingLoss, train_step
+from engine.training.optimizers import StepInBackward, build_optimizer
 from engine.training.run_dir import RunDir
 from engine.training.spaces import space_for
 from engine.training.tensorboard import TRAINING_LOGS, NoLog
@@ -100,7 +101,7 @@ class Checkpoints:
     what the run was trained on (config, model, store)."""
 
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | StepInBackward
     loader: LatentLoader
     config: dict  # the run's TrainConfig as recorded (to_dict, once)
     manifest: dict
@@ -159,9 +160,12 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         grafted = Graft(cfg, store, model, image_size, ctx.device).fit(sel["train"], sel["val"], say)
     net = DistributedDataParallel(model) if ctx.world_size > 1 else model
     net = torch.compile(net) if cfg.compile else net
-    optimizer = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    if ctx.world_size > 1 and cfg.optimizer_memory != "plain":
+        raise UsageError(
+            f"--optimizer-memory {cfg.optimizer_memory} steps each parameter before DDP averages its gradient "
+            f"across the {ctx.world_size} ranks; use --optimizer-memory plain with several ranks"
+        )
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.optimizer_memory)
     recipe, config = objective.loss.recipe, cfg.to_dict()
     learning_rate = LrSchedule.from_config(cfg, recipe)
     state = RunState()

@@ -42,6 +42,15 @@ def use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op's matmuls and convolutions run in: autocast's where it is on for x's device (and x is not
+    fp64), else x's. For the ops written in torch (``fused_mlp``, ``convnext_branch``) that cast as autocast would."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def check_x(op: str, x: torch.Tensor, dims: tuple[int, ...] | None = None) -> tuple[int, int]:
     """(B, C) of x, which must be a (B, C, *spatial) tensor (of ``dims`` dimensions) in a dtype the kernels take."""
     if not isinstance(x, torch.Tensor) or x.dim() < 3 or (dims is not None and x.dim() not in dims):

@@ -19,15 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.common import compute_dtype
+
 APPROXIMATIONS = ("none", "tanh")  # nn.GELU's: ConvNeXt uses the exact erf GELU, DiT-style ViTs tanh
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the matmuls run in: autocast's where it is on for x's device (and x is not fp64), else x's."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
-        return torch.get_autocast_dtype(device)
-    return x.dtype
 
 
 def _norm_stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -35,17 +29,37 @@ def _norm_stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _forward_parts(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
-    """(fc1's input, fc1's output, GELU's output, fc2's folded weight and bias), all in ``dtype``."""
-    h = x
+def _fc1_input(x, norm, dtype):
     if norm is not None:
         weight, bias, eps = norm
-        h = torch.native_layer_norm(x.to(_norm_stats_dtype(x)), (x.shape[-1],), weight, bias, eps)[0]
-    h = h.to(dtype)
-    a = F.linear(h, w1.to(dtype), b1.to(dtype))
+        x = torch.native_layer_norm(x.to(_norm_stats_dtype(x)), (x.shape[-1],), weight, bias, eps)[0]
+    return x.to(dtype)
+
+
+def _fc2_folded(w2, b2, scale, dtype):
     if scale is not None:
         w2, b2 = w2 * scale[:, None], b2 * scale
-    return h, a, F.gelu(a, approximate=approximate), w2.to(dtype), b2.to(dtype)
+    return w2.to(dtype), b2.to(dtype)
+
+
+# Bound on one 4x-wide tensor of the backward (fc1's output, GELU's and their gradients): the rows are taken in
+# chunks of at most this many bytes of it, so a ConvNeXt-T stage-1 block at batch 256 (65,536 positions x 384,
+# 48 MiB in bf16) keeps ~16 MiB of them alive instead of 96. Weight gradients are summed over chunks in at least
+# float32: equal up to rounding to one matmul over all rows, and the same where one chunk holds them all.
+CHUNK_BYTES = 8 * 2**20
+
+
+def _sum_in(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    part = part.to(torch.promote_types(part.dtype, torch.float32))
+    return part if total is None else total.add_(part)
+
+
+def mlp_output(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
+    """``_FusedMLP``'s function at x, in ``dtype``: its forward, which keeps no intermediate, so GELU overwrites
+    its input (one 4x-wide tensor alive, not two)."""
+    a = F.linear(_fc1_input(x, norm, dtype), w1.to(dtype), b1.to(dtype))
+    torch.ops.aten.gelu.out(a, approximate=approximate, out=a)
+    return F.linear(a, *_fc2_folded(w2, b2, scale, dtype))
 
 
 class _FusedMLP(torch.autograd.Function):
@@ -53,9 +67,8 @@ class _FusedMLP(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale, approximate):
         norm = (norm_weight, norm_bias, eps) if norm_weight is not None else None
-        dtype = _compute_dtype(x)
-        h, _, g, w2s, b2s = _forward_parts(x, norm, w1, b1, w2, b2, scale, approximate, dtype)
-        kept = x if norm is not None else h  # the norm's input as given, or fc1's input in the compute dtype
+        dtype = compute_dtype(x)
+        kept = x if norm is not None else x.to(dtype)  # the norm's input as given, or fc1's in the compute dtype
         ctx.save_for_backward(kept, norm_weight, norm_bias, w1, b1, w2, b2, scale)
         ctx.eps, ctx.approximate, ctx.dtype, ctx.normed, ctx.x_dtype = (
             eps,
@@ -64,59 +77,75 @@ class _FusedMLP(torch.autograd.Function):
             norm is not None,
             x.dtype,
         )
-        return F.linear(g, w2s, b2s)
+        return mlp_output(kept, norm, w1, b1, w2, b2, scale, approximate, dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
         kept, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
         norm = (norm_weight, norm_bias, ctx.eps) if ctx.normed else None
-        dtype = ctx.dtype
-        h, a, g, w2s, _ = _forward_parts(kept, norm, w1, b1, w2, b2, scale, ctx.approximate, dtype)
-        width = a.shape[-1]
-        dy2, g2, h2 = dy.reshape(-1, dy.shape[-1]).to(dtype), g.reshape(-1, width), h.reshape(-1, h.shape[-1])
-
-        dw2s = dy2.t() @ g2  # gradients of the folded weight and bias
-        db2s = dy2.sum(0)
-        da = torch.ops.aten.gelu_backward(dy2 @ w2s, a.reshape(-1, width), approximate=ctx.approximate)
-        dw1, db1 = da.t() @ h2, da.sum(0)
-        dh = (da @ w1.to(dtype)).view(h.shape)
-
-        if scale is not None:
-            dscale = (dw2s.to(w2.dtype) * w2).sum(1) + db2s.to(b2.dtype) * b2
-            dw2, db2 = dw2s.to(w2.dtype) * scale[:, None], db2s.to(b2.dtype) * scale
-        else:
-            dscale, dw2, db2 = None, dw2s, db2s
-
-        dnorm_weight = dnorm_bias = None
-        if norm is not None:
-            stats_dtype = _norm_stats_dtype(kept)
-            x = kept.to(stats_dtype)
-            _, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, ctx.eps)
-            dx, dnorm_weight, dnorm_bias = torch.ops.aten.native_layer_norm_backward(
-                dh.to(stats_dtype),
-                x,
-                (x.shape[-1],),
-                mean,
-                rstd,
-                norm_weight,
-                norm_bias,
-                list(ctx.needs_input_grad[:3]),
-            )
-        else:
-            dx = dh
-        return (
-            None if dx is None else dx.to(ctx.x_dtype),
-            None if dnorm_weight is None else dnorm_weight.to(norm_weight.dtype),
-            None if dnorm_bias is None else dnorm_bias.to(norm_bias.dtype),
-            None,
-            dw1.to(w1.dtype),
-            db1.to(b1.dtype),
-            dw2.to(w2.dtype),
-            db2.to(b2.dtype),
-            None if dscale is None else dscale.to(scale.dtype),
-            None,
+        dx, *grads = mlp_backward(
+            dy, kept, norm, w1, b1, w2, b2, scale, ctx.approximate, ctx.dtype, ctx.needs_input_grad[:3]
         )
+        return (None if dx is None else dx.to(ctx.x_dtype), *grads[:2], None, *grads[2:], None)
+
+
+def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, approximate, dtype, needs_norm_grads):
+    """(d kept, d norm weight, d norm bias, d w1, d b1, d w2, d b2, d scale) of ``_FusedMLP``'s function at kept,
+    rerunning its forward first; every gradient in its tensor's dtype but d kept, in the norm's (or the compute)
+    dtype; needs_norm_grads: native_layer_norm_backward's mask (kept, weight, bias). Shared with ops that chain more
+    in front of the MLP (``kernels.convnext_branch``)."""
+    h = _fc1_input(kept, norm, dtype)
+    shape, h = h.shape, h.reshape(-1, h.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
+    w1c, b1c, (w2s, _) = w1.to(dtype), b1.to(dtype), _fc2_folded(w2, b2, scale, dtype)
+    dh = torch.empty_like(h)
+    dw2s = dw1 = db1 = None
+    rows = max(1, CHUNK_BYTES // (w1.shape[0] * h.element_size()))
+    for chunk in (slice(start, start + rows) for start in range(0, h.shape[0], rows)):
+        # fc1 and GELU rerun per chunk; each 4x-wide tensor is dropped once used (del) and GELU's gradient
+        # overwrites the gradient it comes from: two chunk-sized ones alive at most, the backward's peak
+        a = F.linear(h[chunk], w1c, b1c)
+        g = F.gelu(a, approximate=approximate)
+        dw2s = _sum_in(dw2s, dy2[chunk].t() @ g)  # gradient of the folded weight
+        del g
+        da = dy2[chunk] @ w2s
+        torch.ops.aten.gelu_backward.grad_input(da, a, approximate=approximate, grad_input=da)
+        del a
+        dw1, db1 = _sum_in(dw1, da.t() @ h[chunk]), _sum_in(db1, da.sum(0))
+        torch.mm(da, w1c, out=dh[chunk])
+        del da
+    db2s = dy2.sum(0)  # of the folded bias
+    dh = dh.view(shape)
+    del h, dy2, w1c, w2s  # before the norm's backward, whose float32 copies are the next peak
+
+    if scale is not None:  # dw2s is this function's own float32 sum: unfolded in place
+        dscale = (dw2s.to(w2.dtype) * w2).sum(1) + db2s.to(b2.dtype) * b2
+        dw2, db2 = dw2s.to(w2.dtype).mul_(scale[:, None]), db2s.to(b2.dtype) * scale
+    else:
+        dscale, dw2, db2 = None, dw2s, db2s
+
+    dnorm_weight = dnorm_bias = None
+    if norm is not None:
+        norm_weight, norm_bias, eps = norm
+        x = kept.to(_norm_stats_dtype(kept))
+        mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)[1:]
+        dh = dh.to(x.dtype)
+        dx, dnorm_weight, dnorm_bias = torch.ops.aten.native_layer_norm_backward(
+            dh, x, (x.shape[-1],), mean, rstd, norm_weight, norm_bias, list(needs_norm_grads)
+        )
+    else:
+        dx = dh
+    return (
+        dx,
+        None if dnorm_weight is None else dnorm_weight.to(norm_weight.dtype),
+        None if dnorm_bias is None else dnorm_bias.to(norm_bias.dtype),
+        dw1.to(w1.dtype),
+        db1.to(b1.dtype),
+        dw2.to(w2.dtype),
+        db2.to(b2.dtype),
+        None if dscale is None else dscale.to(scale.dtype),
+    )
 
 
 def fused_mlp(

@@ -40,3 +40,19 @@ def test_lean_image_baseline_recomputes_its_residual_blocks():
     plain, lean = (simulate("resnet18", (3, 64, 64), BATCH, memory=m) for m in ("plain", "lean"))
     assert lean.saved_activation_bytes < plain.saved_activation_bytes
     assert lean.flops > plain.flops  # each block's forward runs again in the backward
+
+
+def test_a_lean_step_is_predicted_with_bf16_moments_and_no_full_set_of_gradients():
+    """The lean row's optimizer (in-backward-bf16): at the peak Adam's state is two bf16 moments per parameter (and
+    one slice's float32 temporaries), below the plain row's two float32 ones, and at most one parameter's gradient
+    is alive, against the plain row's full set."""
+    plain, lean = (simulate("convnext-t-film", SHAPE, BATCH, memory=m) for m in ("plain", "lean"))
+    assert (plain.optimizer_memory, lean.optimizer_memory) == ("plain", "in-backward-bf16")
+    assert (
+        2 * 2 * lean.params <= lean.peak_breakdown["Optstate"] < 2 * 4 * lean.params <= plain.peak_breakdown["Optstate"]
+    )
+    largest = max(
+        p.numel() for p in build_net(Case("latent", "convnext-t-film", "x", SHAPE), StepOptions("cpu")).parameters()
+    )
+    assert plain.peak_breakdown["Gradient"] == 4 * plain.params
+    assert lean.peak_breakdown["Gradient"] <= 4 * largest

@@ -133,3 +133,14 @@ def test_plain_composition_is_what_the_fused_op_replaces():
     y, _ = with_grads(op_of(fused_mlp, True, True, "none"), inputs, dy)
     y_ref, _ = with_grads(op_of(fused_mlp_reference, True, True, "none"), inputs, dy)
     torch.testing.assert_close(y, y_ref)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 29 * 4, 4 * 29 * 7])
+def test_a_backward_taken_in_row_chunks_matches_fp64(chunk_bytes, monkeypatch):
+    """105 rows of a 29-wide hidden layer in chunks of 1 row, 4 rows or 7 rows (the last one short)."""
+    import kernels.fused_mlp
+
+    monkeypatch.setattr(kernels.fused_mlp, "CHUNK_BYTES", chunk_bytes)
+    inputs, dy = make_inputs((3, 5, 7), 13, 29, 11, True, True)
+    fused, reference = (op_of(f, True, True, "none") for f in (fused_mlp, fused_mlp_reference))
+    check_against_fp64(fused, reference, names(True, True), inputs, dy, TOLERANCE[torch.float32])

@@ -87,3 +87,28 @@ def test_an_unknown_memory_mode_is_a_one_line_error():
         build_model("convnext-t-film", 4, 5, latent_size=16, memory="tiny")
     with pytest.raises(UsageError, match="adm: memory="):
         build_model("adm-s-film", 4, 5, latent_size=16, memory="")
+
+
+def test_convnext_lean_block_keeps_only_its_input():
+    """Against the structure before ``kernels.convnext_branch`` (the conv run by autograd, then ``fused_mlp``
+    keeping the conv's output): the same step keeps exactly one conv output per block less."""
+    from engine.models.convnext_film import Block
+    from kernels.fused_mlp import fused_mlp
+
+    def conv_then_fused_mlp(self, x):
+        conv, _, norm, fc1, _, fc2, _ = self.block
+        h = conv(x).permute(0, 2, 3, 1)
+        norm_args = (norm.weight, norm.bias, norm.eps)
+        h = fused_mlp(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1), norm=norm_args)
+        return h.permute(0, 3, 1, 2)
+
+    conv_outputs = []
+    original = Block._fused_branch
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Block, "_fused_branch", lambda self, x: conv_outputs.append(x.nbytes) or original(self, x))
+        now = compare("convnext-t-film", LATENT, BATCH)["lean"].activations
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Block, "_fused_branch", conv_then_fused_mlp)
+        before = compare("convnext-t-film", LATENT, BATCH)["lean"].activations
+    assert len(conv_outputs) == 18, "every block of ConvNeXt-T ran lean"
+    assert now == before - sum(conv_outputs)  # a depthwise conv's output has its input's shape and dtype

@@ -67,10 +67,13 @@ def test_latent_run_writes_checkpoints_metrics_and_noise_curve(store, tmp_path, 
     assert again["test"] == result["test"] and again["test_by_sigma"] == result["test_by_sigma"]
 
 
-@pytest.mark.parametrize("memory", ["plain", "lean"])  # lean: blocks recomputed in the backward, RNG replayed
-def test_resume_after_kill_equals_uninterrupted_run(store, tmp_path, memory):
+@pytest.mark.parametrize(
+    "memory,optimizer_memory",  # lean: blocks recomputed in the backward, RNG replayed; optimizer: stepped in it
+    [("plain", "plain"), ("lean", "plain"), ("lean", "in-backward-bf16"), ("plain", "in-backward")],
+)
+def test_resume_after_kill_equals_uninterrupted_run(store, tmp_path, memory, optimizer_memory):
     args = ["train", "--store", str(store), *FAST, "--epochs", "3", "--checkpoint-every", "1", "--mask-p", "0.2"]
-    args += ["--memory", memory]
+    args += ["--memory", memory, "--optimizer-memory", optimizer_memory]
     args += ["--warmup-steps", "10"]  # killed inside the ramp: the resumed run continues it from the step
     assert _cli(*args, "--out", str(tmp_path / "ref")).returncode == 0
 

@@ -25,7 +25,8 @@ from engine.errors import UsageError
 from engine.models.memory import is_lean
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import film_layer_norm
-from kernels.fused_mlp import fused_mlp
+from kernels.convnext_branch import convnext_branch
+from kernels.layer_norm_keeping_input import layer_norm_keeping_input
 
 CONVNEXT_T = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
 # The paper's Tiny and timm's smaller widths and depths (timm's convnext.py: atto, femto, pico, nano). timm builds
@@ -53,15 +54,26 @@ def stem_stride_for(latent_size: int | None) -> int:
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over C of (B, C, H, W) maps, as torchvision's; given (scale, shift), FiLM runs first, fused."""
+    """LayerNorm over C of (B, C, H, W) maps, as torchvision's; given (scale, shift), FiLM runs first, fused.
+
+    lean: without FiLM it keeps its input as given (``kernels.layer_norm_keeping_input``: the stem conv's bf16
+    output under autocast) instead of autocast's float32 copy of it; the same values.
+    """
+
+    def __init__(self, dim: int, eps: float, lean: bool = False):
+        super().__init__(dim, eps=eps)
+        self.lean = lean
 
     def forward(
         self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
     ) -> torch.Tensor:
         if scale is None:
-            y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
-            return y.permute(0, 3, 1, 2)
+            norm = layer_norm_keeping_input if self.lean else self._layer_norm
+            return norm(x.permute(0, 2, 3, 1), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
         return film_layer_norm(x, scale, shift, self.weight, self.bias, self.eps)
+
+    def _layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, weight, bias, eps)
 
 
 class Permute(nn.Module):
@@ -85,8 +97,9 @@ def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch
 class Block(nn.Module):
     """ConvNeXt block: 7x7 depthwise conv, LayerNorm, MLP x4 with GELU, layer scale, stochastic depth.
 
-    lean: the norm, MLP and layer scale run as one ``kernels.fused_mlp`` (same parameters, same function),
-    which keeps only the conv's output for the backward instead of five tensors, two of them 4x wide.
+    lean: the whole branch (conv, norm, MLP, layer scale) runs as one ``kernels.convnext_branch`` (same parameters,
+    same function), which keeps only the block's input in the compute dtype for the backward instead of seven
+    tensors, two of them 4x wide, and reruns the depthwise conv there.
     """
 
     def __init__(self, dim: int, layer_scale: float, drop_prob: float, lean: bool = False):
@@ -110,10 +123,10 @@ class Block(nn.Module):
 
     def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:
         conv, _, norm, fc1, _, fc2, _ = self.block
-        h = conv(x).permute(0, 2, 3, 1)
         norm_args = (norm.weight, norm.bias, norm.eps)
-        h = fused_mlp(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1), norm=norm_args)
-        return h.permute(0, 3, 1, 2)
+        return convnext_branch(
+            x, conv.weight, conv.bias, norm_args, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1)
+        )
 
 
 def _timm_block(m: re.Match) -> str:
@@ -172,7 +185,7 @@ class ConvNeXtFiLM(nn.Module):
         self.num_stages = len(dims)
         layers: list[nn.Module] = [
             nn.Sequential(
-                nn.Conv2d(in_channels, dims[0], stem_stride, stride=stem_stride), LayerNorm2d(dims[0], eps=1e-6)
+                nn.Conv2d(in_channels, dims[0], stem_stride, stride=stem_stride), LayerNorm2d(dims[0], 1e-6, lean)
             )
         ]
         total, first = sum(depths), 0
@@ -181,11 +194,11 @@ class ConvNeXtFiLM(nn.Module):
             layers.append(nn.Sequential(*(Block(dim, layer_scale, p, lean) for p in drop)))
             first += depth
             if stage + 1 < len(dims):
-                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[stage + 1], 2, stride=2)))
+                layers.append(nn.Sequential(LayerNorm2d(dim, 1e-6, lean), nn.Conv2d(dim, dims[stage + 1], 2, stride=2)))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
+            LayerNorm2d(dims[-1], 1e-6, lean), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
         )
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):

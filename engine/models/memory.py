@@ -1,9 +1,10 @@
 """How much a latent model keeps for its backward: the ``memory`` option of every latent model.
 
 ``"plain"`` is eager autograd: every op saves what its backward reads. ``"lean"`` computes the same function
-with the same parameters (state dicts interchange) but keeps less: ConvNeXt blocks run their norm and MLP as
-``kernels.fused_mlp`` (only the norm's input kept, in the compute dtype), ADM and ViT blocks are recomputed in
-the backward from their inputs (``recompute``). The price is time: the recomputed work runs twice.
+with the same parameters (state dicts interchange) but keeps less: ConvNeXt blocks run their branch (depthwise
+conv, norm, MLP, layer scale) as ``kernels.convnext_branch`` (only the block's input kept, in the compute dtype),
+ADM and ViT blocks are recomputed in the backward from their inputs (``recompute``). The price is time: the
+recomputed work runs twice.
 """
 
 from __future__ import annotations

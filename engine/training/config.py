@@ -23,13 +23,13 @@ from engine.models import MODEL_NAMES, MODELS, model_entry
 from engine.models.memory import MEMORY_MODES
 from engine.models.vit_film import ATTENTION
 from engine.training.noise_schedules import NOISE
+from engine.training.optimizers import OPTIMIZER_MEMORY, OPTIMIZERS
 from engine.training.spaces import SPACES, space_for
 from engine.training.tensorboard import TRAINING_LOGS
 
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
 DISTILL = ("none", "mse", "kl")
-OPTIMIZERS = ("adam", "adamw")
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -143,6 +143,14 @@ class TrainConfig:
         "what a latent model keeps for its backward: plain (eager autograd) | lean (the same function and weights; "
         "fused MLPs that recompute their GELU, blocks recomputed in the backward: less memory, more time)",
         MEMORY_MODES,
+    )
+    optimizer_memory: str = option(
+        "plain",
+        "the optimizer's side of the step's memory: plain (one step after the backward, all gradients alive at "
+        "once) | in-backward (each parameter stepped as its gradient is ready, then the gradient dropped: the same "
+        "update) | in-backward-bf16 (and Adam's moments stored in bf16, rounded stochastically: half the optimizer "
+        "state, not bit-identical to fp32 moments); one rank only",
+        OPTIMIZER_MEMORY,
     )
     device: str | None = option(None, "cpu | cuda | cuda:N (default: cuda:$LOCAL_RANK when available)")
     checkpoint_every: int = option(0, "steps between checkpoints inside an epoch (0: at epoch ends only)")

@@ -106,8 +106,12 @@ class LatentInputs:
         c_in = (lv.alpha.square() * self.target_std**2 + lv.sigma.square()).rsqrt()
         return lv.alpha * c_in, lv.sigma * c_in
 
-    def noised(self, latents: torch.Tensor, levels: NoiseLevels, step: int) -> torch.Tensor:
-        """Standardised, masked (``mask_p``) and noised latents of training step ``step``, float32."""
+    def noised(
+        self, latents: torch.Tensor, levels: NoiseLevels, step: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Standardised, masked (``mask_p``) and noised latents of training step ``step``, in ``dtype``: float32, or
+        the dtype the network computes in (``objective.network_input_dtype``), cast to straight from add_noise's
+        output in the stored dtype, with no float32 copy between."""
         alpha, sigma = self._scaled(levels)
         return add_noise(
             latents,
@@ -118,7 +122,7 @@ class LatentInputs:
             seed=self._key(step, 2),
             mask_p=self.mask_p,
             target_std=self.target_std,
-        ).float()
+        ).to(dtype)
 
     def at_level(self, latents: torch.Tensor, level: int) -> tuple[torch.Tensor, NoiseLevels]:
         """Unmasked input at Karras level ``level`` (CLEAN_LEVEL: the lowest trained sigma), for evaluation."""

@@ -91,6 +91,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def network_input_dtype(device: torch.device) -> torch.dtype:
+    """The dtype a latent network is handed its input in: the one ``autocast`` runs its stem in (bf16 on CUDA,
+    float32 on the CPU). Casting the stored fp16 values there directly gives the values autocast's stem would
+    cast a float32 copy to (fp16 is exact in float32), without keeping that copy alive through the forward."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 class LatentObjective:
     """sigma -> noised latents (or the epoch's augmented views, --views) -> the (FiLM) network -> the loss."""
 
@@ -110,7 +117,8 @@ class LatentObjective:
         latents = batch.latents if self.views is None else self.views.latents(batch)
         with record_function(NOISE_LABEL):
             levels = self.inputs.draw_levels(len(batch), step)  # sigma per sample (paper: 32 Karras levels)
-            x = self.inputs.noised(latents, levels, step)  # (z - mean) / std * 0.5, masked, + sigma * eps
+            # (z - mean) / std * 0.5, masked, + sigma * eps, in the dtype the network's stem computes in
+            x = self.inputs.noised(latents, levels, step, network_input_dtype(latents.device))
         c_noise = levels.c_noise if self.noise_conditioned else None  # ln(sigma) / 4, embedded as in EDM2
         with autocast(x.device):
             logits = net(x, c_noise)  # FiLM h * (1 + gamma) + beta after every stage, fused with the next norm

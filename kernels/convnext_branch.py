@@ -1,0 +1,129 @@
+"""A ConvNeXt block's residual branch (7x7 depthwise conv, LayerNorm, fc1, GELU, fc2, layer scale) that keeps only
+its input, in the compute dtype, for the backward.
+
+``kernels.fused_mlp`` alone still leaves the conv in front of it to eager autograd: the conv keeps its input (under
+autocast a bf16 copy of the fp32 residual stream) and the fused MLP keeps the conv's output, 4 bytes per element
+of the block's C x H x W under bf16 autocast. Here the conv's input, cast once to the compute dtype (the cast
+autocast makes for the conv anyway), is the one tensor kept; the backward reruns the depthwise conv (a cheap op:
+49 multiply-adds per element) and then the fused MLP's backward, then the conv's: 2 bytes per element.
+
+Same mathematics as the plain modules, op for op: the conv in the compute dtype on casts of the same fp32
+weights, its output handed to the fused MLP (``kernels.fused_mlp``, whose forward and backward this reuses), the
+gradient reaching the conv in the conv output's dtype, as autograd would pass it. Plain torch ops, so it runs
+wherever torch does; there is no Triton path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.common import compute_dtype
+from kernels.fused_mlp import mlp_backward, mlp_output
+
+
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The conv's output, channels last (the view the block's LayerNorm reads)."""
+    padding = weight.shape[-1] // 2
+    return F.conv2d(x, weight.to(dtype), bias.to(dtype), padding=padding, groups=x.shape[1]).permute(0, 2, 3, 1)
+
+
+class _ConvNeXtBranch(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, conv_weight, conv_bias, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale):
+        dtype = compute_dtype(x)
+        kept = x.to(dtype)  # x itself where it already is in the compute dtype
+        h = _depthwise(kept, conv_weight, conv_bias, dtype)
+        y = mlp_output(h, (norm_weight, norm_bias, eps), w1, b1, w2, b2, scale, "none", dtype)
+        ctx.save_for_backward(kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale)
+        ctx.eps, ctx.dtype, ctx.x_dtype = eps, dtype, x.dtype
+        return y.permute(0, 3, 1, 2)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dy):
+        kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
+        dtype = ctx.dtype
+        h = _depthwise(kept, conv_weight, conv_bias, dtype)
+        norm = (norm_weight, norm_bias, ctx.eps)
+        needs_norm = (True, *ctx.needs_input_grad[3:5])  # the conv output's gradient, always
+        dh, *grads = mlp_backward(dy.permute(0, 2, 3, 1), h, norm, w1, b1, w2, b2, scale, "none", dtype, needs_norm)
+        dh = dh.to(dtype).permute(0, 3, 1, 2)  # as autograd hands it to the conv: in its output's dtype
+        del h  # the rerun conv's output, no longer needed: the conv's backward reads its input
+        channels, size = conv_weight.shape[0], conv_weight.shape[-1]
+        dx, dconv_weight, dconv_bias = torch.ops.aten.convolution_backward(
+            dh,
+            kept,
+            conv_weight.to(dtype),
+            [channels],
+            [1, 1],
+            [size // 2, size // 2],
+            [1, 1],
+            False,
+            [0, 0],
+            channels,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+        )
+        return (
+            None if dx is None else dx.to(ctx.x_dtype),
+            None if dconv_weight is None else dconv_weight.to(conv_weight.dtype),
+            None if dconv_bias is None else dconv_bias.to(conv_bias.dtype),
+            *grads[:2],
+            None,
+            *grads[2:],
+        )
+
+
+def convnext_branch(
+    x: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor,
+    norm: tuple[torch.Tensor, torch.Tensor, float],
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    layer_scale: torch.Tensor,
+) -> torch.Tensor:
+    """``layer_scale * fc2(gelu(fc1(LayerNorm(dwconv(x)))))`` of (B, C, H, W) maps, keeping only x (in the compute
+    dtype) for the backward.
+
+    conv: (C, 1, k, k) depthwise, odd k, padding k // 2, and (C,); norm: (weight, bias, eps) over C; fc1: (H, C),
+    (H,); fc2: (C, H), (C,); layer_scale: (C,). Returns (B, C, H, W) (a channels-last view, as the block's permutes).
+    """
+    channels = x.shape[1] if x.dim() == 4 else None
+    if channels is None or conv_weight.shape[:2] != (channels, 1) or conv_weight.shape[-1] % 2 == 0:
+        raise ValueError(
+            f"convnext_branch: x {tuple(x.shape)} and conv {tuple(conv_weight.shape)}: expected x (B, C, H, W) and a "
+            "depthwise conv (C, 1, k, k) with odd k"
+        )
+    if fc1_weight.shape[1] != channels or fc2_weight.shape != (channels, fc1_weight.shape[0]):
+        raise ValueError(
+            f"convnext_branch: fc1 {tuple(fc1_weight.shape)} and fc2 {tuple(fc2_weight.shape)} do not chain with "
+            f"{channels} channels; expected fc1 (H, {channels}), fc2 ({channels}, H)"
+        )
+    if layer_scale.shape != (channels,):
+        raise ValueError(f"convnext_branch: layer_scale {tuple(layer_scale.shape)} must be ({channels},)")
+    norm_weight, norm_bias, eps = norm
+    return _ConvNeXtBranch.apply(
+        x, conv_weight, conv_bias, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, layer_scale
+    )
+
+
+def convnext_branch_reference(
+    x: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor,
+    norm: tuple[torch.Tensor, torch.Tensor, float],
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    layer_scale: torch.Tensor,
+) -> torch.Tensor:
+    """The plain modules' composition (what the block computes without the fused op), for the tests."""
+    h = F.conv2d(x, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2, groups=x.shape[1])
+    h = F.layer_norm(h.permute(0, 2, 3, 1), (x.shape[1],), *norm)
+    y = F.linear(F.gelu(F.linear(h, fc1_weight, fc1_bias)), fc2_weight, fc2_bias) * layer_scale
+    return y.permute(0, 3, 1, 2)
