@@ -7,13 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_study import encode_synthetic, train_image_arm
 
-from engine.autoencoders import load_autoencoder
 from engine.cli import main as engine_main
-from engine.encode import EncodeOptions, encode
 from engine.inspect_store import inspect
 from engine.losses.feature_distillation import cka_loss
-from engine.sources import open_source
 from engine.store import open_store
 
 SIZES = {"train": 32, "val": 16, "test": 16}
@@ -51,27 +49,10 @@ def test_the_loss_is_one_minus_linear_cka_and_blind_to_rotation_scale_and_width(
 def store(tmp_path_factory) -> dict[str, Path]:
     """A 32 px store with an image teacher's logits and features added."""
     root = tmp_path_factory.mktemp("featdistill")
-    args = {"spec": None, "image_size": 32, "sizes": SIZES, "cache_dir": str(root / "cache")}
-    out = root / "latents.zarr"
-    encode(
-        open_source(**args),
-        load_autoencoder("default"),
-        EncodeOptions(out=out, image_size=32, block_samples=16, source_args=args),
-        log=lambda *_: None,
-    )
-    image = root / "image"
-    budget = ["--epochs", "1", "--batch-size", "16", "--curve-levels", "1"]
-    assert (
-        engine_main(
-            ["train", "--store", str(out), "--space", "image", "--model", "resnet18", "--out", str(image), *budget]
-        )
-        == 0
-    )
-    assert (
-        engine_main(["encode", "--out", str(out), "--teacher", str(image / "best.safetensors"), "--teacher-name", "t0"])
-        == 0
-    )
-    return {"store": out, "image": image / "best.safetensors", "root": root}
+    out = encode_synthetic(root / "latents.zarr", SIZES)
+    image = train_image_arm(out, root / "image", epochs=1)
+    assert engine_main(["encode", "--out", str(out), "--teacher", str(image), "--teacher-name", "t0"]) == 0
+    return {"store": out, "image": image, "root": root}
 
 
 def test_the_stored_features_are_what_the_teachers_head_reads_and_are_checksummed(store):

@@ -20,6 +20,7 @@ from engine.sources import open_source
 from engine.sources.preprocess import resize
 from engine.store import open_store
 from engine.training.inputs import ImageInputs, LatentInputs
+from engine.training.spaces import space_for
 
 SIZES = {"train": 48, "val": 16, "test": 16}
 GAP = ["--epochs", "1", "--seeds", "2", "--batch-size", "16", "--curve-levels", "2"]
@@ -311,7 +312,7 @@ def test_an_arm_that_cannot_run_is_reported_as_skipped_with_its_reason(stores, t
 def test_the_arms_beyond_the_paper_run_as_their_table_entries_say(stores, tmp_path):
     out = tmp_path / "matched"
     budget = ["--epochs", "1", "--seeds", "1", "--batch-size", "16", "--curve-levels", "1"]
-    arms = "image,latent-aug,latent-featdistill,latent-matched,latent-graft"
+    arms = "image,latent-aug,latent-featdistill,latent-matched,latent-graft,decoder-1"
     argv = ["gap", "--store", str(stores["zarr"]), "--out", str(out), "--arms", arms, "--views", "2", *budget]
     assert engine_main(argv) == 0
     report = json.loads((out / "gap.json").read_text())
@@ -335,6 +336,10 @@ def test_the_arms_beyond_the_paper_run_as_their_table_entries_say(stores, tmp_pa
     featdistill = json.loads((Path(runs["latent-featdistill"]) / "config.json").read_text())["train"]
     assert featdistill["feature_distill"] == 1.0 and featdistill["distill"] == "none"
     assert featdistill["teacher"] == "teacher_split_seed0" and featdistill["model"] == "adm-s-film"
+    decoded = json.loads((Path(runs["decoder-1"]) / "config.json").read_text())
+    assert decoded["train"]["space"] == "decoder-1" and decoded["train"]["model"] == "adm-s"  # the latent's twin
+    mid_block = space_for("decoder-1").input_shape(open_store(stores["zarr"]).manifest, 32)
+    assert decoded["model"]["in_channels"] == mid_block[0] and decoded["model"]["latent_size"] == mid_block[1]
     graft = json.loads((Path(runs["latent-graft"]) / "config.json").read_text())["graft"]
     assert graft["checkpoint"] == str(image_ckpt.resolve()) and graft["val_error_after"] < graft["val_error_before"]
     # without the image arm there is nothing to graft from: skipped, with the reason

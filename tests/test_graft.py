@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_study import encode_synthetic, train_image_arm
 
-from engine.autoencoders import load_autoencoder
 from engine.cli import main as engine_main
-from engine.encode import EncodeOptions, encode
 from engine.loaders import select
-from engine.sources import open_source
 from engine.store import open_store
 from engine.train import build_loss
 from engine.training.config import TrainConfig
@@ -26,23 +24,8 @@ CPU = torch.device("cpu")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A 32 px store of the shipped autoencoder's 4x8x8 latents and an image classifier trained on it."""
     root = tmp_path_factory.mktemp("graft")
-    args = {"spec": None, "image_size": 32, "sizes": SIZES, "cache_dir": str(root / "cache")}
-    store = root / "latents.zarr"
-    encode(
-        open_source(**args),
-        load_autoencoder("default"),
-        EncodeOptions(out=store, image_size=32, block_samples=16, source_args=args),
-        log=lambda *_: None,
-    )
-    image = root / "image"
-    train = ["--epochs", "2", "--batch-size", "16", "--patience", "2", "--curve-levels", "1"]
-    assert (
-        engine_main(
-            ["train", "--store", str(store), "--space", "image", "--model", "resnet18", "--out", str(image), *train]
-        )
-        == 0
-    )
-    return {"store": store, "image": image / "best.safetensors", "root": root}
+    store = encode_synthetic(root / "latents.zarr", SIZES)
+    return {"store": store, "image": train_image_arm(store, root / "image", epochs=2), "root": root}
 
 
 def test_the_fit_keeps_the_image_stages_and_lowers_the_feature_error_on_held_out_images(runs):

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_study import encode_synthetic
 
-from engine.autoencoders import load_autoencoder
 from engine.cli import main as engine_main
-from engine.encode import EncodeOptions, encode
 from engine.errors import UsageError
 from engine.loaders import make_loader, select
-from engine.sources import open_source
 from engine.store import open_store
 from engine.train import build_loss
 from engine.training import config
@@ -31,15 +29,7 @@ MODELS = {"latent": "adm-s-film", "image": "resnet18", "recon": "resnet18"}  # s
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """A 32 px store of 4x4x4 latents, with its reconstructions (for the recon space)."""
-    root = tmp_path_factory.mktemp("spaces")
-    args = {"spec": None, "image_size": 32, "sizes": SIZES, "cache_dir": str(root / "cache")}
-    out = root / "latents.zarr"
-    encode(
-        open_source(**args),
-        load_autoencoder("default-untrained"),
-        EncodeOptions(out=out, image_size=32, block_samples=16, source_args=args),
-        log=lambda *_: None,
-    )
+    out = encode_synthetic(tmp_path_factory.mktemp("spaces") / "latents.zarr", SIZES, "default-untrained")
     assert engine_main(["encode", "--out", str(out), "--reconstructions"]) == 0
     return out
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_study import encode_synthetic
 
 from engine.autoencoders import Autoencoder, load_autoencoder
 from engine.autoencoders.equivariance import equivariance_error
 from engine.cli import main as engine_main
-from engine.encode import EncodeOptions, encode
 from engine.inspect_store import inspect
 from engine.loaders import Batch, select
 from engine.sources import open_source
@@ -30,23 +30,11 @@ K = 3
 FAST = ["--model", "adm-s-film", "--batch-size", "16", "--epochs", "2", "--lr", "1e-3", "--loader", "resident"]
 
 
-def _store(root: Path, fmt: str) -> Path:
-    args = {"spec": None, "image_size": 32, "sizes": SIZES, "cache_dir": str(root / "cache")}
-    out = root / f"latents.{fmt}"
-    encode(
-        open_source(**args),
-        load_autoencoder("default-untrained"),
-        EncodeOptions(out=out, fmt=fmt, image_size=32, block_samples=16, source_args=args),
-        log=lambda *_: None,
-    )
-    return out
-
-
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory) -> dict[str, Path]:
     """Complete stores without views, one per container."""
     root = tmp_path_factory.mktemp("plain")
-    return {fmt: _store(root, fmt) for fmt in ("zarr", "wds")}
+    return {fmt: encode_synthetic(root / f"latents.{fmt}", SIZES, "default-untrained", fmt) for fmt in ("zarr", "wds")}
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from engine.models import model_entry, plain_variant
 IMAGE, RECON, LATENT, LATENT_PLAIN, LATENT_DISTILL = "image", "recon", "latent", "latent-plain", "latent-distill"
 LATENT_MATCHED, LATENT_GRAFT, LATENT_FEATDISTILL = "latent-matched", "latent-graft", "latent-featdistill"
 LATENT_AUG = "latent-aug"
+DECODER_ARMS = (1, 2)  # decoder-k arms: the decoder's mid block alone, then with its first up block
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,22 @@ class Arm:
         return f"{self.gap.title} ({self.gap.above} - {self.name})"
 
 
+def decoder_arm(blocks: int) -> Arm:
+    """A decoder-k arm: the latents through the first k blocks of the autoencoder's own decoder (frozen), then
+    the latent model's unconditioned twin; its space (--space decoder-k) is the one of the same name."""
+    name = f"decoder-{blocks}"
+    return Arm(
+        name,
+        f"diagnostic: the stored latents through the first {blocks} block(s) of the autoencoder's own decoder "
+        "(frozen; the mid block, then up blocks), then the latent model without noise conditioning; clean "
+        "inputs, no augmentation: where along the decoder learnability appears (decodes part of every batch)",
+        name,
+        plain_latent_model,
+        recovers=over_latent(name.replace("-", "_")),
+        in_paper=False,
+    )
+
+
 ARMS: tuple[Arm, ...] = (
     Arm(
         IMAGE,
@@ -179,6 +196,7 @@ ARMS: tuple[Arm, ...] = (
         in_paper=False,
         settings=MATCHED,
     ),
+    *(decoder_arm(k) for k in DECODER_ARMS),
 )
 
 

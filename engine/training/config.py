@@ -63,7 +63,8 @@ class TrainConfig:
     space: str = option(
         "latent",
         "latent (default) | image: the originals | recon: the store's reconstructions (same classifier, "
-        "augmentation and budget as image)",
+        "augmentation and budget as image) | decoder-K: the latents through the first K blocks of the store's "
+        "own decoder, frozen, for a model without noise conditioning (a diagnostic)",
         tuple(SPACES),
     )
     model: str | None = option(

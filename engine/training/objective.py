@@ -143,12 +143,31 @@ class ImageObjective:
         return self.loss(logits.float(), batch)
 
 
+class DecodedObjective:
+    """stored latents -> the frozen first blocks of the decoder -> the network -> the loss (decoder-k arms)."""
+
+    def __init__(self, prefix: torch.nn.Module, loss: TrainingLoss, seed: int):
+        self.prefix, self.loss, self.seed = prefix, loss, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loss.set_epoch(epoch)
+
+    def __call__(self, net: torch.nn.Module, batch: Batch, step: int) -> torch.Tensor:
+        torch.manual_seed(step_seed(self.seed, step))  # the network's own draws (dropout, stochastic depth)
+        x = self.prefix(batch.latents)  # clean: no noise, no mask, no flip (a diagnostic of the input alone)
+        with autocast(x.device):
+            logits = net(x, None)
+        return self.loss(logits.float(), batch)
+
+
 class FeatureDistilled:
     """An objective plus ``weight`` * (1 - linear CKA) of the network's pooled features against the stored
     teacher's of the same samples (engine/losses/feature_distillation.py): what the batch's samples look like to
     the student, pulled toward what they look like to the image network."""
 
-    def __init__(self, inner: LatentObjective | ImageObjective, model: torch.nn.Module, weight: float):
+    def __init__(
+        self, inner: LatentObjective | ImageObjective | DecodedObjective, model: torch.nn.Module, weight: float
+    ):
         self.inner, self.weight, self.loss = inner, weight, inner.loss
         self.features = PooledFeatures(model)
 
@@ -163,7 +182,7 @@ class FeatureDistilled:
 def train_step(
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    objective: LatentObjective | ImageObjective,
+    objective: LatentObjective | ImageObjective | DecodedObjective,
     batch: Batch,
     step: int,
 ) -> torch.Tensor:

@@ -5,7 +5,10 @@
 - ``image``: the images the store was encoded from, cached on the device and augmented there
   (``ImageInputs``): the paper's image-space baseline, and the only classifier that can be a teacher;
 - ``recon``: the same image classifier on the store's reconstructions D(E(x)) (`engine encode
-  --reconstructions`): what the autoencoder keeps, seen through pixels.
+  --reconstructions`): what the autoencoder keeps, seen through pixels;
+- ``decoder-k``: the latents through the first k blocks of the store's own decoder, frozen
+  (``engine.models.decoder_prefix``), for a classifier without noise conditioning: where along the decoder
+  learnability appears (a diagnostic: it decodes at every step).
 
 A space builds the network for a store, the training objective and the evaluation inputs (through its
 ``Feed``, bound to one store and device), says which parts of a store a checkpoint depends on, and what
@@ -23,20 +26,29 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
+from engine.autoencoders import reload_autoencoder
 from engine.errors import UsageError
 from engine.loaders import Batch, Selection
-from engine.models import build_model, load_pretrained
+from engine.models import build_model, load_pretrained, model_entry
+from engine.models.decoder_prefix import DecoderPrefix
 from engine.store import LatentStore
 from engine.training.checkpoint import store_differences
 from engine.training.inputs import ImageInputs, LatentInputs, clean_level
-from engine.training.objective import FeatureDistilled, ImageObjective, LatentObjective, TrainingLoss
+from engine.training.objective import (
+    DecodedObjective,
+    FeatureDistilled,
+    ImageObjective,
+    LatentObjective,
+    TrainingLoss,
+)
 from engine.training.views import TrainingViews
 
 if TYPE_CHECKING:  # the config names the spaces; the spaces only read a config handed to them
     from engine.training.config import TrainConfig
 
 EvalInput = Callable[[Batch], tuple[torch.Tensor, torch.Tensor | None]]  # batch -> (x, c_noise or None)
-Objective = LatentObjective | ImageObjective | FeatureDistilled
+Objective = LatentObjective | ImageObjective | DecodedObjective | FeatureDistilled
+DECODER_BLOCKS = range(1, 6)  # decoder-1 .. decoder-5: a mid block and up to four up blocks (SD's, FLUX's)
 
 
 class Training(NamedTuple):
@@ -98,6 +110,19 @@ class ImageFeed(Feed):
 
     def eval_input(self, selection: Selection, clean_eval: str, noise_conditioned: bool) -> EvalInput:
         return self._images(selection).eval_input  # images carry no noise: --clean-eval does not apply
+
+
+class DecodedFeed(Feed):
+    """Clean stored latents through a frozen decoder prefix, for training and evaluation alike."""
+
+    def __init__(self, prefix: DecoderPrefix, seed: int):
+        self.prefix, self.seed = prefix, seed
+
+    def objective(self, selection: Selection, loss: TrainingLoss, noise_conditioned: bool) -> DecodedObjective:
+        return DecodedObjective(self.prefix, loss, self.seed)
+
+    def eval_input(self, selection: Selection, clean_eval: str, noise_conditioned: bool) -> EvalInput:
+        return lambda batch: (self.prefix(batch.latents), None)
 
 
 class Space(ABC):
@@ -218,7 +243,55 @@ class ReconSpace(ImageSpace):
     store_fields = ("autoencoder_hash",)
 
 
-SPACES: dict[str, Space] = {space.name: space for space in (LatentSpace(), ImageSpace(), ReconSpace())}
+class DecodedSpace(Space):
+    """The store's latents through the first ``blocks`` blocks of its own decoder (frozen), then a classifier.
+
+    The features are those of the very latents the store holds, clean (no noise, mask or flip): the arm asks
+    how learnable the input is at that depth of the decoder, not how well a recipe trains. A network without
+    noise conditioning takes them (a FiLM model would only ever see its clean level).
+    """
+
+    input_kind = "decoder features"
+    default_model = "adm-s"
+    store_fields = ("latent_shape", "image_size", "autoencoder_hash")
+
+    def __init__(self, blocks: int):
+        self.blocks, self.name = blocks, f"decoder-{blocks}"
+        self._shapes: dict[str, tuple[int, int, int]] = {}
+
+    def prefix(self, manifest: dict, device: torch.device) -> DecoderPrefix:
+        """The prefix of the autoencoder the store records (reloaded, its config hash checked), on ``device``."""
+        ae = reload_autoencoder(manifest["autoencoder"], device)
+        return DecoderPrefix(ae.module, self.blocks)
+
+    def input_shape(self, manifest: dict, image_size: int) -> tuple[int, int, int]:
+        """(C, H, W) after the prefix: one zero latent through it, once per autoencoder."""
+        key = manifest["autoencoder"]["config_hash"]
+        if key not in self._shapes:
+            z = torch.zeros(1, *manifest["latent_shape"])
+            self._shapes[key] = tuple(self.prefix(manifest, torch.device("cpu"))(z).shape[1:])
+        return self._shapes[key]
+
+    def network_args(self, manifest: dict) -> dict[str, int]:
+        c, h, _ = self.input_shape(manifest, 0)
+        return {"in_channels": c, "latent_size": h}
+
+    def network(self, cfg: TrainConfig, manifest: dict, image_size: int, device: torch.device, log) -> torch.nn.Module:
+        if model_entry(cfg.model).noise_conditioned:
+            raise UsageError(
+                f"--space {self.name} --model {cfg.model}: the decoder's features carry no noise for FiLM to "
+                f"read; use its unconditioned twin --model {model_entry(cfg.model).plain}"
+            )
+        return super().network(cfg, manifest, image_size, device, log)
+
+    def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> DecodedFeed:
+        return DecodedFeed(self.prefix(store.manifest, device), cfg.seed)
+
+
+SPACES: dict[str, Space] = {
+    space.name: space
+    for space in (LatentSpace(), ImageSpace(), ReconSpace(), *(DecodedSpace(k) for k in DECODER_BLOCKS))
+}
 
 
 def space_for(name: str) -> Space:
