@@ -168,6 +168,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.optimizer_memory)
     recipe, config = objective.loss.recipe, cfg.to_dict()
     learning_rate = LrSchedule.from_config(cfg, recipe)
+    if learning_rate.lr != cfg.lr:
+        say(f"learning rate {learning_rate.lr:.3g}: --lr {cfg.lr:g} scaled {cfg.lr_scaling} to batch {cfg.batch_size}")
     state = RunState()
     recorded = (
         run.start(

@@ -11,12 +11,14 @@ from engine.autoencoders import load_autoencoder
 from engine.cli import add_train
 from engine.cli import main as engine_main
 from engine.encode import EncodeOptions, encode
+from engine.losses import recipe as loss_recipe
 from engine.models import MODELS, PAPER
 from engine.sources import open_source
-from engine.training.config import TrainConfig
+from engine.training.config import LR_SCALING, LrSchedule, TrainConfig
 from engine.training.options import add_config_options, config_from_args, given_options
 
 PAPER_DEFAULTS = {"lr": 1e-4, "warmup_steps": 0, "noise": "karras", "mask_p": 0.2}
+LOSS_RECIPE = loss_recipe("ce", multilabel=False)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -128,3 +130,28 @@ def test_vit_s_film_trains_with_its_recipe_and_records_it(store, tmp_path, capsy
     # a resume compares the resolved values: the recipe's edm against an explicit karras differs
     assert engine_main([*args, *quick, "--out", str(run), "--resume", "--noise", "karras"]) == 1
     assert "--resume with other settings (noise)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("scaling", "factor"), [("none", 1.0), ("sqrt", 0.25), ("linear", 1 / 16)])
+def test_lr_scaling_scales_the_recorded_lr_once_from_the_papers_batch(scaling, factor):
+    cfg = train_config("--batch-size", "16", "--lr", "1e-3", "--lr-scaling", scaling, "--model", "adm-s-film")
+    recipe = LOSS_RECIPE  # plain cross-entropy: its lr factor is 1 at every epoch
+    assert cfg.lr == 1e-3  # config.json keeps the --lr given
+    assert LrSchedule.from_config(cfg, recipe).lr == pytest.approx(1e-3 * factor)
+    again = TrainConfig.from_dict(cfg.to_dict())  # how a resume rebuilds it: scaled once, not twice
+    assert LrSchedule.from_config(again, recipe).lr == pytest.approx(1e-3 * factor)
+    assert LrSchedule.from_config(train_config("--batch-size", "1024", "--lr-scaling", scaling), recipe).lr == (
+        pytest.approx(1e-4 * 4 ** LR_SCALING[scaling])
+    )
+
+
+def test_a_run_with_lr_scaling_steps_with_the_scaled_rate_and_records_the_option(store, tmp_path, capsys):
+    run = tmp_path / "scaled"
+    args = ["train", "--store", str(store), "--model", "adm-s-film", "--batch-size", "16", "--epochs", "1"]
+    quick = ["--max-steps", "2", "--curve-levels", "1", "--lr", "1e-3", "--warmup-steps", "0", "--loss", "ce"]
+    assert engine_main([*args, *quick, "--lr-scaling", "sqrt", "--out", str(run)]) == 0
+    assert "learning rate 0.00025: --lr 0.001 scaled sqrt to batch 16" in capsys.readouterr().out
+    recorded = json.loads((run / "config.json").read_text())["train"]
+    assert (recorded["lr"], recorded["lr_scaling"]) == (1e-3, "sqrt")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records if "loss" in r] == pytest.approx([2.5e-4, 2.5e-4])

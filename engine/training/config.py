@@ -30,6 +30,11 @@ from engine.training.tensorboard import TRAINING_LOGS
 CLEAN_EVALS = ("lowest", "reference")  # evaluation at the lowest trained noise level, or as the reference code
 
 DISTILL = ("none", "mse", "kl")
+# --lr-scaling: the learning rate times (batch / REFERENCE_BATCH) ** exponent. Linear is Goyal et al.'s rule for
+# SGD (2017); square root is what Adam needs to keep its update noise (Malladi et al., NeurIPS 2022), and the
+# safer one for this engine's Adam/AdamW. The reference is the paper's batch, at which its learning rates were set.
+LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+REFERENCE_BATCH = 256
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -49,7 +54,10 @@ class LrSchedule:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, recipe: LossRecipe) -> LrSchedule:
-        return cls(cfg.lr, cfg.warmup_steps, recipe)
+        """--lr scaled by --lr-scaling here, not in the config: config.json keeps the --lr given (or the
+        recipe's), so a resume, which rebuilds the config from that record, scales it once, as the run did."""
+        scale = (cfg.batch_size / REFERENCE_BATCH) ** LR_SCALING[cfg.lr_scaling]
+        return cls(cfg.lr * scale, cfg.warmup_steps, recipe)
 
     def __call__(self, epoch: int, step: int) -> float:
         warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
@@ -98,6 +106,12 @@ class TrainConfig:
         "--lr 1e-4)",
     )
     batch_size: int = option(256, "samples per step, over all ranks (the paper: 256)")
+    lr_scaling: str = option(
+        "none",
+        f"large batches: --lr times (--batch-size / {REFERENCE_BATCH}) to the power 1/2 (sqrt, Adam's rule) or 1 "
+        "(linear); none keeps --lr whatever the batch",
+        tuple(LR_SCALING),
+    )
     epochs: int = option(60, "at most this many epochs (the paper: 60)")
     patience: int = option(15, "early stopping on validation balanced accuracy: epochs without improvement")
     drw_epoch: int = option(DRW_EPOCH, "deferred re-weighting: class-balanced weights and lr x0.1 from this epoch")
