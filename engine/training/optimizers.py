@@ -2,20 +2,20 @@
 
 ``plain``: one Adam/AdamW over all parameters, stepped after the backward, so every gradient (as large as the
 weights) is alive at once, and until the next step's ``zero_grad`` even through the next forward.
-``in-backward``: the parameters in buckets of about ``BUCKET_BYTES``, filled in reverse registration order (the
-order a backward produces gradients in), one Adam/AdamW per bucket, stepped in a post-accumulate-grad hook as
-soon as the bucket's last gradient is ready, which are then dropped (PyTorch's tutorial "How to save memory by
-fusing the optimizer step into the backward pass", stepping buckets as DDP reduces them): at most a few
-buckets' gradients are alive at any time. Buckets, not single parameters, because every optimizer step launches
-kernels: one optimizer per parameter launched a few per parameter, one per bucket launches a few per bucket
-(with the fused kernel below). A parameter that gets no gradient in a step would leave its bucket waiting:
-``step`` after the backward steps every bucket still partly filled. The same update, parameter by parameter, so
-the same weights as ``plain`` (bit for bit where the implementations agree: on a CPU, which loops per tensor
-either way).
-``in-backward-bf16``: the same, with Adam's two moments stored in bf16 (``Bf16MomentAdam``): the optimizer's
-state halves, from 8 to 4 bytes per parameter. Not the same mathematics: the moments are rounded after every
-update, stochastically, since round-to-nearest would freeze the second moment (its per-step change, 1 - beta2
-= 0.1 % of itself, is below bf16's half-ulp of 0.2 %).
+``in-backward``: the parameters in buckets of about ``BUCKET_BYTES``, filled in reverse registration order (roughly
+the order a backward produces gradients in), one Adam/AdamW per bucket, stepped in a post-accumulate-grad hook as
+soon as the bucket's last gradient is ready, its gradients then dropped (PyTorch's tutorial "How to save memory by
+fusing the optimizer step into the backward pass", stepping buckets as DDP reduces them): a few buckets' gradients
+are alive at any time (a gradient that comes late, such as a FiLM layer's, registered last but reached at the end
+of the backward, holds its bucket open). Buckets, not single parameters, because every optimizer step launches
+kernels: one optimizer per parameter launched a few per parameter, one per bucket launches a few per bucket (with
+the fused kernel below). A parameter that gets no gradient in a step would leave its bucket waiting: ``step`` after
+the backward steps every bucket still partly filled. The same update, parameter by parameter, so the same weights
+as ``plain`` (bit for bit where the implementations agree: on a CPU, which loops per tensor either way).
+``in-backward-bf16``: the same, with Adam's two moments stored in bf16 (``Bf16MomentAdam``, updating a bucket in
+multi-tensor ops): the optimizer's state halves, from 8 to 4 bytes per parameter. Not the same mathematics: the
+moments are rounded after every update, stochastically, since round-to-nearest would freeze the second moment (its
+per-step change, 1 - beta2 = 0.1 % of itself, is below bf16's half-ulp of 0.2 %).
 
 Adam's implementation follows the device, not the run: on CUDA torch's fused kernel (``fused=True``: one launch
 for many tensors, where the foreach default launches one per element-wise pass and the CPU's default loops per
@@ -45,11 +45,13 @@ from engine.errors import UsageError
 
 # Bytes of parameters stepped together in the backward: DDP's default bucket (bucket_cap_mb=25), for the same
 # trade. Large enough that a bucket's step is a few multi-tensor launches however many small tensors it holds
-# (ConvNeXt-T's 28 M parameters make five buckets of its ~180 tensors); small enough that the gradients waiting
-# for their bucket's last stay a small part of all of them (112 MB for ConvNeXt-T in fp32).
+# (convnext-t-film's 28.7 M parameters make five buckets of its 192 tensors); small enough that the gradients
+# waiting for their bucket's last stay a small part of all of them (115 MB for convnext-t-film in fp32).
 BUCKET_BYTES = 25 * 2**20
 # Elements Bf16MomentAdam updates at once, in pieces of one or more parameters: its float32 temporaries (three
 # of 4 bytes an element) stay at about 50 MiB, in proportion to a bucket's gradients, whatever the bucket holds.
+# A quarter of it launches more (predicted by bench.predict, convnext-t-film @ flux2-512 lean at batch 256: 2,638
+# ops in the step against 2,068) for a peak lower by 12 MB of its 694.
 UPDATE_CHUNK = 2**22
 # Device types whose parameters Adam steps with torch's fused kernel (bench.predict's CUDA emulation patches in
 # its stand-in, the CPU). Not the CPU itself: its fused kernel computes in another order than the per-tensor
