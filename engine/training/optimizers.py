@@ -275,9 +275,10 @@ class Bf16MomentAdam(torch.optim.Optimizer):
                 state["step"] += 1
                 together.setdefault((state["step"], p.device), []).append(p)
             for (step, device), params in together.items():
-                self._update(params, group, step, self._generator(device, step))
+                self._update_together(params, group, step, self._generator(device, step))
 
-    def _update(self, params: list[torch.Tensor], group: dict, step: int, generator: torch.Generator) -> None:
+    def _update_together(self, params: list[torch.Tensor], group: dict, step: int, generator: torch.Generator) -> None:
+        """Weight decay, then Adam's update of params (all at one step count) in pieces."""
         lr, decay = group["lr"], group["weight_decay"]
         grads = [p.grad for p in params]
         if decay and group["decoupled_weight_decay"]:
