@@ -102,9 +102,12 @@ FIT_ERRORS = (0.0, -0.113, 0.102)  # calibrated / published - 1 at FIT_POINTS, i
 
 
 def _ops(point: FitPoint) -> tuple:
+    """The simulated step of a fit point, its Adam torch's foreach one: the published runs (PyTorch 1.12, SGD)
+    predate torch's fused optimizers, and the efficiencies were fitted to this step."""
     from bench.predict import simulate
 
-    return simulate(point.model, (3, point.size, point.size), point.batch, channels_last=point.channels_last).ops
+    shape = (3, point.size, point.size)
+    return simulate(point.model, shape, point.batch, channels_last=point.channels_last, adam="foreach").ops
 
 
 def samples_per_s(calibration: Calibration, point: FitPoint) -> float:

@@ -28,7 +28,10 @@ So the fake tensors live on the CPU and the CUDA run's dtypes are applied explic
 lists of torch's own ``ATen/autocast_mode.h`` (``AT_FORALL_LOWER_PRECISION_FP``, ``AT_FORALL_FP32``, ...),
 at the Python call, above autograd (so, as with real autocast, autograd saves the bf16 copies), with the
 same weight-cast cache. It wraps exactly the block ``engine.training.objective.autocast`` wraps; weights and
-Adam state stay fp32, Adam runs its foreach implementation (the CUDA default). The fused kernels
+Adam state stay fp32, and Adam runs the implementation ``engine.training.optimizers.build_optimizer`` picks for
+CUDA parameters, torch's fused kernel (``FUSED_DEVICES`` is pointed at the CPU stand-in): ``_fused_adam_`` has a
+fake-tensor kernel, so it runs as one op per optimizer over its tensor lists, costed (as every in-place
+multi-tensor op here, whose schema returns nothing) at the bytes it reads. The fused kernels
 (``kernels``: add_noise, film_layer_norm, group_norm_film_silu, ...) take their Triton path, as on CUDA: the
 autograd wrappers allocate and save exactly what they do on a GPU, and each launch is recorded instead of
 run (a fake tensor has no memory to run on), costing one read or write of each tensor it is passed. (Their
@@ -38,7 +41,7 @@ skipped, since a fake tensor has no values to check. One path still differs:
 ``scaled_dot_product_attention`` takes its math path on CPU tensors, saving the attention matrix that CUDA's
 flash kernel recomputes, so for models with attention (adm-b) memory is an upper bound.
 
-``simulate`` patches process-wide hooks (Triton's launch, Adam's foreach default, the engine's autocast)
+``simulate`` patches process-wide hooks (Triton's launch, Adam's implementation, the engine's autocast)
 for the length of a call: run it where no real GPU work runs in other threads.
 """
 
@@ -65,6 +68,7 @@ from bench.pairing import pairs
 from bench.roofline import Roofline, gpu, roofline_time
 from bench.saved_activations import SavedTensorCounter
 from bench.train_steps import IMAGE_MODELS, Case, StepOptions, build_net, make_step
+from engine.training import optimizers
 from engine.training.objective import TrainingLoss
 
 LABEL = "predicted"
@@ -183,8 +187,14 @@ def _kernels_compute_in(policy: CudaAutocast) -> Iterator[None]:
 
 
 def _foreach_like_cuda(params, differentiable, use_fused=False):
-    """Adam's default on CUDA tensors (foreach); the CPU default (a loop per tensor) needs less memory."""
+    """torch's Adam default on CUDA tensors when not asked for fused (foreach); the CPU default (a loop per tensor)
+    needs less memory."""
     return False, not differentiable
+
+
+# Adam as a simulated step runs it: fused (build_optimizer's choice on CUDA), foreach (torch's own CUDA default, what
+# the calibration's published runs predate fused with), per-tensor (the CPU's, for checking against a real CPU step)
+ADAM_IMPLEMENTATIONS = ("fused", "foreach", "per-tensor")
 
 
 @dataclass(frozen=True)
@@ -234,7 +244,7 @@ def simulate(
     channels_last: bool | None = None,
     loss: str = "ldam-drw",
     kernels: str = "triton",
-    foreach: bool = True,
+    adam: str = "fused",
     memory: str = "plain",
     optimizer_memory: str | None = None,
 ) -> Simulation:
@@ -243,14 +253,16 @@ def simulate(
     autocast: the CUDA run's bf16 autocast around the network (``CudaAutocast``); False: fp32 throughout,
     as on a CPU. channels_last: None means bench's GPU default (image models channels-last, latent not).
     kernels: "triton", the fused kernels' CUDA path (launches recorded); "reference", their plain-torch
-    CPU path (what a CPU run executes, for checking a simulation against one). foreach: Adam's multi-tensor
-    implementation, its default for CUDA tensors; False: its per-tensor loop, the CPU default. memory: plain |
-    lean (``StepOptions.memory``: a latent model's lean mode, an image ResNet's residual blocks recomputed).
-    optimizer_memory: engine train's --optimizer-memory; None: the memory mode's (``OPTIMIZER_MEMORY_OF``: a lean
-    step steps each parameter in the backward and keeps bf16 Adam moments).
+    CPU path (what a CPU run executes, for checking a simulation against one). adam: one of
+    ``ADAM_IMPLEMENTATIONS`` (the in-backward buckets' Adam too; the bf16-moment one has one implementation).
+    memory: plain | lean (``StepOptions.memory``: a latent model's lean mode, an image ResNet's residual blocks
+    recomputed). optimizer_memory: engine train's --optimizer-memory; None: the memory mode's
+    (``OPTIMIZER_MEMORY_OF``: a lean step steps its parameters in the backward, in buckets, with bf16 Adam moments).
     """
     if kernels not in ("triton", "reference"):
         raise ValueError(f"kernels={kernels!r}: expected 'triton' (as on CUDA) or 'reference' (as on CPU)")
+    if adam not in ADAM_IMPLEMENTATIONS:
+        raise ValueError(f"adam={adam!r}: expected one of {', '.join(ADAM_IMPLEMENTATIONS)}")
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -275,7 +287,9 @@ def simulate(
     with contextlib.ExitStack() as stack:
         stack.enter_context(FakeTensorMode())
         stack.enter_context(mock.patch.object(train_steps, "TrainingLoss", _HostBuiltLoss))
-        if foreach:
+        if adam == "fused":  # the fake tensors' device is where build_optimizer fuses, as it does on CUDA
+            stack.enter_context(mock.patch.object(optimizers, "FUSED_DEVICES", (cpu.type,)))
+        elif adam == "foreach":
             stack.enter_context(mock.patch("torch.optim.adam._default_to_fused_or_foreach", _foreach_like_cuda))
         if kernels == "triton":
             stack.enter_context(_fused_kernels_as_on_cuda())
@@ -329,8 +343,8 @@ def simulate(
 
 WEIGHTS_AND_ADAM = {  # per optimizer_memory
     "plain": "fp32 weights and Adam state",
-    "in-backward": "fp32 weights and Adam state, each parameter stepped in the backward",
-    "in-backward-bf16": "fp32 weights, bf16 Adam moments, each parameter stepped in the backward",
+    "in-backward": "fp32 weights and Adam state, stepped in buckets in the backward",
+    "in-backward-bf16": "fp32 weights, bf16 Adam moments, stepped in buckets in the backward",
 }
 PEAK_METHOD = (
     "simulated: torch.distributed._tools.mem_tracker.MemTracker under FakeTensorMode over two whole steps "

@@ -432,7 +432,7 @@ def _predicted_vs_measured(report: dict, log) -> list[dict]:
                 autocast=False,
                 channels_last=row["channels_last"],
                 kernels="reference",
-                foreach=False,
+                adam="per-tensor",
             )
         except (ValueError, RuntimeError) as err:
             log(f"no simulation of {row['case']}: {err}")

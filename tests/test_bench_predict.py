@@ -43,7 +43,7 @@ def test_simulated_peak_matches_a_real_cpu_step(shape, batch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread's scratch buffers, as the simulation has none
     try:
-        sim = simulate("adm-s-film", shape, batch, autocast=False, kernels="reference", foreach=False)
+        sim = simulate("adm-s-film", shape, batch, autocast=False, kernels="reference", adam="per-tensor")
         real = real_step_peak("adm-s-film", shape, batch)
     finally:
         torch.set_num_threads(threads)

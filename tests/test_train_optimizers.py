@@ -1,5 +1,6 @@
-"""--optimizer-memory: the in-backward step gives the plain step's weights, bf16 moments stay close to fp32 ones
-and round without bias, and both resume from a checkpoint exactly."""
+"""--optimizer-memory: the in-backward step gives the plain step's weights in one bucket or many, steps every
+parameter once per step even when one gets no gradient, bf16 moments stay close to fp32 ones and round without
+bias, both resume from a checkpoint exactly, and Adam's implementation follows the device, not the checkpoint."""
 
 import pytest
 import torch
@@ -8,13 +9,24 @@ from kernel_tolerances import rel
 
 from engine.errors import UsageError
 from engine.models import build_model
+from engine.training import optimizers
 from engine.training.checkpoint import read_checkpoint, restore_optimizer, save_checkpoint
-from engine.training.optimizers import Bf16MomentAdam, build_optimizer, round_to_bf16_stochastically
+from engine.training.optimizers import Bf16MomentAdam, buckets, build_optimizer, round_to_bf16_stochastically
 
 SMALL = {"depths": (1, 1, 2, 1), "dims": (16, 32, 32, 64)}
 LATENT, BATCH = (4, 16, 16), 3
 BF16_TOLERANCE = 1e-3  # of the weights' total change over STEPS steps, relative to fp32 moments' (measured: 1.1e-4)
 STEPS = 5
+# Bucket sizes the in-backward tests run with: the engine's (the small model fits one bucket) and 64 KiB, which
+# splits it into 17 buckets of 1 to 17 parameters.
+SMALL_BUCKET = 2**16
+BUCKET_SIZES = [optimizers.BUCKET_BYTES, SMALL_BUCKET]
+
+
+@pytest.fixture(params=BUCKET_SIZES, ids=lambda b: f"bucket{b}")
+def bucket_bytes(request, monkeypatch):
+    monkeypatch.setattr(optimizers, "BUCKET_BYTES", request.param)
+    return request.param
 
 
 def model():
@@ -44,10 +56,12 @@ def weights(net):
 
 
 @pytest.mark.parametrize("name,decay", [("adam", 0.0), ("adam", 0.1), ("adamw", 0.05)])
-def test_in_backward_steps_give_the_plain_steps_weights(name, decay):
+def test_in_backward_steps_give_the_plain_steps_weights(name, decay, bucket_bytes):
     plain, hooked = model(), model()
     train(plain, build_optimizer(plain.parameters(), name, 1e-3, decay, "plain"), STEPS)
-    train(hooked, build_optimizer(hooked.parameters(), name, 1e-3, decay, "in-backward"), STEPS)
+    optimizer = build_optimizer(hooked.parameters(), name, 1e-3, decay, "in-backward")
+    assert len(optimizer.buckets) == (17 if bucket_bytes == SMALL_BUCKET else 1)
+    train(hooked, optimizer, STEPS)
     assert all(p.grad is None for p in hooked.parameters()), "each gradient dropped once its parameter stepped"
     expected = weights(plain)
     for key, value in weights(hooked).items():
@@ -94,7 +108,7 @@ def test_stochastic_rounding_is_unbiased_and_exact_on_bf16_values():
 
 
 @pytest.mark.parametrize("memory", ["plain", "in-backward", "in-backward-bf16"])
-def test_resume_from_a_checkpoint_continues_exactly(memory, tmp_path):
+def test_resume_from_a_checkpoint_continues_exactly(memory, tmp_path, bucket_bytes):
     through = model()
     train(through, build_optimizer(through.parameters(), "adamw", 1e-3, 0.05, memory), 2 * STEPS)
 
@@ -113,7 +127,7 @@ def test_resume_from_a_checkpoint_continues_exactly(memory, tmp_path):
         assert torch.equal(value, expected[key]), key
 
 
-def test_the_in_backward_state_has_the_plain_optimizers_layout():
+def test_the_in_backward_state_has_the_plain_optimizers_layout(bucket_bytes):
     plain, hooked = model(), model()
     plain_opt = build_optimizer(plain.parameters(), "adam", 1e-3, 0.0, "plain")
     hooked_opt = build_optimizer(hooked.parameters(), "adam", 1e-3, 0.0, "in-backward")
@@ -123,6 +137,76 @@ def test_the_in_backward_state_has_the_plain_optimizers_layout():
     assert a["param_groups"] == b["param_groups"]
     assert a["state"].keys() == b["state"].keys()
     assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
+
+
+def test_buckets_fill_in_the_order_gradients_arrive_up_to_their_capacity():
+    sizes = [10, 300, 20, 20, 500, 30]  # float32 elements: 40, 1200, 80, 80, 2000, 120 bytes
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in sizes]
+    assert buckets(params, 1300) == [[5], [4], [3, 2], [1, 0]]  # 2000 alone though over capacity; 1200 + 40 fits
+
+
+class TwoHeads(torch.nn.Module):
+    """A body and two heads, the second used on odd steps only: on even steps it gets no gradient."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.left, self.right = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3), torch.nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        h = self.body(x).relu()
+        return self.left(h) + self.right(h) if step % 2 else self.left(h)
+
+
+@pytest.mark.parametrize("memory", ["plain", "in-backward", "in-backward-bf16"])
+def test_a_parameter_without_a_gradient_stalls_no_bucket(memory, monkeypatch):
+    """Both heads share a bucket of 448 bytes (right's bias and weight, left's: 408); on even steps the right head's
+    gradients never arrive and the loop's step() steps the left head."""
+    monkeypatch.setattr(optimizers, "BUCKET_BYTES", 448)
+    net = TwoHeads()
+    optimizer = build_optimizer(net.parameters(), "adam", 1e-2, 0.0, memory)
+    if memory != "plain":
+        assert [len(b.params) for b in optimizer.buckets] == [4, 1, 1]
+    for step in range(STEPS):
+        torch.manual_seed(100 + step)
+        loss = F.cross_entropy(net(torch.randn(BATCH, 8), step), torch.tensor([0, 1, 2]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if memory != "plain":
+            assert all(p.grad is None for p in net.parameters()), "no gradient left waiting for its bucket"
+    steps = {i: int(s["step"]) for i, s in optimizer.state_dict()["state"].items()}
+    assert steps == {0: 5, 1: 5, 2: 5, 3: 5, 4: 2, 5: 2}  # each parameter once per step it had a gradient in
+    if memory == "in-backward":
+        plain = TwoHeads()
+        train_plain = build_optimizer(plain.parameters(), "adam", 1e-2, 0.0, "plain")
+        for step in range(STEPS):
+            torch.manual_seed(100 + step)
+            loss = F.cross_entropy(plain(torch.randn(BATCH, 8), step), torch.tensor([0, 1, 2]))
+            train_plain.zero_grad(set_to_none=True)
+            loss.backward()
+            train_plain.step()
+        assert all(torch.equal(a, b) for a, b in zip(net.parameters(), plain.parameters()))
+
+
+@pytest.mark.parametrize("memory", ["plain", "in-backward"])
+def test_adam_is_fused_where_the_device_asks_for_it_and_a_checkpoint_does_not_carry_the_choice(memory, monkeypatch):
+    """The CPU stands in for CUDA (FUSED_DEVICES); a checkpoint of one implementation loads into the other."""
+    written = model()
+    looped = build_optimizer(written.parameters(), "adamw", 1e-3, 0.05, memory)
+    train(written, looped, 1)
+    cpu_state = looped.state_dict()
+    monkeypatch.setattr(optimizers, "FUSED_DEVICES", ("cpu",))
+    resumed = model()
+    fused = build_optimizer(resumed.parameters(), "adamw", 1e-3, 0.05, memory)
+    assert all(group["fused"] for group in fused.param_groups)
+    fused.load_state_dict(cpu_state)
+    assert all(group["fused"] for group in fused.param_groups), "the device's kernel, not the writer's"
+    train(resumed, fused, 1, first=1)
+    assert all(s["step"].dtype == torch.float32 for s in fused.state_dict()["state"].values())
+    looped.load_state_dict(fused.state_dict())
+    assert not any(group["fused"] for group in looped.param_groups)
+    train(written, looped, 1, first=1)
 
 
 def test_unknown_choices_are_a_one_line_error():

@@ -162,9 +162,9 @@ class TrainConfig:
     optimizer_memory: str = option(
         "plain",
         "the optimizer's side of the step's memory: plain (one step after the backward, all gradients alive at "
-        "once) | in-backward (each parameter stepped as its gradient is ready, then the gradient dropped: the same "
-        "update) | in-backward-bf16 (and Adam's moments stored in bf16, rounded stochastically: half the optimizer "
-        "state, not bit-identical to fp32 moments); one rank only",
+        "once) | in-backward (parameters stepped in ~25 MiB buckets as their gradients are ready, then the "
+        "gradients dropped: the same update) | in-backward-bf16 (and Adam's moments stored in bf16, rounded "
+        "stochastically: half the optimizer state, not bit-identical to fp32 moments); one rank only",
         OPTIMIZER_MEMORY,
     )
     device: str | None = option(None, "cpu | cuda | cuda:N (default: cuda:$LOCAL_RANK when available)")

@@ -2,15 +2,26 @@
 
 ``plain``: one Adam/AdamW over all parameters, stepped after the backward, so every gradient (as large as the
 weights) is alive at once, and until the next step's ``zero_grad`` even through the next forward.
-``in-backward``: one Adam/AdamW per parameter, stepped in that parameter's post-accumulate-grad hook as soon
-as its gradient is ready, which is then dropped (PyTorch's tutorial "How to save memory by fusing the optimizer
-step into the backward pass"): at most a few gradients are alive at any time. The same update, parameter by
-parameter, so the same weights as ``plain`` (bit for bit where the per-tensor and multi-tensor Adam kernels
-agree: on a CPU, which loops per tensor either way).
-``in-backward-bf16``: the same, with Adam's two moments stored in bf16 (``Bf16MomentAdam``): the optimizer's
-state halves, from 8 to 4 bytes per parameter. Not the same mathematics: the moments are rounded after every
-update, stochastically, since round-to-nearest would freeze the second moment (its per-step change, 1 - beta2
-= 0.1 % of itself, is below bf16's half-ulp of 0.2 %).
+``in-backward``: the parameters in buckets of about ``BUCKET_BYTES``, filled in reverse registration order (roughly
+the order a backward produces gradients in), one Adam/AdamW per bucket, stepped in a post-accumulate-grad hook as
+soon as the bucket's last gradient is ready, its gradients then dropped (PyTorch's tutorial "How to save memory by
+fusing the optimizer step into the backward pass", stepping buckets as DDP reduces them): a few buckets' gradients
+are alive at any time (a gradient that comes late, such as a FiLM layer's, registered last but reached at the end
+of the backward, holds its bucket open). Buckets, not single parameters, because every optimizer step launches
+kernels: one optimizer per parameter launched a few per parameter, one per bucket launches a few per bucket (with
+the fused kernel below). A parameter that gets no gradient in a step would leave its bucket waiting: ``step`` after
+the backward steps every bucket still partly filled. The same update, parameter by parameter, so the same weights
+as ``plain`` (bit for bit where the implementations agree: on a CPU, which loops per tensor either way).
+``in-backward-bf16``: the same, with Adam's two moments stored in bf16 (``Bf16MomentAdam``, updating a bucket in
+multi-tensor ops): the optimizer's state halves, from 8 to 4 bytes per parameter. Not the same mathematics: the
+moments are rounded after every update, stochastically, since round-to-nearest would freeze the second moment (its
+per-step change, 1 - beta2 = 0.1 % of itself, is below bf16's half-ulp of 0.2 %).
+
+Adam's implementation follows the device, not the run: on CUDA torch's fused kernel (``fused=True``: one launch
+for many tensors, where the foreach default launches one per element-wise pass and the CPU's default loops per
+tensor), elsewhere torch's default (a per-tensor loop on a CPU, whose numbers the bit-exact fixtures hold). A
+checkpoint carries the choice of the device that wrote it; loading keeps this optimizer's, so a run resumes on
+another device with that device's kernel.
 
 Why its own option and not part of ``--memory lean``: ``--memory`` is the model's (what its blocks keep for the
 backward, the same function either way; image models have none), this is the step's; and bf16 moments change
@@ -20,7 +31,7 @@ in config.json and a resume must repeat them.
 What in-backward steps cannot do: anything that needs all gradients before any step, such as clipping by
 their global norm or unscaling a GradScaler's gradients (the loop does neither: bf16 autocast needs no
 scaler), or averaging them across ranks, which DDP does after the hooks ran (so ``engine train`` refuses it
-with several ranks). ``zero_grad`` and ``step`` remain, as no-ops, so ``train_step`` runs either kind.
+with several ranks). ``zero_grad`` remains, as a no-op, so ``train_step`` runs either kind.
 """
 
 from __future__ import annotations
@@ -32,9 +43,20 @@ import torch
 
 from engine.errors import UsageError
 
-# Elements of a parameter updated at once by Bf16MomentAdam: its float32 temporaries stay at a few times 4 MiB
-# whatever the parameter's size (ConvNeXt-T's largest, 768 x 3072, would need ~40 MiB of them in one piece).
-UPDATE_CHUNK = 2**20
+# Bytes of parameters stepped together in the backward: DDP's default bucket (bucket_cap_mb=25), for the same
+# trade. Large enough that a bucket's step is a few multi-tensor launches however many small tensors it holds
+# (convnext-t-film's 28.7 M parameters make five buckets of its 192 tensors); small enough that the gradients
+# waiting for their bucket's last stay a small part of all of them (115 MB for convnext-t-film in fp32).
+BUCKET_BYTES = 25 * 2**20
+# Elements Bf16MomentAdam updates at once, in pieces of one or more parameters: its float32 temporaries (three
+# of 4 bytes an element) stay at about 50 MiB, in proportion to a bucket's gradients, whatever the bucket holds.
+# A quarter of it launches more (predicted by bench.predict, convnext-t-film @ flux2-512 lean at batch 256: 2,638
+# ops in the step against 2,068) for a peak lower by 12 MB of its 694.
+UPDATE_CHUNK = 2**22
+# Device types whose parameters Adam steps with torch's fused kernel (bench.predict's CUDA emulation patches in
+# its stand-in, the CPU). Not the CPU itself: its fused kernel computes in another order than the per-tensor
+# loop the bit-exact fixtures hold.
+FUSED_DEVICES = ("cuda",)
 OPTIMIZER_MEMORY = ("plain", "in-backward", "in-backward-bf16")
 OPTIMIZERS = ("adam", "adamw")
 
@@ -49,75 +71,134 @@ def build_optimizer(
         raise UsageError(f"--optimizer-memory {memory!r}: expected one of {', '.join(OPTIMIZER_MEMORY)}")
     adam = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     if memory == "plain":
-        return adam(params, lr=lr, weight_decay=weight_decay)
+        return device_adam(adam, list(params), lr, weight_decay)
     if memory == "in-backward":
-        return StepInBackward(params, lambda p, index: adam([p], lr=lr, weight_decay=weight_decay))
+        return StepInBackward(params, lambda bucket, index: device_adam(adam, bucket, lr, weight_decay))
     return StepInBackward(
         params,
-        lambda p, index: Bf16MomentAdam(
-            [p], lr=lr, weight_decay=weight_decay, decoupled_weight_decay=name == "adamw", rounding_seed=index
+        lambda bucket, index: Bf16MomentAdam(
+            bucket, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=name == "adamw", rounding_seed=index
         ),
     )
 
 
-class StepInBackward:
-    """One optimizer per parameter, each stepped in its parameter's post-accumulate-grad hook.
+def device_adam(
+    adam: type[torch.optim.Adam], params: list[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Adam:
+    """``adam`` over params with the implementation their device calls for (``FUSED_DEVICES``), kept on load."""
+    fused = bool(params) and all(p.device.type in FUSED_DEVICES for p in params)
+    optimizer = adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    optimizer.register_load_state_dict_pre_hook(_keep_implementation)
+    return optimizer
 
-    It stands in for the one optimizer the loop holds: ``param_groups`` lists every per-parameter group (the
-    loop sets the learning rate through them), ``state_dict`` has the layout of one optimizer over all the
-    parameters (so the checkpoint's tensors are named alike), ``zero_grad`` and ``step`` are no-ops since each
-    step happened in the backward and left no gradient behind.
+
+def _keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+    """The loaded groups take this optimizer's fused/foreach choice, not the writer's: before torch places the
+    loaded ``step`` tensors, which a fused optimizer keeps on the parameter's device."""
+    own = {key: optimizer.defaults[key] for key in ("fused", "foreach")}
+    return {**state_dict, "param_groups": [{**group, **own} for group in state_dict["param_groups"]]}
+
+
+def buckets(params: list[torch.nn.Parameter], capacity: int) -> list[list[int]]:
+    """Indices of params in buckets of at most ``capacity`` bytes (a larger parameter alone), filled in reverse
+    registration order: a backward produces the last layers' gradients first, so buckets fill one after another."""
+    found: list[list[int]] = []
+    size = 0
+    for index in reversed(range(len(params))):
+        nbytes = params[index].numel() * params[index].element_size()
+        if not found or size + nbytes > capacity:
+            found.append([])
+            size = 0
+        found[-1].append(index)
+        size += nbytes
+    return found
+
+
+class _Bucket:
+    """Parameters stepped by one optimizer once each has its gradient of this backward (or at ``flush``)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer):
+        self.params, self.optimizer = params, optimizer
+        self.arrived: set[int] = set()  # ids, not a count: a hook firing twice for one parameter counts once
+
+    def arrive(self, param: torch.Tensor) -> None:
+        self.arrived.add(id(param))
+        if len(self.arrived) == len(self.params):
+            self.flush()
+
+    def flush(self) -> None:
+        """Step what arrived (the optimizer skips a parameter without a gradient), drop the gradients."""
+        if not self.arrived:
+            return
+        self.optimizer.step()
+        for p in self.params:
+            p.grad = None
+        self.arrived.clear()
+
+
+class StepInBackward:
+    """One optimizer per bucket of parameters (``buckets``), each stepped in its parameters' post-accumulate-grad
+    hooks when the bucket's last gradient is in.
+
+    It stands in for the one optimizer the loop holds: ``param_groups`` lists every bucket's group (the loop sets
+    the learning rate through them), ``state_dict`` has the layout of one optimizer over all the parameters (so
+    checkpoints are named alike, whatever the buckets), ``zero_grad`` is a no-op since each step left no gradient
+    behind, and ``step`` steps the buckets a parameter without a gradient left waiting.
     """
 
     def __init__(
         self,
         params: Iterable[torch.nn.Parameter],
-        make: Callable[[torch.nn.Parameter, int], torch.optim.Optimizer],
+        make: Callable[[list[torch.nn.Parameter], int], torch.optim.Optimizer],
     ):
         self.params = [p for p in params if p.requires_grad]
-        self.optimizers = [make(p, index) for index, p in enumerate(self.params)]
+        self.indices = buckets(self.params, BUCKET_BYTES)
+        self.buckets = [
+            _Bucket(members, make(members, number))
+            for number, members in enumerate([self.params[i] for i in indices] for indices in self.indices)
+        ]
         self.hooks = [
-            p.register_post_accumulate_grad_hook(self._stepper(opt)) for p, opt in zip(self.params, self.optimizers)
+            p.register_post_accumulate_grad_hook(bucket.arrive) for bucket in self.buckets for p in bucket.params
         ]
 
     @property
     def param_groups(self) -> list[dict]:
-        """Each parameter's group, looked up afresh: ``load_state_dict`` replaces an optimizer's group dicts."""
-        return [opt.param_groups[0] for opt in self.optimizers]
-
-    @staticmethod
-    def _stepper(optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor], None]:
-        def step_now(param: torch.Tensor) -> None:
-            optimizer.step()
-            param.grad = None
-
-        return step_now
+        """Each bucket's group, looked up afresh: ``load_state_dict`` replaces an optimizer's group dicts."""
+        return [bucket.optimizer.param_groups[0] for bucket in self.buckets]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Nothing to clear: each hook dropped its parameter's gradient after stepping it."""
+        """Nothing to clear: each bucket dropped its gradients after stepping them."""
 
     def step(self) -> None:
-        """Nothing left to do: every parameter was stepped in the backward."""
+        """Step the buckets still waiting after the backward: those holding a parameter that got no gradient."""
+        for bucket in self.buckets:
+            bucket.flush()
 
     def state_dict(self) -> dict:
-        states = [opt.state_dict() for opt in self.optimizers]
-        group = {k: v for k, v in states[0]["param_groups"][0].items() if k != "params"}
+        state, group = {}, {}
+        for indices, bucket in zip(self.indices, self.buckets):
+            saved = bucket.optimizer.state_dict()
+            group = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+            state.update({indices[local]: entry for local, entry in saved["state"].items()})
         return {
-            "state": {index: s["state"][0] for index, s in enumerate(states) if 0 in s["state"]},
-            "param_groups": [{**group, "params": list(range(len(states)))}],
+            "state": dict(sorted(state.items())),
+            "param_groups": [{**group, "params": list(range(len(self.params)))}],
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         groups = state_dict["param_groups"]
-        if len(groups) != 1 or len(groups[0]["params"]) != len(self.optimizers):
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
             raise UsageError(
                 f"optimizer state of {sum(len(g['params']) for g in groups)} parameters in {len(groups)} group(s) "
-                f"does not fit this model's {len(self.optimizers)}; resume with the model the run was started with"
+                f"does not fit this model's {len(self.params)}; resume with the model the run was started with"
             )
         hyper = {k: v for k, v in groups[0].items() if k != "params"}
-        for index, opt in enumerate(self.optimizers):
-            state = {0: state_dict["state"][index]} if index in state_dict["state"] else {}
-            opt.load_state_dict({"state": state, "param_groups": [{**hyper, "params": [0]}]})
+        saved = state_dict["state"]
+        for indices, bucket in zip(self.indices, self.buckets):
+            state = {local: saved[index] for local, index in enumerate(indices) if index in saved}
+            bucket.optimizer.load_state_dict(
+                {"state": state, "param_groups": [{**hyper, "params": list(range(len(indices)))}]}
+            )
 
 
 def round_to_bf16_stochastically(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -140,9 +221,13 @@ class Bf16MomentAdam(torch.optim.Optimizer):
     """Adam (AdamW with decoupled_weight_decay) with its moments stored in bf16: torch's single-tensor Adam
     update computed in fp32 from the stored moments, which are then stored rounded stochastically.
 
-    The rounding's random bits are keyed by (rounding_seed, step), drawn from a generator seeded afresh for each
-    update, so a resumed run rounds as the uninterrupted one did, whatever ran in between. ``step`` in the state
-    is a Python int (torch's Adam keeps a tensor), which a checkpoint keeps among its scalars.
+    The update of all its parameters runs at once, in multi-tensor (``torch._foreach_*``) ops over pieces of
+    ``UPDATE_CHUNK`` elements, so a bucket's step launches a few kernels per piece rather than ~15 per
+    parameter; element by element it computes what the single-tensor update does. The rounding's random bits
+    are keyed by (rounding_seed, step), drawn from a generator seeded afresh for each update, so a resumed run
+    rounds as the uninterrupted one did, whatever ran in between. ``step`` in the state is a Python int (torch's
+    Adam keeps a tensor), which a checkpoint keeps among its scalars; parameters that missed a step (no gradient)
+    are updated apart, with their own step's bias correction.
     """
 
     def __init__(
@@ -178,7 +263,7 @@ class Bf16MomentAdam(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("Bf16MomentAdam.step takes no closure")
         for group in self.param_groups:
-            lr, decay = group["lr"], group["weight_decay"]
+            together: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -188,14 +273,22 @@ class Bf16MomentAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
                 state["step"] += 1
-                step, grad = state["step"], p.grad
-                if decay and group["decoupled_weight_decay"]:
-                    p.mul_(1 - lr * decay)
-                elif decay:
-                    grad = grad.add(p, alpha=decay)
-                generator = self._generator(p.device, step)
-                for part in _slices(p, grad, state["exp_avg"], state["exp_avg_sq"]):
-                    _update(*part, group, step, generator)
+                together.setdefault((state["step"], p.device), []).append(p)
+            for (step, device), params in together.items():
+                self._update_together(params, group, step, self._generator(device, step))
+
+    def _update_together(self, params: list[torch.Tensor], group: dict, step: int, generator: torch.Generator) -> None:
+        """Weight decay, then Adam's update of params (all at one step count) in pieces."""
+        lr, decay = group["lr"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        if decay and group["decoupled_weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * decay)
+        elif decay:
+            grads = torch._foreach_add(grads, params, alpha=decay)
+        moments = [(self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]) for p in params]
+        slices = [part for p, g, (m, v) in zip(params, grads, moments) for part in _slices(p, g, m, v)]
+        for piece in _pieces(slices):
+            _update(*map(list, zip(*piece)), group, step, generator)
 
 
 def _slices(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
@@ -207,13 +300,42 @@ def _slices(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     return [tuple(t[start : start + UPDATE_CHUNK] for t in flat) for start in range(0, flat[0].numel(), UPDATE_CHUNK)]
 
 
-def _update(p, grad, exp_avg, exp_avg_sq, group: dict, step: int, generator: torch.Generator) -> None:
-    """Adam's update of (a slice of) one parameter, in float32 from bf16 moments stored back rounded."""
+def _pieces(slices: list[tuple[torch.Tensor, ...]]) -> list[list[tuple[torch.Tensor, ...]]]:
+    """Consecutive slices in pieces of at most UPDATE_CHUNK elements (a larger slice alone): one update each."""
+    found: list[list[tuple[torch.Tensor, ...]]] = []
+    size = 0
+    for part in slices:
+        if not found or size + part[0].numel() > UPDATE_CHUNK:
+            found.append([])
+            size = 0
+        found[-1].append(part)
+        size += part[0].numel()
+    return found
+
+
+def _float32_copy(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One flat float32 buffer holding the tensors' values, and its parts shaped as they are: the multi-tensor
+    ops work on the parts, the stochastic rounding once on the whole buffer."""
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32, device=tensors[0].device)
+    parts = _shaped_like(flat, tensors)
+    torch._foreach_copy_(parts, tensors)
+    return flat, parts
+
+
+def _shaped_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def _update(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, generator: torch.Generator) -> None:
+    """Adam's update of (slices of) a few parameters, in float32 from bf16 moments stored back rounded."""
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-    # one fp32 moment at a time beside the parameter: the second, turned into the denominator in place
-    second = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    exp_avg_sq.copy_(round_to_bf16_stochastically(second, generator))
-    denom = second.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
-    first = exp_avg.float().lerp_(grad, 1 - beta1)
-    exp_avg.copy_(round_to_bf16_stochastically(first, generator))
-    p.addcdiv_(first, denom, value=-lr / (1 - beta1**step))
+    # one fp32 moment at a time beside the parameters: the second, turned into the denominator in place
+    second, seconds = _float32_copy(exp_avg_sqs)
+    torch._foreach_mul_(seconds, beta2)
+    torch._foreach_addcmul_(seconds, grads, grads, value=1 - beta2)
+    torch._foreach_copy_(exp_avg_sqs, _shaped_like(round_to_bf16_stochastically(second, generator), exp_avg_sqs))
+    second.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
+    first, firsts = _float32_copy(exp_avgs)
+    torch._foreach_lerp_(firsts, grads, 1 - beta1)
+    torch._foreach_copy_(exp_avgs, _shaped_like(round_to_bf16_stochastically(first, generator), exp_avgs))
+    torch._foreach_addcdiv_(params, firsts, seconds, value=-lr / (1 - beta1**step))
