@@ -319,6 +319,19 @@ def _gap_headline(report: dict, name: str) -> list[str]:
         pretrained = str(ae["autoencoder"]["pretrained"]).lower()
         shape = "x".join(map(str, ae["latent_shape"]))
         lines.append(f"| {label} | {pretrained} | {shape} of {ae['image_size']} px | " + " | ".join(cells) + " |")
+    return lines + _gap_costs(report)
+
+
+def _gap_costs(report: dict) -> list[str]:
+    """Per autoencoder, what each arm costs and recovers of the learnability gap: the study report's own table
+    (a gap.json written before arms recorded their training speed has none)."""
+    from engine.gap.report import cost_blocks
+    from engine.report_page import markdown
+
+    lines = []
+    for label, ae in report["autoencoders"].items():
+        if blocks := cost_blocks(ae):
+            lines += ["", f"What each arm costs and recovers, {label}:", "", markdown(blocks).strip()]
     return lines
 
 

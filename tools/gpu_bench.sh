@@ -12,9 +12,12 @@
 # which report a skip without them. DALI is never needed. With $OUT set (the device tool's output folder)
 # the results are also packed into $OUT/bench-results.tgz, since only a few files come back from there.
 # The device tool gives one command 10 minutes; the parts fit about 8 (LIMIT_<PART> seconds: kernels 90,
-# loaders 45, throughput 300) and every part writes its rows as it measures them, so a part cut at its limit
-# (SIGINT) still leaves a valid result marked incomplete. PARTS picks parts (default "kernels loaders
-# throughput"); split a full throughput run over calls with its options (--latent-models, --shapes, --out).
+# loaders 45, throughput 240, lean 120) and every part writes its rows as it measures them, so a part cut at its
+# limit (SIGINT) still leaves a valid result marked incomplete. "lean" measures the paper's ConvNeXt-T FiLM and the
+# smallest FiLM ConvNeXt at the paper's FLUX.2 shape with --memory lean (blocks recomputed, fused MLP) against the
+# image ResNets recomputed alike, into throughput-<device>-lean.json beside the plain run. PARTS picks parts
+# (default "kernels loaders throughput lean"); split a full throughput run over calls with its options
+# (--latent-models, --shapes, --out).
 set -uo pipefail
 
 WHEELS=(diffusers==0.42.1 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
@@ -54,12 +57,19 @@ run_all() {
         || { echo "gpu_bench: torch sees no CUDA device; this script is for a GPU machine" >&2; exit 1; }
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
     STATUS=()
-    local parts=" ${PARTS:-kernels loaders throughput} "
+    local parts=" ${PARTS:-kernels loaders throughput lean} "
     [[ $parts == *" kernels "* ]] && part kernels "${LIMIT_KERNELS:-90}" "$PY" -m bench.cli kernels
     [[ $parts == *" loaders "* ]] && part loaders "${LIMIT_LOADERS:-45}" \
         "$PY" -m bench.cli loaders --loaders resident --formats zarr --device cuda
-    [[ $parts == *" throughput "* ]] && part throughput "${LIMIT_THROUGHPUT:-300}" \
+    [[ $parts == *" throughput "* ]] && part throughput "${LIMIT_THROUGHPUT:-240}" \
         "$PY" -m bench.cli throughput --device cuda --no-predict --search-seconds 90 "$@"
+    local lean_out
+    lean_out=$("$PY" -c "import torch; from bench.environment import device_name, result_path; print(result_path('throughput', \
+        device_name(torch.device('cuda'))).with_suffix('').as_posix() + '-lean.json')") || lean_out=bench/results/throughput-cuda-lean.json
+    [[ $parts == *" lean "* ]] && part lean "${LIMIT_LEAN:-120}" \
+        "$PY" -m bench.cli throughput --device cuda --no-predict --search-seconds 30 --memory lean \
+        --latent-models convnext-t-film,convnext-atto-film --shapes flux2-512 --no-real-input \
+        --out "$lean_out"
     echo "gpu_bench: ${STATUS[*]}" >&2
     if [[ -n ${OUT:-} ]]; then
         tar czf "$OUT/bench-results.tgz" bench/results && echo "packed bench/results into $OUT/bench-results.tgz" >&2
