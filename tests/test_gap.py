@@ -588,3 +588,19 @@ def test_the_estimate_times_the_training_step_engine_train_runs(stores, tmp_path
     ]
     assert out["runs_to_do"] == 3 and out["training_minutes_at_most"] > 0 and out["peak_bytes"] > 0
     assert lines[0].startswith("estimate: 3 of 3 runs to do, at most 2 epochs each")
+
+
+def test_the_image_side_differs_from_the_paper_only_where_an_arm_uses_the_image_network(tmp_path):
+    from engine.gap import GapPlan, Unit, arms
+    from engine.gap.paper import differs_from_paper
+
+    def plan(names: str) -> GapPlan:
+        chosen = arms.parse(names)
+        units = [Unit(fold=None, seed=0)]
+        return GapPlan(tmp_path, {}, chosen, units, "resnet18", "adm-s-film", {}, torch.device("cpu"))
+
+    for names, named in (("latent,latent-plain", False), ("latent,latent-matched", True), ("image,latent", True)):
+        lines = differs_from_paper(plan(names), 64, "engine")
+        assert any(line.startswith("image_model: resnet18") for line in lines) == named, names
+        assert any(line.startswith("image_size: 64") for line in lines) == named, names
+    assert any(line.startswith("latent_model: adm-s-film") for line in differs_from_paper(plan("latent"), 64, "x"))

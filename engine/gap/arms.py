@@ -91,6 +91,12 @@ class Arm:
     settings: tuple[tuple[str, object], ...] = ()  # TrainConfig fields the arm sets over the study's budget
 
     @property
+    def uses_image_network(self) -> bool:
+        """Whether the study's image model (and image size) shape this arm: the image-space arms, and the matched
+        arms, which are that network on latents."""
+        return self.space in ("image", "recon") or self.model is matched_model
+
+    @property
     def needs(self) -> str | None:
         """The originals arm of the same unit this arm cannot run without (its teacher, or its graft)."""
         return self.teacher or self.graft_from

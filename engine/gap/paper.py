@@ -46,9 +46,9 @@ PAPER = {
 def differs_from_paper(plan: GapPlan, image_size: int, fold_protocol: str) -> list[str]:
     """The settings of this study that are not the paper's, one line each."""
     b, out = plan.budget, []
+    image_side = {"image_model": plan.image_model, "image_size": image_size}
     given = {
-        "image_model": plan.image_model,
-        "image_size": image_size,
+        **(image_side if any(arm.uses_image_network for arm in plan.arms) else {}),  # a setting no arm used is moot
         "latent_model": plan.latent_model,
         **{key: b.get(key, getattr(DEFAULTS, key)) for key in ("loss", "batch_size", "epochs", "patience")},
     }
