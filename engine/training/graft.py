@@ -33,9 +33,15 @@ from engine.training.inputs import ImageInputs, LatentInputs, clean_level
 LR = 1e-3  # Adam on the stem alone
 
 
+def error_terms(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||pred - target||^2, ||target||^2) over the batch, in float32: sums over batches give a selection's."""
+    return (pred.float() - target.float()).square().sum(), target.float().square().sum()
+
+
 def relative_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """||pred - target||^2 / ||target||^2 over the batch: 1 for predicting zeros, 0 for the image features."""
-    return (pred.float() - target.float()).square().sum() / target.float().square().sum().clamp_min(1e-12)
+    error, norm = error_terms(pred, target)
+    return error / norm.clamp_min(1e-12)
 
 
 class Graft:
@@ -124,7 +130,6 @@ class Graft:
         self.model.stem.eval()
         num = den = 0.0
         for x, target in self.pairs(selection, 0):
-            pred = self.model.stem(x).float()
-            num += (pred - target.float()).square().sum().item()
-            den += target.float().square().sum().item()
+            error, norm = error_terms(self.model.stem(x), target)
+            num, den = num + error.item(), den + norm.item()
         return num / max(den, 1e-12)
