@@ -9,19 +9,17 @@ redoes only unfinished blocks; the manifest's ``reconstructions`` record says wh
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from engine.autoencoders import reload_autoencoder
 from engine.autoencoders.fidelity import to_unit
 from engine.errors import UsageError
 from engine.sources.preprocess import resize
 from engine.store import open_store
-from engine.store.integrity import update_field_files
+from engine.store.derived import Block, finish, unfinished_blocks, write_blocks
 from engine.store.space import ADDED, require_free_space
 from engine.training.inputs import default_image_size
 
@@ -40,8 +38,8 @@ def add_reconstructions(
             f"{store_path}: holds reconstructions at {record['image_size']} px, not {size}; keep "
             f"--image-size {record['image_size']} (the store keeps one size)"
         )
-    todo = [(name, b) for name in store.splits for b in np.flatnonzero(store.split(name).derived_done(FIELD) == 0)]
-    rows = sum(min(store.split(n).block, store.split(n).size - b * store.split(n).block) for n, b in todo)
+    todo = unfinished_blocks(store, FIELD)
+    rows = sum(b.hi - b.lo for b in todo)
     require_free_space(store.path, rows * 3 * size * size, ADDED)  # uint8 RGB rows, before any decoding
     ae = reload_autoencoder(store.manifest["autoencoder"], device, store=str(store_path))
     record = {
@@ -55,23 +53,17 @@ def add_reconstructions(
     store.set_manifest({**store.manifest, FIELD: record})
     if todo:
         log(f"decoding {rows} latents of {store_path} with {ae.family} into {size} px reconstructions")
-    with tqdm(total=rows, unit="img", desc="reconstruct", file=sys.stderr) as bar:
-        for name, b in todo:
-            split = store.split(name)
-            lo, hi = b * split.block, min((b + 1) * split.block, split.size)
-            latents, valid = split.read("latents", lo, hi), split.read("valid", lo, hi).astype(bool)
-            images = np.zeros((hi - lo, 3, size, size), dtype=np.uint8)  # skipped rows stay black
-            keep = np.flatnonzero(valid)
-            for start in range(0, len(keep), batch_size):
-                idx = keep[start : start + batch_size]
-                x = to_unit(ae.decode(torch.from_numpy(latents[idx])), ae.input_range)
-                images[idx] = (resize(x.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-            split.write_derived_block(FIELD, int(b), images)
-            bar.update(hi - lo)
-    for name in store.splits:
-        for field, files in store.split(name).data_files().items():
-            if field.startswith(FIELD):
-                update_field_files(store.path, name, field, files)
-    record["complete"] = True
-    store.set_manifest({**store.manifest, FIELD: record})
-    return record
+
+    def decode_block(block: Block) -> np.ndarray:
+        split = store.split(block.split)
+        latents, valid = split.read("latents", block.lo, block.hi), split.read("valid", block.lo, block.hi)
+        images = np.zeros((block.hi - block.lo, 3, size, size), dtype=np.uint8)  # skipped rows stay black
+        keep = np.flatnonzero(valid.astype(bool))
+        for start in range(0, len(keep), batch_size):
+            idx = keep[start : start + batch_size]
+            x = to_unit(ae.decode(torch.from_numpy(latents[idx])), ae.input_range)
+            images[idx] = (resize(x.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        return images
+
+    write_blocks(store, FIELD, todo, decode_block, "reconstruct")
+    return finish(store, FIELD, record)

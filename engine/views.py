@@ -19,12 +19,10 @@ the store's settings and its content identity untouched, so runs already trained
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from engine.autoencoders import reload_autoencoder
 from engine.autoencoders.equivariance import store_equivariance
@@ -32,7 +30,7 @@ from engine.errors import UsageError
 from engine.sources.base import BadImageError
 from engine.sources.preprocess import to_model_input
 from engine.store import StoreError, open_store
-from engine.store.integrity import update_field_files
+from engine.store.derived import Block, finish, unfinished_blocks, write_blocks
 from engine.store.lock import WriterLock
 from engine.training.inputs import flip_rotate, reopen_source
 
@@ -91,24 +89,18 @@ def _add_views(store_path: Path, count: int, device: torch.device, batch_size: i
         "complete": False,
     }
     store.set_manifest({**store.manifest, FIELD: record})
-    todo = [(name, b) for name in store.splits for b in np.flatnonzero(store.split(name).derived_done(FIELD) == 0)]
-    rows = sum(min(store.split(n).block, store.split(n).size - b * store.split(n).block) for n, b in todo)
+    todo = unfinished_blocks(store, FIELD)
     if todo:
+        rows = sum(b.hi - b.lo for b in todo)
         log(f"encoding {count} augmented views of {rows} images of {store_path} with {ae.family}")
-    with tqdm(total=rows, unit="img", desc="views", file=sys.stderr) as bar:
-        for name, b in todo:
-            split = store.split(name)
-            lo, hi = b * split.block, min((b + 1) * split.block, split.size)
-            split.write_derived_block(FIELD, int(b), _encode_block(ae, source, split, lo, hi, size, count, batch_size))
-            bar.update(hi - lo)
-    for name in store.splits:
-        for field, files in store.split(name).data_files().items():
-            if field.startswith(FIELD):
-                update_field_files(store.path, name, field, files)
+
+    def encode_block(block: Block) -> np.ndarray:
+        split = store.split(block.split)
+        return _encode_block(ae, source, split, block.lo, block.hi, size, count, batch_size)
+
+    write_blocks(store, FIELD, todo, encode_block, "views")
     record["equivariance"] = store_equivariance(ae, source, store)
-    record["complete"] = True
-    store.set_manifest({**store.manifest, FIELD: record})
-    return record
+    return finish(store, FIELD, record)
 
 
 def _encode_block(ae, source, split, lo: int, hi: int, size: int, count: int, batch_size: int) -> np.ndarray:
