@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.gap import arms as table
+from engine.metrics.figure_file import png_axes
 from engine.report_page import Block, Bullets, Figure, Heading, Page, Paragraph, Table, markdown
 
 NAMES = {
@@ -279,65 +280,50 @@ def report_page(report: dict) -> Page:
 
 def plot_arms(report: dict, path: Path) -> None:
     """Balanced accuracy of every arm per autoencoder, mean and spread over units, every run as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels, arms = list(report["autoencoders"]), table.names()
-    fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(labels), 3.6))
-    width = 0.8 / len(arms)
-    for j, arm in enumerate(arms):
-        xs = [
-            i + (j - (len(arms) - 1) / 2) * width
-            for i, label in enumerate(labels)
-            if arm in report["autoencoders"][label]["arms"]
-        ]
-        stats = [
-            report["autoencoders"][lb]["arms"][arm]["balanced_accuracy"]
-            for lb in labels
-            if arm in report["autoencoders"][lb]["arms"]
-        ]
-        if not xs:
-            continue
-        ax.bar(xs, [s["mean"] for s in stats], width, yerr=[s["sd"] for s in stats], label=arm, capsize=2)
-        for x, s in zip(xs, stats):
-            ax.plot([x] * len(s["values"]), s["values"], "k.", ms=3)
-    chance = next(iter(report["autoencoders"].values()))["chance"]["balanced_accuracy"]
-    ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylabel("test balanced accuracy")
-    ax.set_title("image vs reconstruction vs latent classifiers")
-    ax.legend(fontsize=7, ncol=len(arms) + 1, loc="lower center", bbox_to_anchor=(0.5, 1.08))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    labels = list(report["autoencoders"])
+    arms = [a for a in table.names() if any(a in ae["arms"] for ae in report["autoencoders"].values())]
+    with png_axes(path, (1.8 + 2.2 * len(labels), 3.6)) as ax:
+        width = 0.8 / len(arms)
+        for j, arm in enumerate(arms):
+            xs = [
+                i + (j - (len(arms) - 1) / 2) * width
+                for i, label in enumerate(labels)
+                if arm in report["autoencoders"][label]["arms"]
+            ]
+            stats = [
+                report["autoencoders"][lb]["arms"][arm]["balanced_accuracy"]
+                for lb in labels
+                if arm in report["autoencoders"][lb]["arms"]
+            ]
+            if not xs:
+                continue
+            ax.bar(xs, [s["mean"] for s in stats], width, yerr=[s["sd"] for s in stats], label=arm, capsize=2)
+            for x, s in zip(xs, stats):
+                ax.plot([x] * len(s["values"]), s["values"], "k.", ms=3)
+        chance = next(iter(report["autoencoders"].values()))["chance"]["balanced_accuracy"]
+        ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylabel("test balanced accuracy")
+        ax.set_title("image vs reconstruction vs latent classifiers")
+        ax.legend(fontsize=7, ncol=len(arms) + 1, loc="lower center", bbox_to_anchor=(0.5, 1.08))
 
 
 def plot_noise(report: dict, path: Path) -> None:
     """The noise-conditioned arms' test balanced accuracy against sigma, per autoencoder (mean over units): every
     arm whose runs recorded a curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for label, ae in report["autoencoders"].items():
-        for arm in table.names():
-            curve = ae["arms"].get(arm, {}).get("test_by_sigma")
-            if curve:
-                sig = sorted(curve, key=float)
-                ax.plot([float(s) for s in sig], [curve[s] for s in sig], marker=".", label=f"{label} {arm}")
-    chance = next(iter(report["autoencoders"].values()))["chance"]["balanced_accuracy"]
-    ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xscale("log")
-    ax.set_xlabel("sigma")
-    ax.set_ylabel("test balanced accuracy")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_axes(path, (5.5, 3.4)) as ax:
+        for label, ae in report["autoencoders"].items():
+            for arm in table.names():
+                curve = ae["arms"].get(arm, {}).get("test_by_sigma")
+                if curve:
+                    sig = sorted(curve, key=float)
+                    ax.plot([float(s) for s in sig], [curve[s] for s in sig], marker=".", label=f"{label} {arm}")
+        chance = next(iter(report["autoencoders"].values()))["chance"]["balanced_accuracy"]
+        ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("sigma")
+        ax.set_ylabel("test balanced accuracy")
+        ax.legend(fontsize=7)
 
 
 def cost_points(report: dict) -> list[tuple[str, str, float, float, list[float] | None]]:
@@ -360,25 +346,17 @@ def cost_points(report: dict) -> list[tuple[str, str, float, float, list[float] 
 
 def plot_cost(points: list, path: Path) -> None:
     """Recovered fraction of the learnability gap against training cost per sample relative to the recon arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for label, arm, cost, fraction, bounds in points:
-        err = None if bounds is None else [[100 * (fraction - bounds[0])], [100 * (bounds[1] - fraction)]]
-        ax.errorbar([cost], [100 * fraction], yerr=err, fmt="o", capsize=3, label=f"{label} {arm}")
-    ax.axhline(0, color="grey", lw=1)
-    ax.axhline(100, color="grey", ls="--", lw=1)
-    ax.axvline(1, color="grey", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("training cost per sample, relative to the recon arm")
-    ax.set_ylabel("% of the learnability gap recovered")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with png_axes(path, (5.5, 3.6)) as ax:
+        for label, arm, cost, fraction, bounds in points:
+            err = None if bounds is None else [[100 * (fraction - bounds[0])], [100 * (bounds[1] - fraction)]]
+            ax.errorbar([cost], [100 * fraction], yerr=err, fmt="o", capsize=3, label=f"{label} {arm}")
+        ax.axhline(0, color="grey", lw=1)
+        ax.axhline(100, color="grey", ls="--", lw=1)
+        ax.axvline(1, color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("training cost per sample, relative to the recon arm")
+        ax.set_ylabel("% of the learnability gap recovered")
+        ax.legend(fontsize=7)
 
 
 def write_report(report: dict, out: Path) -> None:

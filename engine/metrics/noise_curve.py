@@ -15,6 +15,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from engine.metrics.figure_file import save_png
+
 DEFAULT_METRICS = ("balanced_accuracy", "auroc", "mcc")
 
 Curve = Mapping[float | str, Mapping[str, float]]  # sigma -> metrics; str keys as JSON gives them back
@@ -70,8 +72,4 @@ def plot_noise_curve(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path)
