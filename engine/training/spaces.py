@@ -265,8 +265,8 @@ class DecodedSpace(Space):
         return DecoderPrefix(ae.module, self.blocks)
 
     def input_shape(self, manifest: dict, image_size: int) -> tuple[int, int, int]:
-        """(C, H, W) after the prefix: one zero latent through it, once per autoencoder."""
-        key = manifest["autoencoder"]["config_hash"]
+        """(C, H, W) after the prefix: one zero latent through it, once per autoencoder and latent grid."""
+        key = f"{manifest['autoencoder']['config_hash']} {manifest['latent_shape']}"
         if key not in self._shapes:
             z = torch.zeros(1, *manifest["latent_shape"])
             self._shapes[key] = tuple(self.prefix(manifest, torch.device("cpu"))(z).shape[1:])
