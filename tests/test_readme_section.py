@@ -16,6 +16,7 @@ from tests.tiny_bench import NO_SLOW_PARTS, SMALL_PREDICTION, TINY_THROUGHPUT
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = begin("results"), end("results")
 GAP_RESULT = REPO / "bench" / "results" / "gap-default-amd-epyc.json"
+STUDY_RESULT = REPO / "bench" / "results" / "gap-beyond-intel-xeon.json"  # arms beyond the paper, with speeds
 THROUGHPUT = TINY_THROUGHPUT + NO_SLOW_PARTS + SMALL_PREDICTION
 KERNELS = ["--batch", "1", "--reps", "1", "--kernels", "film"]
 LOADERS = [
@@ -194,6 +195,22 @@ def test_the_headline_takes_every_figure_from_the_gap_result(tmp_path):
     # a changed figure changes the table
     _edit(gap, lambda r: r["autoencoders"]["default"]["gaps"]["balanced_accuracy"]["learnability_gap"].update(mean=0.5))
     assert "| +0.500 ± " in render_headline([gap], tmp_path)
+
+
+def test_the_headline_adds_what_each_arm_costs_and_recovers_where_the_study_measured_it(tmp_path):
+    report = json.loads(STUDY_RESULT.read_text())
+    text = render_headline([STUDY_RESULT], REPO)
+    ae = report["autoencoders"]["default"]
+    speed = {arm: a["samples_per_s"]["mean"] for arm, a in ae["arms"].items()}
+    g = ae["gaps"]["balanced_accuracy"]
+    for arm in speed:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {arm} | {speed[arm]:,.0f} |"))
+        assert f"| {speed['recon'] / speed[arm]:.2f} |" in row  # cost per sample relative to the recon arm
+    graft = next(line for line in text.splitlines() if line.startswith("| latent-graft |"))
+    lo, hi = g["recovered_interval"]["graft"]
+    assert f"| {100 * g['recovered']['graft']:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}] |" in graft
+    assert f"{g['gain']['graft']['mean']:+.3f} (t p " in graft
+    assert "What each arm costs and recovers, default:" not in render_headline([GAP_RESULT], REPO)  # no speeds
 
 
 def test_a_page_holds_several_sections_each_rendered_in_place(repo, tmp_path, capsys):
