@@ -283,7 +283,7 @@ def plot_arms(report: dict, path: Path) -> None:
     labels = list(report["autoencoders"])
     arms = [a for a in table.names() if any(a in ae["arms"] for ae in report["autoencoders"].values())]
     with png_axes(path, (1.8 + 2.2 * len(labels), 3.6)) as ax:
-        width = 0.8 / len(arms)
+        width = 0.8 / max(len(arms), 1)  # a study without a finished run yet draws an empty axis
         for j, arm in enumerate(arms):
             xs = [
                 i + (j - (len(arms) - 1) / 2) * width
