@@ -158,6 +158,15 @@ class TwoHeads(torch.nn.Module):
         return self.left(h) + self.right(h) if step % 2 else self.left(h)
 
 
+def two_heads_step(net: TwoHeads, optimizer, step: int) -> None:
+    """One training step of ``net`` on the step's seeded batch, as the loop takes it."""
+    torch.manual_seed(100 + step)
+    loss = F.cross_entropy(net(torch.randn(BATCH, 8), step), torch.tensor([0, 1, 2]))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 @pytest.mark.parametrize("memory", ["plain", "in-backward", "in-backward-bf16"])
 def test_a_parameter_without_a_gradient_stalls_no_bucket(memory, monkeypatch):
     """Both heads share a bucket of 448 bytes (right's bias and weight, left's: 408); on even steps the right head's
@@ -168,11 +177,7 @@ def test_a_parameter_without_a_gradient_stalls_no_bucket(memory, monkeypatch):
     if memory != "plain":
         assert [len(b.params) for b in optimizer.buckets] == [4, 1, 1]
     for step in range(STEPS):
-        torch.manual_seed(100 + step)
-        loss = F.cross_entropy(net(torch.randn(BATCH, 8), step), torch.tensor([0, 1, 2]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        two_heads_step(net, optimizer, step)
         if memory != "plain":
             assert all(p.grad is None for p in net.parameters()), "no gradient left waiting for its bucket"
     steps = {i: int(s["step"]) for i, s in optimizer.state_dict()["state"].items()}
@@ -181,11 +186,7 @@ def test_a_parameter_without_a_gradient_stalls_no_bucket(memory, monkeypatch):
         plain = TwoHeads()
         train_plain = build_optimizer(plain.parameters(), "adam", 1e-2, 0.0, "plain")
         for step in range(STEPS):
-            torch.manual_seed(100 + step)
-            loss = F.cross_entropy(plain(torch.randn(BATCH, 8), step), torch.tensor([0, 1, 2]))
-            train_plain.zero_grad(set_to_none=True)
-            loss.backward()
-            train_plain.step()
+            two_heads_step(plain, train_plain, step)
         assert all(torch.equal(a, b) for a, b in zip(net.parameters(), plain.parameters()))
 
 
