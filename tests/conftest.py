@@ -1,6 +1,8 @@
-"""Test-wide settings: Triton runs in its CPU interpreter, and nothing reaches a model hub."""
+"""Test-wide settings: Triton runs in its CPU interpreter, nothing reaches a model hub, and temporary
+files last no longer than the module that wrote them."""
 
 import os
+import shutil
 
 # Must be set before any @triton.jit function is first called.
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -28,3 +30,17 @@ def poisoned(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: nan(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan(empty_like(*a, **k)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_temporary_files(request, tmp_path_factory):
+    """A module's shared stores and runs (its module-scoped tmp_path_factory folders) are removed when the
+    module ends, unless one of its tests failed: pytest itself keeps them to the session's end, and the
+    suite's stores and checkpoints together would fill a CI machine's disk (pyproject.toml removes each
+    passed test's own tmp_path)."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
