@@ -15,6 +15,7 @@ COMMANDS = {
     "fidelity": "bench.fidelity",
     "report": "bench.report",
     "evaluation": "bench.evaluation",
+    "latent-models": "bench.latent_models",
 }
 
 

@@ -29,6 +29,7 @@ KINDS = {
     "fidelity": "bench fidelity",
     "evaluation": "bench evaluation",
     "gap": "engine gap",
+    "latent-models": "bench latent-models",
     "throughput": "bench throughput",
     "kernels": "bench kernels",
     "loaders": "bench loaders",
@@ -36,6 +37,7 @@ KINDS = {
 GAP_SCHEMA = "latent-engine/gap/1"  # engine gap
 FIDELITY_SCHEMA = "latent-engine/fidelity/1"  # bench fidelity
 EVALUATION_SCHEMA = "latent-engine/evaluation/1"  # bench evaluation: a run's eval.json with where it ran
+LATENT_MODELS_SCHEMA = "latent-engine/latent-models/1"  # bench latent-models: one-model latent studies side by side
 
 
 class SchemaError(ValueError):
@@ -63,6 +65,8 @@ def kind(report: dict, path: Path) -> str:
         return "fidelity"
     if report.get("schema") == EVALUATION_SCHEMA:
         return "evaluation"
+    if report.get("schema") == LATENT_MODELS_SCHEMA:
+        return "latent-models"
     results = report.get("results")
     if (
         report.get("schema") == 1
@@ -253,8 +257,37 @@ def _evaluation(report: dict, name: str) -> list[str]:
     return lines
 
 
+def _latent_models(report: dict, name: str) -> list[str]:
+    budget, chance = report["budget"], report["chance"]["balanced_accuracy"]
+    shape = "x".join(map(str, report["latent_shape"]))
+    lines = [
+        f"### Latent models on one store: {report['device']}",
+        "",
+        f"From `{name}`, written by `bench latent-models` from one `engine gap --arms latent` study per model "
+        f"(`{report['models'][0]['command']}`, and the same with each model); torch {report['versions']['torch']}. "
+        f"Store `{report['store']}` ({shape} latents); units {', '.join(report['units'])}; {budget['epochs']} epochs, "
+        f"batch {budget['batch_size']}, loss {budget['loss']}. Test balanced accuracy (chance {chance:g}) and "
+        "training samples/s: mean ± sd over units, measured. Parameters and the activation bytes one training step "
+        f"keeps for its backward (per sample, one fp32 CPU step of batch {report['count_batch']}, "
+        "`bench.saved_activations`) are counted, not measured.",
+        "",
+        "| latent model | parameters | balanced accuracy | AUROC | samples/s | kept for backward, plain (counted) "
+        "| lean (counted) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["models"]:
+        kept = row["saved_bytes_per_sample_counted"]
+        lines.append(
+            f"| {row['model']} | {row['parameters'] / 1e6:.2f} M | {_mean_sd(row['balanced_accuracy'])} | "
+            f"{_mean_sd(row['auroc'])} | {_mean_sd(row['samples_per_s'], '.0f')} | {kept['plain'] / 1024:,.0f} KiB | "
+            f"{kept['lean'] / 1024:,.0f} KiB |"
+        )
+    return lines
+
+
 BLOCKS = {
     "evaluation": _evaluation,
+    "latent-models": _latent_models,
     "fidelity": _fidelity,
     "gap": _gap,
     "throughput": _throughput,
@@ -336,7 +369,8 @@ def _gap_costs(report: dict) -> list[str]:
 
 
 def _mean_sd(stat: dict, fmt: str = ".3f") -> str:
-    return format(stat["mean"], fmt) if stat["n"] == 1 else f"{format(stat['mean'], fmt)} ± {stat['sd']:.3f}"
+    mean = format(stat["mean"], fmt)
+    return mean if stat["n"] == 1 else f"{mean} ± {format(stat['sd'], fmt.lstrip('+'))}"
 
 
 def render_headline(paths: list[Path], root: Path | None = None) -> str:
