@@ -112,3 +112,23 @@ def test_convnext_lean_block_keeps_only_its_input():
         before = compare("convnext-t-film", LATENT, BATCH)["lean"].activations
     assert len(conv_outputs) == 18, "every block of ConvNeXt-T ran lean"
     assert now == before - sum(conv_outputs)  # a depthwise conv's output has its input's shape and dtype
+
+
+def test_compiled_lean_step_gives_the_eager_loss_and_gradients():
+    """`engine train --compile --memory lean`: torch.compile (inductor, this CPU's C++ backend) takes the lean
+    blocks' recomputation and fused MLP, and the step's loss and every gradient stay those of eager plain (the
+    noise embedding's in-place weight normalisation included: it runs outside the graph)."""
+    name, options = "convnext-t-film", {**SMALL["convnext-t-film"], "stochastic_depth_prob": 0.0}
+    eager, lean = built(name, "plain", **options), built(name, "lean", **options)
+    with torch.no_grad():  # off unit-norm rows too, so the forced weight normalisation changes the weights
+        for p in eager.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    lean.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    loss_eager, grads_eager = step(eager, 1)
+    loss_compiled, grads_compiled = step(torch.compile(lean), 1)
+    grads_compiled = {key.removeprefix("_orig_mod."): g for key, g in grads_compiled.items()}
+    assert rel(loss_compiled, loss_eager.double()) < 1e-5
+    assert grads_compiled.keys() == grads_eager.keys()
+    for key, g in grads_eager.items():
+        assert rel(grads_compiled[key], g.double()) < 1e-4, key

@@ -155,3 +155,19 @@ def test_a_run_with_lr_scaling_steps_with_the_scaled_rate_and_records_the_option
     assert (recorded["lr"], recorded["lr_scaling"]) == (1e-3, "sqrt")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in records if "loss" in r] == pytest.approx([2.5e-4, 2.5e-4])
+
+
+def test_compile_with_the_lean_step_trains_with_eagers_losses(store, tmp_path):
+    """`--compile --memory lean` steps as eager plain does: the same losses step after step (inductor's kernels
+    round otherwise), and config.json records both."""
+    args = ["train", "--store", str(store), "--model", "adm-s-film", "--batch-size", "8", "--epochs", "1"]
+    quick = ["--max-steps", "3", "--curve-levels", "1", "--lr", "1e-3", "--warmup-steps", "0", "--loss", "ce"]
+    losses = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "--memory", "lean"])):
+        assert engine_main([*args, *quick, *extra, "--out", str(tmp_path / name)]) == 0
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records if "loss" in r]
+    recorded = json.loads((tmp_path / "compiled" / "config.json").read_text())["train"]
+    assert (recorded["compile"], recorded["memory"]) == (True, "lean")
+    assert len(losses["eager"]) == 3
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
