@@ -1,7 +1,7 @@
 """A calibrated step time for bench.predict: the roofline (``bench.roofline``, an upper bound on samples/s) with
 the efficiencies real GPUs reach, fitted to published training throughputs. Predicted, never measured.
 
-Per dispatched op of the simulated step (``bench.predict.simulate``)::
+Per dispatched op of the simulated step (``bench.simulated_step.simulate``)::
 
     gpu_op = max(flops / (tensor_core_efficiency * peak), bytes / (bandwidth_efficiency * HBM), kernel_floor)
 
@@ -104,7 +104,7 @@ FIT_ERRORS = (0.0, -0.113, 0.102)  # calibrated / published - 1 at FIT_POINTS, i
 def _ops(point: FitPoint) -> tuple:
     """The simulated step of a fit point, its Adam torch's foreach one: the published runs (PyTorch 1.12, SGD)
     predate torch's fused optimizers, and the efficiencies were fitted to this step."""
-    from bench.predict import simulate
+    from bench.simulated_step import simulate
 
     shape = (3, point.size, point.size)
     return simulate(point.model, shape, point.batch, channels_last=point.channels_last, adam="foreach").ops

@@ -1,5 +1,5 @@
 """``torch.autocast("cuda", torch.bfloat16)`` applied to tensors on any device, so a CPU can run a step with
-the dtypes a CUDA run has (bench.predict runs fake CPU tensors: see there why not CUDA ones).
+the dtypes a CUDA run has (bench.simulated_step runs fake CPU tensors: see there why not CUDA ones).
 
 The op lists are torch's own, from ``ATen/autocast_mode.h``; tests/test_bench_predict.py checks them against
 that header. Casts happen at the Python call, above autograd, so autograd saves the bf16 copies, as with

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import torch  # noqa: F401  (kept for callers' type hints)
 
-from engine.environment import device_name, versions  # noqa: F401  (re-exported: bench's one place)
+from engine.environment import (  # noqa: F401  (re-exported: bench's one place)
+    device_name,
+    host_memory_available,
+    usable_cores,
+    versions,
+)
 from kernels.common import ENV_VAR
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,7 +6,7 @@ Recomputed blocks (``engine.models.memory.recompute``: non-reentrant ``torch.uti
 save inside behind their own hooks and instead keep their inputs alive by reference, which no hook sees; so
 while counting, ``torch.utils.checkpoint.checkpoint`` is wrapped to count its tensor arguments as kept. The
 step is a plain one on the CPU in fp32 (model forward, cross-entropy, backward): autocast would add weight
-copies a CPU step does not make the way CUDA does (``bench.predict`` counts those on fake CUDA-like tensors).
+copies a CPU step does not make the way CUDA does (``bench.simulated_step`` counts those on fake CUDA-like tensors).
 
     python -m bench.saved_activations            # plain vs lean for the latent models at 4x16x16, batch 3
 """
@@ -41,7 +41,7 @@ class SavedTensorCounter:
     """Counts the unique storages saved for the backward while ``counting()`` is open.
 
     Storages are told apart by identity (weakly held), not by address, so the count works on fake tensors
-    (``bench.predict``) as on real ones; ``weights``: storages besides the parameters that count as weights
+    (``bench.simulated_step``) as on real ones; ``weights``: storages besides the parameters that count as weights
     (the autocast copies of them, ``CudaAutocast.casts``). Every saved storage stays alive until the backward,
     so none is counted twice.
     """

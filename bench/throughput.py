@@ -314,7 +314,7 @@ def _measure_all(report: dict, cases: list[Case], args, options, timing: dict, d
         report["profile"] = _profiles(cases, args, options, log)
         save()
     if not args.no_real_input:
-        workers = args.workers if args.workers is not None else min(8, _cores())
+        workers = args.workers if args.workers is not None else min(8, environment.usable_cores())
         report["real_input"] = _guarded(
             log,
             "real input",
@@ -360,7 +360,7 @@ def _memory_part(report: dict, cases: list[Case], args, options, save, log) -> d
 
 def _search_part(report: dict, cases: list[Case], args, options, timing: dict, peak: dict, save, log) -> None:
     """The largest batch of each case, within ``--search-seconds`` in all: the cases not reached are listed."""
-    budget = int(args.cpu_memory_budget * _mem_available())
+    budget = int(args.cpu_memory_budget * environment.host_memory_available())
     deadline = time.monotonic() + args.search_seconds
     for case in [c for c in cases if c.name not in {s["case"] for s in report["skipped"]}]:
         if time.monotonic() > deadline:
@@ -393,6 +393,7 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
     """bench.predict at the paper's scale (batch 256, the protocol's shapes and image sizes) on each device, and
     the same simulation of this run's own CPU rows set against what they measured."""
     from bench.predict import DEFAULT_BATCH, predict_case, predict_grid
+    from bench.simulated_step import against_measured
 
     def predict(model: str, shape, device: str) -> dict:
         log(f"predicted: {model} @ {shape if isinstance(shape, str) else f'{shape[1]}px'} on {device}")
@@ -413,42 +414,8 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
         "devices": devices,
         "rows": rows,
         "ratios": paired,
-        "vs_measured": _predicted_vs_measured(report, log),
+        "vs_measured": against_measured(report["rows"], log),
     }
-
-
-def _predicted_vs_measured(report: dict, log) -> list[dict]:
-    """The simulation of this run's own equal-batch rows (fp32, the CPU's kernels and Adam), against what they
-    measured: FLOPs (the same counter, so they must agree) and peak memory (simulated storages against RSS)."""
-    from bench.predict import simulate
-
-    out = []
-    for row in (r for r in report["rows"] if r["regime"] == "equal batch"):
-        try:
-            sim = simulate(
-                row["model"],
-                tuple(row["shape"]),
-                row["batch"],
-                autocast=False,
-                channels_last=row["channels_last"],
-                kernels="reference",
-                adam="per-tensor",
-            )
-        except (ValueError, RuntimeError) as err:
-            log(f"no simulation of {row['case']}: {err}")
-            continue
-        out.append(
-            {
-                "case": row["case"],
-                "batch": row["batch"],
-                "flops_per_sample": sim.flops / row["batch"],
-                "measured_flops_per_sample": row["flops_per_sample"],
-                "simulated_peak_bytes": sim.peak_bytes,
-                "measured_peak_bytes": row["peak_memory_bytes"],
-                "peak_ratio": sim.peak_bytes / row["peak_memory_bytes"] if row["peak_memory_bytes"] else None,
-            }
-        )
-    return out
 
 
 def _profiles(cases: list[Case], args, options, log) -> dict:
@@ -533,15 +500,3 @@ def _guarded(log, what: str, fn) -> dict:
 
 def _items(text: str) -> list[str]:
     return [s.strip() for s in str(text).split(",") if s.strip()]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _mem_available() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            return 1024 * next(int(line.split()[1]) for line in f if line.startswith("MemAvailable"))
-    except (OSError, StopIteration):
-        return 8 << 30

@@ -1,8 +1,10 @@
-"""Where a measurement ran: the device's name and the library versions, as every result file records them."""
+"""Where a measurement ran: the device's name and the library versions, as every result file records them, and
+what the host offers a job (its usable cores, its available memory)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 
@@ -58,3 +60,17 @@ def versions(cuda: bool) -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def host_memory_available() -> int:
+    """Bytes of host memory available to new work without swapping: the kernel's MemAvailable, or free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

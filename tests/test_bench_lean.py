@@ -1,11 +1,11 @@
-"""bench.predict in lean memory: it keeps less than plain, and its count of what a step keeps for the backward is
+"""bench.simulated_step in lean memory: it keeps less than plain, and its count of what a step keeps for the backward is
 the count bench.saved_activations makes of the same step run for real on the CPU."""
 
 import pytest
 import torch
 
-from bench.predict import simulate
 from bench.saved_activations import SavedTensorCounter
+from bench.simulated_step import simulate
 from bench.train_steps import Case, StepOptions, build_net, make_step
 from engine.training.optimizers import BUCKET_BYTES
 

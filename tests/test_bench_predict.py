@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from bench import cuda_autocast
 from bench.cuda_autocast import CudaAutocast
-from bench.predict import predict_case, predict_ratio, simulate
+from bench.predict import predict_case, predict_ratio
+from bench.simulated_step import simulate
 from bench.train_steps import Case, StepOptions, build_net, make_step
 
 

@@ -7,12 +7,12 @@ printed before anything is cached, and a selection over the budget is refused, n
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
+from engine.environment import host_memory_available
 from engine.loaders.chunk_reader import ChunkReader, read_chunks
 from engine.loaders.loader import Batch, LatentLoader
 from engine.loaders.options import LoaderOptions
@@ -38,12 +38,7 @@ def resident_bytes(selection: Selection, latent_shape: tuple[int, ...], with_log
 def default_budget(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0] * BUDGET_FRACTION)
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return int(available * BUDGET_FRACTION)
+    return int(host_memory_available() * BUDGET_FRACTION)
 
 
 def gib(n: int) -> str:
