@@ -2,6 +2,9 @@
 parameter once per step even when one gets no gradient, bf16 moments stay close to fp32 ones and round without
 bias, both resume from a checkpoint exactly, and Adam's implementation follows the device, not the checkpoint."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,3 +219,20 @@ def test_unknown_choices_are_a_one_line_error():
         build_optimizer(params, "adam", 1e-3, 0.0, "bf8")
     with pytest.raises(UsageError, match="--optimizer 'sgd'"):
         build_optimizer(params, "sgd", 1e-3, 0.0)
+
+
+@pytest.mark.parametrize("memory", ["in-backward", "in-backward-bf16"])
+def test_an_in_backward_optimizer_lets_its_model_go_and_leaves_no_hooks_behind(memory):
+    """A parameter's hooks live in C++, out of the collector's sight: hooks holding their bucket strongly kept every
+    model a process trained with in-backward steps, and its optimizer, alive to the process's end."""
+    net = model()
+    optimizer = build_optimizer(net.parameters(), "adam", 1e-3, 0.0, memory)
+    F.cross_entropy(net(torch.randn(BATCH, *LATENT), torch.randn(BATCH)), torch.tensor([0, 3, 4])).backward()
+    optimizer.step()
+    kept = weakref.ref(next(net.parameters()))
+    del optimizer
+    gc.collect()
+    assert all(not p._post_accumulate_grad_hooks for p in net.parameters()), "its hooks went with the optimizer"
+    del net
+    gc.collect()
+    assert kept() is None, "the model was freed"

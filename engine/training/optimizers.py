@@ -37,6 +37,7 @@ with several ranks). ``zero_grad`` remains, as a no-op, so ``train_step`` runs e
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -136,6 +137,26 @@ class _Bucket:
         self.arrived.clear()
 
 
+def _arrive_weakly(bucket: _Bucket) -> Callable[[torch.Tensor], None]:
+    """The post-accumulate-grad hook of ``bucket``'s parameters, holding the bucket weakly. A parameter keeps its
+    hooks in C++, where Python's collector cannot follow them: a hook holding its bucket (and so the bucket's
+    parameters and optimizer) strongly makes a cycle nothing collects, and every model a process trained with
+    in-backward steps stayed in memory with its optimizer (a gap study's arms, bench's batch search: 220 MiB
+    each for vit-s-film, until the machine ran out)."""
+    ref = weakref.ref(bucket)
+
+    def arrive(param: torch.Tensor) -> None:
+        if (alive := ref()) is not None:
+            alive.arrive(param)
+
+    return arrive
+
+
+def _remove(hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
+    for hook in hooks:
+        hook.remove()
+
+
 class StepInBackward:
     """One optimizer per bucket of parameters (``buckets``), each stepped in its parameters' post-accumulate-grad
     hooks when the bucket's last gradient is in.
@@ -157,9 +178,8 @@ class StepInBackward:
             _Bucket(members, make(members, number))
             for number, members in enumerate([self.params[i] for i in indices] for indices in self.indices)
         ]
-        self.hooks = [
-            p.register_post_accumulate_grad_hook(bucket.arrive) for bucket in self.buckets for p in bucket.params
-        ]
+        self.hooks = [p.register_post_accumulate_grad_hook(_arrive_weakly(b)) for b in self.buckets for p in b.params]
+        weakref.finalize(self, _remove, self.hooks)  # a model that outlives its optimizer keeps no dead hooks
 
     @property
     def param_groups(self) -> list[dict]:
