@@ -137,10 +137,12 @@ def make_step(
     ids = torch.arange(n, device=device)
     valid = torch.ones(n, dtype=torch.bool, device=device)
     if case.space == "latent":
-        latents = torch.randn((n, *case.shape), generator=g, device=device).half()  # as a loader delivers them
+        # fp16 as a loader delivers them, drawn so: a float32 draw halved would be the largest tensor a small latent
+        # model's probe ever holds (2 pool batches of 4 bytes an element), above any of its steps
+        latents = torch.randn((n, *case.shape), generator=g, device=device, dtype=torch.float16)
         c = case.shape[0]
         inputs = LatentInputs(channel_mean=[0.0] * c, channel_std=[1.0] * c, device=device)
-        objective = LatentObjective(inputs, loss, net.noise_conditioned)
+        objective = LatentObjective(inputs, loss, net.noise_conditioned, regenerate_input=opts.memory == "lean")
     else:
         latents = None
         images = torch.randint(0, 256, (n, *case.shape), dtype=torch.uint8, generator=g, device=device)

@@ -20,6 +20,7 @@ from engine.losses import Distillation, LossRecipe, recipe
 from engine.losses.feature_distillation import cka_loss
 from engine.models.pooled_features import PooledFeatures
 from engine.training.inputs import ImageInputs, LatentInputs, step_seed
+from engine.training.regenerated_input import regenerated_in_backward
 from engine.training.views import TrainingViews
 
 NOISE_LABEL = "noise_injection"  # profiler label of the fused input pass: the benchmark attributes step time by it
@@ -99,12 +100,22 @@ def network_input_dtype(device: torch.device) -> torch.dtype:
 
 
 class LatentObjective:
-    """sigma -> noised latents (or the epoch's augmented views, --views) -> the (FiLM) network -> the loss."""
+    """sigma -> noised latents (or the epoch's augmented views, --views) -> the (FiLM) network -> the loss.
+
+    regenerate_input (the lean step's): the network's first layer does not keep the noised batch for its backward,
+    which draws it again from the stored batch and the step (``engine.training.regenerated_input``).
+    """
 
     def __init__(
-        self, inputs: LatentInputs, loss: TrainingLoss, noise_conditioned: bool, views: TrainingViews | None = None
+        self,
+        inputs: LatentInputs,
+        loss: TrainingLoss,
+        noise_conditioned: bool,
+        views: TrainingViews | None = None,
+        regenerate_input: bool = False,
     ):
         self.inputs, self.loss, self.noise_conditioned, self.views = inputs, loss, noise_conditioned, views
+        self.regenerate_input = regenerate_input
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch's loss weights and, with --views, its choice of views: functions of the epoch alone."""
@@ -117,10 +128,17 @@ class LatentObjective:
         latents = batch.latents if self.views is None else self.views.latents(batch)
         with record_function(NOISE_LABEL):
             levels = self.inputs.draw_levels(len(batch), step)  # sigma per sample (paper: 32 Karras levels)
-            # (z - mean) / std * 0.5, masked, + sigma * eps, in the dtype the network's stem computes in
-            x = self.inputs.noised(latents, levels, step, network_input_dtype(latents.device))
+
+        def noised() -> torch.Tensor:
+            """(z - mean) / std * 0.5, masked, + sigma * eps, in the dtype the network's stem computes in: a
+            function of the stored batch and the step alone, which a lean step's backward draws again."""
+            with record_function(NOISE_LABEL):
+                return self.inputs.noised(latents, levels, step, network_input_dtype(latents.device))
+
+        x = noised()
         c_noise = levels.c_noise if self.noise_conditioned else None  # ln(sigma) / 4, embedded as in EDM2
-        with autocast(x.device):
+        kept = regenerated_in_backward(x, noised) if self.regenerate_input else contextlib.nullcontext()
+        with autocast(x.device), kept:
             logits = net(x, c_noise)  # FiLM h * (1 + gamma) + beta after every stage, fused with the next norm
         return self.loss(logits.float(), batch)  # LDAM-DRW / CE (+ distillation from stored teacher logits)
 

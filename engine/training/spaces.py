@@ -76,14 +76,20 @@ class Feed(ABC):
 
 
 class LatentFeed(Feed):
-    """Noised latents; with ``views_of`` (--views) training reads a selection's augmented views instead."""
+    """Noised latents; with ``views_of`` (--views) training reads a selection's augmented views instead; with
+    ``lean`` (--memory lean) the network's backward draws its noised input again rather than keeping it."""
 
-    def __init__(self, inputs: LatentInputs, views_of: Callable[[Selection], TrainingViews] | None = None):
-        self.inputs, self.views_of = inputs, views_of
+    def __init__(
+        self,
+        inputs: LatentInputs,
+        views_of: Callable[[Selection], TrainingViews] | None = None,
+        lean: bool = False,
+    ):
+        self.inputs, self.views_of, self.lean = inputs, views_of, lean
 
     def objective(self, selection: Selection, loss: TrainingLoss, noise_conditioned: bool) -> LatentObjective:
         views = None if self.views_of is None else self.views_of(selection)
-        return LatentObjective(self.inputs, loss, noise_conditioned, views)
+        return LatentObjective(self.inputs, loss, noise_conditioned, views, regenerate_input=self.lean)
 
     def eval_input(self, selection: Selection, clean_eval: str, noise_conditioned: bool) -> EvalInput:
         return self.inputs.eval_input_at(clean_level(clean_eval), noise_conditioned)
@@ -212,7 +218,7 @@ class LatentSpace(Space):
 
     def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> LatentFeed:
         views_of = (lambda selection: TrainingViews.cache(store, selection, device, cfg.seed)) if cfg.views else None
-        return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device), views_of)
+        return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device), views_of, cfg.memory == "lean")
 
     def recorded_clean_eval(self, clean_eval: str) -> str | None:
         return clean_eval
