@@ -94,9 +94,8 @@ def test_render_takes_every_figure_and_command_from_the_files(repo):
         assert f"| {r['pairing']} | {r['latent']} | {r['image']} | {r['memory_ratio']:.2f}x |" in text
     assert text.index("**Predicted, not measured**") > text.index("| case | batch |")  # after every measured row
     for r in throughput["predicted"]["ratios"]:
-        assert (
-            f"| {r['device']} | {r['pairing']} | {r['latent']} | {r['image']} | {r['throughput_ratio']:.2f}x |" in text
-        )
+        calibrated = f"| {r['device']} | {r['pairing']} | {r['latent']} | {r['image']} | {r['throughput_ratio']:.2f}x"
+        assert f"{calibrated} (roofline {r['roofline_throughput_ratio']:.2f}x) | {r['memory_ratio']:.2f}x |" in text
     assert kernels["reference_only"] and kernels["note"] in text and "| median ms |" not in text
     for row in loaders["results"]:
         assert f"| {row['loader']} | {row['format']} | {row['samples_per_s']:,} | {row['GB_per_s']:.3f} |" in text
