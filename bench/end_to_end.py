@@ -106,10 +106,11 @@ def side(predicted: dict, loader: str, loader_samples_per_s: float) -> dict:
 
 
 def ratio(latent: dict, image: dict) -> dict:
-    """Latent/image samples/s and image/latent peak memory of two sides."""
+    """Latent/image samples/s and image/latent peak memory of two sides (of one device)."""
     return {
         "label": "predicted",
         "pairing": END_TO_END,
+        "device": latent["device"],
         "latent": f"{latent['case']} ({latent['memory']})",
         "image": f"{image['case']} ({image['memory']}, {image['loader']})",
         "throughput_ratio": latent["samples_per_s"] / image["samples_per_s"],
@@ -118,40 +119,45 @@ def ratio(latent: dict, image: dict) -> dict:
 
 
 def predict_end_to_end(
-    device: str = "h200-sxm",
+    devices: tuple[str, ...] = ("h200-sxm",),
     latent_model: str = "convnext-t-film",
     shape: str = "flux2-512",
     image_model: str = "resnet50",
     workers: int = WORKERS,
     images: int = 256,
 ) -> dict:
-    """Sides and ratios of the end-to-end pairing on ``device``: the latent model (plain and lean) from its
-    store, against the image model at 256 px (stock, and with its residual blocks recomputed) from 8-worker
-    PNG and JPEG pipelines; with the per-worker decode rates measured here."""
+    """Sides and ratios of the end-to-end pairing on each of ``devices``: the latent model (plain and lean) from
+    its store, against the image model at 256 px (stock, and with its residual blocks recomputed) from
+    ``workers``-worker PNG and JPEG pipelines; with the per-worker decode rates and the latent loader's rate
+    measured here, once for every device."""
     from bench.predict import predict_case
     from bench.train_steps import latent_shape
 
     per_worker = {suffix: decode_rate_per_worker(suffix, images) for suffix in (".png", ".jpg")}
     latent_rate = latent_loader_rate(latent_shape(shape))
-    latents = [
-        side(predict_case(latent_model, shape, device=device, memory=m), "engine make_loader (zarr)", latent_rate)
-        for m in ("plain", "lean")
-    ]
-    images_ = [
-        side(
-            predict_case(image_model, (3, IMAGE_PX, IMAGE_PX), device=device, memory=m),
-            f"{workers}-worker DataLoader of {SOURCE_PX} px {suffix[1:].upper()} files",
-            workers * rate,
-        )
-        for m in ("plain", "lean")
-        for suffix, rate in per_worker.items()
-    ]
+    sides, ratios = [], []
+    for device in devices:
+        latents = [
+            side(predict_case(latent_model, shape, device=device, memory=m), "engine make_loader (zarr)", latent_rate)
+            for m in ("plain", "lean")
+        ]
+        images_ = [
+            side(
+                predict_case(image_model, (3, IMAGE_PX, IMAGE_PX), device=device, memory=m),
+                f"{workers}-worker DataLoader of {SOURCE_PX} px {suffix[1:].upper()} files",
+                workers * rate,
+            )
+            for m in ("plain", "lean")
+            for suffix, rate in per_worker.items()
+        ]
+        sides += latents + images_
+        ratios += [ratio(lat, img) for lat in latents for img in images_]
     return {
         "label": "predicted",
         "pairing": END_TO_END,
         "workers": workers,
         "decode_images_per_s_per_worker": {suffix[1:]: rate for suffix, rate in per_worker.items()},
         "latent_loader_samples_per_s": latent_rate,
-        "sides": latents + images_,
-        "ratios": [ratio(lat, img) for lat in latents for img in images_],
+        "sides": sides,
+        "ratios": ratios,
     }

@@ -116,6 +116,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--predict-image-sizes", default=GPU_DEFAULTS["image_sizes"], help="image px predicted")
     p.add_argument("--no-predict", action="store_true", help="skip the predicted section")
     p.add_argument(
+        "--no-end-to-end",
+        action="store_true",
+        help="skip the predicted end-to-end pairing (convnext-t-film @ flux2-512 from its store against resnet50 "
+        "fed 512 px PNG/JPEG files by 8 DataLoader workers; its decode rate measured here, ~2 min)",
+    )
+    p.add_argument(
         "--cpu-memory-budget",
         type=float,
         default=0.5,
@@ -392,6 +398,7 @@ def _search_part(report: dict, cases: list[Case], args, options, timing: dict, p
 def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
     """bench.predict at the paper's scale (batch 256, the protocol's shapes and image sizes) on each device, and
     the same simulation of this run's own CPU rows set against what they measured."""
+    from bench.end_to_end import predict_end_to_end
     from bench.predict import DEFAULT_BATCH, predict_case, predict_grid
     from bench.simulated_step import against_measured
 
@@ -408,7 +415,7 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
         devices,
         predict,
     )
-    return {
+    part = {
         "label": "predicted",
         "batch": DEFAULT_BATCH,
         "devices": devices,
@@ -416,6 +423,10 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
         "ratios": paired,
         "vs_measured": against_measured(report["rows"], log),
     }
+    if not args.no_end_to_end:
+        log("predicted: the end-to-end pairing (decoding files in DataLoader workers, timed here)")
+        part["end_to_end"] = _guarded(log, "end-to-end pairing", lambda: predict_end_to_end(tuple(devices)))
+    return part
 
 
 def _profiles(cases: list[Case], args, options, log) -> dict:

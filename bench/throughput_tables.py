@@ -114,6 +114,7 @@ def predicted_lines(report: dict) -> list[str]:
             f"{_roofline(r.get('roofline_throughput_ratio'))} | {r['memory_ratio']:.2f}x |"
             for r in pred["ratios"]
         ]
+    lines += end_to_end_lines(pred.get("end_to_end"))
     checked = [c for c in pred.get("vs_measured", []) if c["peak_ratio"]]
     if checked:
         ratios = [c["peak_ratio"] for c in checked]
@@ -130,6 +131,37 @@ def predicted_lines(report: dict) -> list[str]:
             f"{min(ratios):.2f}-{max(ratios):.2f} (median {sorted(ratios)[len(ratios) // 2]:.2f}; RSS also "
             "holds the allocator's caches and the framework's own buffers).",
         ]
+    return lines
+
+
+def end_to_end_lines(e2e: dict | None) -> list[str]:
+    """The predicted end-to-end pairing: each side at min(its loader, its calibrated step), the rates it used."""
+    if not e2e or "skipped" in e2e:
+        return [] if not e2e else ["", f"End-to-end pairing skipped: {e2e['skipped']}"]
+    decode = e2e["decode_images_per_s_per_worker"]
+    lines = [
+        "",
+        f"**End to end, predicted** (bench.end_to_end): the paper protocol with each side fed as users train it. "
+        f"The image side's files are decoded, resized to 256 px, flipped, rotated and normalised in a "
+        f"{e2e['workers']}-worker DataLoader: one worker does {decode['png']:,.0f} PNG / {decode['jpg']:,.0f} "
+        f"JPEG images/s on this CPU (measured), taken {e2e['workers']} times; the latent side's store is read "
+        f"by the engine's loader at {e2e['latent_loader_samples_per_s']:,.0f} samples/s (measured here). Each "
+        "side runs at min(loader, calibrated step).",
+        "",
+        "| device | case | memory | fed by | loader samples/s | step samples/s | runs at | bound by |",
+        "|---|---|---|---|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['device']} | {r['case']} | {r['memory']} | {r['loader']} | {r['loader_samples_per_s']:,.0f} | "
+        f"{r['step_samples_per_s']:,.0f} | {r['samples_per_s']:,.0f} | {r['bound']} |"
+        for r in e2e["sides"]
+    ]
+    lines += ["", "| device | latent | image | throughput latent/image | memory image/latent |"]
+    lines += ["|---|---|---|---:|---:|"]
+    lines += [
+        f"| {r['device']} | {r['latent']} | {r['image']} | {r['throughput_ratio']:.1f}x | {r['memory_ratio']:.1f}x |"
+        for r in e2e["ratios"]
+    ]
     return lines
 
 

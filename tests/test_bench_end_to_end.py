@@ -3,6 +3,7 @@ decode rate is measured on real files."""
 
 from bench.end_to_end import decode_rate_per_worker, ratio, side
 from bench.pairing import END_TO_END
+from bench.throughput_tables import end_to_end_lines
 
 
 def row(case: str, space: str, step: float, peak: int) -> dict:
@@ -31,3 +32,20 @@ def test_a_side_runs_at_the_slower_of_its_loader_and_its_step():
 def test_one_worker_decodes_real_files():
     for suffix in (".png", ".jpg"):
         assert decode_rate_per_worker(suffix, count=40, source_px=64, size=32) > 0
+
+
+def test_the_predicted_section_shows_each_side_the_rates_it_used_and_every_ratio():
+    latent = side(row("lat", "latent", 30000.0, 1), "make_loader", 90000.0)
+    image = side(row("img", "image", 5000.0, 10), "8 workers", 1600.0)
+    e2e = {
+        "workers": 8,
+        "decode_images_per_s_per_worker": {"png": 200.0, "jpg": 350.0},
+        "latent_loader_samples_per_s": 90000.0,
+        "sides": [latent, image],
+        "ratios": [ratio(latent, image)],
+    }
+    text = "\n".join(end_to_end_lines(e2e))
+    assert "**End to end, predicted**" in text and "200 PNG / 350 JPEG images/s" in text and "90,000" in text
+    assert "| h200-sxm | img | plain | 8 workers | 1,600 | 5,000 | 1,600 | loader |" in text
+    assert "| h200-sxm | lat (plain) | img (plain, 8 workers) | 18.8x | 10.0x |" in text
+    assert end_to_end_lines(None) == [] and "skipped: no PIL" in "\n".join(end_to_end_lines({"skipped": "no PIL"}))

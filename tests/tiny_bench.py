@@ -28,4 +28,4 @@ NO_SLOW_PARTS = ["--max-batch", "0", "--no-profile", "--no-real-input", "--no-en
 TABLE_ONLY = [*NO_SLOW_PARTS, "--memory-batch", "0", "--no-predict"]
 # the memory and predicted parts at their smallest
 SMALL_PREDICTION = ["--memory-batch", "4", "--predict-devices", "h100-sxm", "--predict-shapes", "sd-64"]
-SMALL_PREDICTION += ["--predict-image-sizes", "32,64"]
+SMALL_PREDICTION += ["--predict-image-sizes", "32,64", "--no-end-to-end"]  # the paper's sizes only: minutes
