@@ -97,11 +97,16 @@ def _shape(case: str) -> str:
     return case.split(" @ ")[1].split(" (")[0]
 
 
+def _memory_mode(report: dict) -> str:
+    """', lean steps' for a --memory lean run: its section stands beside the plain run's of the same machine."""
+    return ", lean steps" if report["protocol"].get("memory_mode", "plain") == "lean" else ""
+
+
 def _throughput(report: dict, name: str) -> list[str]:
     """Every measured equal-batch row, but ratios and predictions only at the headline's latent shape (FLUX.2):
     the README stays readable, and the Markdown beside the JSON has every pairing of every shape."""
     lines = [
-        f"### Training steps, latent vs image space: {report['device']}"
+        f"### Training steps, latent vs image space{_memory_mode(report)}: {report['device']}"
         + (" (reduced sizes)" if report["reduced"] else ""),
         "",
     ]
