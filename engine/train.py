@@ -62,6 +62,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return _train(cfg, ctx, run, log if ctx.is_main else (lambda *_: None))
     finally:
         run.release()
+        ctx.close()  # once _train's frame, and the DDP model holding the process group with it, is gone
 
 
 def open_selections(cfg: TrainConfig) -> tuple[LatentStore, dict[str, Selection]]:
@@ -296,7 +297,6 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         result.update(evaluate_checkpoint(run.best, store, run.path, ctx.device, cfg.fold, cfg.loader, log=say))
         curves.noise_curve(result.get("test_by_sigma", {}))
     curves.close()
-    ctx.close()
     return result
 
 

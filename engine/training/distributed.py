@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -24,7 +25,14 @@ class DistContext:
             dist.barrier()
 
     def close(self) -> None:
+        """Frees the process group; call it once nothing else holds it (DDP's reducer does).
+
+        Freed through Python's handle, the group lets go of the GIL before its destructor waits for gloo's worker
+        threads; freed by the reducer's destructor, it waits holding the GIL, while a worker may need the GIL to
+        drop a Python tensor of the last collective: a deadlock at exit, in about one two-rank CPU run in three.
+        """
         if self.world_size > 1 and dist.is_initialized():
+            gc.collect()  # a model left in a reference cycle would otherwise outlive the group
             dist.destroy_process_group()
 
 
