@@ -136,8 +136,10 @@ def predicted_lines(report: dict) -> list[str]:
 
 def end_to_end_lines(e2e: dict | None) -> list[str]:
     """The predicted end-to-end pairing: each side at min(its loader, its calibrated step), the rates it used."""
-    if not e2e or "skipped" in e2e:
-        return [] if not e2e else ["", f"End-to-end pairing skipped: {e2e['skipped']}"]
+    if not e2e:
+        return []
+    if "skipped" in e2e:
+        return ["", f"End-to-end pairing skipped: {e2e['skipped']}"]
     decode = e2e["decode_images_per_s_per_worker"]
     lines = [
         "",

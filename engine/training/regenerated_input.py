@@ -19,13 +19,6 @@ from typing import Any
 import torch
 
 
-class _Recipe:
-    """What the backward finds where the input would have been kept; holds no reference to the input."""
-
-    def __init__(self, regenerate: Callable[[], torch.Tensor]):
-        self.regenerate = regenerate
-
-
 @contextlib.contextmanager
 def regenerated_in_backward(x: torch.Tensor, regenerate: Callable[[], torch.Tensor]) -> Iterator[None]:
     """Within the block, an op saving ``x`` itself for its backward saves ``regenerate`` instead, which the
@@ -37,19 +30,18 @@ def regenerated_in_backward(x: torch.Tensor, regenerate: Callable[[], torch.Tens
     """
     # only the innermost pair of saved-tensor hooks applies: chain to the pair this block would shadow
     outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
-    recipe = _Recipe(regenerate)
     # weakly: every tensor saved in the block keeps both hooks (and what they hold) until the backward frees it
     input_ref = weakref.ref(x)
 
     def pack(t: torch.Tensor) -> Any:
         if t is input_ref():
-            return recipe
+            return regenerate  # what the backward finds where x would have been kept
         # detached: a kept output must not hold its own grad_fn (the reference cycle torch's docs warn of)
         return outer[0](t) if outer is not None else t.detach()
 
     def unpack(packed: Any) -> torch.Tensor:
-        if packed is recipe:
-            return recipe.regenerate()
+        if packed is regenerate:
+            return regenerate()
         return outer[1](packed) if outer is not None else packed
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
