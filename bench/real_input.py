@@ -140,8 +140,8 @@ def run_real_input(
         }
         kernels = options(latent_case).kernels
         loss_fn = _loss(device)
-        lean = options(latent_case).memory == "lean"
-        objective = LatentObjective(inputs, loss_fn, nets["latent"].noise_conditioned, regenerate_input=lean)
+        lean_input = options(latent_case).lean_input
+        objective = LatentObjective(inputs, loss_fn, nets["latent"].noise_conditioned, regenerate_input=lean_input)
 
         def latent_step(batches: Iterator[Batch]):
             opt = torch.optim.Adam(nets["latent"].parameters(), lr=1e-4)

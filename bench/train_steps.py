@@ -100,6 +100,11 @@ class StepOptions:
     optimizer_memory: str | None = None
 
     @property
+    def lean_input(self) -> bool:
+        """The lean step's input drawn in the network's first layer: eager only (``engine train`` does the same)."""
+        return self.memory == "lean" and not self.compile
+
+    @property
     def optimizer_step(self) -> str:
         return self.optimizer_memory or OPTIMIZER_MEMORY_OF[self.memory]
 
@@ -142,7 +147,7 @@ def make_step(
         latents = torch.randn((n, *case.shape), generator=g, device=device, dtype=torch.float16)
         c = case.shape[0]
         inputs = LatentInputs(channel_mean=[0.0] * c, channel_std=[1.0] * c, device=device)
-        objective = LatentObjective(inputs, loss, net.noise_conditioned, regenerate_input=opts.memory == "lean")
+        objective = LatentObjective(inputs, loss, net.noise_conditioned, regenerate_input=opts.lean_input)
     else:
         latents = None
         images = torch.randint(0, 256, (n, *case.shape), dtype=torch.uint8, generator=g, device=device)

@@ -14,7 +14,7 @@ from engine.losses import recipe
 from engine.models import build_model
 from engine.training.inputs import LatentInputs
 from engine.training.objective import LatentObjective, TrainingLoss, train_step
-from engine.training.regenerated_input import regenerated_in_backward
+from engine.training.regenerated_input import drawn_in_layer
 
 SHAPE, BATCH = (4, 16, 16), 3
 
@@ -24,38 +24,37 @@ def conv_and_input() -> tuple[nn.Conv2d, torch.Tensor]:
     return nn.Conv2d(3, 5, 3), torch.randn(2, 3, 9, 7)
 
 
-def test_the_backward_calls_the_recipe_and_gets_the_kept_inputs_gradients():
+def test_the_layer_runs_on_the_drawn_input_which_is_gone_once_it_has_run():
     conv, values = conv_and_input()
     expected = torch.autograd.grad(conv(values.clone()).square().sum(), conv.weight)[0]
-    calls = []
+    calls, drawn = [], []
 
-    def regenerate() -> torch.Tensor:
+    def draw() -> torch.Tensor:
         calls.append(1)
-        return values.clone()
+        x = values.clone()
+        drawn.append(weakref.ref(x))
+        return x
 
-    x = values.clone()
-    with regenerated_in_backward(x, regenerate):
-        y = conv(x)
-    alive = weakref.ref(x)
-    del x
-    assert alive() is None, "the hooks kept the input alive through to the backward"
-    assert calls == []
-    (got,) = torch.autograd.grad(y.square().sum(), conv.weight)
+    with drawn_in_layer(conv, draw):
+        y = conv(torch.zeros_like(values))  # a stand-in of the input's shape: the layer runs on what it draws
+    assert len(drawn) == 1 and drawn[0]() is None, "the drawn input outlived the layer's call"
     assert calls == [1]
+    (got,) = torch.autograd.grad(y.square().sum(), conv.weight)
+    assert calls == [1, 1]  # drawn again by the backward
     assert torch.equal(got, expected)
+    assert conv._forward_pre_hooks == {}, "the layer still draws its input after the block"
 
 
 def test_hooks_already_in_place_still_see_every_other_saved_tensor():
     conv, values = conv_and_input()
     counts = {}
-    for regenerate in (False, True):
-        x = values.clone()
+    for drawn in (False, True):
         counter = SavedTensorCounter(list(conv.parameters()))
         with counter.counting():
-            with regenerated_in_backward(x, values.clone) if regenerate else torch.enable_grad():
-                y = torch.relu(conv(x))  # relu keeps its output: a saved activation besides the input
+            with drawn_in_layer(conv, values.clone) if drawn else torch.enable_grad():
+                y = torch.relu(conv(values.clone()))  # relu keeps its output: a saved activation besides the input
         y.sum().backward()
-        counts[regenerate] = (counter.activations, counter.parameters)
+        counts[drawn] = (counter.activations, counter.parameters)
     assert counts[False][0] - counts[True][0] == values.nbytes
     assert counts[True][0] == 4 * 2 * 5 * 7 * 5  # relu's float32 output, (2, 5, 7, 5)
     assert counts[True][1] == counts[False][1] > 0
@@ -63,15 +62,23 @@ def test_hooks_already_in_place_still_see_every_other_saved_tensor():
 
 def two_lean_steps(model: str, regenerate_input: bool) -> tuple[list[float], list[torch.Tensor], int, int]:
     """Losses and weights after two real CPU steps of a lean latent model, the activation bytes the second kept and
-    how often the steps noised their input."""
+    how often the steps noised their input; checks whether the input outlived the forward."""
     torch.manual_seed(0)
     net = build_model(model, SHAPE[0], 4, latent_size=SHAPE[1], memory="lean")
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     counts = np.array([5, 3, 2, 2])
     loss = TrainingLoss(recipe("ldam-drw", False, 1), counts)
     inputs = LatentInputs(channel_mean=[0.1] * SHAPE[0], channel_std=[2.0] * SHAPE[0], device=torch.device("cpu"))
-    noised, calls = inputs.noised, []
-    inputs.noised = lambda *args: calls.append(1) or noised(*args)
+    noised, calls, alive_at_the_end = inputs.noised, [], []
+
+    def counted(*args) -> torch.Tensor:
+        x = noised(*args)
+        calls.append(weakref.ref(x))
+        return x
+
+    inputs.noised = counted
+    # at the forward's end (the peak of a lean step at scale) the network's input must be gone already
+    net.register_forward_hook(lambda *_: alive_at_the_end.append(any(ref() is not None for ref in calls)))
     objective = LatentObjective(inputs, loss, net.noise_conditioned, regenerate_input=regenerate_input)
     g = torch.Generator().manual_seed(1)
     batch = Batch(
@@ -84,6 +91,7 @@ def two_lean_steps(model: str, regenerate_input: bool) -> tuple[list[float], lis
     counter = SavedTensorCounter(list(net.parameters()))
     with counter.counting():
         losses.append(train_step(net, optimizer, objective, batch, 1).item())
+    assert alive_at_the_end == [not regenerate_input] * 2
     return losses, [p.detach().clone() for p in net.parameters()], counter.activations, len(calls)
 
 

@@ -198,6 +198,11 @@ class ADMResNet(nn.Module):
         if noise_conditioned:
             self.noise_embedding = NoiseEmbedding(embedding_channels)
 
+    @property
+    def input_layer(self) -> nn.Module:
+        """The layer the latents enter first: where a lean step draws its noised input."""
+        return self.input_conv
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) latents -> (B, num_classes) logits; c_noise (B,) = ln(sigma)/4, None for clean input.
 

@@ -211,6 +211,11 @@ class ConvNeXtFiLM(nn.Module):
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
 
+    @property
+    def input_layer(self) -> nn.Module:
+        """The layer the latents enter first, the stem's patchify conv: where a lean step draws its noised input."""
+        return self.features[0][0]
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) latents -> (B, num_classes) logits; c_noise (B,) = ln(sigma)/4, None for clean input.
 

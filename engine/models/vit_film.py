@@ -201,6 +201,11 @@ class ViTFiLM(nn.Module):
         grid = latent_size // patch_size if latent_size and latent_size % patch_size == 0 else None
         self.register_buffer("positions", centred_positions(grid, grid, dim) if grid else None, persistent=False)
 
+    @property
+    def input_layer(self) -> nn.Module:
+        """The layer the latents enter first, the patch embedding: where a lean step draws its noised input."""
+        return self.patchify
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) latents -> (B, num_classes) logits; c_noise (B,) = ln(sigma)/4, None for clean input."""
         if x.dim() != 4 or x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:

@@ -19,8 +19,9 @@ from engine.loaders import Batch
 from engine.losses import Distillation, LossRecipe, recipe
 from engine.losses.feature_distillation import cka_loss
 from engine.models.pooled_features import PooledFeatures
+from engine.models.registry import unwrapped
 from engine.training.inputs import ImageInputs, LatentInputs, step_seed
-from engine.training.regenerated_input import regenerated_in_backward
+from engine.training.regenerated_input import drawn_in_layer
 from engine.training.views import TrainingViews
 
 NOISE_LABEL = "noise_injection"  # profiler label of the fused input pass: the benchmark attributes step time by it
@@ -102,8 +103,8 @@ def network_input_dtype(device: torch.device) -> torch.dtype:
 class LatentObjective:
     """sigma -> noised latents (or the epoch's augmented views, --views) -> the (FiLM) network -> the loss.
 
-    regenerate_input (the lean step's): the network's first layer does not keep the noised batch for its backward,
-    which draws it again from the stored batch and the step (``engine.training.regenerated_input``).
+    regenerate_input (the lean step's): the network is handed the stored batch, its first layer draws the noised one
+    on entry and does not keep it for its backward, which draws it again (``engine.training.regenerated_input``).
     """
 
     def __init__(
@@ -135,10 +136,12 @@ class LatentObjective:
             with record_function(NOISE_LABEL):
                 return self.inputs.noised(latents, levels, step, network_input_dtype(latents.device))
 
-        x = noised()
         c_noise = levels.c_noise if self.noise_conditioned else None  # ln(sigma) / 4, embedded as in EDM2
-        kept = regenerated_in_backward(x, noised) if self.regenerate_input else contextlib.nullcontext()
-        with autocast(x.device), kept:
+        if self.regenerate_input:  # handed the stored batch, the first layer draws the noised one and does not keep it
+            x, drawn = latents, drawn_in_layer(unwrapped(net).input_layer, noised)
+        else:
+            x, drawn = noised(), contextlib.nullcontext()
+        with autocast(x.device), drawn:
             logits = net(x, c_noise)  # FiLM h * (1 + gamma) + beta after every stage, fused with the next norm
         return self.loss(logits.float(), batch)  # LDAM-DRW / CE (+ distillation from stored teacher logits)
 

@@ -77,7 +77,8 @@ class Feed(ABC):
 
 class LatentFeed(Feed):
     """Noised latents; with ``views_of`` (--views) training reads a selection's augmented views instead; with
-    ``lean`` (--memory lean) the network's backward draws its noised input again rather than keeping it."""
+    ``lean`` (--memory lean, eager) the network's first layer draws its noised input and its backward draws it again
+    rather than keeping it."""
 
     def __init__(
         self,
@@ -218,7 +219,9 @@ class LatentSpace(Space):
 
     def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> LatentFeed:
         views_of = (lambda selection: TrainingViews.cache(store, selection, device, cfg.seed)) if cfg.views else None
-        return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device), views_of, cfg.memory == "lean")
+        # compiled, the network would trace the first layer's draw into its graph: a recompile per step (its seed)
+        lean_input = cfg.memory == "lean" and not cfg.compile
+        return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device), views_of, lean_input)
 
     def recorded_clean_eval(self, clean_eval: str) -> str | None:
         return clean_eval
