@@ -162,7 +162,7 @@ class TrainConfig:
     optimizer_memory: str = option(
         "plain",
         "the optimizer's side of the step's memory: plain (one step after the backward, all gradients alive at "
-        "once) | in-backward (parameters stepped in ~25 MiB buckets as their gradients are ready, then the "
+        "once) | in-backward (parameters stepped in ~12 MiB buckets as their gradients are ready, then the "
         "gradients dropped: the same update) | in-backward-bf16 (and Adam's moments stored in bf16, rounded "
         "stochastically: half the optimizer state, not bit-identical to fp32 moments); one rank only",
         OPTIMIZER_MEMORY,

@@ -44,15 +44,18 @@ import torch
 
 from engine.errors import UsageError
 
-# Bytes of parameters stepped together in the backward: DDP's default bucket (bucket_cap_mb=25), for the same
+# Bytes of parameters stepped together in the backward: half DDP's default bucket (bucket_cap_mb=25), for the same
 # trade. Large enough that a bucket's step is a few multi-tensor launches however many small tensors it holds
-# (convnext-t-film's 28.7 M parameters make five buckets of its 192 tensors); small enough that the gradients
-# waiting for their bucket's last stay a small part of all of them (115 MB for convnext-t-film in fp32).
-BUCKET_BYTES = 25 * 2**20
+# (convnext-t-film's 28.7 M parameters make twelve buckets of its 192 tensors); small enough that the gradients
+# waiting for their bucket's last stay a small part of all of them (115 MB for convnext-t-film in fp32). Halved
+# from DDP's because a bucket's step, its gradients beside its update's temporaries, is the peak of a lean step at
+# scale (predicted by bench.predict, convnext-t-film @ flux2-512 lean at batch 256 on h200-sxm: 0.584 GiB with
+# 25 MiB, 0.552 with 12 MiB, 0.543 with 8 MiB; 2,074, 2,126 and 2,294 ops in the step).
+BUCKET_BYTES = 12 * 2**20
 # Elements Bf16MomentAdam updates at once, in pieces of one or more parameters: its float32 temporaries (three
-# of 4 bytes an element) stay at about 50 MiB, in proportion to a bucket's gradients, whatever the bucket holds.
-# A quarter of it launches more (predicted by bench.predict, convnext-t-film @ flux2-512 lean at batch 256: 2,638
-# ops in the step against 2,068) for a peak lower by 12 MB of its 694.
+# of 4 bytes an element) stay at most 48 MiB whatever a bucket holds. A bucket of BUCKET_BYTES (3 M float32
+# elements) is one piece; smaller pieces launch more for nothing: 2 M elements predict 2,408 ops against 2,294 at
+# 8 MiB buckets, and the same peak (bench.predict, as above).
 UPDATE_CHUNK = 2**22
 # Device types whose parameters Adam steps with torch's fused kernel (bench.predict's CUDA emulation patches in
 # its stand-in, the CPU). Not the CPU itself: its fused kernel computes in another order than the per-tensor
