@@ -4,10 +4,12 @@ Image side: PNG (or JPEG) files of the source size (512 px) read, decoded, resiz
 (256 px), flipped and rotated (the paper's 15 degrees, ``engine.training.inputs.flip_rotate``) and normalised
 in the workers of a torch DataLoader, 8 of them by default as in the paper's code. Its rate is measured here,
 one worker on this CPU over a few hundred files written to a temporary folder, and scaled by the number of
-workers (one core each: the GPU host is assumed to have them free). Latent side: its store read through the
-engine's own loader (``engine.loaders.make_loader``, via ``bench.loaders.time_loader``) on this CPU. Each
-side's step rate is bench.predict's calibrated one on the GPU; a side runs at ``min(loader, step)``.
-Predicted, never measured: the loader rates are this CPU's, the step rates a model's.
+workers (one core each: the GPU host is assumed to have them free). Latent side: the engine's own loader as
+``engine train`` feeds a store that fits the device (``engine.loaders.resident``): cached there once, every
+batch one ``index_select`` on the device, its rate the calibrated time of that gather (a store too large for
+the device streams instead: that loader's rate on this CPU is measured and reported beside it). Each side's step
+rate is bench.predict's calibrated one on the GPU; a side runs at ``min(loader, step)``. Predicted, never
+measured: the decode rates are this CPU's, the gather and step rates a model's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.calibrated import CALIBRATION
 from bench.pairing import END_TO_END
+from bench.roofline import gpu
 from engine.training.inputs import flip_rotate, imagenet_normalise
 
 WORKERS = 8  # the paper's code
@@ -84,6 +88,14 @@ def latent_loader_rate(shape: tuple[int, int, int], samples: int = 2048, batch: 
         return float(timed["samples_per_s"])
 
 
+def resident_gather_rate(shape: tuple[int, int, int], device: str, batch: int = 256) -> float:
+    """Samples/s the resident loader delivers on ``device``, predicted: a batch is one eager ``index_select`` of
+    the cached fp16 latents (each sample's bytes read and written once) at the calibrated bandwidth."""
+    _, spec = gpu(device)
+    moved = 2 * batch * 2 * int(np.prod(shape))
+    return batch / CALIBRATION.step_time([("aten.index_select", 0, moved, torch.float16)], spec)
+
+
 def side(predicted: dict, loader: str, loader_samples_per_s: float) -> dict:
     """One side of the pairing: a bench.predict row fed by ``loader`` at ``loader_samples_per_s``, running at
     min(loader, calibrated step)."""
@@ -120,25 +132,31 @@ def ratio(latent: dict, image: dict) -> dict:
 
 def predict_end_to_end(
     devices: tuple[str, ...] = ("h200-sxm",),
-    latent_model: str = "convnext-t-film",
+    latent_models: tuple[str, ...] = ("convnext-t-film", "convnext-atto-film"),
     shape: str = "flux2-512",
     image_model: str = "resnet50",
     workers: int = WORKERS,
     images: int = 256,
 ) -> dict:
-    """Sides and ratios of the end-to-end pairing on each of ``devices``: the latent model (plain and lean) from
-    its store, against the image model at 256 px (stock, and with its residual blocks recomputed) from
-    ``workers``-worker PNG and JPEG pipelines; with the per-worker decode rates and the latent loader's rate
-    measured here, once for every device."""
+    """Sides and ratios of the end-to-end pairing on each of ``devices``: each latent model (plain and lean) from
+    its store resident on the device, against the image model at 256 px (stock, and with its residual blocks
+    recomputed) from ``workers``-worker PNG and JPEG pipelines; with the per-worker decode rates and the
+    streaming loader's rate measured here, once for every device."""
     from bench.predict import predict_case
     from bench.train_steps import latent_shape
 
     per_worker = {suffix: decode_rate_per_worker(suffix, images) for suffix in (".png", ".jpg")}
-    latent_rate = latent_loader_rate(latent_shape(shape))
-    sides, ratios = [], []
+    streamed = latent_loader_rate(latent_shape(shape))
+    sides, ratios, gathers = [], [], {}
     for device in devices:
+        gathers[device] = resident_gather_rate(latent_shape(shape), device)
         latents = [
-            side(predict_case(latent_model, shape, device=device, memory=m), "engine make_loader (zarr)", latent_rate)
+            side(
+                predict_case(model, shape, device=device, memory=m),
+                "engine resident loader (device gather)",
+                gathers[device],
+            )
+            for model in latent_models
             for m in ("plain", "lean")
         ]
         images_ = [
@@ -157,7 +175,8 @@ def predict_end_to_end(
         "pairing": END_TO_END,
         "workers": workers,
         "decode_images_per_s_per_worker": {suffix[1:]: rate for suffix, rate in per_worker.items()},
-        "latent_loader_samples_per_s": latent_rate,
+        "resident_gather_samples_per_s": gathers,
+        "streamed_loader_samples_per_s": streamed,
         "sides": sides,
         "ratios": ratios,
     }

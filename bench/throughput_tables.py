@@ -141,14 +141,17 @@ def end_to_end_lines(e2e: dict | None) -> list[str]:
     if "skipped" in e2e:
         return ["", f"End-to-end pairing skipped: {e2e['skipped']}"]
     decode = e2e["decode_images_per_s_per_worker"]
+    gathers = ", ".join(f"{device} {rate:,.0f}" for device, rate in e2e["resident_gather_samples_per_s"].items())
     lines = [
         "",
         f"**End to end, predicted** (bench.end_to_end): the paper protocol with each side fed as users train it. "
         f"The image side's files are decoded, resized to 256 px, flipped, rotated and normalised in a "
         f"{e2e['workers']}-worker DataLoader: one worker does {decode['png']:,.0f} PNG / {decode['jpg']:,.0f} "
-        f"JPEG images/s on this CPU (measured), taken {e2e['workers']} times; the latent side's store is read "
-        f"by the engine's loader at {e2e['latent_loader_samples_per_s']:,.0f} samples/s (measured here). Each "
-        "side runs at min(loader, calibrated step).",
+        f"JPEG images/s on this CPU (measured), taken {e2e['workers']} times; the latent side's store is "
+        f"resident on the device, a batch one gather there ({gathers} samples/s, calibrated). A store too "
+        f"large for the device streams instead, at {e2e['streamed_loader_samples_per_s']:,.0f} samples/s on this "
+        "CPU (measured): "
+        "then the latent side runs at that rate. Each side runs at min(loader, calibrated step).",
         "",
         "| device | case | memory | fed by | loader samples/s | step samples/s | runs at | bound by |",
         "|---|---|---|---|---:|---:|---:|---|",
