@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import math
 import os
 import sys
@@ -115,6 +116,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--predict-shapes", default=GPU_DEFAULTS["shapes"], help="latent shapes predicted (the protocol's)")
     p.add_argument("--predict-image-sizes", default=GPU_DEFAULTS["image_sizes"], help="image px predicted")
     p.add_argument("--no-predict", action="store_true", help="skip the predicted section")
+    p.add_argument(
+        "--refresh-predicted",
+        action="store_true",
+        help="rerun only the predicted section of the result at --out, written by this same command (minutes, not "
+        "the measured rows' hour): its measured rows are kept as they are",
+    )
     p.add_argument(
         "--no-end-to-end",
         action="store_true",
@@ -224,6 +231,8 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
             device, compile=args.compile, channels_last=cl, attention=args.attention, memory=args.memory, **kw
         )
 
+    if args.refresh_predicted:
+        return _refresh_predicted(args, cases, argv, log)
     report = _new_report(args, reduced, argv, device)
     out = args.out or environment.result_path("throughput", report["device"])
     save_json(report, out)  # a bad --out fails here, before anything is measured
@@ -237,6 +246,32 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
         report["load_average"][1] = round(os.getloadavg()[0], 2)
         for path in write_outputs(report, out):
             log(f"wrote {path}")
+    return 0
+
+
+def _refresh_predicted(args: argparse.Namespace, cases: list[Case], argv: list[str], log) -> int:
+    """The predicted section of the result at --out computed again by this code; the rest of it untouched."""
+    out = args.out or environment.result_path("throughput", environment.device_name(torch.device(args.device)))
+    command = " ".join(["bench", "throughput", *(a for a in argv if a != "--refresh-predicted")])
+    try:
+        report = json.loads(Path(out).read_text())
+    except (OSError, ValueError) as err:
+        print(
+            f"bench throughput: --refresh-predicted reads {out}: {err}; run the command without it first",
+            file=sys.stderr,
+        )
+        return 2
+    if report.get("command") != command:
+        print(
+            f"bench throughput: {out} was written by `{report.get('command')}`, not `{command}`; refresh it with its "
+            "own command plus --refresh-predicted",
+            file=sys.stderr,
+        )
+        return 2
+    report["predicted"] = _predicted_part(report, cases, args, log)
+    report["predicted_refreshed"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for path in write_outputs(report, Path(out)):
+        log(f"wrote {path}")
     return 0
 
 

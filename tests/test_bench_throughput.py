@@ -129,6 +129,26 @@ def test_predicted_section_is_labelled_and_kept_apart(full_run):
     assert "predicted" in text.lower() and "paper protocol" in text and "same source" in text
 
 
+def test_refresh_predicted_reruns_that_section_alone_and_only_for_its_own_command(full_run, tmp_path, capsys):
+    """--refresh-predicted: the result's predicted section computed again (here from nothing), its measured rows
+    as they were; a result of another command is refused in one line."""
+    report = json.loads(full_run.read_text())
+    out = tmp_path / "throughput.json"
+    report["command"] = report["command"].replace(str(full_run), str(out))
+    expected = report["predicted"]["rows"]
+    report["predicted"] = {}
+    out.write_text(json.dumps(report))
+    argv = report["command"].split()[1:]
+    assert bench_main([*argv, "--refresh-predicted"]) == 0
+    refreshed = json.loads(out.read_text())
+    assert refreshed["rows"] == report["rows"] and refreshed["created"] == report["created"]
+    assert [r["case"] for r in refreshed["predicted"]["rows"]] == [r["case"] for r in expected]
+    assert [r["peak_bytes"] for r in refreshed["predicted"]["rows"]] == [r["peak_bytes"] for r in expected]
+    assert "predicted_refreshed" in refreshed and "predicted" in out.with_suffix(".md").read_text().lower()
+    assert bench_main([*argv, "--batch", "3", "--refresh-predicted"]) == 2
+    assert "refresh it with its own command plus --refresh-predicted" in capsys.readouterr().err
+
+
 def test_ratios_come_from_the_runs_own_rows(full_run):
     report = json.loads(full_run.read_text())
     rows = {(r["regime"], r["space"]): r for r in report["rows"]}
