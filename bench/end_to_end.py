@@ -146,10 +146,11 @@ def predict_end_to_end(
     from bench.train_steps import latent_shape
 
     per_worker = {suffix: decode_rate_per_worker(suffix, images) for suffix in (".png", ".jpg")}
-    streamed = latent_loader_rate(latent_shape(shape))
+    dims = latent_shape(shape)
+    streamed = latent_loader_rate(dims)
     sides, ratios, gathers = [], [], {}
     for device in devices:
-        gathers[device] = resident_gather_rate(latent_shape(shape), device)
+        gathers[device] = resident_gather_rate(dims, device)
         latents = [
             side(
                 predict_case(model, shape, device=device, memory=m),

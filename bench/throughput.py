@@ -231,10 +231,10 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
             device, compile=args.compile, channels_last=cl, attention=args.attention, memory=args.memory, **kw
         )
 
+    out = args.out or environment.result_path("throughput", environment.device_name(device))
     if args.refresh_predicted:
-        return _refresh_predicted(args, cases, argv, log)
+        return _refresh_predicted(args, cases, out, _command([a for a in argv if a != "--refresh-predicted"]), log)
     report = _new_report(args, reduced, argv, device)
-    out = args.out or environment.result_path("throughput", report["device"])
     save_json(report, out)  # a bad --out fails here, before anything is measured
     try:
         _measure_all(report, cases, args, options, timing, device, lambda: save_json(report, out), log)
@@ -249,10 +249,8 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
     return 0
 
 
-def _refresh_predicted(args: argparse.Namespace, cases: list[Case], argv: list[str], log) -> int:
-    """The predicted section of the result at --out computed again by this code; the rest of it untouched."""
-    out = args.out or environment.result_path("throughput", environment.device_name(torch.device(args.device)))
-    command = " ".join(["bench", "throughput", *(a for a in argv if a != "--refresh-predicted")])
+def _refresh_predicted(args: argparse.Namespace, cases: list[Case], out: Path, command: str, log) -> int:
+    """The predicted section of the result at ``out`` computed again by this code; the rest of it untouched."""
     try:
         report = json.loads(Path(out).read_text())
     except (OSError, ValueError) as err:
@@ -275,12 +273,17 @@ def _refresh_predicted(args: argparse.Namespace, cases: list[Case], argv: list[s
     return 0
 
 
+def _command(argv: list[str]) -> str:
+    """The command line a result records, and the one --refresh-predicted must match."""
+    return " ".join(["bench", "throughput", *argv])
+
+
 def _new_report(args: argparse.Namespace, reduced: list[str], argv: list[str], device: torch.device) -> dict:
     cuda = device.type == "cuda"
     return {
         "schema": SCHEMA,
         "complete": False,  # true only once every part ran: a cut run's file says what it holds
-        "command": " ".join(["bench", "throughput", *argv]),
+        "command": _command(argv),
         "device": environment.device_name(device),
         "device_type": device.type,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

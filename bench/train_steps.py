@@ -25,6 +25,7 @@ from engine.models.memory import is_lean
 from engine.training.inputs import ImageInputs, LatentInputs
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 from engine.training.optimizers import build_optimizer
+from engine.training.regenerated_input import draws_in_layer
 
 # autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
 LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
@@ -101,8 +102,8 @@ class StepOptions:
 
     @property
     def lean_input(self) -> bool:
-        """The lean step's input drawn in the network's first layer: eager only (``engine train`` does the same)."""
-        return self.memory == "lean" and not self.compile
+        """The lean step's input drawn in the network's first layer (as ``engine train`` decides it)."""
+        return draws_in_layer(self.memory, self.compile)
 
     @property
     def optimizer_step(self) -> str:

@@ -24,6 +24,13 @@ from typing import Any
 import torch
 
 
+def draws_in_layer(memory: str, compiled: bool) -> bool:
+    """Whether a step of ``memory`` mode draws its input in the network's first layer: lean and eager. Compiled,
+    the network would trace the draw into its graph, whose step seed recompiles it every step; so a compiled lean
+    network is handed the noised batch, as a plain one is."""
+    return memory == "lean" and not compiled
+
+
 @contextlib.contextmanager
 def drawn_in_layer(layer: torch.nn.Module, draw: Callable[[], torch.Tensor]) -> Iterator[None]:
     """Within the block, ``layer`` runs on ``draw()`` in place of the tensor it is handed, and an op saving that

@@ -41,6 +41,7 @@ from engine.training.objective import (
     LatentObjective,
     TrainingLoss,
 )
+from engine.training.regenerated_input import draws_in_layer
 from engine.training.views import TrainingViews
 
 if TYPE_CHECKING:  # the config names the spaces; the spaces only read a config handed to them
@@ -219,8 +220,7 @@ class LatentSpace(Space):
 
     def feed(self, cfg: TrainConfig, store: LatentStore, image_size: int, device: torch.device) -> LatentFeed:
         views_of = (lambda selection: TrainingViews.cache(store, selection, device, cfg.seed)) if cfg.views else None
-        # compiled, the network would trace the first layer's draw into its graph: a recompile per step (its seed)
-        lean_input = cfg.memory == "lean" and not cfg.compile
+        lean_input = draws_in_layer(cfg.memory, cfg.compile)
         return LatentFeed(LatentInputs.from_config(cfg, store.manifest, device), views_of, lean_input)
 
     def recorded_clean_eval(self, clean_eval: str) -> str | None:
