@@ -5,6 +5,13 @@
 layer or the head. Eager PyTorch needs a permute (a copy) around ``F.layer_norm`` plus the FiLM pass;
 here x is read once forward, and backward re-derives the normalised values from x and the fp32
 (mean, rstd) per position instead of saving them.
+
+Without FiLM (``channel_layer_norm``) the same kernels are the LayerNorm inside every ConvNeXt block, between
+the depthwise conv and fc1. Under bf16 autocast eager PyTorch runs that norm as four passes, each a kernel:
+the conv's bf16 output cast to fp32, the fp32 norm, its fp32 output cast back to bf16 for fc1, and in the
+backward the same casts around the norm's backward; autograd keeps the fp32 copy (4 bytes per element). Here
+it is one pass each way in the conv's dtype (statistics in fp32, as autocast's norm), keeping the conv's
+output itself (2 bytes), and the output is written channels-last, the rows fc1 multiplies.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ def _film_layer_norm_fwd(
     syc,
     sys,
     eps,
+    HAS_FILM: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -46,12 +54,15 @@ def _film_layer_norm_fwd(
     cm, sm = c < C, s < S
     m = cm[:, None] & sm[None, :]
     x = tl.load(x_ptr + b * sxb + c[:, None] * sxc + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
-    gain = 1.0 + tl.load(scale_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
-    shift = tl.load(shift_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
     bias = tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)
 
-    f = tl.where(m, x * gain[:, None] + shift[:, None], 0.0)
+    if HAS_FILM:
+        gain = 1.0 + tl.load(scale_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+        shift = tl.load(shift_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+        f = tl.where(m, x * gain[:, None] + shift[:, None], 0.0)
+    else:
+        f = x
     mean = tl.sum(f, axis=0) / C
     d = tl.where(m, f - mean[None, :], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / C + eps)
@@ -84,19 +95,25 @@ def _film_layer_norm_bwd(
     sdxb,
     sdxc,
     sdxs,
+    HAS_FILM: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
     """Program (p, b) covers BLOCKS_PER_PROGRAM position blocks of sample b and writes fp32 partial sums
-    over them of (dweight, dbias, dscale, dshift) per channel; the caller sums those in a fixed order.
-    The trip count is constexpr because Triton's interpreter cannot loop to a runtime bound under numpy >= 2.4."""
+    over them of (dweight, dbias, dscale, dshift) per channel (the last two with FiLM only); the caller sums
+    those in a fixed order. The trip count is constexpr because Triton's interpreter cannot loop to a runtime
+    bound under numpy >= 2.4."""
     p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     cm = c < C
-    gain = 1.0 + tl.load(scale_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
-    shift = tl.load(shift_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+    if HAS_FILM:
+        gain = 1.0 + tl.load(scale_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+        shift = tl.load(shift_ptr + b * C + c, mask=cm, other=0.0).to(tl.float32)
+    else:
+        gain = tl.full([BLOCK_C], 1.0, dtype=tl.float32)
+        shift = tl.zeros([BLOCK_C], dtype=tl.float32)
     w = tl.load(w_ptr + c, mask=cm, other=0.0).to(tl.float32)
     dweight = tl.zeros([BLOCK_C], dtype=tl.float32)
     dbias = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -121,15 +138,17 @@ def _film_layer_norm_bwd(
 
         dweight += tl.sum(dy * fhat, axis=1)
         dbias += tl.sum(dy, axis=1)
-        dscale += tl.sum(df * x, axis=1)
-        dshift += tl.sum(df, axis=1)
+        if HAS_FILM:
+            dscale += tl.sum(df * x, axis=1)
+            dshift += tl.sum(df, axis=1)
 
     row = (b * n_split + p) * C + c
     plane = tl.num_programs(1) * n_split * C
     tl.store(partial_ptr + row, dweight, mask=cm)
     tl.store(partial_ptr + plane + row, dbias, mask=cm)
-    tl.store(partial_ptr + 2 * plane + row, dscale, mask=cm)
-    tl.store(partial_ptr + 3 * plane + row, dshift, mask=cm)
+    if HAS_FILM:
+        tl.store(partial_ptr + 2 * plane + row, dscale, mask=cm)
+        tl.store(partial_ptr + 3 * plane + row, dshift, mask=cm)
 
 
 def _blocks(C: int, S: int) -> tuple[int, int, int]:
@@ -139,13 +158,18 @@ def _blocks(C: int, S: int) -> tuple[int, int, int]:
 
 
 class _FilmLayerNorm(torch.autograd.Function):
+    """scale and shift None: no FiLM (HAS_FILM off, the weight stands in for their pointers, never read)."""
+
     @staticmethod
-    def forward(ctx, x, scale, shift, weight, bias, eps):
+    def forward(ctx, x, scale, shift, weight, bias, eps, channels_last):
         x3 = spatial_flat(x)
         B, C, S = x3.shape
         block_c, block_s, warps = _blocks(C, S)
-        scale, shift, weight, bias = (t.contiguous() for t in (scale, shift, weight, bias))
-        y3 = torch.empty_like(x3)
+        film = scale is not None
+        weight, bias = weight.contiguous(), bias.contiguous()
+        scale, shift = (scale.contiguous(), shift.contiguous()) if film else (weight, weight)
+        y = torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        y3 = spatial_flat(y)
         mean = torch.empty(B, S, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
         _film_layer_norm_fwd[(triton.cdiv(S, block_s), B)](
@@ -162,13 +186,14 @@ class _FilmLayerNorm(torch.autograd.Function):
             *x3.stride(),
             *y3.stride(),
             eps,
+            HAS_FILM=film,
             BLOCK_C=block_c,
             BLOCK_S=block_s,
             num_warps=warps,
         )
         ctx.save_for_backward(x3, scale, shift, weight, mean, rstd)
-        ctx.shape, ctx.bias_dtype = x.shape, bias.dtype
-        return y3.view(x.shape)
+        ctx.shape, ctx.bias_dtype, ctx.film = x.shape, bias.dtype, film
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -179,7 +204,7 @@ class _FilmLayerNorm(torch.autograd.Function):
         dx3 = torch.empty_like(x3)
         n_blocks = triton.cdiv(S, block_s)
         per_program, n_split = reduction_split(n_blocks, B, sm_count(x3.device))
-        partial = torch.empty(4, B, n_split, C, device=x3.device, dtype=torch.float32)
+        partial = torch.empty(4 if ctx.film else 2, B, n_split, C, device=x3.device, dtype=torch.float32)
         _film_layer_norm_bwd[(n_split, B)](
             x3,
             dy3,
@@ -196,21 +221,18 @@ class _FilmLayerNorm(torch.autograd.Function):
             *x3.stride(),
             *dy3.stride(),
             *dx3.stride(),
+            HAS_FILM=ctx.film,
             BLOCK_C=block_c,
             BLOCK_S=block_s,
             BLOCKS_PER_PROGRAM=per_program,
             num_warps=warps,
         )
-        dweight, dbias = partial[0].sum((0, 1)), partial[1].sum((0, 1))
-        dscale, dshift = partial[2].sum(1), partial[3].sum(1)
-        return (
-            dx3.view(ctx.shape),
-            dscale.to(scale.dtype),
-            dshift.to(shift.dtype),
-            dweight.to(weight.dtype),
-            dbias.to(ctx.bias_dtype),
-            None,
-        )
+        dweight, dbias = partial[:2].sum((1, 2))  # one reduction each for the parameters and the FiLM pair
+        dscale = dshift = None
+        if ctx.film:
+            dscale, dshift = (d.to(t.dtype) for d, t in zip(partial[2:].sum(2), (scale, shift)))
+        dx = dx3.view(ctx.shape)
+        return dx, dscale, dshift, dweight.to(weight.dtype), dbias.to(ctx.bias_dtype), None, None
 
 
 def film_layer_norm_reference(
@@ -229,13 +251,15 @@ def film_layer_norm_reference(
     return y.movedim(-1, 1).to(x.dtype)
 
 
-def _check(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    B, C = check_x("film_layer_norm", x)
-    check_operands(
-        "film_layer_norm",
-        x,
-        (("scale", scale, (B, C)), ("shift", shift, (B, C)), ("weight", weight, (C,)), ("bias", bias, (C,))),
-    )
+def channel_layer_norm_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6, channels_last: bool = False
+) -> torch.Tensor:
+    """Plain torch: ``F.layer_norm`` over C of x's channels-last view, as ConvNeXt's block writes it (on an fp32
+    x exactly that op, as before the kernel existed), in at least fp32; returns x's dtype. channels_last is the
+    kernel's output layout and changes no value here."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    y = torch.nn.functional.layer_norm(x.movedim(1, -1).to(dtype), (x.shape[1],), weight.to(dtype), bias.to(dtype), eps)
+    return y.movedim(-1, 1).to(x.dtype)
 
 
 def film_layer_norm(
@@ -253,7 +277,28 @@ def film_layer_norm(
     axis (contiguous and channels-last do; channels-last output stays channels-last); other layouts are
     copied to contiguous first.
     """
-    _check(x, scale, shift, weight, bias)
+    B, C = check_x("film_layer_norm", x)
+    check_operands(
+        "film_layer_norm",
+        x,
+        (("scale", scale, (B, C)), ("shift", shift, (B, C)), ("weight", weight, (C,)), ("bias", bias, (C,))),
+    )
     if x.numel() == 0 or not use_triton(x):
         return film_layer_norm_reference(x, scale, shift, weight, bias, eps)
-    return _FilmLayerNorm.apply(x, scale, shift, weight, bias, eps)
+    return _FilmLayerNorm.apply(x, scale, shift, weight, bias, eps, False)
+
+
+def channel_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6, channels_last: bool = False
+) -> torch.Tensor:
+    """LayerNorm over C of x (B, C, *spatial), ``* weight[c] + bias[c]``: ``film_layer_norm`` without FiLM.
+
+    x in fp32/fp16/bf16, output in x's dtype (statistics in fp32): under bf16 autocast the bf16 a following
+    Linear would cast autocast's fp32 norm to anyway. channels_last (4-d x): the output is written channels-last,
+    so its (B, H, W, C) permute is contiguous rows; otherwise it keeps x's layout as ``film_layer_norm`` does.
+    """
+    B, C = check_x("channel_layer_norm", x, (4,) if channels_last else None)
+    check_operands("channel_layer_norm", x, (("weight", weight, (C,)), ("bias", bias, (C,))))
+    if x.numel() == 0 or not use_triton(x):
+        return channel_layer_norm_reference(x, weight, bias, eps, channels_last)
+    return _FilmLayerNorm.apply(x, None, None, weight, bias, eps, channels_last)

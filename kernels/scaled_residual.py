@@ -1,0 +1,209 @@
+"""A ConvNeXt block's residual add with its layer scale and stochastic depth, fused: one pass forward, one backward.
+
+``out = x + branch * gamma[c] * keep[b]``: x the fp32 residual stream, branch the block's output (bf16 under
+autocast, a channels-last view), gamma the layer scale, keep the per-sample stochastic-depth factor (0 or
+1 / keep probability; None outside training). Eager PyTorch runs it as three passes forward (the layer scale's
+multiply, the drop mask's, the add: 13 bytes read or written per element, each an fp32 intermediate) and five
+backward (the two multiplies' gradients, gamma's reduction, the branch gradient's cast to bf16): here one pass
+each way, 10 bytes forward (read x and branch, write out) and 8 backward (read the gradient and branch, write
+the branch's gradient; gamma's sum is taken in the same pass). x's gradient is the output's, passed on as is.
+Saved for the backward: branch, as the eager multiply saves it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.common import check_operands, check_x, reduction_split, sm_count, spatial_flat, use_triton
+
+_TILE = 4096  # elements per program tile (C is held whole; positions fill the rest)
+
+
+@triton.jit
+def _scaled_residual_fwd(
+    x_ptr,
+    branch_ptr,
+    gamma_ptr,
+    keep_ptr,
+    out_ptr,
+    C,
+    S,
+    sxb,
+    sxc,
+    sxs,
+    sbb,
+    sbc,
+    sbs,
+    sob,
+    soc,
+    sos,
+    HAS_KEEP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    cm = c < C
+    m = cm[:, None] & (s < S)[None, :]
+    x = tl.load(x_ptr + b * sxb + c[:, None] * sxc + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
+    br = tl.load(branch_ptr + b * sbb + c[:, None] * sbc + s[None, :] * sbs, mask=m, other=0.0).to(tl.float32)
+    factor = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    if HAS_KEEP:
+        factor = factor * tl.load(keep_ptr + b).to(tl.float32)
+    out = x + br * factor[:, None]
+    tl.store(out_ptr + b * sob + c[:, None] * soc + s[None, :] * sos, out.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _scaled_residual_bwd(
+    dout_ptr,
+    branch_ptr,
+    gamma_ptr,
+    keep_ptr,
+    dbranch_ptr,
+    partial_ptr,
+    C,
+    S,
+    n_split,
+    sdb,
+    sdc,
+    sds,
+    sbb,
+    sbc,
+    sbs,
+    sgb,
+    sgc,
+    sgs,
+    HAS_KEEP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr,
+):
+    """Program (p, b) covers BLOCKS_PER_PROGRAM position blocks of sample b: writes the branch's gradient there and
+    an fp32 partial sum of gamma's gradient per channel, which the caller sums in a fixed order. The trip count
+    is constexpr because Triton's interpreter cannot loop to a runtime bound under numpy >= 2.4."""
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    cm = c < C
+    gamma = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    keep = 1.0
+    if HAS_KEEP:
+        keep = tl.load(keep_ptr + b).to(tl.float32)
+    dgamma = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for i in range(0, BLOCKS_PER_PROGRAM):
+        s = (p * BLOCKS_PER_PROGRAM + i) * BLOCK_S + tl.arange(0, BLOCK_S)
+        m = cm[:, None] & (s < S)[None, :]
+        g = tl.load(dout_ptr + b * sdb + c[:, None] * sdc + s[None, :] * sds, mask=m, other=0.0).to(tl.float32)
+        br = tl.load(branch_ptr + b * sbb + c[:, None] * sbc + s[None, :] * sbs, mask=m, other=0.0).to(tl.float32)
+        g = g * keep
+        dbranch = g * gamma[:, None]
+        tl.store(
+            dbranch_ptr + b * sgb + c[:, None] * sgc + s[None, :] * sgs,
+            dbranch.to(dbranch_ptr.dtype.element_ty),
+            mask=m,
+        )
+        dgamma += tl.sum(g * br, axis=1)
+    tl.store(partial_ptr + (b * n_split + p) * C + c, dgamma, mask=cm)
+
+
+def _blocks(C: int, S: int) -> tuple[int, int, int]:
+    block_c = triton.next_power_of_2(C)
+    block_s = max(1, min(triton.next_power_of_2(S), _TILE // block_c))
+    return block_c, block_s, 4 if block_c * block_s <= 2048 else 8
+
+
+class _ScaledResidual(torch.autograd.Function):
+    """keep None: no stochastic depth (HAS_KEEP off; gamma stands in for its pointer, never read)."""
+
+    @staticmethod
+    def forward(ctx, x, branch, gamma, keep):
+        x3, b3 = spatial_flat(x), spatial_flat(branch)
+        B, C, S = x3.shape
+        block_c, block_s, warps = _blocks(C, S)
+        gamma = gamma.contiguous()
+        keep_arg = gamma if keep is None else keep.contiguous()
+        out = torch.empty_like(x, dtype=torch.promote_types(torch.promote_types(x.dtype, branch.dtype), gamma.dtype))
+        o3 = spatial_flat(out)
+        _scaled_residual_fwd[(triton.cdiv(S, block_s), B)](
+            x3,
+            b3,
+            gamma,
+            keep_arg,
+            o3,
+            C,
+            S,
+            *x3.stride(),
+            *b3.stride(),
+            *o3.stride(),
+            HAS_KEEP=keep is not None,
+            BLOCK_C=block_c,
+            BLOCK_S=block_s,
+            num_warps=warps,
+        )
+        ctx.save_for_backward(branch, gamma, keep_arg)
+        ctx.has_keep, ctx.x_dtype = keep is not None, x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        branch, gamma, keep = ctx.saved_tensors
+        d3, b3 = spatial_flat(dout), spatial_flat(branch)
+        B, C, S = b3.shape
+        block_c, block_s, warps = _blocks(C, S)
+        dbranch = torch.empty_like(branch)  # the branch's strides (a channels-last view stays one)
+        g3 = spatial_flat(dbranch)
+        per_program, n_split = reduction_split(triton.cdiv(S, block_s), B, sm_count(b3.device))
+        partial = torch.empty(B, n_split, C, device=b3.device, dtype=torch.float32)
+        _scaled_residual_bwd[(n_split, B)](
+            d3,
+            b3,
+            gamma,
+            keep,
+            g3,
+            partial,
+            C,
+            S,
+            n_split,
+            *d3.stride(),
+            *b3.stride(),
+            *g3.stride(),
+            HAS_KEEP=ctx.has_keep,
+            BLOCK_C=block_c,
+            BLOCK_S=block_s,
+            BLOCKS_PER_PROGRAM=per_program,
+            num_warps=warps,
+        )
+        dx = dout if dout.dtype == ctx.x_dtype else dout.to(ctx.x_dtype)
+        return dx, dbranch, partial.sum((0, 1)).to(gamma.dtype), None
+
+
+def scaled_residual_reference(
+    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Plain torch, the block's eager ops in their order (on the CPU path exactly what the block computed before
+    the kernel existed): ``x + (gamma * branch) * keep``."""
+    scaled = gamma.view(-1, *(1,) * (x.dim() - 2)) * branch
+    if keep is not None:
+        scaled = scaled * keep.view(-1, *(1,) * (x.dim() - 1))
+    return x + scaled
+
+
+def scaled_residual(
+    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x + branch * gamma[c] * keep[b]``, in the dtype torch promotes x, branch and gamma to.
+
+    x, branch: (B, C, *spatial) in fp32/fp16/bf16, any layouts whose spatial dims merge (contiguous,
+    channels-last; others are copied); gamma: (C,); keep: (B,) per-sample factor, or None for 1. keep takes
+    no gradient (a drop mask); x's gradient is the output's.
+    """
+    B, C = check_x("scaled_residual", x)
+    operands = (("branch", branch, tuple(x.shape)), ("gamma", gamma, (C,)))
+    check_operands("scaled_residual", x, operands + ((("keep", keep, (B,)),) if keep is not None else ()))
+    if x.numel() == 0 or not use_triton(x):
+        return scaled_residual_reference(x, branch, gamma, keep)
+    return _ScaledResidual.apply(x, branch, gamma, keep)
