@@ -239,6 +239,7 @@ def simulate(
     adam: str = "fused",
     memory: str = "plain",
     optimizer_memory: str | None = None,
+    fused_blocks: bool = True,
 ) -> Simulation:
     """Two bench training steps of ``model`` on ``batch`` samples of ``shape`` under FakeTensorMode.
 
@@ -250,6 +251,7 @@ def simulate(
     memory: plain | lean (``StepOptions.memory``: a latent model's lean mode, an image ResNet's residual blocks
     recomputed). optimizer_memory: engine train's --optimizer-memory; None: the memory mode's
     (``OPTIMIZER_MEMORY_OF``: a lean step steps its parameters in the backward, in buckets, with bf16 Adam moments).
+    fused_blocks: ``StepOptions.fused_blocks`` (False: a ConvNeXt's blocks as timm's eager modules).
     """
     if kernels not in ("triton", "reference"):
         raise ValueError(f"kernels={kernels!r}: expected 'triton' (as on CUDA) or 'reference' (as on CPU)")
@@ -270,6 +272,7 @@ def simulate(
         kernels="auto" if kernels == "triton" else "reference",
         memory=memory,
         optimizer_memory=optimizer_memory,
+        fused_blocks=fused_blocks,
     )
     with torch.device("meta"):  # weights: shapes (and bench's memory format) only, no values drawn
         net = build_net(case, dataclasses.replace(opts, device=torch.device("meta")))

@@ -99,6 +99,9 @@ class StepOptions:
     memory: str = "plain"
     # engine train --optimizer-memory; None: the memory mode's own (OPTIMIZER_MEMORY_OF)
     optimizer_memory: str | None = None
+    # a ConvNeXt's blocks on the fused kernels (engine.models.convnext_film.Block); False: the eager modules of
+    # timm's ConvNeXt, as the published throughputs bench.calibrated is fitted to ran
+    fused_blocks: bool = True
 
     @property
     def lean_input(self) -> bool:
@@ -114,6 +117,8 @@ def build_net(case: Case, opts: StepOptions) -> torch.nn.Module:
     in_ch, side = case.shape[0], case.shape[1]
     accepted = model_options(case.model)
     options = {"attention": opts.attention} if "attention" in accepted else {}  # the vit-* only
+    if "fused_blocks" in accepted:
+        options["fused_blocks"] = opts.fused_blocks
     if "memory" in accepted:
         options["memory"] = opts.memory
     elif is_lean(opts.memory, case.model):

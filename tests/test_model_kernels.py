@@ -14,10 +14,15 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("name", list(TINY))
-def test_triton_path_matches_reference(name, monkeypatch):
+CASES = [(name, "eval", TINY[name]) for name in TINY]
+# training mode: stochastic depth drops whole blocks per sample (kernels.scaled_residual's keep factor)
+CASES.append(("convnext-t-film", "train", {**TINY["convnext-t-film"], "stochastic_depth_prob": 0.6}))
+
+
+@pytest.mark.parametrize("name, mode, kw", CASES)
+def test_triton_path_matches_reference(name, mode, kw, monkeypatch):
     torch.manual_seed(0)
-    model = build_model(name, 4, 3, latent_size=8, **TINY[name])
+    model = build_model(name, 4, 3, latent_size=8, **kw)
     with torch.no_grad():  # live FiLM and zero-initialised layers, so every kernel input matters
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -25,7 +30,8 @@ def test_triton_path_matches_reference(name, monkeypatch):
 
     def logits_and_grads(kernels: str):
         monkeypatch.setenv("LATENT_ENGINE_KERNELS", kernels)
-        m, xi = copy.deepcopy(model).eval(), x.clone().requires_grad_()
+        m, xi = copy.deepcopy(model).train(mode == "train"), x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same drop draws on both paths
         out = m(xi, c)
         F.cross_entropy(out, y).backward()
         return out.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()}

@@ -24,9 +24,10 @@ from torch import nn
 from engine.errors import UsageError
 from engine.models.memory import is_lean
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
-from kernels import film_layer_norm
+from kernels import channel_layer_norm, film_layer_norm, linear_gelu, scaled_residual
 from kernels.convnext_branch import convnext_branch
 from kernels.layer_norm_keeping_input import layer_norm_keeping_input
+from kernels.scaled_residual import scaled_residual_reference
 
 CONVNEXT_T = {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}
 # The paper's Tiny and timm's smaller widths and depths (timm's convnext.py: atto, femto, pico, nano). timm builds
@@ -85,41 +86,84 @@ class Permute(nn.Module):
         return x.permute(*self.dims)
 
 
+def stochastic_depth_factor(
+    x: torch.Tensor, drop_prob: float, training: bool, dtype: torch.dtype | None = None
+) -> torch.Tensor | None:
+    """Per-sample factor (B,) of a residual branch x: 0 where it is dropped (with drop_prob), 1 / keep probability
+    where kept (torchvision's "row" mode), in dtype (x's by default); None when nothing is dropped (evaluation,
+    drop_prob 0)."""
+    if not training or drop_prob == 0.0:
+        return None
+    keep = 1.0 - drop_prob
+    mask = x.new_empty(x.shape[0], dtype=dtype).bernoulli_(keep)
+    return mask / keep if keep > 0 else mask
+
+
 def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Drop the whole residual branch per sample with drop_prob, rescaling survivors (torchvision's "row" mode)."""
-    if not training or drop_prob == 0.0:
-        return x
-    keep = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * (mask / keep if keep > 0 else mask)
+    factor = stochastic_depth_factor(x, drop_prob, training)
+    return x if factor is None else x * factor.view(-1, *(1,) * (x.dim() - 1))
+
+
+class RowLayerNorm(nn.LayerNorm):
+    """The block's LayerNorm over the last dim of the conv output's (B, H, W, C) view, as one pass in the conv's
+    dtype (``kernels.channel_layer_norm``) written as the contiguous rows fc1 reads; on the CPU path exactly
+    ``nn.LayerNorm``. Same parameters and names."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_first = x.permute(0, 3, 1, 2)
+        return channel_layer_norm(channels_first, self.weight, self.bias, self.eps, channels_last=True).permute(
+            0, 2, 3, 1
+        )
+
+
+class LinearGELU(nn.Linear):
+    """fc1 with the GELU after it (``kernels.linear_gelu``: the bias and GELU one pass each way on CUDA); on the
+    CPU path exactly ``nn.GELU()(nn.Linear(...))``. Same parameters and names as the Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_gelu(x, self.weight, self.bias)
 
 
 class Block(nn.Module):
     """ConvNeXt block: 7x7 depthwise conv, LayerNorm, MLP x4 with GELU, layer scale, stochastic depth.
+
+    The norm (``RowLayerNorm``), fc1's bias with the GELU (``LinearGELU``) and the layer scale, drop and residual
+    add (``kernels.scaled_residual``) run as one pass each way on CUDA: under bf16 autocast eager PyTorch spends
+    sixteen kernels forward and backward on what those three do in six, mostly casts, fp32 intermediates of the
+    block's C x H x W and a second read of fc1's 4x-wide gradient for its bias. fused=False builds the block from
+    the eager modules instead (timm's and torchvision's ConvNeXt, what published throughputs ran): same
+    parameters and names, the same values as the fused block's CPU path.
 
     lean: the whole branch (conv, norm, MLP, layer scale) runs as one ``kernels.convnext_branch`` (same parameters,
     same function), which keeps only the block's input in the compute dtype for the backward instead of seven
     tensors, two of them 4x wide, and reruns the depthwise conv there.
     """
 
-    def __init__(self, dim: int, layer_scale: float, drop_prob: float, lean: bool = False):
+    def __init__(self, dim: int, layer_scale: float, drop_prob: float, lean: bool = False, fused: bool = True):
         super().__init__()
+        norm, fc1 = (RowLayerNorm, LinearGELU) if fused else (nn.LayerNorm, nn.Linear)
         self.block = nn.Sequential(
             nn.Conv2d(dim, dim, 7, padding=3, groups=dim),
             Permute(0, 2, 3, 1),
-            nn.LayerNorm(dim, eps=1e-6),
-            nn.Linear(dim, 4 * dim),
-            nn.GELU(),
+            norm(dim, eps=1e-6),
+            fc1(dim, 4 * dim),
+            nn.Identity() if fused else nn.GELU(),  # fused: the GELU runs inside LinearGELU; fc2 stays block.5
             nn.Linear(4 * dim, dim),
             Permute(0, 3, 1, 2),
         )
         self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), layer_scale))
+        self.residual = scaled_residual if fused else scaled_residual_reference
         self.drop_prob = drop_prob
         self.lean = lean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self._fused_branch(x) if self.lean else self.layer_scale * self.block(x)
-        return x + stochastic_depth(branch, self.drop_prob, self.training)
+        if self.lean:
+            return x + stochastic_depth(self._fused_branch(x), self.drop_prob, self.training)
+        # the factor in the dtype eager's layer-scaled branch had (fp32 under autocast, where x may be bf16)
+        scaled_dtype = torch.promote_types(x.dtype, self.layer_scale.dtype)
+        factor = stochastic_depth_factor(x, self.drop_prob, self.training, scaled_dtype)
+        return self.residual(x, self.block(x), self.layer_scale.view(-1), factor)
 
     def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:
         conv, _, norm, fc1, _, fc2, _ = self.block
@@ -153,6 +197,8 @@ class ConvNeXtFiLM(nn.Module):
     """ConvNeXt on latents; with noise_conditioned, forward(x, c_noise) applies FiLM after every stage.
 
     memory: "plain" or "lean" (``engine.models.memory``): lean blocks keep less for the backward, same parameters.
+    fused_blocks: the plain blocks' norm, fc1 + GELU and residual as fused kernels on CUDA (``Block``); False: the
+    eager modules, as timm's ConvNeXt (bench's calibration simulates the published runs that way).
     """
 
     # For engine.models.pretrained: names an ImageNet file lacks by design, and names whose shape may differ
@@ -174,6 +220,7 @@ class ConvNeXtFiLM(nn.Module):
         embedding_channels: int = 256,
         clean_sigma: float = 0.002,
         memory: str = "plain",
+        fused_blocks: bool = True,
     ):
         super().__init__()
         lean = is_lean(memory, "convnext")
@@ -191,7 +238,7 @@ class ConvNeXtFiLM(nn.Module):
         total, first = sum(depths), 0
         for stage, (depth, dim) in enumerate(zip(depths, dims)):
             drop = [stochastic_depth_prob * (first + i) / max(total - 1, 1) for i in range(depth)]
-            layers.append(nn.Sequential(*(Block(dim, layer_scale, p, lean) for p in drop)))
+            layers.append(nn.Sequential(*(Block(dim, layer_scale, p, lean, fused_blocks) for p in drop)))
             first += depth
             if stage + 1 < len(dims):
                 layers.append(nn.Sequential(LayerNorm2d(dim, 1e-6, lean), nn.Conv2d(dim, dims[stage + 1], 2, stride=2)))
