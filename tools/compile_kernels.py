@@ -29,9 +29,9 @@ How it works, without a driver:
    plus any static shared memory ptxas reports. (A real device would give ``n_regs``/``n_spills`` from
    the loaded cubin; those need a driver.)
 
-At the time of writing this gives 101 specialisations (film_layer_norm 8 fwd + 7 bwd, group_norm_film_silu
-30 + 15, adaln_modulate 8 + 13, add_noise 12 + 8), none spilling, in 77 s on two cores shared with other
-jobs with a cold Triton cache, 17 s with a warm one.
+At the time of writing this gives 146 specialisations (film_layer_norm 16 fwd + 14 bwd, with and without FiLM;
+linear_gelu's bias + GELU 3 + 5, scaled_residual 12 + 10, group_norm_film_silu 30 + 15, adaln_modulate 8 + 13,
+add_noise 12 + 8), none spilling, in 36 s on two cores with a warm Triton cache for the older kernels.
 """
 
 from __future__ import annotations

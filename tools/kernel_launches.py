@@ -2,13 +2,16 @@
 launches tools/compile_kernels.py compiles for sm_90. Nothing runs on a device and no kernel executes.
 
 1. Capture. The models (``engine.models.build_model``) run on the CPU at batch 2 with the fused ops they
-   call (``FUSED_OPS``: film_layer_norm in convnext_film, group_norm_film_silu in adm_resnet, adaln_modulate
-   in vit_film) replaced by recorders. A recorder computes the op's torch reference, returns it in the
-   kernel's output layout (``empty_like(x)``) and notes each operand's dtype, strides and storage offset,
-   and in backward those of the incoming gradient. This is done the two ways the engine runs a model on
-   CUDA: ``train`` (bf16 autocast, forward and backward: engine.training.objective) and ``eval`` (fp32, no
-   grad: engine.evaluate). CPU autocast casts the same ops as CUDA's here (conv, linear to bf16; norms
-   fp32).
+   call (``FUSED_OPS``: film_layer_norm, channel_layer_norm, linear_gelu and scaled_residual in convnext_film,
+   group_norm_film_silu in adm_resnet, adaln_modulate in vit_film) replaced by recorders. A recorder computes
+   the op's torch reference (in backward under the forward's autocast), returns it in the kernel's output
+   layout (``FusedOp.output``: like x unless the op lays it out otherwise) and notes each operand's dtype,
+   strides and storage offset, and in backward those of the incoming gradient. This is done the two ways
+   the engine runs a model on CUDA: ``train`` (bf16 autocast, forward and backward:
+   engine.training.objective) and ``eval`` (fp32, no grad: engine.evaluate). CPU autocast casts conv and
+   linear to bf16 as CUDA's does, but leaves ``layer_norm`` in its input's dtype where CUDA's runs it in fp32:
+   ConvNeXt's stem norm hands the first block a bf16 stream here and an fp32 one on CUDA (the first block
+   after a downsampling conv gets bf16 on both, and the other blocks fp32).
 2. Replay. Each captured call is replayed at the engine's batch sizes through the *public* kernel
    function (operand checks and preparation included) with ``use_triton`` forced on and each
    JITFunction's launch replaced by a recorder of its arguments, so block sizes, warps, strides and grids
@@ -20,7 +23,10 @@ The specialisations, derived as above from:
 - ConvNeXt-T-FiLM on 32x64x64 latents (stem stride 4): film_layer_norm closing stages 1-3 before each
   downsampling, 96@16x16, 192@8x8, 384@4x4 (x channels-last, from the blocks' permute), and the head's norm
   at 768@1x1 (stage 4's 768@2x2 map is pooled before FiLM + LayerNorm, see convnext_film). Under autocast
-  x is the fp32 residual stream with bf16 FiLM scale/shift.
+  x is the fp32 residual stream with bf16 FiLM scale/shift. In every block: channel_layer_norm on the
+  depthwise conv's output (bf16 under autocast, written channels-last), linear_gelu on its rows (fc1, bf16
+  matmul output with the fp32 bias) and scaled_residual adding the bf16 branch (fc2's rows, a channels-last
+  view) to the stream, fp32 or, in a stage's first block, the downsampling conv's bf16 output.
 - ADM-S-FiLM and ADM-B-FiLM on 4x32x32 and 32x64x64 latents: group_norm_film_silu (32 groups) at every
   ResBlock's norm1 (no FiLM: zero scale/shift) and norm2 (FiLM), and out_norm; bf16 under autocast.
 - ViT-S-FiLM on 4x32x32 and 32x64x64 latents (patch 4: 64 and 256 tokens of 384 channels) and ViT-B-FiLM
@@ -31,7 +37,7 @@ The specialisations, derived as above from:
   divisible by 16, i64, i64 divisible by 16 (the engine's seeds are ``step_seed`` values below 2**62).
   Its backward is compiled too, though training never asks for it (stored latents need no gradient).
 - Batches: training at the per-rank batch of the default --batch-size 256 on 1, 2, 4 or 8 GPUs (256, 128,
-  64, 32: the backwards of film_layer_norm and adaln_modulate split positions by batch and SM count, taken
+  64, 32: the backwards of the norms, scaled_residual and linear_gelu split their reduction by batch and SM count, taken
   as 132, the SMs of H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
 
 Not covered: kernels.film (no model calls it), add_noise(return_noise=True) (the engine never asks),
@@ -68,6 +74,10 @@ TARGET_STD = 0.5
 KERNELS = (
     ("kernels.film_layer_norm", "_film_layer_norm_fwd"),
     ("kernels.film_layer_norm", "_film_layer_norm_bwd"),
+    ("kernels.linear_gelu", "_bias_gelu_fwd"),
+    ("kernels.linear_gelu", "_bias_gelu_bwd"),
+    ("kernels.scaled_residual", "_scaled_residual_fwd"),
+    ("kernels.scaled_residual", "_scaled_residual_bwd"),
     ("kernels.group_norm_film_silu", "_group_norm_film_silu_fwd"),
     ("kernels.group_norm_film_silu", "_group_norm_film_silu_bwd"),
     ("kernels.adaln_modulate", "_adaln_modulate_fwd"),
@@ -133,47 +143,76 @@ def _recorder_function():
     import torch
 
     class Recorded(torch.autograd.Function):
-        """The op's reference in the kernel's layouts (output and dx like x), noting dy's layout."""
+        """The op's reference in the kernel's layouts (the output as ``output`` lays it out, dx like x), noting dy's
+        layout."""
 
         @staticmethod
-        def forward(ctx, call, reference, *tensors):
+        def forward(ctx, call, reference, output, *tensors):
             ctx.call, ctx.reference = call, reference
+            ctx.autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
             ctx.save_for_backward(*tensors)
-            return torch.empty_like(tensors[0]).copy_(reference(*tensors))
+            y = reference(*tensors)
+            return output(tensors[0], y).copy_(y)
 
         @staticmethod
         def backward(ctx, dy):
             ctx.call.dy = TensorSpec.of(dy)
             needs = ctx.needs_input_grad[2:]
             inputs = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, needs)]
-            with torch.enable_grad():
+            enabled, dtype = ctx.autocast
+            with torch.enable_grad(), torch.autocast("cpu", dtype, enabled=enabled):  # as the forward ran it
                 y = ctx.reference(*inputs)
             grads = iter(torch.autograd.grad(y, [t for t in inputs if t.requires_grad], dy))
             out = [next(grads) if t.requires_grad else None for t in inputs]
             if out[0] is not None:
                 out[0] = torch.empty_like(inputs[0]).copy_(out[0])
-            return (None, None, *out)
+            return (None, None, None, *out)
 
     return Recorded
 
 
+def _like_x(x, y, params: dict):
+    import torch
+
+    return torch.empty_like(x, dtype=y.dtype)
+
+
+def _rows(x, y, params: dict):
+    import torch
+
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+
+def _channels_last_if_asked(x, y, params: dict):
+    import torch
+
+    return torch.empty_like(x, memory_format=torch.channels_last if params["channels_last"] else torch.preserve_format)
+
+
 @dataclasses.dataclass(frozen=True)
 class FusedOp:
-    """A fused op a model family calls: ``kernels.<name>.<name>`` (and its ``<name>_reference``, same
-    signature), imported by name into ``model``; the operands without a batch dimension; how a call's site
-    reads."""
+    """A fused op a model family calls: ``kernels.<module>.<name>`` (and its ``<name>_reference``, same
+    signature; module is the name unless given), imported by name into ``model``; the operands without a batch
+    dimension; how a call's site reads; the output the kernel path allocates, given x, the reference's output y
+    and the call's parameters (default: like x)."""
 
     name: str
     family: str  # the registry names' prefix: convnext-t-film -> convnext
     model: str
     unbatched: frozenset[str]
     site: Callable[[object, dict], str]  # (x, parameters) -> the call's shape, for the report
+    output: Callable[[object, object, dict], object] = _like_x
+    module: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"kernels.{self.module or self.name}"
 
     def public(self):
-        return getattr(_module(f"kernels.{self.name}"), self.name)
+        return getattr(_module(self.path), self.name)
 
     def reference(self):
-        return getattr(_module(f"kernels.{self.name}"), f"{self.name}_reference")
+        return getattr(_module(self.path), f"{self.name}_reference")
 
 
 def _plane(x, params: dict | None = None) -> str:
@@ -184,8 +223,23 @@ def _tokens(x, params: dict) -> str:
     return f"{x.shape[1]} tokens x {x.shape[2]}"
 
 
+def _row_width(x, params: dict) -> str:
+    return f"rows of {x.shape[-1]}"
+
+
 FUSED_OPS = (
     FusedOp("film_layer_norm", "convnext", "engine.models.convnext_film", frozenset({"weight", "bias"}), _plane),
+    FusedOp(
+        "channel_layer_norm",
+        "convnext",
+        "engine.models.convnext_film",
+        frozenset({"weight", "bias"}),
+        _plane,
+        _channels_last_if_asked,
+        "film_layer_norm",
+    ),
+    FusedOp("linear_gelu", "convnext", "engine.models.convnext_film", frozenset({"weight", "bias"}), _row_width, _rows),
+    FusedOp("scaled_residual", "convnext", "engine.models.convnext_film", frozenset({"gamma"}), _plane),
     FusedOp(
         "group_norm_film_silu",
         "adm",
@@ -224,7 +278,12 @@ def capture(models=MODELS) -> list[Call]:
             )
             calls.append(call)
             names = list(tensors)
-            return recorded.apply(call, lambda *ts: reference(**{**params, **dict(zip(names, ts))}), *tensors.values())
+            return recorded.apply(
+                call,
+                lambda *ts: reference(**{**params, **dict(zip(names, ts))}),
+                lambda x, y: op.output(x, y, params),
+                *tensors.values(),
+            )
 
         return record
 
@@ -305,6 +364,12 @@ class Launch:
     use: str
 
 
+def _public(op: str):
+    """The public function of a FUSED_OPS op, or add_noise."""
+    found = [f.public() for f in FUSED_OPS if f.name == op]
+    return found[0] if found else _module("kernels.add_noise").add_noise
+
+
 def _module(name: str):
     """The module itself (``import kernels.film_layer_norm as m`` gives the function the package re-exports)."""
     import importlib
@@ -327,7 +392,12 @@ def _jit_functions() -> dict[str, object]:
     return found
 
 
-SPLIT_BY_SMS = {"_film_layer_norm_bwd": ("S", "BLOCK_S"), "_adaln_modulate_bwd": ("T", "BLOCK_T")}  # (extent, block)
+SPLIT_BY_SMS = {  # (extent, block) of the backward kernels that split their reduction by SM count
+    "_film_layer_norm_bwd": ("S", "BLOCK_S"),
+    "_adaln_modulate_bwd": ("T", "BLOCK_T"),
+    "_scaled_residual_bwd": ("S", "BLOCK_S"),
+    "_bias_gelu_bwd": ("R", "BLOCK_R"),
+}
 
 
 def _split_for_sms(launch: Launch) -> Launch:
@@ -343,13 +413,15 @@ def _split_for_sms(launch: Launch) -> Launch:
     a = bound.arguments
     extent, block = SPLIT_BY_SMS[fn.__name__]
     batch, n_blocks = launch.grid[1], math.ceil(a[extent] / a[block])
-    if reduction_split(n_blocks, batch, 1) != (a["BLOCKS_PER_PROGRAM"], a["n_split"]):
+    if reduction_split(n_blocks, batch, 1) != (a["BLOCKS_PER_PROGRAM"], launch.grid[0]):
         raise RuntimeError(
             f"{fn.__name__} no longer splits positions with kernels.common.reduction_split "
-            f"(wrapper: {a['BLOCKS_PER_PROGRAM']} blocks per program, n_split {a['n_split']}); update _split_for_sms"
+            f"(wrapper: {a['BLOCKS_PER_PROGRAM']} blocks per program, {launch.grid[0]} programs); update _split_for_sms"
         )
-    a["BLOCKS_PER_PROGRAM"], a["n_split"] = reduction_split(n_blocks, batch, SMS)
-    return Launch(launch.kernel, bound.args, {**bound.kwargs, **options}, (a["n_split"], batch), launch.use)
+    a["BLOCKS_PER_PROGRAM"], n_split = reduction_split(n_blocks, batch, SMS)
+    if "n_split" in a:  # the kernels that index their partial sums by it take it as an argument
+        a["n_split"] = n_split
+    return Launch(launch.kernel, bound.args, {**bound.kwargs, **options}, (n_split, batch), launch.use)
 
 
 def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BATCHES) -> list[Launch]:
@@ -366,7 +438,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
 
         return run
 
-    modules = [_module(f"kernels.{op}") for op in (*(f.name for f in FUSED_OPS), "add_noise")]
+    modules = [_module(path) for path in {*(op.path for op in FUSED_OPS), "kernels.add_noise"}]
     saved_use_triton = [m.use_triton for m in modules]
     for fn in jit.values():
         fn.run = recorder(fn)
@@ -377,8 +449,9 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
             for batch in train_batches if call.mode == "train" else eval_batches:
                 current["use"] = f"{call.mode} B={batch}: " + ", ".join(call.sites)
                 tensors = {name: spec.make(batch) for name, spec in call.tensors.items()}
-                with torch.set_grad_enabled(call.mode == "train"):
-                    y = getattr(_module(f"kernels.{call.op}"), call.op)(**tensors, **call.params)
+                train = call.mode == "train"  # captured under bf16 autocast, as engine.training.objective runs
+                with torch.set_grad_enabled(train), torch.autocast("cpu", torch.bfloat16, enabled=train):
+                    y = _public(call.op)(**tensors, **call.params)
                     wanted = [t for t in tensors.values() if t.requires_grad]
                     if call.mode == "train" and call.dy is not None and wanted:
                         torch.autograd.grad(y, wanted, call.dy.make(batch))
@@ -399,9 +472,12 @@ def derive(selected: list[str], quick: bool = False) -> tuple[list[Call], list[L
     noise = add_noise_calls(LATENTS[:1] if quick else LATENTS)
     if quick:
         noise = [c for c in noise if not c.sites[0].endswith("/16")]
-    family_op = {op.family: op.name for op in FUSED_OPS}
-    ops = {op for op in (*family_op.values(), "add_noise") if any(op in k for k in selected)}
-    models = [m for m in models if family_op[m[0].split("-")[0]] in ops]  # skip models whose kernels are not checked
+    modules = {module for module, name in KERNELS if name in selected}
+    ops = {f.name for f in FUSED_OPS if f.path in modules} | (
+        {"add_noise"} if "kernels.add_noise" in modules else set()
+    )
+    families = {f.family for f in FUSED_OPS if f.name in ops}
+    models = [m for m in models if m[0].split("-")[0] in families]  # skip models whose kernels are not checked
     noise = noise if "add_noise" in ops else []
     calls = merge(capture(models) + noise)
     return calls, [x for x in replay(calls, train, evals) if x.kernel.fn.__name__ in selected]
