@@ -30,7 +30,16 @@ from bench.result_file import recording
 LATENT = (32, 64, 64)  # FLUX.2 latent of a 512 px image
 STAGES = ((96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2))  # ConvNeXt-T stage maps on that latent
 TOKENS = ((256, 384), (256, 768), (256, 1152))  # (T, C) of DiT-S/B/XL on that latent at patch size 4
-KERNELS = ("adaln_modulate", "add_noise", "film", "film_layer_norm", "group_norm_film_silu")
+KERNELS = (
+    "adaln_modulate",
+    "add_noise",
+    "channel_layer_norm",
+    "film",
+    "film_layer_norm",
+    "group_norm_film_silu",
+    "linear_gelu",
+    "scaled_residual",
+)
 MODES = ("forward", "forward+backward")
 IMPLS = {
     "triton": "the kernels package's public function (Triton kernel)",
@@ -111,6 +120,58 @@ def _film_layer_norm_case(B: int, shape: tuple[int, ...], device: str) -> Case:
     )
 
 
+def _channel_layer_norm_case(B: int, shape: tuple[int, ...], device: str) -> Case:
+    """A ConvNeXt block's norm: the bf16 conv output in, channels-last rows out (the fc1 input)."""
+    x, _, _, weight, bias, _, _ = _norm_tensors(B, shape, device)
+    n, params = x.numel() * x.element_size(), 2 * shape[0] * F32
+    # forward reads x and the parameters and writes y; backward reads dy and x, writes dx and both gradients
+    return Case(
+        "channel_layer_norm",
+        (B, *shape),
+        x.dtype,
+        (x, weight, bias, 1e-6, True),
+        (x, weight, bias),
+        2 * n + params,
+        3 * n + 2 * params,
+    )
+
+
+def _linear_gelu_case(B: int, shape: tuple[int, ...], device: str) -> Case:
+    """A ConvNeXt block's fc1 and GELU on its (B, H, W, C) rows, bf16 throughout (no autocast here to cast an
+    fp32 weight): the matmul, then the bias and GELU; eager runs addmm and GELU."""
+    C, H, W = shape
+    x = torch.randn(B, H, W, C, device=device).bfloat16().requires_grad_()
+    weight = (torch.randn(4 * C, C, device=device) / C**0.5).bfloat16().requires_grad_()
+    bias = (0.1 * torch.randn(4 * C, device=device)).bfloat16().requires_grad_()
+    n, out, w = x.numel() * 2, 4 * x.numel() * 2, weight.numel() * 2
+    # forward reads x, weight, bias and writes y; backward reads dy, the saved pre-activation, x and the weight,
+    # writes dx, the weight's and the bias's gradients (the matmuls' own traffic beyond that is not counted)
+    return Case(
+        "linear_gelu",
+        (B, H, W, 4 * C),
+        x.dtype,
+        (x, weight, bias),
+        (x, weight, bias),
+        n + w + out,
+        2 * out + 2 * n + 2 * w,
+    )
+
+
+def _scaled_residual_case(B: int, shape: tuple[int, ...], device: str) -> Case:
+    """A ConvNeXt block's end: the fp32 stream plus the bf16 branch (fc2's channels-last rows) times the layer scale
+    and a stochastic-depth factor per sample."""
+    C, H, W = shape
+    x = torch.randn(B, *shape, device=device).requires_grad_()
+    branch = torch.randn(B, H, W, C, device=device).bfloat16().permute(0, 3, 1, 2).detach().requires_grad_()
+    gamma = (1e-2 * torch.rand(C, device=device)).requires_grad_()
+    keep = (torch.rand(B, device=device) > 0.1).float() / 0.9
+    n = x.numel()
+    # forward reads x (fp32) and branch (bf16), writes out (fp32); backward reads dout and branch, writes dbranch
+    return Case(
+        "scaled_residual", (B, *shape), torch.float32, (x, branch, gamma, keep), (x, branch, gamma), 10 * n, 8 * n
+    )
+
+
 def _group_norm_film_silu_case(B: int, shape: tuple[int, ...], device: str) -> Case:
     x, scale, shift, weight, bias, fwd, bwd = _norm_tensors(B, shape, device)
     return Case(
@@ -148,7 +209,10 @@ BUILDERS = {
     "adaln_modulate": (_adaln_modulate_case, TOKENS),
     "add_noise": (_add_noise_case, (LATENT,)),
     "film": (_film_case, STAGES),
+    "channel_layer_norm": (_channel_layer_norm_case, STAGES),
     "film_layer_norm": (_film_layer_norm_case, STAGES),
+    "linear_gelu": (_linear_gelu_case, STAGES),
+    "scaled_residual": (_scaled_residual_case, STAGES),
     "group_norm_film_silu": (_group_norm_film_silu_case, STAGES),
 }
 
@@ -174,7 +238,8 @@ UNCOMPILABLE = {
 def _implementations(kernel: str, names: list[str], skipped: list[dict]) -> dict[str, Callable]:
     """{impl: function} for the kernel; what cannot run is appended to ``skipped`` with the reason."""
     try:
-        module = importlib.import_module(f"kernels.{kernel}")
+        public = getattr(importlib.import_module("kernels"), kernel, None)  # ops sharing another op's module
+        module = importlib.import_module(public.__module__ if public else f"kernels.{kernel}")
         fns = {"triton": getattr(module, kernel), "eager": getattr(module, f"{kernel}_reference")}
     except (ImportError, AttributeError) as e:
         skipped.append({"kernel": kernel, "impl": "all", "reason": f"kernels.{kernel} not available: {e}"})
