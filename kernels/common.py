@@ -93,6 +93,14 @@ def plane_tile(n_rows: int, S: int, tile: int) -> tuple[int, int]:
     return min(triton.next_power_of_2(n_rows), max(1, tile // block_s)), block_s
 
 
+def channel_tile(C: int, S: int, tile: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_S, num_warps) of a kernel over (channel, position) tiles that holds all C channels of a
+    position: the positions fill the rest of ``tile`` elements."""
+    block_c = triton.next_power_of_2(C)
+    block_s = max(1, min(triton.next_power_of_2(S), tile // block_c))
+    return block_c, block_s, 4 if block_c * block_s <= 2048 else 8
+
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device; 1 elsewhere (the interpreter, CPU)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
