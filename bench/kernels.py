@@ -235,11 +235,19 @@ UNCOMPILABLE = {
 }
 
 
+def _module_of(kernel: str):
+    """The module holding a kernel's function and reference: ``kernels.<kernel>``, or for an op that shares
+    another's module (channel_layer_norm: film_layer_norm's) the module of the function the package exports."""
+    try:
+        return importlib.import_module(f"kernels.{kernel}")
+    except ModuleNotFoundError:
+        return importlib.import_module(getattr(importlib.import_module("kernels"), kernel).__module__)
+
+
 def _implementations(kernel: str, names: list[str], skipped: list[dict]) -> dict[str, Callable]:
     """{impl: function} for the kernel; what cannot run is appended to ``skipped`` with the reason."""
     try:
-        public = getattr(importlib.import_module("kernels"), kernel, None)  # ops sharing another op's module
-        module = importlib.import_module(public.__module__ if public else f"kernels.{kernel}")
+        module = _module_of(kernel)
         fns = {"triton": getattr(module, kernel), "eager": getattr(module, f"{kernel}_reference")}
     except (ImportError, AttributeError) as e:
         skipped.append({"kernel": kernel, "impl": "all", "reason": f"kernels.{kernel} not available: {e}"})
