@@ -23,3 +23,19 @@ def test_floor_and_dispatch_bind_small_ops_and_graphs_remove_the_host_term():
     assert c.step_time(ops, h200, graphs=True) == pytest.approx(100 * 3e-6 + depthwise_s)
     assert c.step_time(ops, h200) == pytest.approx(max(100 * 3e-6 + depthwise_s, 101 * 50e-6))
     assert c.step_time(ops, h200) >= roofline_time(ops, h200)[0]  # never faster than the roofline
+
+
+def test_the_simulated_cuda_step_runs_the_blocks_fused_kernels_and_the_fit_points_do_not():
+    """The plain ConvNeXt block's norm, fc1 + GELU and residual are Triton launches in the simulated CUDA step (fewer
+    ops, less calibrated time); the eager block the published points ran (fused_blocks=False) launches none."""
+    from bench.simulated_step import simulate
+
+    block_kernels = {"triton:_film_layer_norm_bwd", "triton:_bias_gelu_fwd", "triton:_bias_gelu_bwd"}
+    block_kernels |= {"triton:_scaled_residual_fwd", "triton:_scaled_residual_bwd"}
+    fused, eager = (simulate("convnext-atto-film", (4, 32, 32), 8, fused_blocks=f) for f in (True, False))
+    launched = [{op[0] for op in sim.ops if op[0].startswith("triton:")} for sim in (fused, eager)]
+    assert block_kernels <= launched[0]
+    assert not {"triton:_bias_gelu_fwd", "triton:_scaled_residual_fwd"} & launched[1]
+    assert len(fused.ops) < len(eager.ops)
+    device = gpu("h200-sxm")[1]
+    assert CALIBRATION.step_time(fused.ops, device, graphs=True) < CALIBRATION.step_time(eager.ops, device, graphs=True)
