@@ -130,8 +130,9 @@ class Block(nn.Module):
 
     The norm (``RowLayerNorm``), fc1's bias with the GELU (``LinearGELU``) and the layer scale, drop and residual
     add (``kernels.scaled_residual``) run as one pass each way on CUDA: under bf16 autocast eager PyTorch spends
-    sixteen kernels forward and backward on what those three do in six, mostly casts, fp32 intermediates of the
-    block's C x H x W and a second read of fc1's 4x-wide gradient for its bias. fused=False builds the block from
+    nineteen kernels forward and backward on what those three do in six (and three small sums of per-program
+    partials), mostly casts, fp32 intermediates of the block's C x H x W and a second read of fc1's 4x-wide
+    gradient for its bias. fused=False builds the block from
     the eager modules instead (timm's and torchvision's ConvNeXt, what published throughputs ran): same
     parameters and names, the same values as the fused block's CPU path.
 
