@@ -85,7 +85,7 @@ class _BiasGELU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, bias):
-        h2 = h.reshape(-1, h.shape[-1])
+        h2, bias = h.reshape(-1, h.shape[-1]), bias.contiguous()  # the kernels index both as dense rows
         R, N = h2.shape
         block_r, block_n = _blocks(N)
         y = torch.empty_like(h2)

@@ -74,3 +74,11 @@ def test_bad_input_raises(kwargs, error, match):
     args = {"x": torch.randn(2, 8), "weight": torch.randn(32, 8), "bias": torch.zeros(32)}
     with pytest.raises(error, match=match):
         linear_gelu(**{**args, **kwargs})
+
+
+def test_strided_bias(poisoned):
+    """A bias that is a strided view (every other element of a longer tensor) is read as its values, not its
+    storage."""
+    inputs, dy = make_inputs((2, 3), 8, 16)
+    inputs[2] = torch.randn(32)[::2]
+    check_against_fp64(linear_gelu, linear_gelu_reference, NAMES, inputs, dy, TOLERANCE[torch.float32])
