@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_operands, check_x, reduction_split, sm_count, use_triton
+from kernels.common import channel_tile, check_operands, check_x, reduction_split, sm_count, use_triton
 
 _TILE = 4096  # elements per program tile (C is held whole; tokens fill the rest)
 _MAX_BLOCK_C = 16384  # widest row held in registers; wider C runs the reference (no DiT comes near: XL is 1152)
@@ -121,9 +121,7 @@ def _adaln_modulate_bwd(
 
 def _blocks(C: int, T: int) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_T, num_warps): C whole (padded to a power of two, masked), tokens up to _TILE elements."""
-    block_c = triton.next_power_of_2(C)
-    block_t = max(1, min(triton.next_power_of_2(T), _TILE // block_c))
-    return block_c, block_t, 4 if block_c * block_t <= 2048 else 8
+    return channel_tile(C, T, _TILE)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_operands, check_x, spatial_flat, use_triton
+from kernels.common import channel_tile, check_operands, check_x, spatial_flat, use_triton
 
 _TILE = 4096  # elements per program tile (all channels of the group; positions fill the rest)
 
@@ -205,9 +205,8 @@ def _group_norm_film_silu_bwd(
 
 
 def _blocks(CG: int, S: int) -> tuple[int, int, int, int]:
-    block_cg = triton.next_power_of_2(CG)
-    block_s = max(1, min(triton.next_power_of_2(S), _TILE // block_cg))
-    return block_cg, block_s, triton.cdiv(S, block_s), 4 if block_cg * block_s <= 2048 else 8
+    block_cg, block_s, warps = channel_tile(CG, S, _TILE)  # a group's channels whole
+    return block_cg, block_s, triton.cdiv(S, block_s), warps
 
 
 class _GroupNormFilmSilu(torch.autograd.Function):
