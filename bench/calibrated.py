@@ -102,14 +102,20 @@ FIT_ERRORS = (0.0, -0.113, 0.102)  # calibrated / published - 1 at FIT_POINTS, i
 
 
 def _ops(point: FitPoint) -> tuple:
-    """The simulated step of a fit point, its Adam torch's foreach one and a ConvNeXt's blocks timm's eager
-    modules: the published runs (PyTorch 1.12, SGD) predate torch's fused optimizers and ran no fused kernels, and
-    the efficiencies were fitted to this step."""
+    """The simulated step of a fit point, its Adam torch's foreach one, a ConvNeXt's blocks timm's eager modules and
+    each weight cast by autocast: the published runs (PyTorch 1.12, SGD) predate torch's fused optimizers and ran no
+    fused kernels, and the efficiencies were fitted to this step."""
     from bench.simulated_step import simulate
 
     shape = (3, point.size, point.size)
     return simulate(
-        point.model, shape, point.batch, channels_last=point.channels_last, adam="foreach", fused_blocks=False
+        point.model,
+        shape,
+        point.batch,
+        channels_last=point.channels_last,
+        adam="foreach",
+        fused_blocks=False,
+        cast_weights_once=False,
     ).ops
 
 

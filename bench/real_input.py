@@ -145,10 +145,11 @@ def run_real_input(
 
         def latent_step(batches: Iterator[Batch]):
             opt = torch.optim.Adam(nets["latent"].parameters(), lr=1e-4)
+            runner = options(latent_case).casting_weights_once(nets["latent"])
 
             def step(i: int) -> torch.Tensor:
                 with kernels_env(kernels):
-                    return train_step(nets["latent"], opt, objective, next(batches), i)
+                    return train_step(runner, opt, objective, next(batches), i)
 
             return step
 

@@ -42,13 +42,14 @@ class SavedTensorCounter:
 
     Storages are told apart by identity (weakly held), not by address, so the count works on fake tensors
     (``bench.simulated_step``) as on real ones; ``weights``: storages besides the parameters that count as weights
-    (the autocast copies of them, ``CudaAutocast.casts``). Every saved storage stays alive until the backward,
-    so none is counted twice.
+    (their copies in the compute dtype: autocast's, ``CudaAutocast.casts``, and ``CastWeightsOnce``'s,
+    ``engine.training.weight_casts.COPIES``). Every saved storage stays alive until the backward, so none is
+    counted twice.
     """
 
-    def __init__(self, params: list[torch.Tensor], weights: WeakIdKeyDictionary | None = None):
+    def __init__(self, params: list[torch.Tensor], weights: tuple[WeakIdKeyDictionary, ...] = ()):
         self.params = WeakIdKeyDictionary({p.untyped_storage(): True for p in params})
-        self.weights = weights if weights is not None else WeakIdKeyDictionary()
+        self.weights = weights
         self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.activations = self.parameters = 0
 
@@ -56,7 +57,7 @@ class SavedTensorCounter:
         storage = t.untyped_storage()  # views (weight.t(), a slice) share their base's storage
         if storage not in self.seen and storage.nbytes():
             self.seen[storage] = True
-            if storage in self.params or storage in self.weights:
+            if storage in self.params or any(storage in weights for weights in self.weights):
                 self.parameters += storage.nbytes()
             else:
                 self.activations += storage.nbytes()

@@ -61,7 +61,7 @@ from bench.flop_count import flop_counter
 from bench.roofline import Roofline
 from bench.saved_activations import SavedTensorCounter
 from bench.train_steps import IMAGE_MODELS, Case, StepOptions, build_net, make_step
-from engine.training import optimizers
+from engine.training import optimizers, weight_casts
 from engine.training.objective import TrainingLoss
 
 DEFAULT_BATCH = 256
@@ -178,6 +178,32 @@ def _kernels_compute_in(policy: CudaAutocast) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _weight_copies_tracked_as_tensors(tracker_type) -> Iterator[None]:
+    """MemTracker counts and hooks a module's parameters on each forward. Under ``CastWeightsOnce`` the module's
+    cast weights are, for the step, bf16 copies (``functional_call`` puts them in its parameters' place): not
+    leaves, so they take no post-accumulate-grad hook, and not parameters but the step's temporaries, which the
+    tracker counts from the op that creates them as any other tensor. Its parameter pass sees the leaves only."""
+    original = tracker_type._track_module_params_and_buffers
+
+    def leaves_only(self, module, *args, **kwargs):
+        held = {
+            m: m._parameters
+            for m in module.modules()
+            if any(p is not None and not p.is_leaf for p in m._parameters.values())
+        }
+        for m, parameters in held.items():
+            m._parameters = {n: p for n, p in parameters.items() if p is None or p.is_leaf}
+        try:
+            return original(self, module, *args, **kwargs)
+        finally:
+            for m, parameters in held.items():
+                m._parameters = parameters
+
+    with mock.patch.object(tracker_type, "_track_module_params_and_buffers", leaves_only):
+        yield
+
+
 def _foreach_like_cuda(params, differentiable, use_fused=False):
     """torch's Adam default on CUDA tensors when not asked for fused (foreach); the CPU default (a loop per tensor)
     needs less memory."""
@@ -240,6 +266,7 @@ def simulate(
     memory: str = "plain",
     optimizer_memory: str | None = None,
     fused_blocks: bool = True,
+    cast_weights_once: bool = True,
 ) -> Simulation:
     """Two bench training steps of ``model`` on ``batch`` samples of ``shape`` under FakeTensorMode.
 
@@ -252,6 +279,7 @@ def simulate(
     recomputed). optimizer_memory: engine train's --optimizer-memory; None: the memory mode's
     (``OPTIMIZER_MEMORY_OF``: a lean step steps its parameters in the backward, in buckets, with bf16 Adam moments).
     fused_blocks: ``StepOptions.fused_blocks`` (False: a ConvNeXt's blocks as timm's eager modules).
+    cast_weights_once: ``StepOptions.cast_weights_once`` (False: autocast casts each weight, and each gradient back).
     """
     if kernels not in ("triton", "reference"):
         raise ValueError(f"kernels={kernels!r}: expected 'triton' (as on CUDA) or 'reference' (as on CPU)")
@@ -273,6 +301,7 @@ def simulate(
         memory=memory,
         optimizer_memory=optimizer_memory,
         fused_blocks=fused_blocks,
+        cast_weights_once=cast_weights_once,
     )
     with torch.device("meta"):  # weights: shapes (and bench's memory format) only, no values drawn
         net = build_net(case, dataclasses.replace(opts, device=torch.device("meta")))
@@ -289,6 +318,7 @@ def simulate(
         if kernels == "triton":
             stack.enter_context(_fused_kernels_as_on_cuda())
         stack.enter_context(_private_caches())
+        stack.enter_context(_weight_copies_tracked_as_tensors(MemTracker))
         for target in _HOST_CHECKS:
             stack.enter_context(mock.patch(target, lambda *a, **k: None))
         if region is not None:
@@ -307,7 +337,8 @@ def simulate(
             step, net = make_step(case, batch, opts, net=net)
             step(0)  # creates Adam's state; its gradients live on into the next step's forward
             tracker.reset_mod_stats()
-            saved = SavedTensorCounter(list(net.parameters()), policy.casts if policy is not None else None)
+            copies = (weight_casts.COPIES,) if policy is None else (policy.casts, weight_casts.COPIES)
+            saved = SavedTensorCounter(list(net.parameters()), copies)
             roofline = Roofline()
             _LAUNCHES.append(roofline)
             try:

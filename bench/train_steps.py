@@ -26,6 +26,7 @@ from engine.training.inputs import ImageInputs, LatentInputs
 from engine.training.objective import ImageObjective, LatentObjective, TrainingLoss, train_step
 from engine.training.optimizers import build_optimizer
 from engine.training.regenerated_input import draws_in_layer
+from engine.training.weight_casts import CastWeightsOnce, applies
 
 # autoencoder family -> (latent channels, downsampling factor): a shape is named "<family>-<image px>"
 LATENT_FAMILIES = {"sd": (4, 8), "flux1": (16, 8), "flux2": (32, 8), "dc-ae": (32, 32)}
@@ -102,6 +103,9 @@ class StepOptions:
     # a ConvNeXt's blocks on the fused kernels (engine.models.convnext_film.Block); False: the eager modules of
     # timm's ConvNeXt, as the published throughputs bench.calibrated is fitted to ran
     fused_blocks: bool = True
+    # the weights autocast casts copied in one multi-tensor kernel per step (engine.training.weight_casts), where
+    # the step allows it; False: one cast per weight, as the published throughputs bench.calibrated is fitted to ran
+    cast_weights_once: bool = True
 
     @property
     def lean_input(self) -> bool:
@@ -111,6 +115,19 @@ class StepOptions:
     @property
     def optimizer_step(self) -> str:
         return self.optimizer_memory or OPTIMIZER_MEMORY_OF[self.memory]
+
+    def runner(self, net: torch.nn.Module) -> torch.nn.Module:
+        """What the step calls: the network compiled (--compile), else ``casting_weights_once``."""
+        if self.compile:
+            torch._dynamo.reset()  # a fresh cache per step built: probes of other batches never hit the recompile limit
+            return torch.compile(net)
+        return self.casting_weights_once(net)
+
+    def casting_weights_once(self, net: torch.nn.Module) -> torch.nn.Module:
+        """net with autocast's weight casts made at once, where the step allows it (engine.training.weight_casts)."""
+        if self.cast_weights_once and applies(self.memory, self.optimizer_step, self.compile, ranks=1):
+            return CastWeightsOnce(net)
+        return net
 
 
 def build_net(case: Case, opts: StepOptions) -> torch.nn.Module:
@@ -136,9 +153,7 @@ def make_step(
     device = opts.device
     net = net if net is not None else build_net(case, opts)
     optimizer = build_optimizer(net.parameters(), "adam", 1e-4, 0.0, opts.optimizer_step)  # the paper's optimizer
-    if opts.compile:
-        torch._dynamo.reset()  # a fresh cache per step built: probes of other batch sizes never hit the recompile limit
-    runner = torch.compile(net) if opts.compile else net
+    runner = opts.runner(net)
     counts = np.full(NUM_CLASSES, 10)
     counts[0] = 100  # imbalanced, as the medical sets LDAM-DRW is for
     loss = TrainingLoss(RECIPES[opts.loss], counts, device=device)

@@ -40,6 +40,7 @@ from engine.training.optimizers import StepInBackward, build_optimizer
 from engine.training.run_dir import RunDir
 from engine.training.spaces import space_for
 from engine.training.tensorboard import TRAINING_LOGS, NoLog
+from engine.training.weight_casts import CastWeightsOnce, applies
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -161,6 +162,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, run: RunDir, say) -> dict:
         grafted = Graft(cfg, store, model, image_size, ctx.device).fit(sel["train"], sel["val"], say)
     net = DistributedDataParallel(model) if ctx.world_size > 1 else model
     net = torch.compile(net) if cfg.compile else net
+    if applies(cfg.memory, cfg.optimizer_memory, cfg.compile, ctx.world_size):  # autocast's weight casts at once
+        net = CastWeightsOnce(net)
     if ctx.world_size > 1 and cfg.optimizer_memory != "plain":
         raise UsageError(
             f"--optimizer-memory {cfg.optimizer_memory} steps each parameter before DDP averages its gradient "

@@ -39,3 +39,23 @@ def test_the_simulated_cuda_step_runs_the_blocks_fused_kernels_and_the_fit_point
     assert len(fused.ops) < len(eager.ops)
     device = gpu("h200-sxm")[1]
     assert CALIBRATION.step_time(fused.ops, device, graphs=True) < CALIBRATION.step_time(eager.ops, device, graphs=True)
+
+
+def test_the_simulated_plain_step_casts_its_weights_at_once_and_the_fit_points_one_by_one():
+    """engine.training.weight_casts: two multi-tensor copies replace a cast per weight each way in the plain step
+    (the same FLOPs, the same saved activations: the copies count as weights); the fit points, and a lean step
+    (whose functions cast weights themselves), keep autocast's casts."""
+    from bench.simulated_step import simulate
+
+    once, each = (simulate("convnext-atto-film", (4, 32, 32), 8, cast_weights_once=c) for c in (True, False))
+
+    def count(sim, name):
+        return sum(op[0] == name for op in sim.ops)
+
+    assert (count(once, "_foreach_copy_"), count(each, "_foreach_copy_")) == (2, 0)
+    assert count(each, "_to_copy") - count(once, "_to_copy") > 100  # 2 per matmul/conv weight and bias
+    assert once.flops == each.flops and once.saved_activation_bytes == each.saved_activation_bytes
+    device = gpu("h200-sxm")[1]
+    assert CALIBRATION.step_time(once.ops, device) < CALIBRATION.step_time(each.ops, device)
+    lean = [simulate("convnext-atto-film", (4, 32, 32), 8, memory="lean", cast_weights_once=c) for c in (True, False)]
+    assert lean[0].ops == lean[1].ops
