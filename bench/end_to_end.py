@@ -137,17 +137,23 @@ def predict_end_to_end(
     image_model: str = "resnet50",
     workers: int = WORKERS,
     images: int = 256,
+    measured: dict | None = None,
 ) -> dict:
     """Sides and ratios of the end-to-end pairing on each of ``devices``: each latent model (plain and lean) from
     its store resident on the device, against the image model at 256 px (stock, and with its residual blocks
     recomputed) from ``workers``-worker PNG and JPEG pipelines; with the per-worker decode rates and the
-    streaming loader's rate measured here, once for every device."""
+    streaming loader's rate measured here, once for every device, or taken from ``measured`` (an earlier result's
+    end-to-end part: what a refresh of its predictions keeps, as measured on the machine that wrote it)."""
     from bench.predict import predict_case
     from bench.train_steps import latent_shape
 
-    per_worker = {suffix: decode_rate_per_worker(suffix, images) for suffix in (".png", ".jpg")}
     dims = latent_shape(shape)
-    streamed = latent_loader_rate(dims)
+    if measured is not None:
+        per_worker = {f".{kind}": rate for kind, rate in measured["decode_images_per_s_per_worker"].items()}
+        streamed = measured["streamed_loader_samples_per_s"]
+    else:
+        per_worker = {suffix: decode_rate_per_worker(suffix, images) for suffix in (".png", ".jpg")}
+        streamed = latent_loader_rate(dims)
     sides, ratios, gathers = [], [], {}
     for device in devices:
         gathers[device] = resident_gather_rate(dims, device)

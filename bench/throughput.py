@@ -250,7 +250,8 @@ def run(args: argparse.Namespace, reduced: list[str], argv: list[str]) -> int:
 
 
 def _refresh_predicted(args: argparse.Namespace, cases: list[Case], out: Path, command: str, log) -> int:
-    """The predicted section of the result at ``out`` computed again by this code; the rest of it untouched."""
+    """The predicted section of the result at ``out`` computed again by this code; the rest of it untouched, and
+    what the section itself measured (the end-to-end pairing's decode and loader rates) kept."""
     try:
         report = json.loads(Path(out).read_text())
     except (OSError, ValueError) as err:
@@ -462,8 +463,14 @@ def _predicted_part(report: dict, cases: list[Case], args, log) -> dict:
         "vs_measured": against_measured(report["rows"], log),
     }
     if not args.no_end_to_end:
-        log("predicted: the end-to-end pairing (decoding files in DataLoader workers, timed here)")
-        part["end_to_end"] = _guarded(log, "end-to-end pairing", lambda: predict_end_to_end(tuple(devices)))
+        # a refresh keeps the decode and loader rates the result measured, on the machine that wrote it
+        measured = (report.get("predicted") or {}).get("end_to_end")
+        measured = measured if measured and "decode_images_per_s_per_worker" in measured else None
+        how = "timed here" if measured is None else "the decode rates this result measured"
+        log(f"predicted: the end-to-end pairing (decoding files in DataLoader workers, {how})")
+        part["end_to_end"] = _guarded(
+            log, "end-to-end pairing", lambda: predict_end_to_end(tuple(devices), measured=measured)
+        )
     return part
 
 

@@ -64,3 +64,23 @@ def test_the_predicted_section_shows_each_side_the_rates_it_used_and_every_ratio
     assert "| h200-sxm | img | plain | 8 workers | 1,600 | 5,000 | 1,600 | loader |" in text
     assert "| h200-sxm | lat (plain) | img (plain, 8 workers) | 18.8x | 10.0x |" in text
     assert end_to_end_lines(None) == [] and "skipped: no PIL" in "\n".join(end_to_end_lines({"skipped": "no PIL"}))
+
+
+def test_a_refresh_keeps_the_rates_its_result_measured(monkeypatch):
+    """--refresh-predicted recomputes the steps, not the decode and loader rates: those were measured on the
+    machine that wrote the result, and a refresh elsewhere must not mix another CPU's rates into its file."""
+    import bench.end_to_end as e2e
+    import bench.predict
+
+    monkeypatch.setattr(e2e, "decode_rate_per_worker", lambda *a, **k: pytest.fail("decode rate measured again"))
+    monkeypatch.setattr(e2e, "latent_loader_rate", lambda *a, **k: pytest.fail("loader rate measured again"))
+
+    def predicted(model, shape, device, memory):
+        return {**row(model, "image" if model == "resnet50" else "latent", 1000.0, 1), "memory": memory}
+
+    monkeypatch.setattr(bench.predict, "predict_case", predicted)
+    kept = {"decode_images_per_s_per_worker": {"png": 120.0, "jpg": 240.0}, "streamed_loader_samples_per_s": 5e4}
+    part = e2e.predict_end_to_end(("h200-sxm",), latent_models=("lat",), measured=kept)
+    assert part["decode_images_per_s_per_worker"] == {"png": 120.0, "jpg": 240.0}
+    assert part["streamed_loader_samples_per_s"] == 5e4
+    assert {s["loader_samples_per_s"] for s in part["sides"] if s["space"] == "image"} == {960.0, 1920.0}
