@@ -181,9 +181,9 @@ def _kernels_compute_in(policy: CudaAutocast) -> Iterator[None]:
 @contextlib.contextmanager
 def _weight_copies_tracked_as_tensors(tracker_type) -> Iterator[None]:
     """MemTracker counts and hooks a module's parameters on each forward. Under ``CastWeightsOnce`` the module's
-    cast weights are, for the step, bf16 copies (``functional_call`` puts them in its parameters' place): not
-    leaves, so they take no post-accumulate-grad hook, and not parameters but the step's temporaries, which the
-    tracker counts from the op that creates them as any other tensor. Its parameter pass sees the leaves only."""
+    cast weights are, for the step, bf16 copies in its parameters' places: not leaves, so they take no
+    post-accumulate-grad hook, and not parameters but the step's temporaries, which the tracker counts from the op
+    that creates them as any other tensor. Its parameter pass sees the leaves only."""
     original = tracker_type._track_module_params_and_buffers
 
     def leaves_only(self, module, *args, **kwargs):

@@ -114,3 +114,51 @@ def test_applies_only_where_no_gradient_is_acted_on_early():
     assert not applies("plain", "in-backward", compiled=False, ranks=1)
     assert not applies("plain", "plain", compiled=True, ranks=1)
     assert not applies("plain", "plain", compiled=False, ranks=2)
+
+
+class _Tied(torch.nn.Module):
+    """Two linears sharing one weight, and a norm: the shared weight is registered in two places."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.norm = torch.nn.Linear(6, 6), torch.nn.Linear(6, 6), torch.nn.LayerNorm(6)
+        self.b.weight = self.a.weight
+
+    def forward(self, x, c):
+        return self.b(self.norm(self.a(x)))[:, :3] * (1 + c[:, None])
+
+
+def test_a_tied_weight_is_copied_once_and_read_as_the_copy_everywhere():
+    torch.manual_seed(0)
+    model = _Tied()
+    plain, wrapped = copy.deepcopy(model), CastWeightsOnce(copy.deepcopy(model))
+    x, c, y = torch.randn(4, 6), torch.randn(4), torch.tensor([0, 1, 2, 0])
+    for seed in (1, 2):
+        results = []
+        for net in (plain, wrapped):
+            unwrapped(net).zero_grad(set_to_none=True)
+            counting = _ParameterCasts(unwrapped(net).parameters())
+            with CudaAutocast(torch.bfloat16), counting:
+                out = net(x * seed, c)
+            F.cross_entropy(out.float(), y).backward()
+            results.append((out.detach(), {n: p.grad for n, p in unwrapped(net).named_parameters()}, counting.count))
+        (out, grads, _), (wout, wgrads, wcasts) = results
+        assert torch.equal(out, wout) and all(torch.equal(wgrads[n], g) for n, g in grads.items())
+    assert "a.weight" in wrapped.casts and not any(n.startswith("norm.") for n in wrapped.casts)
+    assert wcasts == 0, "the second step casts no parameter one by one, the tied one included"
+
+
+def test_a_replaced_parameter_is_looked_at_again():
+    """load_state_dict(assign=True) puts new Parameter objects in place: the next steps must use them."""
+    model = _model("convnext-t-film")
+    plain, wrapped = copy.deepcopy(model), CastWeightsOnce(copy.deepcopy(model))
+    changed = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    for net in (plain, wrapped):  # the same history (EDM2's noise embedding renormalises its weights in place)
+        _step(net, AUTOCASTS["cuda-lists"], 1)
+        unwrapped(net).load_state_dict({k: v.clone() for k, v in changed.items()}, assign=True)
+    for seed in (2, 3):  # the step that looks again, then one with the new parameters' copies
+        out, grads = _step(wrapped, AUTOCASTS["cuda-lists"], seed)
+        expected_out, expected_grads = _step(plain, AUTOCASTS["cuda-lists"], seed)
+        assert torch.equal(out, expected_out)
+        assert all(torch.equal(grads[k], g) for k, g in expected_grads.items())
+    assert all(p is dict(wrapped.module.named_parameters())[n] for n, p in zip(wrapped.casts, wrapped._replaced))
