@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -204,6 +205,38 @@ def _weight_copies_tracked_as_tensors(tracker_type) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _cyclic_garbage_freed_after_each_module_backward() -> Iterator[None]:
+    """Tensors that only reference cycles keep alive (FakeTensorMode's and pytree's closures around the recomputed
+    activations of a checkpointed block) are freed when Python's cyclic collector next runs, which depends on what
+    ran before in the process: a lean ResNet-50's simulated peak at batch 256 came out anywhere in 13.1-15.9 GiB,
+    all of it such garbage above its ~5.8 GiB. A real step frees them when its block's backward is done; here a full
+    collection runs after each module's backward, over the objects made since the simulation began (the rest
+    frozen, so each collection is quick), and the peak is the same whatever ran before."""
+    from torch.distributed._tools.mod_tracker import ModTracker
+
+    original = ModTracker._get_pop_fn
+
+    def collecting(self, w_mod, name, is_bw):
+        pop = original(self, w_mod, name, is_bw)
+        if not is_bw:
+            return pop
+
+        def collected(*args):
+            gc.collect()
+            return pop(*args)
+
+        return collected
+
+    gc.collect()
+    gc.freeze()
+    try:
+        with mock.patch.object(ModTracker, "_get_pop_fn", collecting):
+            yield
+    finally:
+        gc.unfreeze()
+
+
 def _foreach_like_cuda(params, differentiable, use_fused=False):
     """torch's Adam default on CUDA tensors when not asked for fused (foreach); the CPU default (a loop per tensor)
     needs less memory."""
@@ -319,6 +352,8 @@ def simulate(
             stack.enter_context(_fused_kernels_as_on_cuda())
         stack.enter_context(_private_caches())
         stack.enter_context(_weight_copies_tracked_as_tensors(MemTracker))
+        if memory == "lean":  # the steps that recompute blocks in the backward
+            stack.enter_context(_cyclic_garbage_freed_after_each_module_backward())
         for target in _HOST_CHECKS:
             stack.enter_context(mock.patch(target, lambda *a, **k: None))
         if region is not None:
