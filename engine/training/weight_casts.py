@@ -123,7 +123,7 @@ class CastWeightsOnce(nn.Module):
 
     The copies take the parameters' places in their modules' parameter dicts for the call, every place a parameter
     is registered (a tied one in each), and the parameters are put back after it. Not ``functional_call``: its
-    per-call bookkeeping costs ~0.6 ms of host time for ConvNeXt-T's 156 cast tensors on a 2-core CPU against
+    per-call bookkeeping costs ~0.6 ms of host time for 156 of ConvNeXt-T's tensors on a 2-core CPU against
     ~0.08 ms for the swap, and an eager step's host time is what a small latent step is bound by.
     """
 
