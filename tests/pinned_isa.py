@@ -5,7 +5,7 @@ The last digits of a float op depend on which vector instructions its kernel pic
 a matmul sums in another order than the AVX2 one), and torch, oneDNN and MKL pick when they load, so a fixture
 recorded on a CPU with AVX-512 cannot be met on one without it. Pinned to AVX2, which every x86-64 CPU of the
 last decade has, and with oneDNN off (its blocking follows the CPU's caches), a record means the same on each of
-them.
+them: each of one vendor's, as measured (``RECORDED_ON`` below).
 """
 
 from __future__ import annotations
@@ -31,6 +31,24 @@ WITHOUT_ONEDNN = (
     "import runpy, sys, torch; torch.backends.mkldnn.enabled = False; "
     "module = sys.argv.pop(1); runpy.run_module(module, run_name='__main__', alter_sys=True)"
 )
+
+
+def cpu_vendor() -> str:
+    """The x86 vendor string of this CPU (GenuineIntel, AuthenticAMD), or "" where /proc/cpuinfo does not say."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+
+
+# The records were made on an Intel CPU. On an AMD EPYC (2026-12-07) the pinned runs still differ from them in the
+# last digits (a loss by 1.7e-4 relative), at 82a9105 as after it, so not from a change: what the pin leaves to the
+# CPU (MKL's AVX2 branch, most likely) is not the same code on AMD. A record that holds on both needs a pin that
+# does; until then the check runs on the vendor that recorded it.
+RECORDED_ON = "GenuineIntel"
+ON_ANOTHER_VENDOR = cpu_vendor() not in (RECORDED_ON, "")
+WHY_NOT_HERE = f"the pinned records were made on {RECORDED_ON} and do not hold bit for bit on {cpu_vendor()}"
 
 
 def run_pinned(module: str, *args: str) -> None:
