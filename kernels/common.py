@@ -51,6 +51,32 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def flat_copy(tensors: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One flat buffer in dtype holding the tensors' values, and its parts shaped as they are, filled by one
+    ``torch._foreach_copy_`` (one multi-tensor kernel on CUDA, casting as it copies, where ``.to`` launches one
+    kernel per tensor)."""
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=dtype, device=tensors[0].device)
+    parts = shaped_like(flat, tensors)
+    torch._foreach_copy_(parts, tensors)
+    return flat, parts
+
+
+def shaped_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Consecutive parts of flat, each viewed in the shape of its tensor."""
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def cast_together(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The tensors in dtype, as ``t.to(dtype)`` each: those in another dtype by one ``flat_copy``, those in dtype
+    already as themselves."""
+    todo = [i for i, t in enumerate(tensors) if t.dtype != dtype]
+    cast = list(tensors)
+    if todo:
+        for i, part in zip(todo, flat_copy([tensors[i] for i in todo], dtype)[1]):
+            cast[i] = part
+    return cast
+
+
 def check_x(op: str, x: torch.Tensor, dims: tuple[int, ...] | None = None) -> tuple[int, int]:
     """(B, C) of x, which must be a (B, C, *spatial) tensor (of ``dims`` dimensions) in a dtype the kernels take."""
     if not isinstance(x, torch.Tensor) or x.dim() < 3 or (dims is not None and x.dim() not in dims):

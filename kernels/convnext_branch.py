@@ -7,10 +7,13 @@ of the block's C x H x W under bf16 autocast. Here the conv's input, cast once t
 autocast makes for the conv anyway), is the one tensor kept; the backward reruns the depthwise conv (a cheap op:
 49 multiply-adds per element) and then the fused MLP's backward, then the conv's: 2 bytes per element.
 
-Same mathematics as the plain modules, op for op: the conv in the compute dtype on casts of the same fp32
-weights, its output handed to the fused MLP (``kernels.fused_mlp``, whose forward and backward this reuses), the
-gradient reaching the conv in the conv output's dtype, as autograd would pass it. Plain torch ops, so it runs
-wherever torch does; there is no Triton path.
+Same mathematics as the plain block, op for op: the conv in the compute dtype on casts of the same fp32 weights,
+the block's norm as the plain block runs it (``kernels.channel_layer_norm``: one Triton pass each way on CUDA,
+statistics in fp32, output in the conv's dtype; on the CPU the fp32 ``native_layer_norm`` of autocast), called
+here outside autograd through its forward/backward pair, its output handed to the fused MLP
+(``kernels.fused_mlp``, whose forward and backward this reuses), the gradient reaching the conv in the conv
+output's dtype, as autograd would pass it. The weights are cast once each way, all four casts in one multi-tensor
+copy (``kernels.common.cast_together``), the rerun conv and the conv's backward reading the same copy.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ import torch
 import torch.nn.functional as F
 
 from kernels.common import compute_dtype
-from kernels.fused_mlp import mlp_backward, mlp_output
+from kernels.film_layer_norm import channel_layer_norm_backward, channel_layer_norm_forward
+from kernels.fused_mlp import backward_weights, forward_weights, mlp_backward, mlp_output
 
 
-def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The conv's output, channels last (the view the block's LayerNorm reads)."""
-    padding = weight.shape[-1] // 2
-    return F.conv2d(x, weight.to(dtype), bias.to(dtype), padding=padding, groups=x.shape[1]).permute(0, 2, 3, 1)
+def _conv_and_norm(kept, conv_weight, conv_bias, norm):
+    """The depthwise conv's output (B, C, H, W) and the block norm's (channels-last rows (B, H, W, C), as fc1 reads
+    them), with the norm's statistics: what the forward computes and the backward reruns."""
+    padding = conv_weight.shape[-1] // 2
+    h = F.conv2d(kept, conv_weight, conv_bias, padding=padding, groups=kept.shape[1])
+    normed, stats = channel_layer_norm_forward(h, norm[0], norm[1], norm[2], channels_last=True)
+    return h, normed.permute(0, 2, 3, 1), stats
 
 
 class _ConvNeXtBranch(torch.autograd.Function):
@@ -34,8 +41,9 @@ class _ConvNeXtBranch(torch.autograd.Function):
     def forward(ctx, x, conv_weight, conv_bias, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale):
         dtype = compute_dtype(x)
         kept = x.to(dtype)  # x itself where it already is in the compute dtype
-        h = _depthwise(kept, conv_weight, conv_bias, dtype)
-        y = mlp_output(h, (norm_weight, norm_bias, eps), w1, b1, w2, b2, scale, "none", dtype)
+        conv_w, conv_b, *weights = forward_weights(w1, b1, w2, b2, scale, dtype, ahead=(conv_weight, conv_bias))
+        _, normed, _ = _conv_and_norm(kept, conv_w, conv_b, (norm_weight, norm_bias, eps))
+        y = mlp_output(normed, None, weights, "none", dtype)
         ctx.save_for_backward(kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale)
         ctx.eps, ctx.dtype, ctx.x_dtype = eps, dtype, x.dtype
         return y.permute(0, 3, 1, 2)
@@ -45,17 +53,20 @@ class _ConvNeXtBranch(torch.autograd.Function):
     def backward(ctx, dy):
         kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
         dtype = ctx.dtype
-        h = _depthwise(kept, conv_weight, conv_bias, dtype)
-        norm = (norm_weight, norm_bias, ctx.eps)
-        needs_norm = (True, *ctx.needs_input_grad[3:5])  # the conv output's gradient, always
-        dh, *grads = mlp_backward(dy.permute(0, 2, 3, 1), h, norm, w1, b1, w2, b2, scale, "none", dtype, needs_norm)
-        dh = dh.to(dtype).permute(0, 3, 1, 2)  # as autograd hands it to the conv: in its output's dtype
-        del h  # the rerun conv's output, no longer needed: the conv's backward reads its input
+        weight, bias, *cast = backward_weights(w1, b1, w2, scale, dtype, ahead=(conv_weight, conv_bias))
+        h, normed, stats = _conv_and_norm(kept, weight, bias, (norm_weight, norm_bias, ctx.eps))
+        dy = dy.permute(0, 2, 3, 1)
+        dnormed, *grads = mlp_backward(dy, normed, None, w1, b1, w2, b2, scale, cast, "none", dtype, ())
+        del normed
+        dh, dnorm_weight, dnorm_bias = channel_layer_norm_backward(
+            dnormed.permute(0, 3, 1, 2), h, norm_weight, norm_bias, stats
+        )
+        del h, dnormed  # the conv's backward reads its input, not its output
         channels, size = conv_weight.shape[0], conv_weight.shape[-1]
         dx, dconv_weight, dconv_bias = torch.ops.aten.convolution_backward(
             dh,
             kept,
-            conv_weight.to(dtype),
+            weight,
             [channels],
             [1, 1],
             [size // 2, size // 2],
@@ -69,7 +80,8 @@ class _ConvNeXtBranch(torch.autograd.Function):
             None if dx is None else dx.to(ctx.x_dtype),
             None if dconv_weight is None else dconv_weight.to(conv_weight.dtype),
             None if dconv_bias is None else dconv_bias.to(conv_bias.dtype),
-            *grads[:2],
+            dnorm_weight,
+            dnorm_bias,
             None,
             *grads[2:],
         )

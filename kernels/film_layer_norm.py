@@ -163,81 +163,96 @@ def _blocks(C: int, S: int) -> tuple[int, int, int]:
     return channel_tile(C, S, _TILE)  # _TILE read at the call: the tests shrink it
 
 
-class _FilmLayerNorm(torch.autograd.Function):
-    """scale and shift None: no FiLM (HAS_FILM off, the weight stands in for their pointers, never read)."""
+def _launch_forward(x, scale, shift, weight, bias, eps, channels_last):
+    """(y, mean, rstd) of the Triton forward; scale and shift None: no FiLM (HAS_FILM off, the weight stands in for
+    their pointers, never read)."""
+    x3 = spatial_flat(x)
+    B, C, S = x3.shape
+    block_c, block_s, warps = _blocks(C, S)
+    film = scale is not None
+    scale, shift = (scale.contiguous(), shift.contiguous()) if film else (weight, weight)
+    y = torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    y3 = spatial_flat(y)
+    mean = torch.empty(B, S, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    _film_layer_norm_fwd[(triton.cdiv(S, block_s), B)](
+        x3,
+        y3,
+        scale,
+        shift,
+        weight.contiguous(),
+        bias.contiguous(),
+        mean,
+        rstd,
+        C,
+        S,
+        *x3.stride(),
+        *y3.stride(),
+        eps,
+        HAS_FILM=film,
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
+        num_warps=warps,
+    )
+    return y, mean, rstd
 
+
+def _launch_backward(x, dy, scale, shift, weight, mean, rstd):
+    """(dx in x's dtype, partial) of the Triton backward: partial (2 or with FiLM 4, B, splits, C) holds fp32 sums of
+    dweight, dbias (, dscale, dshift) over each program's positions, for the caller to reduce."""
+    x3 = spatial_flat(x)
+    B, C, S = x3.shape
+    block_c, block_s, warps = _blocks(C, S)
+    film = scale is not None
+    scale, shift = (scale.contiguous(), shift.contiguous()) if film else (weight, weight)
+    dy3 = spatial_flat(dy)
+    dx3 = torch.empty_like(x3)
+    n_blocks = triton.cdiv(S, block_s)
+    per_program, n_split = reduction_split(n_blocks, B, sm_count(x3.device))
+    partial = torch.empty(4 if film else 2, B, n_split, C, device=x3.device, dtype=torch.float32)
+    _film_layer_norm_bwd[(n_split, B)](
+        x3,
+        dy3,
+        dx3,
+        scale,
+        shift,
+        weight.contiguous(),
+        mean,
+        rstd,
+        partial,
+        C,
+        S,
+        n_split,
+        *x3.stride(),
+        *dy3.stride(),
+        *dx3.stride(),
+        HAS_FILM=film,
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
+        BLOCKS_PER_PROGRAM=per_program,
+        num_warps=warps,
+    )
+    return dx3.view(x.shape), partial
+
+
+class _FilmLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, shift, weight, bias, eps, channels_last):
-        x3 = spatial_flat(x)
-        B, C, S = x3.shape
-        block_c, block_s, warps = _blocks(C, S)
-        film = scale is not None
-        weight, bias = weight.contiguous(), bias.contiguous()
-        scale, shift = (scale.contiguous(), shift.contiguous()) if film else (weight, weight)
-        y = torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        y3 = spatial_flat(y)
-        mean = torch.empty(B, S, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        _film_layer_norm_fwd[(triton.cdiv(S, block_s), B)](
-            x3,
-            y3,
-            scale,
-            shift,
-            weight,
-            bias,
-            mean,
-            rstd,
-            C,
-            S,
-            *x3.stride(),
-            *y3.stride(),
-            eps,
-            HAS_FILM=film,
-            BLOCK_C=block_c,
-            BLOCK_S=block_s,
-            num_warps=warps,
-        )
-        ctx.save_for_backward(x3, scale, shift, weight, mean, rstd)
-        ctx.shape, ctx.bias_dtype, ctx.film = x.shape, bias.dtype, film
+        if scale is not None:  # FiLM's (gamma, beta) arrive as chunks of one projection: kept contiguous
+            scale, shift = scale.contiguous(), shift.contiguous()
+        y, mean, rstd = _launch_forward(x, scale, shift, weight, bias, eps, channels_last)
+        ctx.save_for_backward(x, scale, shift, weight, mean, rstd)
+        ctx.bias_dtype = bias.dtype
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x3, scale, shift, weight, mean, rstd = ctx.saved_tensors
-        B, C, S = x3.shape
-        block_c, block_s, warps = _blocks(C, S)
-        dy3 = spatial_flat(dy)
-        dx3 = torch.empty_like(x3)
-        n_blocks = triton.cdiv(S, block_s)
-        per_program, n_split = reduction_split(n_blocks, B, sm_count(x3.device))
-        partial = torch.empty(4 if ctx.film else 2, B, n_split, C, device=x3.device, dtype=torch.float32)
-        _film_layer_norm_bwd[(n_split, B)](
-            x3,
-            dy3,
-            dx3,
-            scale,
-            shift,
-            weight,
-            mean,
-            rstd,
-            partial,
-            C,
-            S,
-            n_split,
-            *x3.stride(),
-            *dy3.stride(),
-            *dx3.stride(),
-            HAS_FILM=ctx.film,
-            BLOCK_C=block_c,
-            BLOCK_S=block_s,
-            BLOCKS_PER_PROGRAM=per_program,
-            num_warps=warps,
-        )
+        x, scale, shift, weight, mean, rstd = ctx.saved_tensors
+        dx, partial = _launch_backward(x, dy, scale, shift, weight, mean, rstd)
         dweight, dbias = partial[:2].sum((1, 2))  # one reduction each for the parameters and the FiLM pair
         dscale = dshift = None
-        if ctx.film:
+        if scale is not None:
             dscale, dshift = (d.to(t.dtype) for d, t in zip(partial[2:].sum(2), (scale, shift)))
-        dx = dx3.view(ctx.shape)
         return dx, dscale, dshift, dweight.to(weight.dtype), dbias.to(ctx.bias_dtype), None, None
 
 
@@ -308,3 +323,39 @@ def channel_layer_norm(
     if x.numel() == 0 or not use_triton(x):
         return channel_layer_norm_reference(x, weight, bias, eps, channels_last)
     return _FilmLayerNorm.apply(x, None, None, weight, bias, eps, channels_last)
+
+
+def channel_layer_norm_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6, channels_last: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``channel_layer_norm``'s output and the statistics its backward reads, outside autograd: for ops that rerun
+    the norm inside their own backward (``kernels.convnext_branch``) and hand both to
+    ``channel_layer_norm_backward``. The statistics' layout is the path's own (Triton's or the reference's)."""
+    if x.numel() and use_triton(x):
+        y, mean, rstd = _launch_forward(x, None, None, weight, bias, eps, channels_last)
+        return y, (mean, rstd)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # autocast's fp32 norm of a half x
+    y, mean, rstd = torch.native_layer_norm(x.movedim(1, -1).to(dtype), (x.shape[1],), weight, bias, eps)
+    return y.movedim(-1, 1).to(x.dtype), (mean, rstd)
+
+
+def channel_layer_norm_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    stats: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx in x's dtype, dweight, dbias in theirs) of ``channel_layer_norm`` at x, given the statistics
+    ``channel_layer_norm_forward`` returned for the same x on the same path."""
+    mean, rstd = stats
+    if x.numel() and use_triton(x):
+        dx, partial = _launch_backward(x, dy, None, None, weight, mean, rstd)
+        dweight, dbias = partial.sum((1, 2))
+        return dx, dweight.to(weight.dtype), dbias.to(bias.dtype)
+    dtype = mean.dtype
+    rows = x.movedim(1, -1).to(dtype)
+    dx, dweight, dbias = torch.ops.aten.native_layer_norm_backward(
+        dy.movedim(1, -1).to(dtype), rows, (x.shape[1],), mean, rstd, weight, bias, [True, True, True]
+    )
+    return dx.movedim(-1, 1).to(x.dtype), dweight.to(weight.dtype), dbias.to(bias.dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.common import compute_dtype
+from kernels.common import cast_together, compute_dtype
 
 APPROXIMATIONS = ("none", "tanh")  # nn.GELU's: ConvNeXt uses the exact erf GELU, DiT-style ViTs tanh
 
@@ -36,30 +36,53 @@ def _fc1_input(x, norm, dtype):
     return x.to(dtype)
 
 
-def _fc2_folded(w2, b2, scale, dtype):
-    if scale is not None:
-        w2, b2 = w2 * scale[:, None], b2 * scale
-    return w2.to(dtype), b2.to(dtype)
+def _scaled(t, scale, dtype):
+    """``(t * scale).to(dtype)`` in one kernel: the multiply computes in t's dtype and rounds once on writing, as the
+    cast of its product would."""
+    if dtype == t.dtype:
+        return t * scale
+    return torch.mul(t, scale, out=torch.empty(t.shape, dtype=dtype, device=t.device))
+
+
+def forward_weights(w1, b1, w2, b2, scale, dtype, ahead=()):
+    """(*ahead, fc1 weight and bias, fc2's with the layer scale folded in) in dtype, what the forward multiplies by:
+    the casts one multi-tensor copy (``cast_together``; ahead: weights of ops chained in front, cast in the same
+    copy), the folds one multiply each."""
+    if scale is None:
+        return cast_together([*ahead, w1, b1, w2, b2], dtype)
+    return [*cast_together([*ahead, w1, b1], dtype), _scaled(w2, scale[:, None], dtype), _scaled(b2, scale, dtype)]
+
+
+def backward_weights(w1, b1, w2, scale, dtype, ahead=()):
+    """``forward_weights`` without fc2's bias, which the backward does not read."""
+    if scale is None:
+        return cast_together([*ahead, w1, b1, w2], dtype)
+    return [*cast_together([*ahead, w1, b1], dtype), _scaled(w2, scale[:, None], dtype)]
 
 
 # Bound on one 4x-wide tensor of the backward (fc1's output, GELU's and their gradients): the rows are taken in
 # chunks of at most this many bytes of it, so a ConvNeXt-T stage-1 block at batch 256 (65,536 positions x 384,
-# 48 MiB in bf16) keeps ~16 MiB of them alive instead of 96. Weight gradients are summed over chunks in at least
+# 48 MiB in bf16) keeps ~48 MiB of them alive instead of 96 (two chunks), and the later stages take one. Each
+# chunk costs ~14 kernel launches, so smaller chunks trade launches for a peak the step does not reach here: at
+# 8 MiB the lean ConvNeXt-T-FiLM step at batch 256 launched ~460 more kernels for the same peak (simulated; the
+# step's peak is elsewhere; at 48 MiB, one chunk, it rises). Weight gradients are summed over chunks in at least
 # float32: equal up to rounding to one matmul over all rows, and the same where one chunk holds them all.
-CHUNK_BYTES = 8 * 2**20
+CHUNK_BYTES = 32 * 2**20
 
 
 def _sum_in(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
-    part = part.to(torch.promote_types(part.dtype, torch.float32))
-    return part if total is None else total.add_(part)
+    if total is None:
+        return part.to(torch.promote_types(part.dtype, torch.float32))
+    return total.add_(part)  # part widened inside the add: the same sum as of a widened copy, one kernel fewer
 
 
-def mlp_output(x, norm, w1, b1, w2, b2, scale, approximate, dtype):
-    """``_FusedMLP``'s function at x, in ``dtype``: its forward, which keeps no intermediate, so GELU overwrites
-    its input (one 4x-wide tensor alive, not two)."""
-    a = F.linear(_fc1_input(x, norm, dtype), w1.to(dtype), b1.to(dtype))
+def mlp_output(x, norm, weights, approximate, dtype):
+    """``_FusedMLP``'s function at x, in ``dtype``, given ``forward_weights``: its forward, which keeps no
+    intermediate, so GELU overwrites its input (one 4x-wide tensor alive, not two)."""
+    w1, b1, w2, b2 = weights
+    a = F.linear(_fc1_input(x, norm, dtype), w1, b1)
     torch.ops.aten.gelu.out(a, approximate=approximate, out=a)
-    return F.linear(a, *_fc2_folded(w2, b2, scale, dtype))
+    return F.linear(a, w2, b2)
 
 
 class _FusedMLP(torch.autograd.Function):
@@ -77,28 +100,29 @@ class _FusedMLP(torch.autograd.Function):
             norm is not None,
             x.dtype,
         )
-        return mlp_output(kept, norm, w1, b1, w2, b2, scale, approximate, dtype)
+        return mlp_output(kept, norm, forward_weights(w1, b1, w2, b2, scale, dtype), approximate, dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
         kept, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
         norm = (norm_weight, norm_bias, ctx.eps) if ctx.normed else None
+        cast = backward_weights(w1, b1, w2, scale, ctx.dtype)
         dx, *grads = mlp_backward(
-            dy, kept, norm, w1, b1, w2, b2, scale, ctx.approximate, ctx.dtype, ctx.needs_input_grad[:3]
+            dy, kept, norm, w1, b1, w2, b2, scale, cast, ctx.approximate, ctx.dtype, ctx.needs_input_grad[:3]
         )
         return (None if dx is None else dx.to(ctx.x_dtype), *grads[:2], None, *grads[2:], None)
 
 
-def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, approximate, dtype, needs_norm_grads):
+def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, cast, approximate, dtype, needs_norm_grads):
     """(d kept, d norm weight, d norm bias, d w1, d b1, d w2, d b2, d scale) of ``_FusedMLP``'s function at kept,
-    rerunning its forward first; every gradient in its tensor's dtype but d kept, in the norm's (or the compute)
-    dtype; needs_norm_grads: native_layer_norm_backward's mask (kept, weight, bias). Shared with ops that chain more
-    in front of the MLP (``kernels.convnext_branch``)."""
+    rerunning its forward first; cast: ``backward_weights``; every gradient in its tensor's dtype but d kept, in
+    the norm's (or the compute) dtype; needs_norm_grads: native_layer_norm_backward's mask (kept, weight, bias).
+    Shared with ops that chain more in front of the MLP (``kernels.convnext_branch``)."""
     h = _fc1_input(kept, norm, dtype)
     shape, h = h.shape, h.reshape(-1, h.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)
-    w1c, b1c, (w2s, _) = w1.to(dtype), b1.to(dtype), _fc2_folded(w2, b2, scale, dtype)
+    w1c, b1c, w2s = cast
     dh = torch.empty_like(h)
     dw2s = dw1 = db1 = None
     rows = max(1, CHUNK_BYTES // (w1.shape[0] * h.element_size()))
@@ -120,8 +144,9 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, approximate, dtype, need
     del h, dy2, w1c, w2s  # before the norm's backward, whose float32 copies are the next peak
 
     if scale is not None:  # dw2s is this function's own float32 sum: unfolded in place
-        dscale = (dw2s.to(w2.dtype) * w2).sum(1) + db2s.to(b2.dtype) * b2
-        dw2, db2 = dw2s.to(w2.dtype).mul_(scale[:, None]), db2s.to(b2.dtype) * scale
+        dw2s, db2s = dw2s.to(w2.dtype), db2s.to(b2.dtype)
+        dscale = (dw2s * w2).sum(1) + db2s * b2
+        dw2, db2 = dw2s.mul_(scale[:, None]), db2s * scale
     else:
         dscale, dw2, db2 = None, dw2s, db2s
 

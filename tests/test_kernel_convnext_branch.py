@@ -38,6 +38,15 @@ def test_fp32_matches_fp64(shape):
     )
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3, 13), (3, 8, 9, 11, 32), (1, 6, 2, 9, 24, 5)])
+def test_triton_path_fp32_matches_fp64(shape, triton_path, poisoned):
+    """The block norm on channel_layer_norm's kernels (interpreted), forward and rerun in the backward."""
+    inputs, dy = make_inputs(*shape)
+    check_against_fp64(
+        op_of(convnext_branch), op_of(convnext_branch_reference), NAMES, inputs, dy, TOLERANCE[torch.float32]
+    )
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_run_in_their_dtype(dtype, seed):
@@ -46,6 +55,14 @@ def test_half_inputs_run_in_their_dtype(dtype, seed):
     over seeds 0..19)."""
     torch.manual_seed(seed)
     inputs, dy = make_inputs(2, 8, 5, 7, 32, dtype=dtype)  # half maps, fp32 weights: the conv and matmuls in half
+    fused, reference = op_of(convnext_branch), op_of(convnext_branch_reference)
+    check_against_fp64(fused, reference, NAMES, inputs, dy, 2 * TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_path_half_inputs(dtype, triton_path, poisoned):
+    torch.manual_seed(0)
+    inputs, dy = make_inputs(2, 8, 5, 7, 32, dtype=dtype)
     fused, reference = op_of(convnext_branch), op_of(convnext_branch_reference)
     check_against_fp64(fused, reference, NAMES, inputs, dy, 2 * TOLERANCE[dtype])
 

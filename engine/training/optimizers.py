@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from engine.errors import UsageError
+from kernels.common import flat_copy, shaped_like
 
 # Bytes of parameters stepped together in the backward: half DDP's default bucket (bucket_cap_mb=25), for the same
 # trade. Large enough that a bucket's step is a few multi-tensor launches however many small tensors it holds
@@ -336,29 +337,16 @@ def _pieces(slices: list[tuple[torch.Tensor, ...]]) -> list[list[tuple[torch.Ten
     return found
 
 
-def _float32_copy(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One flat float32 buffer holding the tensors' values, and its parts shaped as they are: the multi-tensor
-    ops work on the parts, the stochastic rounding once on the whole buffer."""
-    flat = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32, device=tensors[0].device)
-    parts = _shaped_like(flat, tensors)
-    torch._foreach_copy_(parts, tensors)
-    return flat, parts
-
-
-def _shaped_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
-
-
 def _update(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, generator: torch.Generator) -> None:
     """Adam's update of (slices of) a few parameters, in float32 from bf16 moments stored back rounded."""
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
     # one fp32 moment at a time beside the parameters: the second, turned into the denominator in place
-    second, seconds = _float32_copy(exp_avg_sqs)
+    second, seconds = flat_copy(exp_avg_sqs, torch.float32)
     torch._foreach_mul_(seconds, beta2)
     torch._foreach_addcmul_(seconds, grads, grads, value=1 - beta2)
-    torch._foreach_copy_(exp_avg_sqs, _shaped_like(round_to_bf16_stochastically(second, generator), exp_avg_sqs))
+    torch._foreach_copy_(exp_avg_sqs, shaped_like(round_to_bf16_stochastically(second, generator), exp_avg_sqs))
     second.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
-    first, firsts = _float32_copy(exp_avgs)
+    first, firsts = flat_copy(exp_avgs, torch.float32)
     torch._foreach_lerp_(firsts, grads, 1 - beta1)
-    torch._foreach_copy_(exp_avgs, _shaped_like(round_to_bf16_stochastically(first, generator), exp_avgs))
+    torch._foreach_copy_(exp_avgs, shaped_like(round_to_bf16_stochastically(first, generator), exp_avgs))
     torch._foreach_addcdiv_(params, firsts, seconds, value=-lr / (1 - beta1**step))
