@@ -127,15 +127,18 @@ def _record_launch(kernel, grid):
 
 @contextlib.contextmanager
 def _fused_kernels_as_on_cuda() -> Iterator[None]:
-    """The kernels package takes its Triton path for CPU tensors, and launches are recorded, not run."""
+    """Every module that picks its path by ``kernels.common.use_triton`` (the kernels package, the bf16-moment
+    optimizer) takes the Triton path for CPU tensors, and launches are recorded, not run."""
     import sys
 
     from triton.runtime.jit import KernelInterface
 
+    from kernels.common import use_triton
+
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(KernelInterface, "__getitem__", _record_launch))
-        for name, module in list(sys.modules.items()):
-            if (name == "kernels" or name.startswith("kernels.")) and hasattr(module, "use_triton"):
+        for module in list(sys.modules.values()):
+            if getattr(module, "use_triton", None) is use_triton:
                 stack.enter_context(mock.patch.object(module, "use_triton", lambda x: True))
         yield
 

@@ -32,6 +32,14 @@ def bucket_bytes(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["torch-ops", "kernel"])
+def bf16_path(request, monkeypatch):
+    """Bf16MomentAdam's two implementations: the torch ops (a CPU's) and the Triton kernel (CUDA's, interpreted)."""
+    if request.param == "kernel":
+        monkeypatch.setattr(optimizers, "use_triton", lambda t: True)
+    return request.param
+
+
 def model():
     torch.manual_seed(0)
     net = build_model("convnext-t-film", LATENT[0], 5, latent_size=LATENT[1], memory="lean", **SMALL).train()
@@ -71,8 +79,13 @@ def test_in_backward_steps_give_the_plain_steps_weights(name, decay, bucket_byte
         assert torch.equal(value, expected[key]), key  # the CPU's Adam loops per tensor either way: bit for bit
 
 
-@pytest.mark.parametrize("name,decay", [("adam", 0.0), ("adamw", 0.05)])
-def test_bf16_moments_stay_close_to_fp32_moments(name, decay):
+@pytest.mark.parametrize(
+    "name,decay,path",
+    [("adam", 0.0, "torch-ops"), ("adamw", 0.05, "torch-ops"), ("adam", 0.1, "kernel"), ("adamw", 0.05, "kernel")],
+)
+def test_bf16_moments_stay_close_to_fp32_moments(name, decay, path, monkeypatch):
+    if path == "kernel":  # Bf16MomentAdam's CUDA path, interpreted (L2 decay: added to the gradients it gathers)
+        monkeypatch.setattr(optimizers, "use_triton", lambda t: True)
     start, fp32, bf16 = model(), model(), model()
     train(fp32, build_optimizer(fp32.parameters(), name, 1e-3, decay, "in-backward"), STEPS)
     optimizer = build_optimizer(bf16.parameters(), name, 1e-3, decay, "in-backward-bf16")
@@ -86,12 +99,14 @@ def test_bf16_moments_stay_close_to_fp32_moments(name, decay):
     assert 0 < rel(change_bf16, change.double()) < BF16_TOLERANCE
 
 
-def test_stochastic_rounding_lets_a_small_steady_decay_through():
+def test_stochastic_rounding_lets_a_small_steady_decay_through(bf16_path):
     """With beta2 = 0.999 the second moment shrinks by 0.1 % a step, under bf16's half-ulp: round-to-nearest keeps
-    it where it is, the unbiased rounding follows the fp32 decay on average."""
-    v = torch.full((100_000,), 1e-3)
+    it where it is, the unbiased rounding follows the fp32 decay on average (the interpreted kernel over fewer
+    elements, in time)."""
+    n = 100_000 if bf16_path == "torch-ops" else 2048
+    v = torch.full((n,), 1e-3)
     assert torch.equal((v.bfloat16().float() * 0.999).bfloat16(), v.bfloat16()), "round-to-nearest freezes it"
-    p = torch.nn.Parameter(torch.zeros(100_000))
+    p = torch.nn.Parameter(torch.zeros(n))
     optimizer = Bf16MomentAdam([p], lr=0.0)
     for step in range(400):
         p.grad = torch.full_like(p, 1.0 if step == 0 else 0.0)
@@ -128,6 +143,37 @@ def test_resume_from_a_checkpoint_continues_exactly(memory, tmp_path, bucket_byt
     expected = weights(through)
     for key, value in weights(resumed).items():
         assert torch.equal(value, expected[key]), key
+
+
+def test_the_kernel_path_resumes_exactly(monkeypatch):
+    """Bf16MomentAdam on its CUDA path (interpreted): the Philox bits are keyed by (rounding seed, step) and each
+    piece's place, so a fresh optimizer loading the state rounds as the one that went on; pieces of 1,000 elements
+    split the second parameter."""
+    monkeypatch.setattr(optimizers, "use_triton", lambda t: True)
+    monkeypatch.setattr(optimizers, "UPDATE_CHUNK", 1000)
+
+    def params():
+        torch.manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(300)), torch.nn.Parameter(torch.randn(3, 700))]
+
+    def run(ps, optimizer, steps, first=0):
+        for step in range(first, first + steps):
+            torch.manual_seed(step)
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+
+    through = params()
+    run(through, Bf16MomentAdam(through, lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True, rounding_seed=3), 6)
+    first = params()
+    optimizer = Bf16MomentAdam(first, lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True, rounding_seed=3)
+    run(first, optimizer, 3)
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
+    again = Bf16MomentAdam(resumed, lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True, rounding_seed=3)
+    again.load_state_dict(optimizer.state_dict())
+    run(resumed, again, 3, first=3)
+    assert all(torch.equal(a, b) for a, b in zip(resumed, through))
+    assert not torch.equal(resumed[1], params()[1]), "the steps moved the weights"
 
 
 def test_the_in_backward_state_has_the_plain_optimizers_layout(bucket_bytes):

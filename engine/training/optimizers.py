@@ -13,9 +13,10 @@ the fused kernel below). A parameter that gets no gradient in a step would leave
 the backward steps every bucket still partly filled. The same update, parameter by parameter, so the same weights
 as ``plain`` (bit for bit where the implementations agree: on a CPU, which loops per tensor either way).
 ``in-backward-bf16``: the same, with Adam's two moments stored in bf16 (``Bf16MomentAdam``, updating a bucket in
-multi-tensor ops): the optimizer's state halves, from 8 to 4 bytes per parameter. Not the same mathematics: the
-moments are rounded after every update, stochastically, since round-to-nearest would freeze the second moment (its
-per-step change, 1 - beta2 = 0.1 % of itself, is below bf16's half-ulp of 0.2 %).
+multi-tensor ops, on CUDA one Triton kernel a piece): the optimizer's state halves, from 8 to 4 bytes per
+parameter. Not the same mathematics: the moments are rounded after every update, stochastically, since
+round-to-nearest would freeze the second moment (its per-step change, 1 - beta2 = 0.1 % of itself, is below bf16's
+half-ulp of 0.2 %).
 
 Adam's implementation follows the device, not the run: on CUDA torch's fused kernel (``fused=True``: one launch
 for many tensors, where the foreach default launches one per element-wise pass and the CPU's default loops per
@@ -43,7 +44,8 @@ from collections.abc import Callable, Iterable
 import torch
 
 from engine.errors import UsageError
-from kernels.common import flat_copy, shaped_like
+from kernels.adam_bf16_moments import adam_bf16_moments_, stochastic_bf16_reference
+from kernels.common import flat_copy, shaped_like, use_triton
 
 # Bytes of parameters stepped together in the backward: half DDP's default bucket (bucket_cap_mb=25), for the same
 # trade. Large enough that a bucket's step is a few multi-tensor launches however many small tensors it holds
@@ -229,8 +231,7 @@ def round_to_bf16_stochastically(x: torch.Tensor, generator: torch.Generator) ->
     """fp32 ``x`` rounded to bf16, up with probability equal to the dropped fraction: unbiased, so small
     steady changes survive on average. Adds 16 random bits below bf16's mantissa and truncates there."""
     bits = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device, generator=generator)
-    bits.add_(x.contiguous().view(torch.int32)).bitwise_and_(-(1 << 16))
-    return bits.view(torch.float32).to(torch.bfloat16)
+    return stochastic_bf16_reference(x, bits)
 
 
 def _moments_in_bf16(optimizer: torch.optim.Optimizer) -> None:
@@ -246,12 +247,16 @@ class Bf16MomentAdam(torch.optim.Optimizer):
     update computed in fp32 from the stored moments, which are then stored rounded stochastically.
 
     The update of all its parameters runs at once, in multi-tensor (``torch._foreach_*``) ops over pieces of
-    ``UPDATE_CHUNK`` elements, so a bucket's step launches a few kernels per piece rather than ~15 per
-    parameter; element by element it computes what the single-tensor update does. The rounding's random bits
-    are keyed by (rounding_seed, step), drawn from a generator seeded afresh for each update, so a resumed run
-    rounds as the uninterrupted one did, whatever ran in between. ``step`` in the state is a Python int (torch's
-    Adam keeps a tensor), which a checkpoint keeps among its scalars; parameters that missed a step (no gradient)
-    are updated apart, with their own step's bias correction.
+    ``UPDATE_CHUNK`` elements, so a bucket's step launches a few kernels per piece rather than ~15 per parameter;
+    element by element it computes what the single-tensor update does. On CUDA (``use_triton``) a piece is one
+    kernel (``kernels.adam_bf16_moments``) between gathering its gradients and moments into flat buffers and
+    scattering them back, then one multi-tensor add of the change into the parameters: 7 launches a piece where the
+    torch ops take 19. The rounding's random bits are keyed by (rounding_seed, step): the kernel's are Philox's of
+    that seed and the element's place in the update, the torch ops' are drawn from a generator seeded with it
+    afresh for each update; so a resumed run rounds as the uninterrupted one did, whatever ran in between (a CUDA
+    run and a CPU run round with different bits). ``step`` in the state is a Python int (torch's Adam keeps a
+    tensor), which a checkpoint keeps among its scalars; parameters that missed a step (no gradient) are updated
+    apart, with their own step's bias correction.
     """
 
     def __init__(
@@ -276,11 +281,11 @@ class Bf16MomentAdam(torch.optim.Optimizer):
         self._generators: dict[torch.device, torch.Generator] = {}
         self.register_load_state_dict_post_hook(_moments_in_bf16)
 
-    def _generator(self, device: torch.device, step: int) -> torch.Generator:
+    def _generator(self, device: torch.device, seed: int) -> torch.Generator:
         generator = self._generators.get(device)
         if generator is None:
             generator = self._generators[device] = torch.Generator(device=device)
-        return generator.manual_seed((self.rounding_seed << 32) + step)
+        return generator.manual_seed(seed)
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
@@ -298,11 +303,11 @@ class Bf16MomentAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
                 state["step"] += 1
                 together.setdefault((state["step"], p.device), []).append(p)
-            for (step, device), params in together.items():
-                self._update_together(params, group, step, self._generator(device, step))
+            for (step, _), params in together.items():
+                self._update_together(params, group, step)
 
-    def _update_together(self, params: list[torch.Tensor], group: dict, step: int, generator: torch.Generator) -> None:
-        """Weight decay, then Adam's update of params (all at one step count) in pieces."""
+    def _update_together(self, params: list[torch.Tensor], group: dict, step: int) -> None:
+        """Weight decay, then Adam's update of params (all at one step count, on one device) in pieces."""
         lr, decay = group["lr"], group["weight_decay"]
         grads = [p.grad for p in params]
         if decay and group["decoupled_weight_decay"]:
@@ -311,6 +316,13 @@ class Bf16MomentAdam(torch.optim.Optimizer):
             grads = torch._foreach_add(grads, params, alpha=decay)
         moments = [(self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]) for p in params]
         slices = [part for p, g, (m, v) in zip(params, grads, moments) for part in _slices(p, g, m, v)]
+        seed = (self.rounding_seed << 32) + step
+        if use_triton(params[0]):
+            offset = 0  # the Philox counters of a piece follow the last piece's
+            for piece in _pieces(slices):
+                offset += _update_in_one_kernel(*map(list, zip(*piece)), group, step, seed, offset)
+            return
+        generator = self._generator(params[0].device, seed)
         for piece in _pieces(slices):
             _update(*map(list, zip(*piece)), group, step, generator)
 
@@ -350,3 +362,16 @@ def _update(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, genera
     torch._foreach_lerp_(firsts, grads, 1 - beta1)
     torch._foreach_copy_(exp_avgs, shaped_like(round_to_bf16_stochastically(first, generator), exp_avgs))
     torch._foreach_addcdiv_(params, firsts, seconds, value=-lr / (1 - beta1**step))
+
+
+def _update_in_one_kernel(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, seed: int, offset: int) -> int:
+    """``_update``'s step of (slices of) a few parameters as one Triton kernel over flat copies of their gradients
+    and moments; returns how many elements it updated (Philox counters it used from offset)."""
+    change, changes = flat_copy(grads, torch.float32)  # the kernel overwrites it with the parameters' change
+    first, firsts = flat_copy(exp_avgs, torch.bfloat16)
+    second, seconds = flat_copy(exp_avg_sqs, torch.bfloat16)
+    adam_bf16_moments_(change, first, second, group["lr"], group["betas"], group["eps"], step, seed, offset)
+    torch._foreach_copy_(exp_avgs, firsts)
+    torch._foreach_copy_(exp_avg_sqs, seconds)
+    torch._foreach_add_(params, changes)
+    return change.numel()
