@@ -36,6 +36,9 @@ The specialisations, derived as above from:
   mask_p 0.2 in training, 0 in evaluation), with one seed of each class Triton specialises on: i32, i32
   divisible by 16, i64, i64 divisible by 16 (the engine's seeds are ``step_seed`` values below 2**62).
   Its backward is compiled too, though training never asks for it (stored latents need no gradient).
+- adam_bf16_moments_ (the lean step's bf16-moment Adam, ``engine.training.optimizers.Bf16MomentAdam``) on flat
+  pieces of ``UPDATE_CHUNK`` elements and a short odd one, with each class of ``ADAM_SEEDS`` and Philox counters
+  from 0 and from one piece on; no batch.
 - Batches: training at the per-rank batch of the default --batch-size 256 on 1, 2, 4 or 8 GPUs (256, 128,
   64, 32: the backwards of the norms, scaled_residual and linear_gelu split their reduction by batch and SM count, taken
   as 132, the SMs of H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
@@ -68,6 +71,9 @@ LATENTS = ((32, 64, 64), (4, 32, 32))  # add_noise inputs: the stored fp16 laten
 TRAIN_BATCHES = (256, 128, 64, 32)  # per-rank batch of --batch-size 256 on 1, 2, 4, 8 GPUs
 EVAL_BATCHES = (256, 1)  # engine.evaluate.EVAL_BATCH and the shortest tail batch
 SEEDS = {"i32": 2, "i32/16": 16, "i64": 2**40 + 2, "i64/16": 2**40}  # add_noise seed classes
+# Bf16MomentAdam's seeds, (rounding seed << 32) + step: bucket 0 at step 1 (== 1, a constexpr specialisation), at
+# step 2 and 16, and a later bucket (i64, 16-divisible or not)
+ADAM_SEEDS = {"1": 1, "i32": 2, "i32/16": 16, "i64": (3 << 32) + 2, "i64/16": 3 << 32}
 MASK_P = {"train": 0.2, "eval": 0.0}
 TARGET_STD = 0.5
 # (module, JITFunction name) of every kernel the models launch, forward and backward
@@ -84,6 +90,7 @@ KERNELS = (
     ("kernels.adaln_modulate", "_adaln_modulate_bwd"),
     ("kernels.add_noise", "_add_noise_fwd"),
     ("kernels.add_noise", "_add_noise_bwd"),
+    ("kernels.adam_bf16_moments", "_adam_bf16_moments_kernel"),
 )
 QUICK = (("convnext-t-film", (32, 64, 64)), ("adm-b-film", (32, 64, 64)), ("vit-s-film", (32, 64, 64)))  # one each
 
@@ -341,6 +348,34 @@ def add_noise_calls(latents=LATENTS) -> list[Call]:
     return calls
 
 
+def adam_calls() -> list[Call]:
+    """adam_bf16_moments_ as Bf16MomentAdam calls it on a bucket's pieces (no model capture needed)."""
+    import torch
+
+    from engine.training.optimizers import UPDATE_CHUNK
+
+    hyper = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "step": 1}
+    calls = []
+    for n in (UPDATE_CHUNK, 3001):
+        buffers = {
+            "grad": TensorSpec.of(torch.empty(n), batched=False),
+            "exp_avg": TensorSpec.of(torch.empty(n, dtype=torch.bfloat16), batched=False),
+            "exp_avg_sq": TensorSpec.of(torch.empty(n, dtype=torch.bfloat16), batched=False),
+        }
+        for seed_class, seed in ADAM_SEEDS.items():
+            for offset in (0, UPDATE_CHUNK):
+                calls.append(
+                    Call(
+                        "adam_bf16_moments_",
+                        "step",
+                        buffers,
+                        {**hyper, "seed": seed, "offset": offset},
+                        sites=[f"piece of {n} seed {seed_class} from {offset}"],
+                    )
+                )
+    return calls
+
+
 def merge(calls: list[Call]) -> list[Call]:
     """Calls with equal layouts and parameters, once each, with all their sites."""
     merged: dict = {}
@@ -364,10 +399,13 @@ class Launch:
     use: str
 
 
+STANDALONE_OPS = {"add_noise": "kernels.add_noise", "adam_bf16_moments_": "kernels.adam_bf16_moments"}  # no capture
+
+
 def _public(op: str):
-    """The public function of a FUSED_OPS op, or add_noise."""
+    """The public function of a FUSED_OPS op or of a STANDALONE_OPS one."""
     found = [f.public() for f in FUSED_OPS if f.name == op]
-    return found[0] if found else _module("kernels.add_noise").add_noise
+    return found[0] if found else getattr(_module(STANDALONE_OPS[op]), op)
 
 
 def _module(name: str):
@@ -438,7 +476,8 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
 
         return run
 
-    modules = [_module(path) for path in {*(op.path for op in FUSED_OPS), "kernels.add_noise"}]
+    paths = {*(op.path for op in FUSED_OPS), *STANDALONE_OPS.values()}
+    modules = [m for m in map(_module, paths) if hasattr(m, "use_triton")]  # those that may take the reference
     saved_use_triton = [m.use_triton for m in modules]
     for fn in jit.values():
         fn.run = recorder(fn)
@@ -446,7 +485,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
         m.use_triton = lambda x: True
     try:
         for call in calls:
-            for batch in train_batches if call.mode == "train" else eval_batches:
+            for batch in {"train": train_batches, "eval": eval_batches}.get(call.mode, (1,)):  # "step": no batch
                 current["use"] = f"{call.mode} B={batch}: " + ", ".join(call.sites)
                 tensors = {name: spec.make(batch) for name, spec in call.tensors.items()}
                 train = call.mode == "train"  # captured under bf16 autocast, as engine.training.objective runs
@@ -465,7 +504,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
 
 def derive(selected: list[str], quick: bool = False) -> tuple[list[Call], list[Launch]]:
     """(the distinct calls, their launches of the JITFunctions named in ``selected``): every model of ``MODELS``
-    (``QUICK`` with ``quick``) captured and replayed at the engine's batch sizes, and add_noise's calls."""
+    (``QUICK`` with ``quick``) captured and replayed at the engine's batch sizes, and add_noise's and Adam's calls."""
     models, train, evals = (
         (QUICK, TRAIN_BATCHES[:1], EVAL_BATCHES[:1]) if quick else (MODELS, TRAIN_BATCHES, EVAL_BATCHES)
     )
@@ -473,11 +512,10 @@ def derive(selected: list[str], quick: bool = False) -> tuple[list[Call], list[L
     if quick:
         noise = [c for c in noise if not c.sites[0].endswith("/16")]
     modules = {module for module, name in KERNELS if name in selected}
-    ops = {f.name for f in FUSED_OPS if f.path in modules} | (
-        {"add_noise"} if "kernels.add_noise" in modules else set()
-    )
+    ops = {f.name for f in FUSED_OPS if f.path in modules} | {op for op, m in STANDALONE_OPS.items() if m in modules}
     families = {f.family for f in FUSED_OPS if f.name in ops}
     models = [m for m in models if m[0].split("-")[0] in families]  # skip models whose kernels are not checked
     noise = noise if "add_noise" in ops else []
-    calls = merge(capture(models) + noise)
+    adam = adam_calls() if "adam_bf16_moments_" in ops else []
+    calls = merge(capture(models) + noise + adam)
     return calls, [x for x in replay(calls, train, evals) if x.kernel.fn.__name__ in selected]
