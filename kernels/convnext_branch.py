@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.common import compute_dtype
+from kernels.common import cast_together, compute_dtype
 from kernels.film_layer_norm import channel_layer_norm_backward, channel_layer_norm_forward
 from kernels.fused_mlp import backward_weights, forward_weights, mlp_backward, mlp_output
 
@@ -41,7 +41,7 @@ class _ConvNeXtBranch(torch.autograd.Function):
     def forward(ctx, x, conv_weight, conv_bias, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale):
         dtype = compute_dtype(x)
         kept = x.to(dtype)  # x itself where it already is in the compute dtype
-        conv_w, conv_b, *weights = forward_weights(w1, b1, w2, b2, scale, dtype, ahead=(conv_weight, conv_bias))
+        conv_w, conv_b, *weights = forward_weights(w1, b1, w2, b2, scale, dtype, "none", (conv_weight, conv_bias))
         _, normed, _ = _conv_and_norm(kept, conv_w, conv_b, (norm_weight, norm_bias, eps))
         y = mlp_output(normed, None, weights, "none", dtype)
         ctx.save_for_backward(kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale)
@@ -53,7 +53,7 @@ class _ConvNeXtBranch(torch.autograd.Function):
     def backward(ctx, dy):
         kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
         dtype = ctx.dtype
-        weight, bias, *cast = backward_weights(w1, b1, w2, scale, dtype, ahead=(conv_weight, conv_bias))
+        weight, bias, *cast = backward_weights(w1, b1, w2, scale, dtype, "none", (conv_weight, conv_bias))
         h, normed, stats = _conv_and_norm(kept, weight, bias, (norm_weight, norm_bias, ctx.eps))
         dy = dy.permute(0, 2, 3, 1)
         dnormed, *grads = mlp_backward(dy, normed, None, w1, b1, w2, b2, scale, cast, "none", dtype, ())
@@ -76,6 +76,8 @@ class _ConvNeXtBranch(torch.autograd.Function):
             channels,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
         )
+        if dconv_weight is not None and dconv_bias is not None:  # both, as in training: one multi-tensor copy
+            dconv_weight, dconv_bias = cast_together([dconv_weight, dconv_bias], conv_weight.dtype)
         return (
             None if dx is None else dx.to(ctx.x_dtype),
             None if dconv_weight is None else dconv_weight.to(conv_weight.dtype),

@@ -11,7 +11,10 @@ Same mathematics as the plain modules: under autocast the matmuls run in the aut
 same fp32 weights, the norm in fp32 with its output rounded to the autocast dtype as fc1's autocast would; the
 backward replays exactly the forward's recomputation (same ops, same dtypes). Only the fold reorders one
 product (``(h @ W2.T + b2) * gamma`` becomes ``h @ (gamma * W2).T + gamma * b2``): equal up to rounding.
-Plain torch matmuls, so it runs wherever torch does; there is no Triton path.
+The matmuls are torch's; on CUDA the exact GELU and fc1's bias run as ``linear_gelu``'s Triton pass each way
+(the matmul without its bias, the fp32 bias added in the pass, the bias gradient summed in the backward's pass),
+as the plain ConvNeXt block runs them; elsewhere, and for the tanh GELU, torch's addmm and GELU ops. The weights
+are cast to the compute dtype in one multi-tensor copy each way (``kernels.common.cast_together``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.common import cast_together, compute_dtype
+from kernels.common import cast_together, compute_dtype, use_triton
+from kernels.linear_gelu import bias_gelu_backward, bias_gelu_forward
 
 APPROXIMATIONS = ("none", "tanh")  # nn.GELU's: ConvNeXt uses the exact erf GELU, DiT-style ViTs tanh
 
@@ -44,20 +48,54 @@ def _scaled(t, scale, dtype):
     return torch.mul(t, scale, out=torch.empty(t.shape, dtype=dtype, device=t.device))
 
 
-def forward_weights(w1, b1, w2, b2, scale, dtype, ahead=()):
-    """(*ahead, fc1 weight and bias, fc2's with the layer scale folded in) in dtype, what the forward multiplies by:
-    the casts one multi-tensor copy (``cast_together``; ahead: weights of ops chained in front, cast in the same
-    copy), the folds one multiply each."""
+def _gelu_in_kernel(t, approximate):
+    """fc1's bias and exact GELU as ``linear_gelu``'s Triton pass (on CUDA), as the plain ConvNeXt block runs them:
+    the matmul without its bias, the fp32 bias added in the pass."""
+    return approximate == "none" and use_triton(t)
+
+
+def _cast(ahead, w1, b1, behind, dtype, approximate):
+    """(*ahead, w1, b1, *behind) in dtype in one multi-tensor copy (``cast_together``); b1 as it is where the GELU
+    pass adds it."""
+    if _gelu_in_kernel(w1, approximate):
+        cast = cast_together([*ahead, w1, *behind], dtype)
+        return [*cast[: len(ahead) + 1], b1, *cast[len(ahead) + 1 :]]
+    return cast_together([*ahead, w1, b1, *behind], dtype)
+
+
+def forward_weights(w1, b1, w2, b2, scale, dtype, approximate, ahead=()):
+    """(*ahead, fc1 weight and bias, fc2's with the layer scale folded in), as the forward multiplies by them: in
+    dtype by one multi-tensor copy (ahead: weights of ops chained in front, cast in the same copy), the folds one
+    multiply each."""
     if scale is None:
-        return cast_together([*ahead, w1, b1, w2, b2], dtype)
-    return [*cast_together([*ahead, w1, b1], dtype), _scaled(w2, scale[:, None], dtype), _scaled(b2, scale, dtype)]
+        return _cast(ahead, w1, b1, (w2, b2), dtype, approximate)
+    folded = _scaled(w2, scale[:, None], dtype), _scaled(b2, scale, dtype)
+    return [*_cast(ahead, w1, b1, (), dtype, approximate), *folded]
 
 
-def backward_weights(w1, b1, w2, scale, dtype, ahead=()):
+def backward_weights(w1, b1, w2, scale, dtype, approximate, ahead=()):
     """``forward_weights`` without fc2's bias, which the backward does not read."""
     if scale is None:
-        return cast_together([*ahead, w1, b1, w2], dtype)
-    return [*cast_together([*ahead, w1, b1], dtype), _scaled(w2, scale[:, None], dtype)]
+        return _cast(ahead, w1, b1, (w2,), dtype, approximate)
+    return [*_cast(ahead, w1, b1, (), dtype, approximate), _scaled(w2, scale[:, None], dtype)]
+
+
+def _fc1_gelu(h, w1, b1, approximate):
+    """(what GELU's backward reads, fc1 + GELU of rows h): the pre-activation without the bias on the Triton pass,
+    with it otherwise."""
+    if _gelu_in_kernel(h, approximate):
+        a = F.linear(h, w1)
+        return a, bias_gelu_forward(a, b1)
+    a = F.linear(h, w1, b1)
+    return a, F.gelu(a, approximate=approximate)
+
+
+def _gelu_backward_(da, a, b1, approximate):
+    """(GELU's backward of rows da at a, written over da; the bias gradient of these rows, >= fp32 on the pass)."""
+    if _gelu_in_kernel(a, approximate):
+        return bias_gelu_backward(da, a, b1, out=da)
+    torch.ops.aten.gelu_backward.grad_input(da, a, approximate=approximate, grad_input=da)
+    return da, da.sum(0)
 
 
 # Bound on one 4x-wide tensor of the backward (fc1's output, GELU's and their gradients): the rows are taken in
@@ -80,8 +118,14 @@ def mlp_output(x, norm, weights, approximate, dtype):
     """``_FusedMLP``'s function at x, in ``dtype``, given ``forward_weights``: its forward, which keeps no
     intermediate, so GELU overwrites its input (one 4x-wide tensor alive, not two)."""
     w1, b1, w2, b2 = weights
-    a = F.linear(_fc1_input(x, norm, dtype), w1, b1)
-    torch.ops.aten.gelu.out(a, approximate=approximate, out=a)
+    h = _fc1_input(x, norm, dtype)
+    if _gelu_in_kernel(h, approximate):
+        a = F.linear(h, w1)
+        rows = a.view(-1, a.shape[-1])
+        bias_gelu_forward(rows, b1, out=rows)
+    else:
+        a = F.linear(h, w1, b1)
+        torch.ops.aten.gelu.out(a, approximate=approximate, out=a)
     return F.linear(a, w2, b2)
 
 
@@ -100,14 +144,15 @@ class _FusedMLP(torch.autograd.Function):
             norm is not None,
             x.dtype,
         )
-        return mlp_output(kept, norm, forward_weights(w1, b1, w2, b2, scale, dtype), approximate, dtype)
+        weights = forward_weights(w1, b1, w2, b2, scale, dtype, approximate)
+        return mlp_output(kept, norm, weights, approximate, dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
         kept, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
         norm = (norm_weight, norm_bias, ctx.eps) if ctx.normed else None
-        cast = backward_weights(w1, b1, w2, scale, ctx.dtype)
+        cast = backward_weights(w1, b1, w2, scale, ctx.dtype, ctx.approximate)
         dx, *grads = mlp_backward(
             dy, kept, norm, w1, b1, w2, b2, scale, cast, ctx.approximate, ctx.dtype, ctx.needs_input_grad[:3]
         )
@@ -129,22 +174,21 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, cast, approximate, dtype
     for chunk in (slice(start, start + rows) for start in range(0, h.shape[0], rows)):
         # fc1 and GELU rerun per chunk; each 4x-wide tensor is dropped once used (del) and GELU's gradient
         # overwrites the gradient it comes from: two chunk-sized ones alive at most, the backward's peak
-        a = F.linear(h[chunk], w1c, b1c)
-        g = F.gelu(a, approximate=approximate)
+        a, g = _fc1_gelu(h[chunk], w1c, b1c, approximate)
         dw2s = _sum_in(dw2s, dy2[chunk].t() @ g)  # gradient of the folded weight
         del g
-        da = dy2[chunk] @ w2s
-        torch.ops.aten.gelu_backward.grad_input(da, a, approximate=approximate, grad_input=da)
+        da, db1_rows = _gelu_backward_(dy2[chunk] @ w2s, a, b1c, approximate)
         del a
-        dw1, db1 = _sum_in(dw1, da.t() @ h[chunk]), _sum_in(db1, da.sum(0))
+        dw1, db1 = _sum_in(dw1, da.t() @ h[chunk]), _sum_in(db1, db1_rows)
         torch.mm(da, w1c, out=dh[chunk])
         del da
     db2s = dy2.sum(0)  # of the folded bias
     dh = dh.view(shape)
     del h, dy2, w1c, w2s  # before the norm's backward, whose float32 copies are the next peak
+    # (the weight gradients are cast one by one: each its own storage, which in-backward steps free bucket by bucket)
 
     if scale is not None:  # dw2s is this function's own float32 sum: unfolded in place
-        dw2s, db2s = dw2s.to(w2.dtype), db2s.to(b2.dtype)
+        db2s = db2s.to(b2.dtype)
         dscale = (dw2s * w2).sum(1) + db2s * b2
         dw2, db2 = dw2s.mul_(scale[:, None]), db2s * scale
     else:

@@ -80,46 +80,61 @@ def _blocks(N: int) -> tuple[int, int]:
     return max(1, _TILE // block_n), block_n
 
 
+def bias_gelu_forward(h: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``gelu(h + bias)`` of contiguous rows h (R, N) in one Triton pass, into out (h itself may be it), outside
+    autograd: the forward of ``linear_gelu``'s bias and GELU, for ops that rerun fc1 in their own backward
+    (``kernels.fused_mlp``)."""
+    R, N = h.shape
+    block_r, block_n = _blocks(N)
+    y = torch.empty_like(h) if out is None else out
+    _bias_gelu_fwd[(triton.cdiv(R, block_r), triton.cdiv(N, block_n))](
+        h, bias.contiguous(), y, R, N, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4
+    )
+    return y
+
+
+def bias_gelu_backward(
+    dy: torch.Tensor, h: torch.Tensor, bias: torch.Tensor, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient of h into out (dy itself may be it), fp32 gradient of the bias) of ``bias_gelu_forward`` at
+    contiguous rows h (R, N), given dy's contiguous rows: one Triton pass and a sum of its per-program partials."""
+    R, N = h.shape
+    block_r, block_n = _blocks(N)
+    dh = torch.empty_like(h) if out is None else out
+    column_blocks = triton.cdiv(N, block_n)
+    per_program, n_split = reduction_split(triton.cdiv(R, block_r), column_blocks, sm_count(h.device))
+    partial = torch.empty(n_split, N, device=h.device, dtype=torch.float32)
+    _bias_gelu_bwd[(n_split, column_blocks)](
+        h,
+        bias.contiguous(),
+        dy,
+        dh,
+        partial,
+        R,
+        N,
+        BLOCK_R=block_r,
+        BLOCK_N=block_n,
+        BLOCKS_PER_PROGRAM=per_program,
+        num_warps=4,
+    )
+    return dh, partial.sum(0)
+
+
 class _BiasGELU(torch.autograd.Function):
     """gelu(h + bias) over the rows of h (..., N), contiguous."""
 
     @staticmethod
     def forward(ctx, h, bias):
         h2, bias = h.reshape(-1, h.shape[-1]), bias.contiguous()  # the kernels index both as dense rows
-        R, N = h2.shape
-        block_r, block_n = _blocks(N)
-        y = torch.empty_like(h2)
-        _bias_gelu_fwd[(triton.cdiv(R, block_r), triton.cdiv(N, block_n))](
-            h2, bias, y, R, N, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=4
-        )
         ctx.save_for_backward(h2, bias)
         ctx.shape = h.shape
-        return y.view(h.shape)
+        return bias_gelu_forward(h2, bias).view(h.shape)
 
     @staticmethod
     def backward(ctx, dy):
         h2, bias = ctx.saved_tensors
-        R, N = h2.shape
-        block_r, block_n = _blocks(N)
-        dy2 = dy.reshape(R, N).contiguous()
-        dh = torch.empty_like(h2)
-        column_blocks = triton.cdiv(N, block_n)
-        per_program, n_split = reduction_split(triton.cdiv(R, block_r), column_blocks, sm_count(h2.device))
-        partial = torch.empty(n_split, N, device=h2.device, dtype=torch.float32)
-        _bias_gelu_bwd[(n_split, column_blocks)](
-            h2,
-            bias,
-            dy2,
-            dh,
-            partial,
-            R,
-            N,
-            BLOCK_R=block_r,
-            BLOCK_N=block_n,
-            BLOCKS_PER_PROGRAM=per_program,
-            num_warps=4,
-        )
-        return dh.view(ctx.shape), partial.sum(0).to(bias.dtype)
+        dh, dbias = bias_gelu_backward(dy.reshape(h2.shape).contiguous(), h2, bias)
+        return dh.view(ctx.shape), dbias.to(bias.dtype)
 
 
 def linear_gelu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

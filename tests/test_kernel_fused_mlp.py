@@ -46,6 +46,21 @@ def test_fp32_matches_fp64(shape, scaled, normed, approximate):
     check_against_fp64(fused, reference, names(scaled, normed), inputs, dy, TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 4 * 29 * 7])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("scaled,normed", [(True, False), (False, True)])
+def test_triton_path_matches_fp64(scaled, normed, approximate, chunk_bytes, triton_path, poisoned, monkeypatch):
+    """The exact GELU and fc1's bias on linear_gelu's passes (interpreted), forward and in the backward's rerun, in
+    one chunk and in chunks of 7 rows; the tanh GELU stays on torch's ops there."""
+    import kernels.fused_mlp
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(kernels.fused_mlp, "CHUNK_BYTES", chunk_bytes)
+    inputs, dy = make_inputs((3, 5, 7), 13, 29, 11, scaled, normed)
+    fused, reference = (op_of(f, scaled, normed, approximate) for f in (fused_mlp, fused_mlp_reference))
+    check_against_fp64(fused, reference, names(scaled, normed), inputs, dy, TOLERANCE[torch.float32])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_run_in_their_dtype(dtype):
     inputs, dy = make_inputs((3, 5), 24, 96, 24, True, True, dtype)
