@@ -26,11 +26,13 @@ import triton.testing
 
 from bench import environment
 from bench.result_file import recording
+from engine.training.optimizers import UPDATE_CHUNK, update_in_one_kernel, update_in_torch_ops
 
 LATENT = (32, 64, 64)  # FLUX.2 latent of a 512 px image
 STAGES = ((96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2))  # ConvNeXt-T stage maps on that latent
 TOKENS = ((256, 384), (256, 768), (256, 1152))  # (T, C) of DiT-S/B/XL on that latent at patch size 4
 KERNELS = (
+    "adam_bf16_moments",
     "adaln_modulate",
     "add_noise",
     "channel_layer_norm",
@@ -41,7 +43,8 @@ KERNELS = (
     "scaled_residual",
 )
 MODES = ("forward", "forward+backward")
-IMPLS = {
+IMPLS = {  # for adam_bf16_moments (an optimizer's update, not a layer): triton is Bf16MomentAdam's CUDA path, the
+    # kernel with its gathers and scatters; eager its torch ops (what a CPU runs); its one mode is "step"
     "triton": "the kernels package's public function (Triton kernel)",
     "eager": "its plain-torch reference, eager (for add_noise: the Philox oracle in int64 torch ops)",
     "compile": "torch.compile of that reference (dynamic=False)",
@@ -60,6 +63,7 @@ class Case:
     grad_inputs: tuple[torch.Tensor, ...]  # what forward+backward differentiates
     bytes_forward: int
     bytes_backward: int
+    modes: tuple[str, ...] = MODES
 
 
 def _add_noise_case(B: int, shape: tuple[int, ...], device: str) -> Case:
@@ -205,7 +209,28 @@ def _adaln_modulate_case(B: int, shape: tuple[int, ...], device: str) -> Case:
     )
 
 
+def _adam_bf16_moments_case(B: int, shape: tuple[int, ...], device: str) -> Case:
+    """One piece of Bf16MomentAdam's update (``UPDATE_CHUNK``, 4 M elements of one parameter) at step 10: fp32
+    weights and gradient, bf16 moments; the batch plays no part."""
+    (n,) = shape
+    p, g = torch.randn(n, device=device), 1e-3 * torch.randn(n, device=device)
+    m, v = (1e-3 * torch.randn(n, device=device)).bfloat16(), (1e-6 * torch.rand(n, device=device)).bfloat16()
+    group = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8}
+    # read the weights, gradient and both moments, write the weights and both moments: 20 bytes an element
+    return Case("adam_bf16_moments", (n,), torch.float32, ([p], [g], [m], [v], group, 10), (), 20 * n, 0, ("step",))
+
+
+def _adam_bf16_moments_triton(params, grads, exp_avgs, exp_avg_sqs, group, step):
+    update_in_one_kernel(params, grads, exp_avgs, exp_avg_sqs, group, step, seed=step, offset=0)
+
+
+def _adam_bf16_moments_eager(params, grads, exp_avgs, exp_avg_sqs, group, step):
+    generator = torch.Generator(params[0].device).manual_seed(step)
+    update_in_torch_ops(params, grads, exp_avgs, exp_avg_sqs, group, step, generator)
+
+
 BUILDERS = {
+    "adam_bf16_moments": (_adam_bf16_moments_case, ((UPDATE_CHUNK,),)),
     "adaln_modulate": (_adaln_modulate_case, TOKENS),
     "add_noise": (_add_noise_case, (LATENT,)),
     "film": (_film_case, STAGES),
@@ -226,6 +251,8 @@ def _add_noise_torch_rng(x, mean, std, alpha, sigma, seed, offset, mask_p, targe
     return (alpha.view(per_sample) * keep * z + sigma.view(per_sample) * torch.randn_like(z)).to(x.dtype)
 
 
+# ops that are not a layer: their two implementations by name (no reference of the same signature to compile)
+OPTIMIZER_UPDATES = {"adam_bf16_moments": (_adam_bf16_moments_triton, _adam_bf16_moments_eager)}
 # kernels whose reference (the Philox oracle) is not what eager code would write: time that too
 TORCH_RNG_BASELINES = {"add_noise": _add_noise_torch_rng}
 # references torch.compile cannot take, and why (measured: torch 2.13, more than 8 minutes on CPU)
@@ -246,6 +273,11 @@ def _module_of(kernel: str):
 
 def _implementations(kernel: str, names: list[str], skipped: list[dict]) -> dict[str, Callable]:
     """{impl: function} for the kernel; what cannot run is appended to ``skipped`` with the reason."""
+    if kernel in OPTIMIZER_UPDATES:
+        triton_update, eager_update = OPTIMIZER_UPDATES[kernel]
+        if "compile" in names:
+            skipped.append({"kernel": kernel, "impl": "compile", "reason": "an optimizer's update: not compiled"})
+        return {name: fn for name, fn in (("triton", triton_update), ("eager", eager_update)) if name in names}
     try:
         module = _module_of(kernel)
         fns = {"triton": getattr(module, kernel), "eager": getattr(module, f"{kernel}_reference")}
@@ -265,6 +297,8 @@ def _implementations(kernel: str, names: list[str], skipped: list[dict]) -> dict
 
 
 def _step(fn: Callable, case: Case, mode: str) -> Callable[[], None]:
+    if mode == "step":  # an update in place: no output, no gradient
+        return lambda: fn(*case.args)
     grad_out = torch.randn(case.shape, device=case.args[0].device).to(case.dtype)
 
     def forward() -> None:
@@ -419,7 +453,7 @@ def _time_kernel(kernel: str, impls: list[str], args: argparse.Namespace, device
     build, shapes = BUILDERS[kernel]
     for shape in shapes:
         case = build(args.batch, shape, device)
-        for mode in MODES:
+        for mode in case.modes:
             n_bytes = case.bytes_forward + (case.bytes_backward if mode != "forward" else 0)
             for impl, fn in fns.items():
                 row = {

@@ -44,6 +44,9 @@ def test_cpu_report_is_reference_only_and_derived_from_timings(tmp_path, capsys,
         assert row["gb_per_s"] == pytest.approx(row["bytes"] / row["median_ms"] / 1e6)
         assert row["fraction_of_copy"] == pytest.approx(row["gb_per_s"] / copy["gb_per_s"])
 
+    (adam,) = [r for r in report["results"] if r["kernel"] == "adam_bf16_moments"]  # an update: one mode, no batch
+    assert adam["mode"] == "step" and adam["shape"] == [2**22] and adam["bytes"] == 20 * 2**22
+
     noise = {r["mode"]: r for r in report["results"] if r["kernel"] == "add_noise"}
     latent = 1 * 32 * 64 * 64 * 2  # fp16 bytes of one FLUX.2 latent
     assert noise["forward"]["bytes"] == 2 * latent + (2 * 32 + 2 * 1) * 4  # x read, x_t written, mean/std/alpha/sigma

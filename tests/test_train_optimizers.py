@@ -145,6 +145,24 @@ def test_resume_from_a_checkpoint_continues_exactly(memory, tmp_path, bucket_byt
         assert torch.equal(value, expected[key]), key
 
 
+def test_the_kernel_and_the_torch_ops_change_the_weights_alike():
+    """One piece on both paths: the parameters' change is computed from the unrounded fp32 moments either way, so
+    only the stored moments' random rounding differs (each within one bf16 step of the other)."""
+    torch.manual_seed(0)
+    p, g = torch.randn(5000), 1e-2 * torch.randn(5000)
+    m, v = (1e-2 * torch.randn(5000)).bfloat16(), (1e-4 * torch.rand(5000)).bfloat16()
+    group = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
+    ops, kernel = [[t.clone() for t in (p, g, m, v)] for _ in range(2)]
+    optimizers.update_in_torch_ops(*([t] for t in ops), group, 7, torch.Generator().manual_seed(1))
+    assert optimizers.update_in_one_kernel(*([t] for t in kernel), group, 7, seed=1, offset=0) == 5000
+    # the weights within 2 ulps (torch adds the change inside addcdiv, the kernel path adds it rounded; a CPU's fp32
+    # sqrt is not exact), well under the change itself (~1e-3)
+    torch.testing.assert_close(kernel[0], ops[0], rtol=2.4e-7, atol=1e-9)
+    for got, want in zip(kernel[2:], ops[2:]):
+        assert ((got.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 1e-30).all()
+    assert not torch.equal(kernel[0], p), "the weights moved"
+
+
 def test_the_kernel_path_resumes_exactly(monkeypatch):
     """Bf16MomentAdam on its CUDA path (interpreted): the Philox bits are keyed by (rounding seed, step) and each
     piece's place, so a fresh optimizer loading the state rounds as the one that went on; pieces of 1,000 elements

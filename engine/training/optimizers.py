@@ -320,11 +320,11 @@ class Bf16MomentAdam(torch.optim.Optimizer):
         if use_triton(params[0]):
             offset = 0  # the Philox counters of a piece follow the last piece's
             for piece in _pieces(slices):
-                offset += _update_in_one_kernel(*map(list, zip(*piece)), group, step, seed, offset)
+                offset += update_in_one_kernel(*map(list, zip(*piece)), group, step, seed, offset)
             return
         generator = self._generator(params[0].device, seed)
         for piece in _pieces(slices):
-            _update(*map(list, zip(*piece)), group, step, generator)
+            update_in_torch_ops(*map(list, zip(*piece)), group, step, generator)
 
 
 def _slices(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
@@ -349,7 +349,9 @@ def _pieces(slices: list[tuple[torch.Tensor, ...]]) -> list[list[tuple[torch.Ten
     return found
 
 
-def _update(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, generator: torch.Generator) -> None:
+def update_in_torch_ops(
+    params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, generator: torch.Generator
+) -> None:
     """Adam's update of (slices of) a few parameters, in float32 from bf16 moments stored back rounded."""
     lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
     # one fp32 moment at a time beside the parameters: the second, turned into the denominator in place
@@ -364,9 +366,9 @@ def _update(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, genera
     torch._foreach_addcdiv_(params, firsts, seconds, value=-lr / (1 - beta1**step))
 
 
-def _update_in_one_kernel(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, seed: int, offset: int) -> int:
-    """``_update``'s step of (slices of) a few parameters as one Triton kernel over flat copies of their gradients
-    and moments; returns how many elements it updated (Philox counters it used from offset)."""
+def update_in_one_kernel(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, seed: int, offset: int) -> int:
+    """``update_in_torch_ops``'s step of (slices of) a few parameters as one Triton kernel over flat copies of their
+    gradients and moments; returns how many elements it updated (Philox counters it used from offset)."""
     change, changes = flat_copy(grads, torch.float32)  # the kernel overwrites it with the parameters' change
     first, firsts = flat_copy(exp_avgs, torch.bfloat16)
     second, seconds = flat_copy(exp_avg_sqs, torch.bfloat16)
