@@ -27,6 +27,7 @@ import triton.testing
 from bench import environment
 from bench.result_file import recording
 from engine.training.optimizers import UPDATE_CHUNK, update_in_one_kernel, update_in_torch_ops
+from kernels.layer_scale_unfold import unfold_layer_scale_, unfold_layer_scale_reference
 
 LATENT = (32, 64, 64)  # FLUX.2 latent of a 512 px image
 STAGES = ((96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2))  # ConvNeXt-T stage maps on that latent
@@ -39,12 +40,13 @@ KERNELS = (
     "film",
     "film_layer_norm",
     "group_norm_film_silu",
+    "layer_scale_unfold",
     "linear_gelu",
     "scaled_residual",
 )
 MODES = ("forward", "forward+backward")
-IMPLS = {  # for adam_bf16_moments (an optimizer's update, not a layer): triton is Bf16MomentAdam's CUDA path, the
-    # kernel with its gathers and scatters; eager its torch ops (what a CPU runs); its one mode is "step"
+IMPLS = {  # for the updates in place (IN_PLACE_OPS, not layers) the one mode is "step"; adam_bf16_moments' triton
+    # is Bf16MomentAdam's CUDA path, the kernel with its gathers and scatters, its eager the torch ops a CPU runs
     "triton": "the kernels package's public function (Triton kernel)",
     "eager": "its plain-torch reference, eager (for add_noise: the Philox oracle in int64 torch ops)",
     "compile": "torch.compile of that reference (dynamic=False)",
@@ -229,8 +231,20 @@ def _adam_bf16_moments_eager(params, grads, exp_avgs, exp_avg_sqs, group, step):
     update_in_torch_ops(params, grads, exp_avgs, exp_avg_sqs, group, step, generator)
 
 
+def _layer_scale_unfold_case(B: int, shape: tuple[int, ...], device: str) -> Case:
+    """A lean ConvNeXt block's fc2 gradients unfolded from the folded ones: (C, 4C) fp32, the bias gradient bf16;
+    a unit layer scale, so that the repeated in-place calls leave the values as they are."""
+    C, N = shape
+    dw, w = torch.randn(C, N, device=device), torch.randn(C, N, device=device)
+    db, b, scale = torch.randn(C, device=device).bfloat16(), torch.randn(C, device=device), torch.ones(C, device=device)
+    # read dW and W, write dW (12 bytes an element of the weight); the per-channel vectors besides
+    n_bytes = 12 * C * N + 18 * C
+    return Case("layer_scale_unfold", shape, torch.float32, (dw, db, w, b, scale), (), n_bytes, 0, ("step",))
+
+
 BUILDERS = {
     "adam_bf16_moments": (_adam_bf16_moments_case, ((UPDATE_CHUNK,),)),
+    "layer_scale_unfold": (_layer_scale_unfold_case, tuple((c, 4 * c) for c, _, _ in STAGES)),
     "adaln_modulate": (_adaln_modulate_case, TOKENS),
     "add_noise": (_add_noise_case, (LATENT,)),
     "film": (_film_case, STAGES),
@@ -251,8 +265,11 @@ def _add_noise_torch_rng(x, mean, std, alpha, sigma, seed, offset, mask_p, targe
     return (alpha.view(per_sample) * keep * z + sigma.view(per_sample) * torch.randn_like(z)).to(x.dtype)
 
 
-# ops that are not a layer: their two implementations by name (no reference of the same signature to compile)
-OPTIMIZER_UPDATES = {"adam_bf16_moments": (_adam_bf16_moments_triton, _adam_bf16_moments_eager)}
+# updates in place, not layers: (triton, eager) implementations by name; not compiled
+IN_PLACE_OPS = {
+    "adam_bf16_moments": (_adam_bf16_moments_triton, _adam_bf16_moments_eager),
+    "layer_scale_unfold": (unfold_layer_scale_, unfold_layer_scale_reference),
+}
 # kernels whose reference (the Philox oracle) is not what eager code would write: time that too
 TORCH_RNG_BASELINES = {"add_noise": _add_noise_torch_rng}
 # references torch.compile cannot take, and why (measured: torch 2.13, more than 8 minutes on CPU)
@@ -273,10 +290,10 @@ def _module_of(kernel: str):
 
 def _implementations(kernel: str, names: list[str], skipped: list[dict]) -> dict[str, Callable]:
     """{impl: function} for the kernel; what cannot run is appended to ``skipped`` with the reason."""
-    if kernel in OPTIMIZER_UPDATES:
-        triton_update, eager_update = OPTIMIZER_UPDATES[kernel]
+    if kernel in IN_PLACE_OPS:
+        triton_update, eager_update = IN_PLACE_OPS[kernel]
         if "compile" in names:
-            skipped.append({"kernel": kernel, "impl": "compile", "reason": "an optimizer's update: not compiled"})
+            skipped.append({"kernel": kernel, "impl": "compile", "reason": "an update in place: not compiled"})
         return {name: fn for name, fn in (("triton", triton_update), ("eager", eager_update)) if name in names}
     try:
         module = _module_of(kernel)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.common import cast_together, compute_dtype, use_triton
+from kernels.layer_scale_unfold import unfold_layer_scale_
 from kernels.linear_gelu import bias_gelu_backward, bias_gelu_forward
 
 APPROXIMATIONS = ("none", "tanh")  # nn.GELU's: ConvNeXt uses the exact erf GELU, DiT-style ViTs tanh
@@ -188,9 +189,7 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, cast, approximate, dtype
     # (the weight gradients are cast one by one: each its own storage, which in-backward steps free bucket by bucket)
 
     if scale is not None:  # dw2s is this function's own float32 sum: unfolded in place
-        db2s = db2s.to(b2.dtype)
-        dscale = (dw2s * w2).sum(1) + db2s * b2
-        dw2, db2 = dw2s.mul_(scale[:, None]), db2s * scale
+        dw2, db2, dscale = unfold_layer_scale_(dw2s, db2s, w2, b2, scale)
     else:
         dscale, dw2, db2 = None, dw2s, db2s
 

@@ -46,6 +46,9 @@ def test_cpu_report_is_reference_only_and_derived_from_timings(tmp_path, capsys,
 
     (adam,) = [r for r in report["results"] if r["kernel"] == "adam_bf16_moments"]  # an update: one mode, no batch
     assert adam["mode"] == "step" and adam["shape"] == [2**22] and adam["bytes"] == 20 * 2**22
+    unfold = [r for r in report["results"] if r["kernel"] == "layer_scale_unfold"]  # per ConvNeXt-T stage width
+    assert [r["shape"] for r in unfold] == [[96, 384], [192, 768], [384, 1536], [768, 3072]]
+    assert {r["mode"] for r in unfold} == {"step"} and unfold[0]["bytes"] == 12 * 96 * 384 + 18 * 96
 
     noise = {r["mode"]: r for r in report["results"] if r["kernel"] == "add_noise"}
     latent = 1 * 32 * 64 * 64 * 2  # fp16 bytes of one FLUX.2 latent

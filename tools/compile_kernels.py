@@ -29,10 +29,10 @@ How it works, without a driver:
    plus any static shared memory ptxas reports. (A real device would give ``n_regs``/``n_spills`` from
    the loaded cubin; those need a driver.)
 
-At the time of writing this gives 156 specialisations (film_layer_norm 16 fwd + 14 bwd, with and without FiLM;
+At the time of writing this gives 161 specialisations (film_layer_norm 16 fwd + 14 bwd, with and without FiLM;
 linear_gelu's bias + GELU 3 + 5, scaled_residual 12 + 10, group_norm_film_silu 30 + 15, adaln_modulate 8 + 13,
-add_noise 12 + 8, adam_bf16_moments 10), none spilling, in 36 s on two cores with a warm Triton cache for the
-older kernels.
+add_noise 12 + 8, adam_bf16_moments 10, unfold_layer_scale 5), none spilling, in 36 s on two cores with a warm
+Triton cache for the older kernels.
 """
 
 from __future__ import annotations

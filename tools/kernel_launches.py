@@ -39,6 +39,8 @@ The specialisations, derived as above from:
 - adam_bf16_moments_ (the lean step's bf16-moment Adam, ``engine.training.optimizers.Bf16MomentAdam``) on flat
   pieces of ``UPDATE_CHUNK`` elements and a short odd one, with each class of ``ADAM_SEEDS`` and Philox counters
   from 0 and from one piece on; no batch.
+- unfold_layer_scale_ (the lean ConvNeXt blocks' fc2 gradients, ``kernels.fused_mlp``) at every stage width of
+  ConvNeXt-T and of the smallest FiLM ConvNeXt (atto): C x 4C fp32 weights, the folded bias gradient in bf16.
 - Batches: training at the per-rank batch of the default --batch-size 256 on 1, 2, 4 or 8 GPUs (256, 128,
   64, 32: the backwards of the norms, scaled_residual and linear_gelu split their reduction by batch and SM count, taken
   as 132, the SMs of H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
@@ -91,6 +93,7 @@ KERNELS = (
     ("kernels.add_noise", "_add_noise_fwd"),
     ("kernels.add_noise", "_add_noise_bwd"),
     ("kernels.adam_bf16_moments", "_adam_bf16_moments_kernel"),
+    ("kernels.layer_scale_unfold", "_unfold_layer_scale"),
 )
 QUICK = (("convnext-t-film", (32, 64, 64)), ("adm-b-film", (32, 64, 64)), ("vit-s-film", (32, 64, 64)))  # one each
 
@@ -376,6 +379,23 @@ def adam_calls() -> list[Call]:
     return calls
 
 
+def unfold_calls() -> list[Call]:
+    """unfold_layer_scale_ as the lean ConvNeXt blocks' backward calls it, per stage width (no batch)."""
+    import torch
+
+    from engine.models.convnext_film import CONVNEXT_PRESETS
+
+    widths = sorted({c for preset in ("convnext-t", "convnext-atto") for c in CONVNEXT_PRESETS[preset]["dims"]})
+    calls = []
+    for c in widths:
+        weight, vector = torch.empty(c, 4 * c), torch.empty(c)
+        specs = {"dw_folded": weight, "db_folded": torch.empty(c, dtype=torch.bfloat16), "w2": weight}
+        specs |= {"b2": vector, "scale": vector}
+        tensors = {name: TensorSpec.of(t, batched=False) for name, t in specs.items()}
+        calls.append(Call("unfold_layer_scale_", "step", tensors, {}, sites=[f"lean block fc2 {c}x{4 * c}"]))
+    return calls
+
+
 def merge(calls: list[Call]) -> list[Call]:
     """Calls with equal layouts and parameters, once each, with all their sites."""
     merged: dict = {}
@@ -399,7 +419,11 @@ class Launch:
     use: str
 
 
-STANDALONE_OPS = {"add_noise": "kernels.add_noise", "adam_bf16_moments_": "kernels.adam_bf16_moments"}  # no capture
+STANDALONE_OPS = {  # ops called without a model capture, by their calls' functions below
+    "add_noise": "kernels.add_noise",
+    "adam_bf16_moments_": "kernels.adam_bf16_moments",
+    "unfold_layer_scale_": "kernels.layer_scale_unfold",
+}
 
 
 def _public(op: str):
@@ -504,7 +528,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
 
 def derive(selected: list[str], quick: bool = False) -> tuple[list[Call], list[Launch]]:
     """(the distinct calls, their launches of the JITFunctions named in ``selected``): every model of ``MODELS``
-    (``QUICK`` with ``quick``) captured and replayed at the engine's batch sizes, and add_noise's and Adam's calls."""
+    (``QUICK`` with ``quick``) captured and replayed at the engine's batch sizes, and the standalone ops' calls."""
     models, train, evals = (
         (QUICK, TRAIN_BATCHES[:1], EVAL_BATCHES[:1]) if quick else (MODELS, TRAIN_BATCHES, EVAL_BATCHES)
     )
@@ -517,5 +541,6 @@ def derive(selected: list[str], quick: bool = False) -> tuple[list[Call], list[L
     models = [m for m in models if m[0].split("-")[0] in families]  # skip models whose kernels are not checked
     noise = noise if "add_noise" in ops else []
     adam = adam_calls() if "adam_bf16_moments_" in ops else []
-    calls = merge(capture(models) + noise + adam)
+    unfold = unfold_calls() if "unfold_layer_scale_" in ops else []
+    calls = merge(capture(models) + noise + adam + unfold)
     return calls, [x for x in replay(calls, train, evals) if x.kernel.fn.__name__ in selected]
