@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels.common import (
+    FLOAT_DTYPES,
     channel_tile,
     check_operands,
     check_x,
@@ -330,8 +331,9 @@ def channel_layer_norm_forward(
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``channel_layer_norm``'s output and the statistics its backward reads, outside autograd: for ops that rerun
     the norm inside their own backward (``kernels.convnext_branch``) and hand both to
-    ``channel_layer_norm_backward``. The statistics' layout is the path's own (Triton's or the reference's)."""
-    if x.numel() and use_triton(x):
+    ``channel_layer_norm_backward``. The statistics' layout is the path's own (Triton's or the reference's, which
+    also takes what the kernel does not: fp64)."""
+    if x.numel() and x.dtype in FLOAT_DTYPES and use_triton(x):
         y, mean, rstd = _launch_forward(x, None, None, weight, bias, eps, channels_last)
         return y, (mean, rstd)
     dtype = torch.promote_types(x.dtype, torch.float32)  # autocast's fp32 norm of a half x
@@ -349,7 +351,7 @@ def channel_layer_norm_backward(
     """(dx in x's dtype, dweight, dbias in theirs) of ``channel_layer_norm`` at x, given the statistics
     ``channel_layer_norm_forward`` returned for the same x on the same path."""
     mean, rstd = stats
-    if x.numel() and use_triton(x):
+    if x.numel() and x.dtype in FLOAT_DTYPES and use_triton(x):
         dx, partial = _launch_backward(x, dy, None, None, weight, mean, rstd)
         dweight, dbias = partial.sum((1, 2))
         return dx, dweight.to(weight.dtype), dbias.to(bias.dtype)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.common import cast_together, compute_dtype, use_triton
+from kernels.common import FLOAT_DTYPES, cast_together, compute_dtype, use_triton
 from kernels.layer_scale_unfold import unfold_layer_scale_
 from kernels.linear_gelu import bias_gelu_backward, bias_gelu_forward
 
@@ -50,9 +50,9 @@ def _scaled(t, scale, dtype):
 
 
 def _gelu_in_kernel(t, approximate):
-    """fc1's bias and exact GELU as ``linear_gelu``'s Triton pass (on CUDA), as the plain ConvNeXt block runs them:
-    the matmul without its bias, the fp32 bias added in the pass."""
-    return approximate == "none" and use_triton(t)
+    """fc1's bias and exact GELU as ``linear_gelu``'s Triton pass (on CUDA, in a dtype it takes), as the plain
+    ConvNeXt block runs them: the matmul without its bias, the fp32 bias added in the pass."""
+    return approximate == "none" and t.dtype in FLOAT_DTYPES and use_triton(t)
 
 
 def _cast(ahead, w1, b1, behind, dtype, approximate):

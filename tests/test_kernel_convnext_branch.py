@@ -155,3 +155,10 @@ def test_inputs_that_do_not_fit_are_a_clear_error():
         convnext_branch(x, conv_w, conv_b, norm, w1.t(), b1, w2, b2, scale)
     with pytest.raises(ValueError, match="layer_scale"):
         convnext_branch(x, conv_w, conv_b, norm, w1, b1, w2, b2, torch.ones(5))
+
+
+def test_fp64_gradcheck_on_the_triton_path_takes_the_reference(triton_path):
+    """The kernels take fp32/fp16/bf16: an fp64 call (gradcheck's) runs the reference pair inside the op instead."""
+    inputs, _ = make_inputs(2, 3, 4, 5, 6, kernel=3, dtype=torch.float64)
+    leaves = [t.double().requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(op_of(convnext_branch), leaves)
