@@ -14,7 +14,8 @@ product (``(h @ W2.T + b2) * gamma`` becomes ``h @ (gamma * W2).T + gamma * b2``
 The matmuls are torch's; on CUDA the exact GELU and fc1's bias run as ``linear_gelu``'s Triton pass each way
 (the matmul without its bias, the fp32 bias added in the pass, the bias gradient summed in the backward's pass),
 as the plain ConvNeXt block runs them; elsewhere, and for the tanh GELU, torch's addmm and GELU ops. The weights
-are cast to the compute dtype in one multi-tensor copy each way (``kernels.common.cast_together``).
+are cast to the compute dtype in one multi-tensor copy each way (``kernels.common.cast_together``), and the folded
+fc2's gradients are unfolded into fc2's and the layer scale's in one pass (``kernels.layer_scale_unfold``).
 """
 
 from __future__ import annotations
