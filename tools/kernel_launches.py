@@ -321,16 +321,18 @@ def capture(models=MODELS) -> list[Call]:
     return calls
 
 
-def add_noise_calls(latents=LATENTS) -> list[Call]:
-    """add_noise as engine.training.inputs calls it on stored fp16 latents (no model capture needed)."""
+def add_noise_calls(quick: bool = False) -> list[Call]:
+    """add_noise as engine.training.inputs calls it on stored fp16 latents (no model capture needed); quick: the
+    first latent, an i32 and an i64 seed."""
     import torch
 
+    seeds = {name: seed for name, seed in SEEDS.items() if not (quick and name.endswith("/16"))}
     calls = []
-    for c, h, w in latents:
+    for c, h, w in LATENTS[:1] if quick else LATENTS:
         x = torch.empty(CAPTURE_BATCH, c, h, w, dtype=torch.float16)
         per_channel, per_sample = torch.empty(c), torch.empty(CAPTURE_BATCH)
         for mode in ("train", "eval"):
-            for seed_class, seed in SEEDS.items():
+            for seed_class, seed in seeds.items():
                 spec = dataclasses.replace(TensorSpec.of(x), requires_grad=mode == "train")  # to reach backward
                 calls.append(
                     Call(
@@ -351,7 +353,7 @@ def add_noise_calls(latents=LATENTS) -> list[Call]:
     return calls
 
 
-def adam_calls() -> list[Call]:
+def adam_calls(quick: bool = False) -> list[Call]:
     """adam_bf16_moments_ as Bf16MomentAdam calls it on a bucket's pieces (no model capture needed)."""
     import torch
 
@@ -379,7 +381,7 @@ def adam_calls() -> list[Call]:
     return calls
 
 
-def unfold_calls() -> list[Call]:
+def unfold_calls(quick: bool = False) -> list[Call]:
     """unfold_layer_scale_ as the lean ConvNeXt blocks' backward calls it, per stage width (no batch)."""
     import torch
 
@@ -419,17 +421,17 @@ class Launch:
     use: str
 
 
-STANDALONE_OPS = {  # ops called without a model capture, by their calls' functions below
-    "add_noise": "kernels.add_noise",
-    "adam_bf16_moments_": "kernels.adam_bf16_moments",
-    "unfold_layer_scale_": "kernels.layer_scale_unfold",
+STANDALONE_OPS = {  # ops called without a model capture: op -> (module, its calls(quick))
+    "add_noise": ("kernels.add_noise", add_noise_calls),
+    "adam_bf16_moments_": ("kernels.adam_bf16_moments", adam_calls),
+    "unfold_layer_scale_": ("kernels.layer_scale_unfold", unfold_calls),
 }
 
 
 def _public(op: str):
     """The public function of a FUSED_OPS op or of a STANDALONE_OPS one."""
     found = [f.public() for f in FUSED_OPS if f.name == op]
-    return found[0] if found else getattr(_module(STANDALONE_OPS[op]), op)
+    return found[0] if found else getattr(_module(STANDALONE_OPS[op][0]), op)
 
 
 def _module(name: str):
@@ -500,7 +502,7 @@ def replay(calls: list[Call], train_batches=TRAIN_BATCHES, eval_batches=EVAL_BAT
 
         return run
 
-    paths = {*(op.path for op in FUSED_OPS), *STANDALONE_OPS.values()}
+    paths = {*(op.path for op in FUSED_OPS), *(path for path, _ in STANDALONE_OPS.values())}
     modules = [m for m in map(_module, paths) if hasattr(m, "use_triton")]  # those that may take the reference
     saved_use_triton = [m.use_triton for m in modules]
     for fn in jit.values():
@@ -532,15 +534,11 @@ def derive(selected: list[str], quick: bool = False) -> tuple[list[Call], list[L
     models, train, evals = (
         (QUICK, TRAIN_BATCHES[:1], EVAL_BATCHES[:1]) if quick else (MODELS, TRAIN_BATCHES, EVAL_BATCHES)
     )
-    noise = add_noise_calls(LATENTS[:1] if quick else LATENTS)
-    if quick:
-        noise = [c for c in noise if not c.sites[0].endswith("/16")]
     modules = {module for module, name in KERNELS if name in selected}
-    ops = {f.name for f in FUSED_OPS if f.path in modules} | {op for op, m in STANDALONE_OPS.items() if m in modules}
+    ops = {f.name for f in FUSED_OPS if f.path in modules}
+    ops |= {op for op, (path, _) in STANDALONE_OPS.items() if path in modules}
     families = {f.family for f in FUSED_OPS if f.name in ops}
     models = [m for m in models if m[0].split("-")[0] in families]  # skip models whose kernels are not checked
-    noise = noise if "add_noise" in ops else []
-    adam = adam_calls() if "adam_bf16_moments_" in ops else []
-    unfold = unfold_calls() if "unfold_layer_scale_" in ops else []
-    calls = merge(capture(models) + noise + adam + unfold)
+    standalone = [call for op, (_, calls) in STANDALONE_OPS.items() if op in ops for call in calls(quick)]
+    calls = merge(capture(models) + standalone)
     return calls, [x for x in replay(calls, train, evals) if x.kernel.fn.__name__ in selected]
