@@ -183,12 +183,14 @@ def _kernels_compute_in(policy: CudaAutocast) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _weight_copies_tracked_as_tensors(tracker_type) -> Iterator[None]:
+def _weight_copies_tracked_as_tensors() -> Iterator[None]:
     """MemTracker counts and hooks a module's parameters on each forward. Under ``CastWeightsOnce`` the module's
     cast weights are, for the step, bf16 copies in its parameters' places: not leaves, so they take no
     post-accumulate-grad hook, and not parameters but the step's temporaries, which the tracker counts from the op
     that creates them as any other tensor. Its parameter pass sees the leaves only."""
-    original = tracker_type._track_module_params_and_buffers
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    original = MemTracker._track_module_params_and_buffers
 
     def leaves_only(self, module, *args, **kwargs):
         held = {
@@ -204,7 +206,7 @@ def _weight_copies_tracked_as_tensors(tracker_type) -> Iterator[None]:
             for m, parameters in held.items():
                 m._parameters = parameters
 
-    with mock.patch.object(tracker_type, "_track_module_params_and_buffers", leaves_only):
+    with mock.patch.object(MemTracker, "_track_module_params_and_buffers", leaves_only):
         yield
 
 
@@ -354,7 +356,7 @@ def simulate(
         if kernels == "triton":
             stack.enter_context(_fused_kernels_as_on_cuda())
         stack.enter_context(_private_caches())
-        stack.enter_context(_weight_copies_tracked_as_tensors(MemTracker))
+        stack.enter_context(_weight_copies_tracked_as_tensors())
         if memory == "lean":  # the steps that recompute blocks in the backward
             stack.enter_context(_cyclic_garbage_freed_after_each_module_backward())
         for target in _HOST_CHECKS:
