@@ -1,13 +1,15 @@
 """A ConvNeXt block's residual add with its layer scale and stochastic depth, fused: one pass forward, one backward.
 
 ``out = x + branch * gamma[c] * keep[b]``: x the fp32 residual stream, branch the block's output (bf16 under
-autocast, a channels-last view), gamma the layer scale, keep the per-sample stochastic-depth factor (0 or
-1 / keep probability; None outside training). Eager PyTorch runs it as three passes forward (the layer scale's
-multiply, the drop mask's, the add: 13 bytes read or written per element, each an fp32 intermediate) and five
-backward (the two multiplies' gradients, gamma's reduction, the branch gradient's cast to bf16): here one pass
-each way, 10 bytes forward (read x and branch, write out) and 8 backward (read the gradient and branch, write
-the branch's gradient; gamma's sum is taken in the same pass). x's gradient is the output's, passed on as is.
-Saved for the backward: branch, as the eager multiply saves it.
+autocast, a channels-last view), gamma the layer scale (None where the branch applied it already, as a lean
+block folds it into fc2), keep the per-sample stochastic-depth factor (0 or 1 / keep probability; None outside
+training). Eager PyTorch runs it as three passes forward (the layer scale's multiply, the drop mask's, the add:
+13 bytes read or written per element, each an fp32 intermediate) and five backward (the two multiplies'
+gradients, gamma's reduction, the branch gradient's cast to bf16): here one pass each way, 10 bytes forward
+(read x and branch, write out) and 8 backward (read the gradient and branch, write the branch's gradient;
+gamma's sum is taken in the same pass). x's gradient is the output's, passed on as is. Saved for the backward:
+branch, as the eager multiply saves it; without gamma nothing of the block's size (the branch's gradient is the
+output's times keep: 6 bytes backward, the branch not read).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _scaled_residual_fwd(
     sob,
     soc,
     sos,
+    HAS_GAMMA: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
@@ -58,10 +61,15 @@ def _scaled_residual_fwd(
     m = cm[:, None] & (s < S)[None, :]
     x = tl.load(x_ptr + b * sxb + c[:, None] * sxc + s[None, :] * sxs, mask=m, other=0.0).to(tl.float32)
     br = tl.load(branch_ptr + b * sbb + c[:, None] * sbc + s[None, :] * sbs, mask=m, other=0.0).to(tl.float32)
-    factor = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    if HAS_KEEP:
-        factor = factor * tl.load(keep_ptr + b).to(tl.float32)
-    out = x + br * factor[:, None]
+    if HAS_GAMMA:
+        factor = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
+        if HAS_KEEP:
+            factor = factor * tl.load(keep_ptr + b).to(tl.float32)
+        out = x + br * factor[:, None]
+    elif HAS_KEEP:
+        out = x + br * tl.load(keep_ptr + b).to(tl.float32)
+    else:
+        out = x + br
     tl.store(out_ptr + b * sob + c[:, None] * soc + s[None, :] * sos, out.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -85,19 +93,22 @@ def _scaled_residual_bwd(
     sgb,
     sgc,
     sgs,
+    HAS_GAMMA: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
     """Program (p, b) covers BLOCKS_PER_PROGRAM position blocks of sample b: writes the branch's gradient there and
-    an fp32 partial sum of gamma's gradient per channel, which the caller sums in a fixed order. The trip count
+    an fp32 partial sum of gamma's gradient per channel (with gamma), which the caller sums in a fixed order. Without
+    gamma the branch is not read and no partial written (branch_ptr, gamma_ptr, partial_ptr never read). The trip count
     is constexpr because Triton's interpreter cannot loop to a runtime bound under numpy >= 2.4."""
     p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     cm = c < C
-    gamma = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    if HAS_GAMMA:
+        gamma = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
     keep = 1.0
     if HAS_KEEP:
         keep = tl.load(keep_ptr + b).to(tl.float32)
@@ -106,16 +117,19 @@ def _scaled_residual_bwd(
         s = (p * BLOCKS_PER_PROGRAM + i) * BLOCK_S + tl.arange(0, BLOCK_S)
         m = cm[:, None] & (s < S)[None, :]
         g = tl.load(dout_ptr + b * sdb + c[:, None] * sdc + s[None, :] * sds, mask=m, other=0.0).to(tl.float32)
-        br = tl.load(branch_ptr + b * sbb + c[:, None] * sbc + s[None, :] * sbs, mask=m, other=0.0).to(tl.float32)
         g = g * keep
-        dbranch = g * gamma[:, None]
+        dbranch = g
+        if HAS_GAMMA:
+            br = tl.load(branch_ptr + b * sbb + c[:, None] * sbc + s[None, :] * sbs, mask=m, other=0.0).to(tl.float32)
+            dbranch = g * gamma[:, None]
+            dgamma += tl.sum(g * br, axis=1)
         tl.store(
             dbranch_ptr + b * sgb + c[:, None] * sgc + s[None, :] * sgs,
             dbranch.to(dbranch_ptr.dtype.element_ty),
             mask=m,
         )
-        dgamma += tl.sum(g * br, axis=1)
-    tl.store(partial_ptr + (b * n_split + p) * C + c, dgamma, mask=cm)
+    if HAS_GAMMA:
+        tl.store(partial_ptr + (b * n_split + p) * C + c, dgamma, mask=cm)
 
 
 def _blocks(C: int, S: int) -> tuple[int, int, int]:
@@ -123,21 +137,24 @@ def _blocks(C: int, S: int) -> tuple[int, int, int]:
 
 
 class _ScaledResidual(torch.autograd.Function):
-    """keep None: no stochastic depth (HAS_KEEP off; gamma stands in for its pointer, never read)."""
+    """keep None: no stochastic depth (HAS_KEEP off); gamma None: none (HAS_GAMMA off). A pointer an operand
+    lacks is given a one-element tensor, never read (the launch's traffic is its operands')."""
 
     @staticmethod
     def forward(ctx, x, branch, gamma, keep):
         x3, b3 = spatial_flat(x), spatial_flat(branch)
         B, C, S = x3.shape
         block_c, block_s, warps = _blocks(C, S)
-        gamma = gamma.contiguous()
-        keep_arg = gamma if keep is None else keep.contiguous()
-        out = torch.empty_like(x, dtype=torch.promote_types(torch.promote_types(x.dtype, branch.dtype), gamma.dtype))
+        unused = x.new_empty(1)
+        gamma_arg = unused if gamma is None else gamma.contiguous()
+        keep_arg = unused if keep is None else keep.contiguous()
+        dtype = torch.promote_types(x.dtype, branch.dtype)
+        out = torch.empty_like(x, dtype=dtype if gamma is None else torch.promote_types(dtype, gamma.dtype))
         o3 = spatial_flat(out)
         _scaled_residual_fwd[(triton.cdiv(S, block_s), B)](
             x3,
             b3,
-            gamma,
+            gamma_arg,
             keep_arg,
             o3,
             C,
@@ -145,30 +162,41 @@ class _ScaledResidual(torch.autograd.Function):
             *x3.stride(),
             *b3.stride(),
             *o3.stride(),
+            HAS_GAMMA=gamma is not None,
             HAS_KEEP=keep is not None,
             BLOCK_C=block_c,
             BLOCK_S=block_s,
             num_warps=warps,
         )
-        ctx.save_for_backward(branch, gamma, keep_arg)
-        ctx.has_keep, ctx.x_dtype = keep is not None, x.dtype
+        if gamma is None:  # the branch's gradient needs only its layout, not its values
+            ctx.save_for_backward(keep)
+            ctx.branch_like = (branch.shape, branch.stride(), branch.dtype)
+        else:
+            ctx.save_for_backward(keep, branch, gamma)
+        ctx.x_dtype = x.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        branch, gamma, keep = ctx.saved_tensors
-        d3, b3 = spatial_flat(dout), spatial_flat(branch)
-        B, C, S = b3.shape
+        keep, *scaled = ctx.saved_tensors
+        branch, gamma = scaled if scaled else (None, None)
+        if branch is None:
+            shape, stride, dtype = ctx.branch_like
+            dbranch = torch.empty_strided(shape, stride, dtype=dtype, device=dout.device)
+        else:
+            dbranch = torch.empty_like(branch)  # the branch's strides (a channels-last view stays one)
+        d3, g3 = spatial_flat(dout), spatial_flat(dbranch)
+        b3 = g3 if branch is None else spatial_flat(branch)  # without gamma only its strides are passed
+        B, C, S = g3.shape
         block_c, block_s, warps = _blocks(C, S)
-        dbranch = torch.empty_like(branch)  # the branch's strides (a channels-last view stays one)
-        g3 = spatial_flat(dbranch)
-        per_program, n_split = reduction_split(triton.cdiv(S, block_s), B, sm_count(b3.device))
-        partial = torch.empty(B, n_split, C, device=b3.device, dtype=torch.float32)
+        per_program, n_split = reduction_split(triton.cdiv(S, block_s), B, sm_count(g3.device))
+        unused = dout.new_empty(1)
+        partial = unused if gamma is None else torch.empty(B, n_split, C, device=g3.device, dtype=torch.float32)
         _scaled_residual_bwd[(n_split, B)](
             d3,
-            b3,
-            gamma,
-            keep,
+            unused if branch is None else b3,
+            unused if gamma is None else gamma,
+            unused if keep is None else keep,
             g3,
             partial,
             C,
@@ -177,38 +205,40 @@ class _ScaledResidual(torch.autograd.Function):
             *d3.stride(),
             *b3.stride(),
             *g3.stride(),
-            HAS_KEEP=ctx.has_keep,
+            HAS_GAMMA=gamma is not None,
+            HAS_KEEP=keep is not None,
             BLOCK_C=block_c,
             BLOCK_S=block_s,
             BLOCKS_PER_PROGRAM=per_program,
             num_warps=warps,
         )
         dx = dout if dout.dtype == ctx.x_dtype else dout.to(ctx.x_dtype)
-        return dx, dbranch, partial.sum((0, 1)).to(gamma.dtype), None
+        dgamma = None if gamma is None else partial.sum((0, 1)).to(gamma.dtype)
+        return dx, dbranch, dgamma, None
 
 
 def scaled_residual_reference(
-    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, keep: torch.Tensor | None = None
+    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor | None, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Plain torch, the block's eager ops in their order (on the CPU path exactly what the block computed before
     the kernel existed): ``x + (gamma * branch) * keep``."""
-    scaled = gamma.view(-1, *(1,) * (x.dim() - 2)) * branch
+    scaled = branch if gamma is None else gamma.view(-1, *(1,) * (x.dim() - 2)) * branch
     if keep is not None:
         scaled = scaled * keep.view(-1, *(1,) * (x.dim() - 1))
     return x + scaled
 
 
 def scaled_residual(
-    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, keep: torch.Tensor | None = None
+    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor | None, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x + branch * gamma[c] * keep[b]``, in the dtype torch promotes x, branch and gamma to.
 
     x, branch: (B, C, *spatial) in fp32/fp16/bf16, any layouts whose spatial dims merge (contiguous,
-    channels-last; others are copied); gamma: (C,); keep: (B,) per-sample factor, or None for 1. keep takes
-    no gradient (a drop mask); x's gradient is the output's.
+    channels-last; others are copied); gamma: (C,), or None for 1 (a branch that scaled itself); keep: (B,)
+    per-sample factor, or None for 1. keep takes no gradient (a drop mask); x's gradient is the output's.
     """
     B, C = check_x("scaled_residual", x)
-    operands = (("branch", branch, tuple(x.shape)), ("gamma", gamma, (C,)))
+    operands = (("branch", branch, tuple(x.shape)),) + ((("gamma", gamma, (C,)),) if gamma is not None else ())
     check_operands("scaled_residual", x, operands + ((("keep", keep, (B,)),) if keep is not None else ()))
     if x.numel() == 0 or not use_triton(x):
         return scaled_residual_reference(x, branch, gamma, keep)

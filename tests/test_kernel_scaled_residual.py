@@ -25,30 +25,34 @@ def make_inputs(B, C, H, W, branch_dtype=torch.float32, channels_last_branch=Fal
 
 
 def check(inputs, keep, dy, tol):
-    def op(x, branch, gamma):
+    """With inputs [x, branch, gamma], or [x, branch] for a branch that scaled itself (gamma None)."""
+
+    def op(x, branch, gamma=None):
         return scaled_residual(x, branch, gamma, keep)
 
-    def reference(x, branch, gamma):
+    def reference(x, branch, gamma=None):
         return scaled_residual_reference(x, branch, gamma, None if keep is None else keep.double())
 
-    return check_against_fp64(op, reference, NAMES, inputs, dy, tol)
+    return check_against_fp64(op, reference, NAMES[: len(inputs)], inputs, dy, tol)
 
 
 @pytest.mark.parametrize("tile", [module._TILE, 64])  # 64: split loops in the backward
 @pytest.mark.parametrize("shape", [(2, 96, 7, 7), (3, 5, 3, 5), (1, 768, 2, 2)])
 @pytest.mark.parametrize("with_keep", [True, False])
-def test_fp32_matches_fp64(poisoned, monkeypatch, shape, tile, with_keep):
+@pytest.mark.parametrize("with_gamma", [True, False])  # False: the lean block's branch, layer scale folded in
+def test_fp32_matches_fp64(poisoned, monkeypatch, shape, tile, with_keep, with_gamma):
     monkeypatch.setattr(module, "_TILE", tile)
     inputs, keep, dy = make_inputs(*shape)
-    check(inputs, keep if with_keep else None, dy, TOLERANCE[torch.float32])
+    check(inputs[: 3 if with_gamma else 2], keep if with_keep else None, dy, TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_channels_last_branch_as_the_block_gives_it(poisoned, dtype):
+@pytest.mark.parametrize("with_gamma", [True, False])
+def test_half_channels_last_branch_as_the_block_gives_it(poisoned, dtype, with_gamma):
     """bf16 branch in fc2's channels-last rows, fp32 stream: fp32 out, the branch's gradient in its own dtype and
     layout (what fc2's backward reads as rows)."""
     inputs, keep, dy = make_inputs(3, 12, 5, 3, dtype, channels_last_branch=True)
-    y, grads = check(inputs, keep, dy, TOLERANCE[dtype])
+    y, grads = check(inputs[: 3 if with_gamma else 2], keep, dy, TOLERANCE[dtype])
     assert y.dtype == torch.float32 and y.is_contiguous()
     assert grads[1].dtype == dtype and grads[1].permute(0, 2, 3, 1).is_contiguous()
 
@@ -75,6 +79,17 @@ def test_saves_only_the_branch():
     saved = scaled_residual(x, branch, gamma, keep).grad_fn.saved_tensors
     big = [t for t in saved if t.numel() >= x.numel()]
     assert len(big) == 1 and big[0].data_ptr() == branch.data_ptr()
+
+
+def test_without_gamma_saves_nothing_of_the_blocks_size():
+    """A branch that applied its layer scale (the lean block's) leaves only the drop factors for the backward."""
+    (x, branch, _), keep, dy = make_inputs(2, 8, 3, 5, channels_last_branch=True)
+    x, branch = x.requires_grad_(), branch.requires_grad_()
+    y = scaled_residual(x, branch, None, keep)
+    assert [t.numel() for t in y.grad_fn.saved_tensors] == [2]
+    dx, dbranch = torch.autograd.grad(y, (x, branch), dy)
+    assert torch.equal(dx, dy) and torch.equal(dbranch, dy * keep.view(-1, 1, 1, 1))
+    assert dbranch.stride() == branch.stride()
 
 
 def test_reference_is_the_blocks_eager_expression(monkeypatch):

@@ -99,12 +99,6 @@ def stochastic_depth_factor(
     return mask / keep if keep > 0 else mask
 
 
-def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Drop the whole residual branch per sample with drop_prob, rescaling survivors (torchvision's "row" mode)."""
-    factor = stochastic_depth_factor(x, drop_prob, training)
-    return x if factor is None else x * factor.view(-1, *(1,) * (x.dim() - 1))
-
-
 class RowLayerNorm(nn.LayerNorm):
     """The block's LayerNorm over the last dim of the conv output's (B, H, W, C) view, as one pass in the conv's
     dtype (``kernels.channel_layer_norm``) written as the contiguous rows fc1 reads; on the CPU path exactly
@@ -138,7 +132,8 @@ class Block(nn.Module):
 
     lean: the whole branch (conv, norm, MLP, layer scale) runs as one ``kernels.convnext_branch`` (same parameters,
     same function), which keeps only the block's input in the compute dtype for the backward instead of seven
-    tensors, two of them 4x wide, and reruns the depthwise conv there.
+    tensors, two of them 4x wide, and reruns the depthwise conv there; the drop and residual add stay one pass
+    each way (``kernels.scaled_residual`` without a layer scale, which then keeps nothing of the block's size).
     """
 
     def __init__(self, dim: int, layer_scale: float, drop_prob: float, lean: bool = False, fused: bool = True):
@@ -159,11 +154,11 @@ class Block(nn.Module):
         self.lean = lean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lean:
-            return x + stochastic_depth(self._fused_branch(x), self.drop_prob, self.training)
         # the factor in the dtype eager's layer-scaled branch had (fp32 under autocast, where x may be bf16)
         scaled_dtype = torch.promote_types(x.dtype, self.layer_scale.dtype)
         factor = stochastic_depth_factor(x, self.drop_prob, self.training, scaled_dtype)
+        if self.lean:  # the branch applied the layer scale itself
+            return self.residual(x, self._fused_branch(x), None, factor)
         return self.residual(x, self.block(x), self.layer_scale.view(-1), factor)
 
     def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:
