@@ -66,6 +66,21 @@ def shaped_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.T
     return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
+def flat_span(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The 1-d view of the memory the tensors fill where they lie back to back in one buffer, in order, each
+    contiguous (as ``shaped_like``'s parts of one flat buffer, or slices of them); None otherwise."""
+    first = tensors[0]
+    if first._base is None:
+        return None
+    base, start = first._base, first.storage_offset()
+    end = start
+    for t in tensors:
+        if t._base is not base or t.dtype != first.dtype or not t.is_contiguous() or t.storage_offset() != end:
+            return None
+        end += t.numel()
+    return first.as_strided((end - start,), (1,), start)
+
+
 def cast_together(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     """The tensors in dtype, as ``t.to(dtype)`` each: those in another dtype by one ``flat_copy``, those in dtype
     already as themselves."""

@@ -14,7 +14,14 @@ from engine.errors import UsageError
 from engine.models import build_model
 from engine.training import optimizers
 from engine.training.checkpoint import read_checkpoint, restore_optimizer, save_checkpoint
-from engine.training.optimizers import Bf16MomentAdam, buckets, build_optimizer, round_to_bf16_stochastically
+from engine.training.optimizers import (
+    MOMENTS,
+    Bf16MomentAdam,
+    buckets,
+    build_optimizer,
+    round_to_bf16_stochastically,
+)
+from kernels.common import flat_span
 
 SMALL = {"depths": (1, 1, 2, 1), "dims": (16, 32, 32, 64)}
 LATENT, BATCH = (4, 16, 16), 3
@@ -192,6 +199,51 @@ def test_the_kernel_path_resumes_exactly(monkeypatch):
     run(resumed, again, 3, first=3)
     assert all(torch.equal(a, b) for a, b in zip(resumed, through))
     assert not torch.equal(resumed[1], params()[1]), "the steps moved the weights"
+
+
+def test_moments_lie_in_one_flat_buffer_which_the_kernel_updates_in_place(monkeypatch):
+    """A bucket's moments, fresh and loaded, are views of one flat bf16 buffer per moment in the parameters' order
+    (a channels-last weight's too), which the kernel path updates in place; moments apart (each its own tensor)
+    are gathered and scattered back: the same numbers either way."""
+    monkeypatch.setattr(optimizers, "use_triton", lambda t: True)
+
+    def params():
+        torch.manual_seed(0)
+        conv = torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)
+        return [torch.nn.Parameter(t) for t in (torch.randn(300), conv, torch.randn(5, 7))]
+
+    def run(ps, optimizer, steps):
+        for step in range(steps):
+            torch.manual_seed(step)
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            optimizer.step()
+
+    def spans(optimizer, ps):
+        return [flat_span([optimizer.state[p][key] for p in ps]) for key in MOMENTS]
+
+    flat_ps, apart_ps = params(), params()
+    flat, apart = Bf16MomentAdam(flat_ps, lr=1e-2), Bf16MomentAdam(apart_ps, lr=1e-2)
+    run(flat_ps, flat, 2)
+    run(apart_ps, apart, 2)
+    before = spans(flat, flat_ps)
+    assert all(span is not None and span.numel() == 300 + 108 + 35 for span in before)
+    for p in apart_ps:
+        for key in MOMENTS:
+            apart.state[p][key] = apart.state[p][key].clone()
+    assert spans(apart, apart_ps) == [None, None]
+    kept = [span.clone() for span in before]
+    run(flat_ps, flat, 2)
+    run(apart_ps, apart, 2)
+    after = spans(flat, flat_ps)
+    assert [a.data_ptr() for a in after] == [b.data_ptr() for b in before], "updated where they lie"
+    assert not any(torch.equal(a, k) for a, k in zip(after, kept)), "the moments moved"
+    assert all(torch.equal(a, b) for a, b in zip(flat_ps, apart_ps))
+    for key in MOMENTS:
+        assert all(torch.equal(flat.state[a][key], apart.state[b][key]) for a, b in zip(flat_ps, apart_ps)), key
+    loaded = Bf16MomentAdam(params(), lr=1e-2)
+    loaded.load_state_dict(apart.state_dict())
+    assert all(span is not None for span in spans(loaded, loaded.param_groups[0]["params"]))
 
 
 def test_the_in_backward_state_has_the_plain_optimizers_layout(bucket_bytes):

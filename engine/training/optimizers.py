@@ -45,7 +45,7 @@ import torch
 
 from engine.errors import UsageError
 from kernels.adam_bf16_moments import adam_bf16_moments_, stochastic_bf16_reference
-from kernels.common import flat_copy, shaped_like, use_triton
+from kernels.common import flat_copy, flat_span, shaped_like, use_triton
 
 # Bytes of parameters stepped together in the backward: half DDP's default bucket (bucket_cap_mb=25), for the same
 # trade. Large enough that a bucket's step is a few multi-tensor launches however many small tensors it holds
@@ -234,12 +234,28 @@ def round_to_bf16_stochastically(x: torch.Tensor, generator: torch.Generator) ->
     return stochastic_bf16_reference(x, bits)
 
 
-def _moments_in_bf16(optimizer: torch.optim.Optimizer) -> None:
-    """``Optimizer.load_state_dict`` casts floating state to its parameter's dtype; the moments stay bf16."""
-    for state in optimizer.state.values():
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key] = state[key].to(torch.bfloat16)
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _flat_moments(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+    """Put the moments of params (each with state) in two flat bf16 buffers, one per moment, in params' order
+    (per device): a piece of consecutive parameters then has its moments back to back, which the kernel updates in
+    place (``update_in_one_kernel``). Missing moments start at zero, present ones are copied in (cast to bf16:
+    ``Optimizer.load_state_dict`` casts floating state to its parameter's dtype)."""
+    for device in dict.fromkeys(p.device for p in params):
+        on_device = [p for p in params if p.device == device]
+        for key in MOMENTS:
+            flat = torch.zeros(sum(p.numel() for p in on_device), dtype=torch.bfloat16, device=device)
+            for p, part in zip(on_device, shaped_like(flat, on_device)):
+                if key in optimizer.state[p]:
+                    part.copy_(optimizer.state[p][key])
+                optimizer.state[p][key] = part
+
+
+def _moments_flat_again(optimizer: torch.optim.Optimizer) -> None:
+    """After loading: the loaded moments (each its own tensor, in the parameter's dtype) back in flat buffers."""
+    for group in optimizer.param_groups:
+        _flat_moments(optimizer, [p for p in group["params"] if optimizer.state[p]])
 
 
 class Bf16MomentAdam(torch.optim.Optimizer):
@@ -279,7 +295,7 @@ class Bf16MomentAdam(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.rounding_seed = rounding_seed
         self._generators: dict[torch.device, torch.Generator] = {}
-        self.register_load_state_dict_post_hook(_moments_in_bf16)
+        self.register_load_state_dict_post_hook(_moments_flat_again)
 
     def _generator(self, device: torch.device, seed: int) -> torch.Generator:
         generator = self._generators.get(device)
@@ -292,15 +308,15 @@ class Bf16MomentAdam(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("Bf16MomentAdam.step takes no closure")
         for group in self.param_groups:
+            stepped = [p for p in group["params"] if p.grad is not None]
+            fresh = [p for p in stepped if not self.state[p]]
+            if fresh:
+                for p in fresh:
+                    self.state[p]["step"] = 0
+                _flat_moments(self, fresh)
             together: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in stepped:
                 state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.bfloat16)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16)
                 state["step"] += 1
                 together.setdefault((state["step"], p.device), []).append(p)
             for (step, _), params in together.items():
@@ -367,13 +383,17 @@ def update_in_torch_ops(
 
 
 def update_in_one_kernel(params, grads, exp_avgs, exp_avg_sqs, group: dict, step: int, seed: int, offset: int) -> int:
-    """``update_in_torch_ops``'s step of (slices of) a few parameters as one Triton kernel over flat copies of their
-    gradients and moments; returns how many elements it updated (Philox counters it used from offset)."""
+    """``update_in_torch_ops``'s step of (slices of) a few parameters as one Triton kernel over a flat copy of their
+    gradients and their moments, in place where they lie back to back (``_flat_moments``), else gathered and
+    scattered back; returns how many elements it updated (Philox counters it used from offset)."""
     change, changes = flat_copy(grads, torch.float32)  # the kernel overwrites it with the parameters' change
-    first, firsts = flat_copy(exp_avgs, torch.bfloat16)
-    second, seconds = flat_copy(exp_avg_sqs, torch.bfloat16)
+    first, second = flat_span(exp_avgs), flat_span(exp_avg_sqs)
+    gathered = first is None or second is None
+    if gathered:
+        first, second = flat_copy(exp_avgs, torch.bfloat16)[0], flat_copy(exp_avg_sqs, torch.bfloat16)[0]
     adam_bf16_moments_(change, first, second, group["lr"], group["betas"], group["eps"], step, seed, offset)
-    torch._foreach_copy_(exp_avgs, firsts)
-    torch._foreach_copy_(exp_avg_sqs, seconds)
+    if gathered:
+        torch._foreach_copy_(exp_avgs, shaped_like(first, exp_avgs))
+        torch._foreach_copy_(exp_avg_sqs, shaped_like(second, exp_avg_sqs))
     torch._foreach_add_(params, changes)
     return change.numel()
