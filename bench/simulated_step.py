@@ -128,15 +128,19 @@ def _record_launch(kernel, grid):
 @contextlib.contextmanager
 def _fused_kernels_as_on_cuda() -> Iterator[None]:
     """Every module that picks its path by ``kernels.common.use_triton`` (the kernels package, the bf16-moment
-    optimizer) takes the Triton path for CPU tensors, and launches are recorded, not run."""
+    optimizer) takes the Triton path for CPU tensors, launches are recorded, not run, and the fused MLP's weight
+    gradients come out of the matmul in float32 as on CUDA (``WIDE_MATMUL_DEVICES``: the fake tensors' meta kernel
+    has the overload the CPU build lacks)."""
     import sys
 
     from triton.runtime.jit import KernelInterface
 
+    from kernels import fused_mlp
     from kernels.common import use_triton
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(KernelInterface, "__getitem__", _record_launch))
+        stack.enter_context(mock.patch.object(fused_mlp, "WIDE_MATMUL_DEVICES", ("cpu",)))
         for module in list(sys.modules.values()):
             if getattr(module, "use_triton", None) is use_triton:
                 stack.enter_context(mock.patch.object(module, "use_triton", lambda x: True))

@@ -159,3 +159,35 @@ def test_a_backward_taken_in_row_chunks_matches_fp64(chunk_bytes, monkeypatch):
     inputs, dy = make_inputs((3, 5, 7), 13, 29, 11, True, True)
     fused, reference = (op_of(f, True, True, "none") for f in (fused_mlp, fused_mlp_reference))
     check_against_fp64(fused, reference, names(True, True), inputs, dy, TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_weight_gradients_come_out_of_the_matmul_in_float32_where_the_device_can(wide, monkeypatch):
+    """On a device whose matmul writes float32 from half inputs (CUDA; here fake CPU tensors stand in, whose meta
+    kernel has the overload the CPU build lacks) fc1's and fc2's weight gradients are the matmul's float32 output:
+    no half copy cast to float32 afterwards. Shapes and dtypes only (the CUDA test above checks values)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from kernels import fused_mlp as module
+
+    monkeypatch.setattr(module, "WIDE_MATMUL_DEVICES", ("cpu",) if wide else ())
+    calls = []
+
+    class Calls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            calls.append((func, tuple(getattr(out, "shape", ())), getattr(out, "dtype", None)))
+            return out
+
+    with FakeTensorMode():
+        inputs, dy = make_inputs((2, 3, 4), 8, 32, 8, scaled=True, normed=False)
+        leaves = [t.requires_grad_() for t in [inputs[0].bfloat16(), *inputs[1:]]]
+        y = fused_mlp(*leaves[:5], leaves[5])
+        with Calls():
+            grads = torch.autograd.grad(y, leaves, dy.bfloat16())
+    assert [g.dtype for g in grads] == [torch.bfloat16] + [torch.float32] * 5
+    weight_casts = [c for c in calls if c[0] == torch.ops.aten._to_copy.default and c[1] in ((32, 8), (8, 32))]
+    assert len(weight_casts) == (0 if wide else 2)
+    wide_products = [c[1:] for c in calls if c[0] == torch.ops.aten.mm.dtype]
+    assert wide_products == ([((8, 32), torch.float32), ((32, 8), torch.float32)] if wide else [])
