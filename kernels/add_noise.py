@@ -119,7 +119,8 @@ class _AddNoise(torch.autograd.Function):
         B, C, S = x3.shape
         rows, block_s, grid = _grid(B * C, S)
         out3 = torch.empty_like(x3)
-        noise = torch.empty(x.shape, dtype=torch.float32, device=x.device) if return_noise else out3
+        # without return_noise the kernel writes no noise: its pointer gets a one-element tensor, never written
+        noise = torch.empty(x.shape if return_noise else (1,), dtype=torch.float32, device=x.device)
         _add_noise_fwd[grid](
             x3,
             out3,
