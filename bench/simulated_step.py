@@ -171,7 +171,7 @@ def _recomputed_under(policy: CudaAutocast) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _kernels_compute_in(policy: CudaAutocast) -> Iterator[None]:
-    """The kernels written in torch ops (``kernels.common.compute_dtype``: fused_mlp, convnext_branch) pick the
+    """The kernels written in torch ops (``kernels.common.compute_dtype``: fused_mlp, convnext_block) pick the
     dtype they compute and keep in from real autocast, which the emulated policy does not switch on: under
     the policy, they see its dtype, as they would see CUDA autocast's."""
     import sys

@@ -44,7 +44,7 @@ def use_triton(x: torch.Tensor) -> bool:
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype an op's matmuls and convolutions run in: autocast's where it is on for x's device (and x is not
-    fp64), else x's. For the ops written in torch (``fused_mlp``, ``convnext_branch``) that cast as autocast would."""
+    fp64), else x's. For the ops written in torch (``fused_mlp``, ``convnext_block``) that cast as autocast would."""
     device = x.device.type
     if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(device)

@@ -330,7 +330,7 @@ def channel_layer_norm_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6, channels_last: bool = False
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``channel_layer_norm``'s output and the statistics its backward reads, outside autograd: for ops that rerun
-    the norm inside their own backward (``kernels.convnext_branch``) and hand both to
+    the norm inside their own backward (``kernels.convnext_block``) and hand both to
     ``channel_layer_norm_backward``. The statistics' layout is the path's own (Triton's or the reference's, which
     also takes what the kernel does not: fp64)."""
     if x.numel() and x.dtype in FLOAT_DTYPES and use_triton(x):

@@ -177,7 +177,7 @@ def mlp_backward(dy, kept, norm, w1, b1, w2, b2, scale, cast, approximate, dtype
     """(d kept, d norm weight, d norm bias, d w1, d b1, d w2, d b2, d scale) of ``_FusedMLP``'s function at kept,
     rerunning its forward first; cast: ``backward_weights``; every gradient in its tensor's dtype but d kept, in
     the norm's (or the compute) dtype; needs_norm_grads: native_layer_norm_backward's mask (kept, weight, bias).
-    Shared with ops that chain more in front of the MLP (``kernels.convnext_branch``)."""
+    Shared with ops that chain more in front of the MLP (``kernels.convnext_block``)."""
     h = _fc1_input(kept, norm, dtype)
     shape, h = h.shape, h.reshape(-1, h.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1]).to(dtype)

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from kernels.common import (
+    FLOAT_DTYPES,
     channel_tile,
     check_operands,
     check_x,
@@ -136,38 +137,73 @@ def _blocks(C: int, S: int) -> tuple[int, int, int]:
     return channel_tile(C, S, _TILE)  # _TILE read at the call: the tests shrink it
 
 
-class _ScaledResidual(torch.autograd.Function):
-    """keep None: no stochastic depth (HAS_KEEP off); gamma None: none (HAS_GAMMA off). A pointer an operand
-    lacks is given a one-element tensor, never read (the launch's traffic is its operands')."""
+def _launch_forward(x, branch, gamma, keep):
+    """out of the Triton forward. keep None: no stochastic depth (HAS_KEEP off); gamma None: none (HAS_GAMMA off).
+    A pointer an operand lacks is given a one-element float32 tensor (one specialisation whatever x is), never read."""
+    x3, b3 = spatial_flat(x), spatial_flat(branch)
+    B, C, S = x3.shape
+    block_c, block_s, warps = _blocks(C, S)
+    unused = x.new_empty(1, dtype=torch.float32)
+    dtype = torch.promote_types(x.dtype, branch.dtype)
+    out = torch.empty_like(x, dtype=dtype if gamma is None else torch.promote_types(dtype, gamma.dtype))
+    o3 = spatial_flat(out)
+    _scaled_residual_fwd[(triton.cdiv(S, block_s), B)](
+        x3,
+        b3,
+        unused if gamma is None else gamma.contiguous(),
+        unused if keep is None else keep.contiguous(),
+        o3,
+        C,
+        S,
+        *x3.stride(),
+        *b3.stride(),
+        *o3.stride(),
+        HAS_GAMMA=gamma is not None,
+        HAS_KEEP=keep is not None,
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
+        num_warps=warps,
+    )
+    return out
 
+
+def _launch_backward(dout, dbranch, branch, gamma, keep):
+    """Writes the branch's gradient into dbranch (the branch's layout and dtype); returns the fp32 partial sums of
+    gamma's gradient (None without gamma, when branch is not read either and may be None)."""
+    d3, g3 = spatial_flat(dout), spatial_flat(dbranch)
+    b3 = g3 if branch is None else spatial_flat(branch)  # without gamma only its strides are passed
+    B, C, S = g3.shape
+    block_c, block_s, warps = _blocks(C, S)
+    per_program, n_split = reduction_split(triton.cdiv(S, block_s), B, sm_count(g3.device))
+    unused = dout.new_empty(1, dtype=torch.float32)
+    partial = None if gamma is None else torch.empty(B, n_split, C, device=g3.device, dtype=torch.float32)
+    _scaled_residual_bwd[(n_split, B)](
+        d3,
+        unused if branch is None else b3,
+        unused if gamma is None else gamma,
+        unused if keep is None else keep,
+        g3,
+        unused if partial is None else partial,
+        C,
+        S,
+        n_split,
+        *d3.stride(),
+        *b3.stride(),
+        *g3.stride(),
+        HAS_GAMMA=gamma is not None,
+        HAS_KEEP=keep is not None,
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
+        BLOCKS_PER_PROGRAM=per_program,
+        num_warps=warps,
+    )
+    return partial
+
+
+class _ScaledResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, branch, gamma, keep):
-        x3, b3 = spatial_flat(x), spatial_flat(branch)
-        B, C, S = x3.shape
-        block_c, block_s, warps = _blocks(C, S)
-        unused = x.new_empty(1)
-        gamma_arg = unused if gamma is None else gamma.contiguous()
-        keep_arg = unused if keep is None else keep.contiguous()
-        dtype = torch.promote_types(x.dtype, branch.dtype)
-        out = torch.empty_like(x, dtype=dtype if gamma is None else torch.promote_types(dtype, gamma.dtype))
-        o3 = spatial_flat(out)
-        _scaled_residual_fwd[(triton.cdiv(S, block_s), B)](
-            x3,
-            b3,
-            gamma_arg,
-            keep_arg,
-            o3,
-            C,
-            S,
-            *x3.stride(),
-            *b3.stride(),
-            *o3.stride(),
-            HAS_GAMMA=gamma is not None,
-            HAS_KEEP=keep is not None,
-            BLOCK_C=block_c,
-            BLOCK_S=block_s,
-            num_warps=warps,
-        )
+        out = _launch_forward(x, branch, gamma, keep)
         if gamma is None:  # the branch's gradient needs only its layout, not its values
             ctx.save_for_backward(keep)
             ctx.branch_like = (branch.shape, branch.stride(), branch.dtype)
@@ -185,36 +221,31 @@ class _ScaledResidual(torch.autograd.Function):
             dbranch = torch.empty_strided(shape, stride, dtype=dtype, device=dout.device)
         else:
             dbranch = torch.empty_like(branch)  # the branch's strides (a channels-last view stays one)
-        d3, g3 = spatial_flat(dout), spatial_flat(dbranch)
-        b3 = g3 if branch is None else spatial_flat(branch)  # without gamma only its strides are passed
-        B, C, S = g3.shape
-        block_c, block_s, warps = _blocks(C, S)
-        per_program, n_split = reduction_split(triton.cdiv(S, block_s), B, sm_count(g3.device))
-        unused = dout.new_empty(1)
-        partial = unused if gamma is None else torch.empty(B, n_split, C, device=g3.device, dtype=torch.float32)
-        _scaled_residual_bwd[(n_split, B)](
-            d3,
-            unused if branch is None else b3,
-            unused if gamma is None else gamma,
-            unused if keep is None else keep,
-            g3,
-            partial,
-            C,
-            S,
-            n_split,
-            *d3.stride(),
-            *b3.stride(),
-            *g3.stride(),
-            HAS_GAMMA=gamma is not None,
-            HAS_KEEP=keep is not None,
-            BLOCK_C=block_c,
-            BLOCK_S=block_s,
-            BLOCKS_PER_PROGRAM=per_program,
-            num_warps=warps,
-        )
+        partial = _launch_backward(dout, dbranch, branch, gamma, keep)
         dx = dout if dout.dtype == ctx.x_dtype else dout.to(ctx.x_dtype)
         dgamma = None if gamma is None else partial.sum((0, 1)).to(gamma.dtype)
         return dx, dbranch, dgamma, None
+
+
+def _kernel_takes(x: torch.Tensor) -> bool:
+    return x.numel() > 0 and x.dtype in FLOAT_DTYPES and use_triton(x)
+
+
+def dropped_residual_forward(x: torch.Tensor, branch: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """``x + branch * keep[b]`` (``scaled_residual`` without gamma) outside autograd: for ops whose own backward
+    takes the residual's in (``kernels.convnext_block``), with ``dropped_residual_backward``."""
+    if _kernel_takes(x):
+        return _launch_forward(x, branch, None, keep)
+    return scaled_residual_reference(x, branch, None, keep)
+
+
+def dropped_residual_backward(dout: torch.Tensor, keep: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """The branch's gradient of ``dropped_residual_forward``, ``dout * keep[b]``, written into out (in the branch's
+    dtype and layout) and returned; x's is dout itself."""
+    if _kernel_takes(dout):
+        _launch_backward(dout, out, None, None, keep)
+        return out
+    return out.copy_(dout if keep is None else dout * keep.view(-1, *(1,) * (dout.dim() - 1)))
 
 
 def scaled_residual_reference(

@@ -60,13 +60,16 @@ def test_every_specialisation_compiles_without_spills(check):
     adaln = [s for s in specs if s["kernel"] == "_adaln_modulate_fwd"]  # fp32 residual stream, bf16 modulation
     assert {s["dtypes"]["x"] for s in adaln} == {"fp32"} and {s["dtypes"]["scale"] for s in adaln} == {"bf16", "fp32"}
     # ConvNeXt's block: its norm without FiLM on the bf16 conv output, fc1's bias + GELU on bf16 rows, the layer-scaled
-    # bf16 branch added to the fp32 stream (and to the bf16 output of a downsampling conv), with and without drops
+    # bf16 branch added to the fp32 stream (and to the bf16 output of a downsampling conv), with and without drops;
     block_norm = [s for s in fln if not s["constexprs"]["HAS_FILM"]]
     assert {s["dtypes"]["x"] for s in block_norm} == {"bf16", "fp32"}
     assert {s["dtypes"]["h"] for s in specs if s["kernel"] == "_bias_gelu_bwd"} == {"bf16"}
     residual = [s for s in specs if s["kernel"] == "_scaled_residual_fwd"]
     assert {(s["dtypes"]["x"], s["dtypes"]["branch"]) for s in residual} >= {("fp32", "bf16"), ("bf16", "bf16")}
     assert {s["constexprs"]["HAS_KEEP"] for s in residual} == {True, False}
+    # the lean block's (kernels.convnext_block): no layer scale, which its fc2 carries, both ways
+    for kernel in ("_scaled_residual_fwd", "_scaled_residual_bwd"):
+        assert {s["constexprs"]["HAS_GAMMA"] for s in specs if s["kernel"] == kernel} == {True, False}, kernel
     assert all(s["dtypes"]["keep"] == "fp32" for s in residual), "drop factors in fp32, as eager's scaled branch"
     uses = " ".join(u for s in specs for u in s["uses"])
     assert all(f"train B={b}:" in uses for b in load_tool("kernel_launches").TRAIN_BATCHES) and "eval B=1:" in uses

@@ -17,7 +17,7 @@ TINY = {
 CASES = [(name, "eval", TINY[name]) for name in TINY]
 # training mode: stochastic depth drops whole blocks per sample (kernels.scaled_residual's keep factor)
 CASES.append(("convnext-t-film", "train", {**TINY["convnext-t-film"], "stochastic_depth_prob": 0.6}))
-# lean blocks: the norm inside kernels.convnext_branch runs channel_layer_norm's kernels outside autograd
+# lean blocks: the norm inside kernels.convnext_block runs channel_layer_norm's kernels outside autograd
 CASES.append(("convnext-t-film", "train", {**TINY["convnext-t-film"], "stochastic_depth_prob": 0.6, "memory": "lean"}))
 
 

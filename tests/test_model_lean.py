@@ -90,25 +90,26 @@ def test_an_unknown_memory_mode_is_a_one_line_error():
 
 
 def test_convnext_lean_block_keeps_only_its_input():
-    """Against the structure before ``kernels.convnext_branch`` (the conv run by autograd, then ``fused_mlp``
-    keeping the conv's output): the same step keeps exactly one conv output per block less."""
-    from engine.models.convnext_film import Block
-    from kernels.fused_mlp import fused_mlp
+    """Against the structure before ``kernels.convnext_block`` (the conv run by autograd, then ``fused_mlp``
+    keeping the conv's output, then the residual add): the same step keeps exactly one conv output per block less."""
+    import torch.nn.functional as F
 
-    def conv_then_fused_mlp(self, x):
-        conv, _, norm, fc1, _, fc2, _ = self.block
-        h = conv(x).permute(0, 2, 3, 1)
-        norm_args = (norm.weight, norm.bias, norm.eps)
-        h = fused_mlp(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1), norm=norm_args)
-        return h.permute(0, 3, 1, 2)
+    from engine.models import convnext_film
+    from kernels.fused_mlp import fused_mlp
+    from kernels.scaled_residual import scaled_residual_reference
+
+    def conv_then_fused_mlp(x, conv_weight, conv_bias, norm, w1, b1, w2, b2, scale, keep=None):
+        h = F.conv2d(x, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2, groups=x.shape[1])
+        branch = fused_mlp(h.permute(0, 2, 3, 1), w1, b1, w2, b2, scale, norm=norm).permute(0, 3, 1, 2)
+        return scaled_residual_reference(x, branch, None, keep)
 
     conv_outputs = []
-    original = Block._fused_branch
+    original = convnext_film.convnext_block
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Block, "_fused_branch", lambda self, x: conv_outputs.append(x.nbytes) or original(self, x))
+        patch.setattr(convnext_film, "convnext_block", lambda x, *a: conv_outputs.append(x.nbytes) or original(x, *a))
         now = compare("convnext-t-film", LATENT, BATCH)["lean"].activations
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Block, "_fused_branch", conv_then_fused_mlp)
+        patch.setattr(convnext_film, "convnext_block", conv_then_fused_mlp)
         before = compare("convnext-t-film", LATENT, BATCH)["lean"].activations
     assert len(conv_outputs) == 18, "every block of ConvNeXt-T ran lean"
     assert now == before - sum(conv_outputs)  # a depthwise conv's output has its input's shape and dtype

@@ -41,6 +41,9 @@ The specialisations, derived as above from:
   from 0 and from one piece on; no batch.
 - unfold_layer_scale_ (the lean ConvNeXt blocks' fc2 gradients, ``kernels.fused_mlp``) at every stage width of
   ConvNeXt-T and of the smallest FiLM ConvNeXt (atto): C x 4C fp32 weights, the folded bias gradient in bf16.
+- dropped_residual_forward / _backward (the lean ConvNeXt blocks' drop and residual add, ``kernels.convnext_block``)
+  at every stage of ConvNeXt-T on 32x64x64 latents: fp32 and bf16 streams, the bf16 branch channels-last, with and
+  without drop factors (no layer scale: fc2 carries it).
 - Batches: training at the per-rank batch of the default --batch-size 256 on 1, 2, 4 or 8 GPUs (256, 128,
   64, 32: the backwards of the norms, scaled_residual and linear_gelu split their reduction by batch and SM count, taken
   as 132, the SMs of H100 SXM and H200); evaluation at engine.evaluate's 256 and a 1-sample tail batch.
@@ -398,6 +401,33 @@ def unfold_calls(quick: bool = False) -> list[Call]:
     return calls
 
 
+def residual_calls(quick: bool = False) -> list[Call]:
+    """dropped_residual_forward and _backward as the lean ConvNeXt blocks call them (``kernels.convnext_block``), per
+    stage of convnext-t on the first latent: an fp32 or bf16 stream, the bf16 branch in fc2's channels-last rows
+    (its gradient written so), with and without drop factors; quick: the first stage."""
+    import torch
+
+    from engine.models.convnext_film import CONVNEXT_PRESETS
+
+    _, height, width = LATENTS[0]
+    dims = CONVNEXT_PRESETS["convnext-t"]["dims"]
+    calls = []
+    for stage, c in enumerate(dims[:1] if quick else dims):
+        h, w = height // 4 >> stage, width // 4 >> stage  # the stem patchifies by 4, each downsample halves
+        branch = TensorSpec.of(torch.empty(CAPTURE_BATCH, h, w, c, dtype=torch.bfloat16).permute(0, 3, 1, 2))
+        for stream in (torch.float32, torch.bfloat16):
+            x = TensorSpec.of(torch.empty(CAPTURE_BATCH, c, h, w, dtype=stream))
+            for keep in (TensorSpec.of(torch.empty(CAPTURE_BATCH)), None):
+                tensors, params = ({"keep": keep}, {}) if keep is not None else ({}, {"keep": None})
+                site = [f"lean block {c}@{h}x{w}, {x.dtype} stream" + (", drop" if keep is not None else "")]
+                forward = {"x": x, "branch": branch} | tensors
+                backward = {"dout": x} | tensors | {"out": branch}
+                # "train": at the training batches (the backward's split depends on them), no autograd of its own
+                calls.append(Call("dropped_residual_forward", "train", forward, params, sites=site))
+                calls.append(Call("dropped_residual_backward", "train", backward, params, sites=site))
+    return calls
+
+
 def merge(calls: list[Call]) -> list[Call]:
     """Calls with equal layouts and parameters, once each, with all their sites."""
     merged: dict = {}
@@ -425,6 +455,8 @@ STANDALONE_OPS = {  # ops called without a model capture: op -> (module, its cal
     "add_noise": ("kernels.add_noise", add_noise_calls),
     "adam_bf16_moments_": ("kernels.adam_bf16_moments", adam_calls),
     "unfold_layer_scale_": ("kernels.layer_scale_unfold", unfold_calls),
+    "dropped_residual_forward": ("kernels.scaled_residual", lambda quick: residual_calls(quick)[0::2]),
+    "dropped_residual_backward": ("kernels.scaled_residual", lambda quick: residual_calls(quick)[1::2]),
 }
 
 

@@ -25,7 +25,7 @@ from engine.errors import UsageError
 from engine.models.memory import is_lean
 from engine.models.noise_embedding import NoiseEmbedding, resolve_c_noise
 from kernels import channel_layer_norm, film_layer_norm, linear_gelu, scaled_residual
-from kernels.convnext_branch import convnext_branch
+from kernels.convnext_block import convnext_block
 from kernels.layer_norm_keeping_input import layer_norm_keeping_input
 from kernels.scaled_residual import scaled_residual_reference
 
@@ -130,10 +130,9 @@ class Block(nn.Module):
     the eager modules instead (timm's and torchvision's ConvNeXt, what published throughputs ran): same
     parameters and names, the same values as the fused block's CPU path.
 
-    lean: the whole branch (conv, norm, MLP, layer scale) runs as one ``kernels.convnext_branch`` (same parameters,
-    same function), which keeps only the block's input in the compute dtype for the backward instead of seven
-    tensors, two of them 4x wide, and reruns the depthwise conv there; the drop and residual add stay one pass
-    each way (``kernels.scaled_residual`` without a layer scale, which then keeps nothing of the block's size).
+    lean: the whole block (conv, norm, MLP, layer scale, drop and residual add) runs as one ``kernels.convnext_block``
+    (same parameters, same function), which keeps only the block's input in the compute dtype for the backward
+    instead of seven tensors, two of them 4x wide, and reruns the depthwise conv there.
     """
 
     def __init__(self, dim: int, layer_scale: float, drop_prob: float, lean: bool = False, fused: bool = True):
@@ -157,16 +156,11 @@ class Block(nn.Module):
         # the factor in the dtype eager's layer-scaled branch had (fp32 under autocast, where x may be bf16)
         scaled_dtype = torch.promote_types(x.dtype, self.layer_scale.dtype)
         factor = stochastic_depth_factor(x, self.drop_prob, self.training, scaled_dtype)
-        if self.lean:  # the branch applied the layer scale itself
-            return self.residual(x, self._fused_branch(x), None, factor)
+        if self.lean:
+            conv, _, norm, fc1, _, fc2, _ = self.block
+            norm_args, scale = (norm.weight, norm.bias, norm.eps), self.layer_scale.view(-1)
+            return convnext_block(x, *conv.parameters(), norm_args, *fc1.parameters(), *fc2.parameters(), scale, factor)
         return self.residual(x, self.block(x), self.layer_scale.view(-1), factor)
-
-    def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:
-        conv, _, norm, fc1, _, fc2, _ = self.block
-        norm_args = (norm.weight, norm.bias, norm.eps)
-        return convnext_branch(
-            x, conv.weight, conv.bias, norm_args, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.layer_scale.view(-1)
-        )
 
 
 def _timm_block(m: re.Match) -> str:

@@ -1,10 +1,10 @@
 """How much a latent model keeps for its backward: the ``memory`` option of every latent model.
 
 ``"plain"`` is eager autograd: every op saves what its backward reads. ``"lean"`` computes the same function
-with the same parameters (state dicts interchange) but keeps less: ConvNeXt blocks run their branch (depthwise
-conv, norm, MLP, layer scale) as ``kernels.convnext_branch`` (only the block's input kept, in the compute dtype),
-ADM and ViT blocks are recomputed in the backward from their inputs (``recompute``). The price is time: the
-recomputed work runs twice.
+with the same parameters (state dicts interchange) but keeps less: ConvNeXt blocks (depthwise conv, norm, MLP,
+layer scale, drop and residual add) run as ``kernels.convnext_block`` (only the block's input kept, in the compute
+dtype), ADM and ViT blocks are recomputed in the backward from their inputs (``recompute``). The price is time:
+the recomputed work runs twice.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""A ConvNeXt block's residual branch (7x7 depthwise conv, LayerNorm, fc1, GELU, fc2, layer scale) that keeps only
-its input, in the compute dtype, for the backward.
+"""A lean ConvNeXt block, ``x + keep[b] * branch(x)`` with branch = 7x7 depthwise conv, LayerNorm, fc1, GELU,
+fc2, layer scale, that keeps only its input, in the compute dtype, for the backward.
 
 ``kernels.fused_mlp`` alone still leaves the conv in front of it to eager autograd: the conv keeps its input (under
 autocast a bf16 copy of the fp32 residual stream) and the fused MLP keeps the conv's output, 4 bytes per element
@@ -13,7 +13,10 @@ statistics in fp32, output in the conv's dtype; on the CPU the fp32 ``native_lay
 here outside autograd through its forward/backward pair, its output handed to the fused MLP
 (``kernels.fused_mlp``, whose forward and backward this reuses), the gradient reaching the conv in the conv
 output's dtype, as autograd would pass it. The weights are cast once each way, all four casts in one multi-tensor
-copy (``kernels.common.cast_together``), the rerun conv and the conv's backward reading the same copy.
+copy (``kernels.common.cast_together``), the rerun conv and the conv's backward reading the same copy. The drop
+and residual add are ``kernels.scaled_residual``'s pass without a layer scale (fc2 carries it), through its
+forward/backward pair; the residual's gradient and the branch's are summed in one mixed-dtype add (the branch's
+in the compute dtype, widened inside the add), where autograd would cast the branch's first and add after.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from kernels.common import cast_together, compute_dtype
 from kernels.film_layer_norm import channel_layer_norm_backward, channel_layer_norm_forward
 from kernels.fused_mlp import backward_weights, forward_weights, mlp_backward, mlp_output
+from kernels.scaled_residual import dropped_residual_backward, dropped_residual_forward, scaled_residual_reference
 
 
 def _conv_and_norm(kept, conv_weight, conv_bias, norm):
@@ -35,29 +39,32 @@ def _conv_and_norm(kept, conv_weight, conv_bias, norm):
     return h, normed.permute(0, 2, 3, 1), stats
 
 
-class _ConvNeXtBranch(torch.autograd.Function):
+class _ConvNeXtBlock(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, conv_weight, conv_bias, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale):
+    def forward(ctx, x, conv_weight, conv_bias, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale, keep):
         dtype = compute_dtype(x)
         kept = x.to(dtype)  # x itself where it already is in the compute dtype
         conv_w, conv_b, *weights = forward_weights(w1, b1, w2, b2, scale, dtype, "none", (conv_weight, conv_bias))
         _, normed, _ = _conv_and_norm(kept, conv_w, conv_b, (norm_weight, norm_bias, eps))
-        y = mlp_output(normed, None, weights, "none", dtype)
-        ctx.save_for_backward(kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale)
-        ctx.eps, ctx.dtype, ctx.x_dtype = eps, dtype, x.dtype
-        return y.permute(0, 3, 1, 2)
+        branch = mlp_output(normed, None, weights, "none", dtype).permute(0, 3, 1, 2)
+        out = dropped_residual_forward(x, branch, keep)
+        ctx.save_for_backward(kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale, keep)
+        ctx.eps, ctx.dtype, ctx.branch_like = eps, dtype, (branch.shape, branch.stride(), branch.dtype)
+        return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, dy):
-        kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale = ctx.saved_tensors
+    def backward(ctx, dout):
+        kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale, keep = ctx.saved_tensors
         dtype = ctx.dtype
+        shape, stride, branch_dtype = ctx.branch_like
+        dy = torch.empty_strided(shape, stride, dtype=branch_dtype, device=dout.device)
+        dy = dropped_residual_backward(dout, keep, dy).permute(0, 2, 3, 1)  # fc2's rows, as its output was
         weight, bias, *cast = backward_weights(w1, b1, w2, scale, dtype, "none", (conv_weight, conv_bias))
         h, normed, stats = _conv_and_norm(kept, weight, bias, (norm_weight, norm_bias, ctx.eps))
-        dy = dy.permute(0, 2, 3, 1)
         dnormed, *grads = mlp_backward(dy, normed, None, w1, b1, w2, b2, scale, cast, "none", dtype, ())
-        del normed
+        del normed, dy
         dh, dnorm_weight, dnorm_bias = channel_layer_norm_backward(
             dnormed.permute(0, 3, 1, 2), h, norm_weight, norm_bias, stats
         )
@@ -79,17 +86,18 @@ class _ConvNeXtBranch(torch.autograd.Function):
         if dconv_weight is not None and dconv_bias is not None:  # both, as in training: one multi-tensor copy
             dconv_weight, dconv_bias = cast_together([dconv_weight, dconv_bias], conv_weight.dtype)
         return (
-            None if dx is None else dx.to(ctx.x_dtype),
+            None if dx is None else torch.add(dout, dx),  # the residual's gradient and the branch's, in x's dtype
             None if dconv_weight is None else dconv_weight.to(conv_weight.dtype),
             None if dconv_bias is None else dconv_bias.to(conv_bias.dtype),
             dnorm_weight,
             dnorm_bias,
             None,
             *grads[2:],
+            None,
         )
 
 
-def convnext_branch(
+def convnext_block(
     x: torch.Tensor,
     conv_weight: torch.Tensor,
     conv_bias: torch.Tensor,
@@ -99,33 +107,48 @@ def convnext_branch(
     fc2_weight: torch.Tensor,
     fc2_bias: torch.Tensor,
     layer_scale: torch.Tensor,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``layer_scale * fc2(gelu(fc1(LayerNorm(dwconv(x)))))`` of (B, C, H, W) maps, keeping only x (in the compute
-    dtype) for the backward.
+    """``x + keep[b] * layer_scale * fc2(gelu(fc1(LayerNorm(dwconv(x)))))`` of (B, C, H, W) maps, keeping only x
+    (in the compute dtype) for the backward.
 
     conv: (C, 1, k, k) depthwise, odd k, padding k // 2, and (C,); norm: (weight, bias, eps) over C; fc1: (H, C),
-    (H,); fc2: (C, H), (C,); layer_scale: (C,). Returns (B, C, H, W) (a channels-last view, as the block's permutes).
+    (H,); fc2: (C, H), (C,); layer_scale: (C,); keep: (B,) stochastic-depth factor (0 or 1 / keep probability), or
+    None for 1; it takes no gradient. Returns (B, C, H, W) in the dtype torch promotes x and the compute dtype to.
     """
     channels = x.shape[1] if x.dim() == 4 else None
     if channels is None or conv_weight.shape[:2] != (channels, 1) or conv_weight.shape[-1] % 2 == 0:
         raise ValueError(
-            f"convnext_branch: x {tuple(x.shape)} and conv {tuple(conv_weight.shape)}: expected x (B, C, H, W) and a "
+            f"convnext_block: x {tuple(x.shape)} and conv {tuple(conv_weight.shape)}: expected x (B, C, H, W) and a "
             "depthwise conv (C, 1, k, k) with odd k"
         )
     if fc1_weight.shape[1] != channels or fc2_weight.shape != (channels, fc1_weight.shape[0]):
         raise ValueError(
-            f"convnext_branch: fc1 {tuple(fc1_weight.shape)} and fc2 {tuple(fc2_weight.shape)} do not chain with "
+            f"convnext_block: fc1 {tuple(fc1_weight.shape)} and fc2 {tuple(fc2_weight.shape)} do not chain with "
             f"{channels} channels; expected fc1 (H, {channels}), fc2 ({channels}, H)"
         )
     if layer_scale.shape != (channels,):
-        raise ValueError(f"convnext_branch: layer_scale {tuple(layer_scale.shape)} must be ({channels},)")
+        raise ValueError(f"convnext_block: layer_scale {tuple(layer_scale.shape)} must be ({channels},)")
+    if keep is not None and keep.shape != (x.shape[0],):
+        raise ValueError(f"convnext_block: keep {tuple(keep.shape)} must be ({x.shape[0]},), one factor a sample")
     norm_weight, norm_bias, eps = norm
-    return _ConvNeXtBranch.apply(
-        x, conv_weight, conv_bias, norm_weight, norm_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, layer_scale
+    return _ConvNeXtBlock.apply(
+        x,
+        conv_weight,
+        conv_bias,
+        norm_weight,
+        norm_bias,
+        eps,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        layer_scale,
+        keep,
     )
 
 
-def convnext_branch_reference(
+def convnext_block_reference(
     x: torch.Tensor,
     conv_weight: torch.Tensor,
     conv_bias: torch.Tensor,
@@ -135,9 +158,10 @@ def convnext_branch_reference(
     fc2_weight: torch.Tensor,
     fc2_bias: torch.Tensor,
     layer_scale: torch.Tensor,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The plain modules' composition (what the block computes without the fused op), for the tests."""
     h = F.conv2d(x, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2, groups=x.shape[1])
     h = F.layer_norm(h.permute(0, 2, 3, 1), (x.shape[1],), *norm)
     y = F.linear(F.gelu(F.linear(h, fc1_weight, fc1_bias)), fc2_weight, fc2_bias) * layer_scale
-    return y.permute(0, 3, 1, 2)
+    return scaled_residual_reference(x, y.permute(0, 3, 1, 2), None, keep)
