@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import check_x, plane_tile, spatial_flat, use_triton
+from kernels.common import FLOAT_DTYPES, check_x, plane_tile, spatial_flat, use_triton
 from kernels.philox import check_seed_offset, keep_uniform, uniform_and_normal, uniform_and_normal_reference
 
 _TILE = 2048  # elements per program: 8 per thread at 8 warps (one 16-byte fp16 vector), Philox state in registers
@@ -114,11 +114,11 @@ def _grid(n_rows: int, S: int) -> tuple[int, int, tuple[int, int]]:
 
 class _AddNoise(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, mean, std, alpha, sigma, seed, offset, mask_p, target_std, return_noise):
+    def forward(ctx, x, mean, std, alpha, sigma, seed, offset, mask_p, target_std, return_noise, out_dtype):
         x3 = spatial_flat(x)
         B, C, S = x3.shape
         rows, block_s, grid = _grid(B * C, S)
-        out3 = torch.empty_like(x3)
+        out3 = torch.empty_like(x3, dtype=out_dtype)
         # without return_noise the kernel writes no noise: its pointer gets a one-element tensor, never written
         noise = torch.empty(x.shape if return_noise else (1,), dtype=torch.float32, device=x.device)
         _add_noise_fwd[grid](
@@ -145,7 +145,7 @@ class _AddNoise(torch.autograd.Function):
         )
         ctx.save_for_backward(std, alpha)
         ctx.rng = (seed, offset, mask_p, target_std)
-        ctx.x_shape = x.shape
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         if return_noise:
             ctx.mark_non_differentiable(noise)
             return out3.view(x.shape), noise
@@ -158,7 +158,7 @@ class _AddNoise(torch.autograd.Function):
         dy3 = spatial_flat(dy)
         B, C, S = dy3.shape
         rows, block_s, grid = _grid(B * C, S)
-        dx3 = torch.empty_like(dy3)
+        dx3 = torch.empty_like(dy3, dtype=ctx.x_dtype)
         _add_noise_bwd[grid](
             dy3,
             dx3,
@@ -177,7 +177,7 @@ class _AddNoise(torch.autograd.Function):
             BLOCK_S=block_s,
             num_warps=8 if rows * block_s >= 2048 else 4,
         )
-        return dx3.view(ctx.x_shape), None, None, None, None, None, None, None, None, None
+        return dx3.view(ctx.x_shape), None, None, None, None, None, None, None, None, None, None
 
 
 def add_noise_reference(
@@ -191,11 +191,12 @@ def add_noise_reference(
     mask_p: float = 0.0,
     target_std: float = 1.0,
     return_noise: bool = False,
+    out_dtype: torch.dtype | None = None,
 ):
     """Plain torch with the kernel's Philox draws; math in fp32 (fp64 for fp64 x: the test oracle).
 
-    alpha, sigma: (B,) tensors. Returns x's dtype; eps (if asked) in the math dtype. Autograd flows
-    to every tensor input here (useful for gradcheck); the public function allows x only.
+    alpha, sigma: (B,) tensors. Returns out_dtype (x's by default); eps (if asked) in the math dtype. Autograd
+    flows to every tensor input here (useful for gradcheck); the public function allows x only.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     B, C = x.shape[:2]
@@ -206,7 +207,8 @@ def add_noise_reference(
     keep = (u >= torch.tensor(mask_p, dtype=torch.float32)).to(dtype)
     z = (x.to(dtype) - mean.to(dtype).view(per_channel)) / std.to(dtype).view(per_channel)
     out = alpha.to(dtype).view(per_sample) * keep * target_std * z + sigma.to(dtype).view(per_sample) * eps
-    return (out.to(x.dtype), eps) if return_noise else out.to(x.dtype)
+    out = out.to(out_dtype or x.dtype)
+    return (out, eps) if return_noise else out
 
 
 def _check_std_positive(std: torch.Tensor) -> None:
@@ -263,10 +265,13 @@ def add_noise(
     mask_p: float = 0.0,
     target_std: float = 1.0,
     return_noise: bool = False,
+    out_dtype: torch.dtype | None = None,
 ):
     """Noised, masked, standardised latents ``alpha[b] * m * target_std * (x - mean[c]) / std[c] + sigma[b] * eps``.
 
-    x: (B, C, H, W) or (B, C, T, H, W), fp32/fp16/bf16; the result has x's dtype, the math is fp32.
+    x: (B, C, H, W) or (B, C, T, H, W), fp32/fp16/bf16; the math is fp32, the result rounded once to out_dtype
+    (fp32/fp16/bf16, x's by default: a network computing in another dtype gets its input without a second pass);
+    x's gradient in x's dtype.
     mean, std: (C,) float tensors. alpha, sigma: (B,) float tensors, or Python floats for all samples.
     seed, offset: non-negative ints; element i (flat (b, c, position) index) uses Philox counter
     i + offset, so consecutive calls can share a seed and advance offset by x.numel().
@@ -277,11 +282,16 @@ def add_noise(
     The small per-channel/per-sample tensors are made contiguous fp32.
     """
     check_x("add_noise", x, dims=(4, 5))
+    if out_dtype not in (None, *FLOAT_DTYPES):
+        raise TypeError(f"add_noise: out_dtype={out_dtype}; use float32, float16 or bfloat16 (or None for x's)")
     alpha, sigma = (_per_sample(v, x.shape[0], x.device) for v in (alpha, sigma))
     _check(x, {"mean": mean, "std": std, "alpha": alpha, "sigma": sigma}, mask_p, target_std)
     check_seed_offset(seed, offset, x.numel(), "add_noise")
     _check_std_positive(std)
     if not use_triton(x):
-        return add_noise_reference(x, mean, std, alpha, sigma, seed, offset, mask_p, target_std, return_noise)
+        return add_noise_reference(
+            x, mean, std, alpha, sigma, seed, offset, mask_p, target_std, return_noise, out_dtype
+        )
     mean, std, alpha, sigma = (t.to(torch.float32).contiguous() for t in (mean, std, alpha, sigma))
-    return _AddNoise.apply(x, mean, std, alpha, sigma, seed, offset, float(mask_p), float(target_std), return_noise)
+    rng = (seed, offset, float(mask_p), float(target_std))
+    return _AddNoise.apply(x, mean, std, alpha, sigma, *rng, return_noise, out_dtype or x.dtype)

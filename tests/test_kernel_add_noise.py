@@ -103,6 +103,27 @@ def test_forward_and_grad_match_fp64_reference(triton_path, poisoned, shape, dty
     assert rel(x.grad, x64.grad) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("path", ["triton", "reference"])
+def test_out_dtype_is_written_by_the_pass_rounded_once(path, monkeypatch, poisoned):
+    """Stored fp16 latents to a bf16 network input in the pass itself: within bf16's bound of the fp64 result (one
+    rounding, not fp16's then bf16's), the gradient in x's dtype; both paths."""
+    monkeypatch.setenv("LATENT_ENGINE_KERNELS", path)
+    x, mean, std, alpha, sigma = random_inputs((2, 5, 7, 6), torch.float16)
+    x.requires_grad_()
+    out = add_noise(x, mean, std, alpha, sigma, 7, 0, mask_p=0.2, target_std=0.5, out_dtype=torch.bfloat16)
+    dy = torch.randn(x.shape).bfloat16()
+    out.backward(dy)
+    assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.float16
+    x64 = x.detach().double().requires_grad_()
+    ref = add_noise_reference(x64, mean.double(), std.double(), alpha.double(), sigma.double(), 7, 0, 0.2, 0.5)
+    ref.backward(dy.double())
+    assert rel(out, ref) < TOLERANCE[torch.bfloat16] and rel(x.grad, x64.grad) < TOLERANCE[torch.bfloat16]
+    reference = add_noise_reference(x.detach(), mean, std, alpha, sigma, 7, 0, 0.2, 0.5, out_dtype=torch.bfloat16)
+    assert torch.equal(out, reference) if path == "reference" else rel(out, reference.double()) < 1e-2
+    with pytest.raises(TypeError, match="out_dtype"):
+        add_noise(x, mean, std, alpha, sigma, 7, out_dtype=torch.int8)
+
+
 def unit_inputs(shape):
     """x = 1, no standardisation, no noise: the output is the keep-mask itself."""
     B, C = shape[:2]

@@ -33,8 +33,9 @@ The specialisations, derived as above from:
   on 32x64x64 (256 tokens of 768): adaln_modulate before every block's attention and MLP, and on the
   pooled token (T = 1) before the head. Under autocast x is the fp32 residual stream, scale/shift bf16.
 - add_noise on (B, 32, 64, 64) and (B, 4, 32, 32) fp16 latents (fp32 mean/std/alpha/sigma, offset 0,
-  mask_p 0.2 in training, 0 in evaluation), with one seed of each class Triton specialises on: i32, i32
-  divisible by 16, i64, i64 divisible by 16 (the engine's seeds are ``step_seed`` values below 2**62).
+  mask_p 0.2 and a bf16 output in training, 0 and fp16 in evaluation), with one seed of each class Triton
+  specialises on: i32, i32 divisible by 16, i64, i64 divisible by 16 (the engine's seeds are ``step_seed`` values
+  below 2**62).
   Its backward is compiled too, though training never asks for it (stored latents need no gradient).
 - adam_bf16_moments_ (the lean step's bf16-moment Adam, ``engine.training.optimizers.Bf16MomentAdam``) on flat
   pieces of ``UPDATE_CHUNK`` elements and a short odd one, with each class of ``ADAM_SEEDS`` and Philox counters
@@ -330,6 +331,9 @@ def add_noise_calls(quick: bool = False) -> list[Call]:
     import torch
 
     seeds = {name: seed for name, seed in SEEDS.items() if not (quick and name.endswith("/16"))}
+    # the output: in training the network's bf16 input, written by the pass (LatentInputs.noised on CUDA); in
+    # evaluation the stored dtype, widened after
+    out_dtype = {"train": {"out_dtype": torch.bfloat16}, "eval": {}}
     calls = []
     for c, h, w in LATENTS[:1] if quick else LATENTS:
         x = torch.empty(CAPTURE_BATCH, c, h, w, dtype=torch.float16)
@@ -348,7 +352,7 @@ def add_noise_calls(quick: bool = False) -> list[Call]:
                             "alpha": TensorSpec.of(per_sample),
                             "sigma": TensorSpec.of(per_sample),
                         },
-                        {"seed": seed, "mask_p": MASK_P[mode], "target_std": TARGET_STD},
+                        {"seed": seed, "mask_p": MASK_P[mode], "target_std": TARGET_STD} | out_dtype[mode],
                         dy=spec if mode == "train" else None,
                         sites=[f"latents {c}x{h}x{w} seed {seed_class}"],
                     )

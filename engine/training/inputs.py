@@ -110,8 +110,9 @@ class LatentInputs:
         self, latents: torch.Tensor, levels: NoiseLevels, step: int, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """Standardised, masked (``mask_p``) and noised latents of training step ``step``, in ``dtype``: float32, or
-        the dtype the network computes in (``objective.network_input_dtype``), cast to straight from add_noise's
-        output in the stored dtype, with no float32 copy between."""
+        the dtype the network computes in (``objective.network_input_dtype``). A half dtype is written by add_noise's
+        pass itself, rounded once from its float32 math (no second pass, no float32 copy between); float32 (a CPU
+        step's) is the stored dtype's values widened, as the CPU runs on record computed it."""
         alpha, sigma = self._scaled(levels)
         return add_noise(
             latents,
@@ -122,6 +123,7 @@ class LatentInputs:
             seed=self._key(step, 2),
             mask_p=self.mask_p,
             target_std=self.target_std,
+            out_dtype=dtype if dtype.itemsize < 4 else None,
         ).to(dtype)
 
     def at_level(self, latents: torch.Tensor, level: int) -> tuple[torch.Tensor, NoiseLevels]:

@@ -95,8 +95,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def network_input_dtype(device: torch.device) -> torch.dtype:
     """The dtype a latent network is handed its input in: the one ``autocast`` runs its stem in (bf16 on CUDA,
-    float32 on the CPU). Casting the stored fp16 values there directly gives the values autocast's stem would
-    cast a float32 copy to (fp16 is exact in float32), without keeping that copy alive through the forward."""
+    float32 on the CPU). add_noise writes a half one itself (``LatentInputs.noised``), so no float32 copy lives
+    through the forward and no cast pass runs; autocast's stem finds its input in its dtype already."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
