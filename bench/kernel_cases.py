@@ -205,9 +205,21 @@ def _layer_scale_unfold_case(B: int, shape: tuple[int, ...], device: str) -> Cas
     return Case("layer_scale_unfold", shape, torch.float32, (dw, db, w, b, scale), (), n_bytes, 0, ("step",))
 
 
+def _cast_folded_case(B: int, shape: tuple[int, ...], device: str) -> Case:
+    """A lean ConvNeXt block's weights in its forward: the conv's and fc1's cast to bf16, fc2's weight and bias
+    folded with the layer scale; the batch plays no part."""
+    C, N = shape
+    plain = [torch.randn(C, 1, 7, 7, device=device), torch.randn(C, device=device), torch.randn(N, C, device=device)]
+    folded, scale = [torch.randn(C, N, device=device), torch.randn(C, device=device)], torch.rand(C, device=device)
+    # read each fp32 element, write it in bf16 (the scale read per row besides)
+    n_bytes = 6 * sum(t.numel() for t in plain + folded) + F32 * C
+    return Case("cast_folded", shape, torch.float32, (plain, folded, scale, torch.bfloat16), (), n_bytes, 0, ("step",))
+
+
 BUILDERS = {
     "adam_bf16_moments": (_adam_bf16_moments_case, ((UPDATE_CHUNK,),)),
     "layer_scale_unfold": (_layer_scale_unfold_case, tuple((c, 4 * c) for c, _, _ in STAGES)),
+    "cast_folded": (_cast_folded_case, tuple((c, 4 * c) for c, _, _ in STAGES)),
     "adaln_modulate": (_adaln_modulate_case, TOKENS),
     "add_noise": (_add_noise_case, (LATENT,)),
     "film": (_film_case, STAGES),

@@ -32,6 +32,7 @@ KERNELS = (
     "adam_bf16_moments",
     "adaln_modulate",
     "add_noise",
+    "cast_folded",
     "channel_layer_norm",
     "film",
     "film_layer_norm",

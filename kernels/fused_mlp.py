@@ -14,8 +14,9 @@ product (``(h @ W2.T + b2) * gamma`` becomes ``h @ (gamma * W2).T + gamma * b2``
 The matmuls are torch's; on CUDA the exact GELU and fc1's bias run as ``linear_gelu``'s Triton pass each way
 (the matmul without its bias, the fp32 bias added in the pass, the bias gradient summed in the backward's pass),
 as the plain ConvNeXt block runs them; elsewhere, and for the tanh GELU, torch's addmm and GELU ops. The weights
-are cast to the compute dtype in one multi-tensor copy each way (``kernels.common.cast_together``), and the folded
-fc2's gradients are unfolded into fc2's and the layer scale's in one pass (``kernels.layer_scale_unfold``).
+are cast to the compute dtype each way in one multi-tensor copy (``kernels.common.cast_together``), or with a layer
+scale in one pass that also folds it into fc2 (``kernels.cast_folded``), and the folded fc2's gradients are unfolded
+into fc2's and the layer scale's in one pass (``kernels.layer_scale_unfold``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.cast_folded import cast_folded
 from kernels.common import FLOAT_DTYPES, cast_together, compute_dtype, use_triton
 from kernels.layer_scale_unfold import unfold_layer_scale_
 from kernels.linear_gelu import bias_gelu_backward, bias_gelu_forward
@@ -45,44 +47,36 @@ def _fc1_input(x, norm, dtype):
     return x.to(dtype)
 
 
-def _scaled(t, scale, dtype):
-    """``(t * scale).to(dtype)`` in one kernel: the multiply computes in t's dtype and rounds once on writing, as the
-    cast of its product would."""
-    if dtype == t.dtype:
-        return t * scale
-    return torch.mul(t, scale, out=torch.empty(t.shape, dtype=dtype, device=t.device))
-
-
 def _gelu_in_kernel(t, approximate):
     """fc1's bias and exact GELU as ``linear_gelu``'s Triton pass (on CUDA, in a dtype it takes), as the plain
     ConvNeXt block runs them: the matmul without its bias, the fp32 bias added in the pass."""
     return approximate == "none" and t.dtype in FLOAT_DTYPES and use_triton(t)
 
 
-def _cast(ahead, w1, b1, behind, dtype, approximate):
-    """(*ahead, w1, b1, *behind) in dtype in one multi-tensor copy (``cast_together``); b1 as it is where the GELU
-    pass adds it."""
-    if _gelu_in_kernel(w1, approximate):
-        cast = cast_together([*ahead, w1, *behind], dtype)
-        return [*cast[: len(ahead) + 1], b1, *cast[len(ahead) + 1 :]]
-    return cast_together([*ahead, w1, b1, *behind], dtype)
+def _cast(ahead, w1, b1, behind, folded, scale, dtype, approximate):
+    """(*ahead, w1, b1, *behind, *folded) in dtype, the folded ones scaled per row by ``scale`` first: one multi-tensor
+    copy (``cast_together``) without a scale, one pass with (``cast_folded``); b1 as it is where the GELU pass adds
+    it."""
+    in_kernel = _gelu_in_kernel(w1, approximate)
+    plain = [*ahead, w1, *(() if in_kernel else (b1,)), *behind]
+    cast = cast_together(plain, dtype) if scale is None else cast_folded(plain, list(folded), scale, dtype)
+    at = len(ahead) + 1
+    return [*cast[:at], b1, *cast[at:]] if in_kernel else cast
 
 
 def forward_weights(w1, b1, w2, b2, scale, dtype, approximate, ahead=()):
     """(*ahead, fc1 weight and bias, fc2's with the layer scale folded in), as the forward multiplies by them: in
-    dtype by one multi-tensor copy (ahead: weights of ops chained in front, cast in the same copy), the folds one
-    multiply each."""
+    dtype by one pass (ahead: weights of ops chained in front, cast in the same pass)."""
     if scale is None:
-        return _cast(ahead, w1, b1, (w2, b2), dtype, approximate)
-    folded = _scaled(w2, scale[:, None], dtype), _scaled(b2, scale, dtype)
-    return [*_cast(ahead, w1, b1, (), dtype, approximate), *folded]
+        return _cast(ahead, w1, b1, (w2, b2), (), None, dtype, approximate)
+    return _cast(ahead, w1, b1, (), (w2, b2), scale, dtype, approximate)
 
 
 def backward_weights(w1, b1, w2, scale, dtype, approximate, ahead=()):
     """``forward_weights`` without fc2's bias, which the backward does not read."""
     if scale is None:
-        return _cast(ahead, w1, b1, (w2,), dtype, approximate)
-    return [*_cast(ahead, w1, b1, (), dtype, approximate), _scaled(w2, scale[:, None], dtype)]
+        return _cast(ahead, w1, b1, (w2,), (), None, dtype, approximate)
+    return _cast(ahead, w1, b1, (), (w2,), scale, dtype, approximate)
 
 
 def _fc1_gelu(h, w1, b1, approximate):

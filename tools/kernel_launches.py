@@ -42,6 +42,8 @@ The specialisations, derived as above from:
   from 0 and from one piece on; no batch.
 - unfold_layer_scale_ (the lean ConvNeXt blocks' fc2 gradients, ``kernels.fused_mlp``) at every stage width of
   ConvNeXt-T and of the smallest FiLM ConvNeXt (atto): C x 4C fp32 weights, the folded bias gradient in bf16.
+- cast_folded (the lean ConvNeXt blocks' weights, ``kernels.fused_mlp``) at every stage width of ConvNeXt-T and
+  atto: conv and fc1 weights cast, fc2's weight (and in the forward its bias) folded with the layer scale, to bf16.
 - dropped_residual_forward / _backward (the lean ConvNeXt blocks' drop and residual add, ``kernels.convnext_block``)
   at every stage of ConvNeXt-T on 32x64x64 latents: fp32 and bf16 streams, the bf16 branch channels-last, with and
   without drop factors (no layer scale: fc2 carries it).
@@ -98,6 +100,7 @@ KERNELS = (
     ("kernels.add_noise", "_add_noise_bwd"),
     ("kernels.adam_bf16_moments", "_adam_bf16_moments_kernel"),
     ("kernels.layer_scale_unfold", "_unfold_layer_scale"),
+    ("kernels.cast_folded", "_cast_folded"),
 )
 QUICK = (("convnext-t-film", (32, 64, 64)), ("adm-b-film", (32, 64, 64)), ("vit-s-film", (32, 64, 64)))  # one each
 
@@ -405,6 +408,35 @@ def unfold_calls(quick: bool = False) -> list[Call]:
     return calls
 
 
+def cast_folded_calls(quick: bool = False) -> list[Call]:
+    """cast_folded as the lean ConvNeXt blocks call it (``kernels.fused_mlp``'s forward_weights and
+    backward_weights), per stage width of ConvNeXt-T and atto: the conv's and fc1's weights cast, fc2's (and in the
+    forward its bias) folded with the layer scale, to bf16; no batch."""
+    import torch
+
+    from engine.models.convnext_film import CONVNEXT_PRESETS
+
+    widths = sorted({c for preset in ("convnext-t", "convnext-atto") for c in CONVNEXT_PRESETS[preset]["dims"]})
+    calls = []
+    for c in widths:
+        plain, fc2 = [torch.empty(c, 1, 7, 7), torch.empty(c), torch.empty(4 * c, c)], torch.empty(c, 4 * c)
+        for way, folded in (("forward", [fc2, torch.empty(c)]), ("backward", [fc2])):
+            tensors = {f"plain{i}": TensorSpec.of(t, batched=False) for i, t in enumerate(plain)}
+            tensors |= {f"folded{i}": TensorSpec.of(t, batched=False) for i, t in enumerate(folded)}
+            tensors["scale"] = TensorSpec.of(torch.empty(c), batched=False)
+            site = [f"lean block {c} {way}"]
+            calls.append(Call("cast_folded", "step", tensors, {"dtype": torch.bfloat16}, sites=site))
+    return calls
+
+
+def _cast_folded_by_name(scale, dtype, **tensors):
+    """cast_folded with its lists given by name (plain0, plain1, ..., folded0, ...), as a Call holds operands."""
+    from kernels.cast_folded import cast_folded
+
+    listed = {kind: [t for name, t in tensors.items() if name.startswith(kind)] for kind in ("plain", "folded")}
+    return cast_folded(listed["plain"], listed["folded"], scale, dtype)
+
+
 def residual_calls(quick: bool = False) -> list[Call]:
     """dropped_residual_forward and _backward as the lean ConvNeXt blocks call them (``kernels.convnext_block``), per
     stage of convnext-t on the first latent: an fp32 or bf16 stream, the bf16 branch in fc2's channels-last rows
@@ -461,13 +493,18 @@ STANDALONE_OPS = {  # ops called without a model capture: op -> (module, its cal
     "unfold_layer_scale_": ("kernels.layer_scale_unfold", unfold_calls),
     "dropped_residual_forward": ("kernels.scaled_residual", lambda quick: residual_calls(quick)[0::2]),
     "dropped_residual_backward": ("kernels.scaled_residual", lambda quick: residual_calls(quick)[1::2]),
+    "cast_folded": ("kernels.cast_folded", cast_folded_calls),
 }
+
+
+# standalone ops whose public function takes lists of tensors: called through one taking them by name
+BY_NAME = {"cast_folded": _cast_folded_by_name}
 
 
 def _public(op: str):
     """The public function of a FUSED_OPS op or of a STANDALONE_OPS one."""
     found = [f.public() for f in FUSED_OPS if f.name == op]
-    return found[0] if found else getattr(_module(STANDALONE_OPS[op][0]), op)
+    return found[0] if found else BY_NAME.get(op) or getattr(_module(STANDALONE_OPS[op][0]), op)
 
 
 def _module(name: str):
