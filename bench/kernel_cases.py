@@ -179,7 +179,8 @@ def _adam_bf16_moments_case(B: int, shape: tuple[int, ...], device: str) -> Case
     weights and gradient, bf16 moments; the batch plays no part."""
     (n,) = shape
     p, g = torch.randn(n, device=device), 1e-3 * torch.randn(n, device=device)
-    m, v = (1e-3 * torch.randn(n, device=device)).bfloat16(), (1e-6 * torch.rand(n, device=device)).bfloat16()
+    # the moments as a bucket keeps them, views of one flat buffer each (the kernel updates them where they lie)
+    m, v = (1e-3 * torch.randn(n, device=device)).bfloat16()[:], (1e-6 * torch.rand(n, device=device)).bfloat16()[:]
     group = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8}
     # read the weights, gradient and both moments, write the weights and both moments: 20 bytes an element
     return Case("adam_bf16_moments", (n,), torch.float32, ([p], [g], [m], [v], group, 10), (), 20 * n, 0, ("step",))

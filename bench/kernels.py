@@ -42,7 +42,8 @@ KERNELS = (
     "scaled_residual",
 )
 IMPLS = {  # for the updates in place (IN_PLACE_OPS, not layers) the one mode is "step"; adam_bf16_moments' triton
-    # is Bf16MomentAdam's CUDA path, the kernel with its gathers and scatters, its eager the torch ops a CPU runs
+    # is Bf16MomentAdam's CUDA path, the kernel with the gradients' gather and the parameters' add, its eager the
+    # torch ops a CPU runs
     "triton": "the kernels package's public function (Triton kernel)",
     "eager": "its plain-torch reference, eager (for add_noise: the Philox oracle in int64 torch ops)",
     "compile": "torch.compile of that reference (dynamic=False)",

@@ -264,15 +264,16 @@ class Bf16MomentAdam(torch.optim.Optimizer):
 
     The update of all its parameters runs at once, in multi-tensor (``torch._foreach_*``) ops over pieces of
     ``UPDATE_CHUNK`` elements, so a bucket's step launches a few kernels per piece rather than ~15 per parameter;
-    element by element it computes what the single-tensor update does. On CUDA (``use_triton``) a piece is one
-    kernel (``kernels.adam_bf16_moments``) between gathering its gradients and moments into flat buffers and
-    scattering them back, then one multi-tensor add of the change into the parameters: 7 launches a piece where the
-    torch ops take 19. The rounding's random bits are keyed by (rounding_seed, step): the kernel's are Philox's of
-    that seed and the element's place in the update, the torch ops' are drawn from a generator seeded with it
-    afresh for each update; so a resumed run rounds as the uninterrupted one did, whatever ran in between (a CUDA
-    run and a CPU run round with different bits). ``step`` in the state is a Python int (torch's Adam keeps a
-    tensor), which a checkpoint keeps among its scalars; parameters that missed a step (no gradient) are updated
-    apart, with their own step's bias correction.
+    element by element it computes what the single-tensor update does. The moments of the parameters stepped
+    together live in one flat bf16 buffer per moment (``_flat_moments``, fresh and after loading). On CUDA
+    (``use_triton``) a piece is one kernel (``kernels.adam_bf16_moments``) that updates those moments where they
+    lie, after gathering the piece's gradients into a flat buffer and before one multi-tensor add of the change into
+    the parameters: 3 launches a piece where the torch ops take 19. The rounding's random bits are keyed by
+    (rounding_seed, step): the kernel's are Philox's of that seed and the element's place in the update, the torch ops'
+    are drawn from a generator seeded with it afresh for each update; so a resumed run rounds as the uninterrupted one
+    did, whatever ran in between (a CUDA run and a CPU run round with different bits). ``step`` in the state is a Python
+    int (torch's Adam keeps a tensor), which a checkpoint keeps among its scalars; parameters that missed a step (no
+    gradient) are updated apart, with their own step's bias correction.
     """
 
     def __init__(
