@@ -42,15 +42,16 @@ def _conv_and_norm(kept, conv_weight, conv_bias, norm):
 class _ConvNeXtBlock(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, conv_weight, conv_bias, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale, keep):
+    def forward(ctx, x, conv_weight, conv_bias, norm_weight, norm_bias, eps, w1, b1, w2, b2, scale, keep, keep_scale):
         dtype = compute_dtype(x)
         kept = x.to(dtype)  # x itself where it already is in the compute dtype
         conv_w, conv_b, *weights = forward_weights(w1, b1, w2, b2, scale, dtype, "none", (conv_weight, conv_bias))
         _, normed, _ = _conv_and_norm(kept, conv_w, conv_b, (norm_weight, norm_bias, eps))
         branch = mlp_output(normed, None, weights, "none", dtype).permute(0, 3, 1, 2)
-        out = dropped_residual_forward(x, branch, keep)
+        out = dropped_residual_forward(x, branch, keep, keep_scale)
         ctx.save_for_backward(kept, conv_weight, conv_bias, norm_weight, norm_bias, w1, b1, w2, b2, scale, keep)
-        ctx.eps, ctx.dtype, ctx.branch_like = eps, dtype, (branch.shape, branch.stride(), branch.dtype)
+        ctx.eps, ctx.dtype, ctx.keep_scale = eps, dtype, keep_scale
+        ctx.branch_like = (branch.shape, branch.stride(), branch.dtype)
         return out
 
     @staticmethod
@@ -60,7 +61,7 @@ class _ConvNeXtBlock(torch.autograd.Function):
         dtype = ctx.dtype
         shape, stride, branch_dtype = ctx.branch_like
         dy = torch.empty_strided(shape, stride, dtype=branch_dtype, device=dout.device)
-        dy = dropped_residual_backward(dout, keep, dy).permute(0, 2, 3, 1)  # fc2's rows, as its output was
+        dy = dropped_residual_backward(dout, keep, dy, ctx.keep_scale).permute(0, 2, 3, 1)  # fc2's rows, as output
         weight, bias, *cast = backward_weights(w1, b1, w2, scale, dtype, "none", (conv_weight, conv_bias))
         h, normed, stats = _conv_and_norm(kept, weight, bias, (norm_weight, norm_bias, ctx.eps))
         dnormed, *grads = mlp_backward(dy, normed, None, w1, b1, w2, b2, scale, cast, "none", dtype, ())
@@ -94,6 +95,7 @@ class _ConvNeXtBlock(torch.autograd.Function):
             None,
             *grads[2:],
             None,
+            None,
         )
 
 
@@ -108,13 +110,15 @@ def convnext_block(
     fc2_bias: torch.Tensor,
     layer_scale: torch.Tensor,
     keep: torch.Tensor | None = None,
+    keep_scale: float = 1.0,
 ) -> torch.Tensor:
-    """``x + keep[b] * layer_scale * fc2(gelu(fc1(LayerNorm(dwconv(x)))))`` of (B, C, H, W) maps, keeping only x
-    (in the compute dtype) for the backward.
+    """``x + keep[b] * keep_scale * layer_scale * fc2(gelu(fc1(LayerNorm(dwconv(x)))))`` of (B, C, H, W) maps,
+    keeping only x (in the compute dtype) for the backward.
 
     conv: (C, 1, k, k) depthwise, odd k, padding k // 2, and (C,); norm: (weight, bias, eps) over C; fc1: (H, C),
-    (H,); fc2: (C, H), (C,); layer_scale: (C,); keep: (B,) stochastic-depth factor (0 or 1 / keep probability), or
-    None for 1; it takes no gradient. Returns (B, C, H, W) in the dtype torch promotes x and the compute dtype to.
+    (H,); fc2: (C, H), (C,); layer_scale: (C,); keep: (B,) stochastic-depth factor, or None for 1, times keep_scale
+    (a 0/1 mask and 1 / keep probability, multiplied in the residual's pass); keep takes no gradient. Returns
+    (B, C, H, W) in the dtype torch promotes x and the compute dtype to.
     """
     channels = x.shape[1] if x.dim() == 4 else None
     if channels is None or conv_weight.shape[:2] != (channels, 1) or conv_weight.shape[-1] % 2 == 0:
@@ -145,6 +149,7 @@ def convnext_block(
         fc2_bias,
         layer_scale,
         keep,
+        keep_scale,
     )
 
 
@@ -159,9 +164,10 @@ def convnext_block_reference(
     fc2_bias: torch.Tensor,
     layer_scale: torch.Tensor,
     keep: torch.Tensor | None = None,
+    keep_scale: float = 1.0,
 ) -> torch.Tensor:
     """The plain modules' composition (what the block computes without the fused op), for the tests."""
     h = F.conv2d(x, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2, groups=x.shape[1])
     h = F.layer_norm(h.permute(0, 2, 3, 1), (x.shape[1],), *norm)
     y = F.linear(F.gelu(F.linear(h, fc1_weight, fc1_bias)), fc2_weight, fc2_bias) * layer_scale
-    return scaled_residual_reference(x, y.permute(0, 3, 1, 2), None, keep)
+    return scaled_residual_reference(x, y.permute(0, 3, 1, 2), None, keep, keep_scale)

@@ -39,6 +39,7 @@ def _scaled_residual_fwd(
     gamma_ptr,
     keep_ptr,
     out_ptr,
+    keep_scale,
     C,
     S,
     sxb,
@@ -65,10 +66,10 @@ def _scaled_residual_fwd(
     if HAS_GAMMA:
         factor = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
         if HAS_KEEP:
-            factor = factor * tl.load(keep_ptr + b).to(tl.float32)
+            factor = factor * (tl.load(keep_ptr + b).to(tl.float32) * keep_scale)
         out = x + br * factor[:, None]
     elif HAS_KEEP:
-        out = x + br * tl.load(keep_ptr + b).to(tl.float32)
+        out = x + br * (tl.load(keep_ptr + b).to(tl.float32) * keep_scale)
     else:
         out = x + br
     tl.store(out_ptr + b * sob + c[:, None] * soc + s[None, :] * sos, out.to(out_ptr.dtype.element_ty), mask=m)
@@ -82,6 +83,7 @@ def _scaled_residual_bwd(
     keep_ptr,
     dbranch_ptr,
     partial_ptr,
+    keep_scale,
     C,
     S,
     n_split,
@@ -112,7 +114,7 @@ def _scaled_residual_bwd(
         gamma = tl.load(gamma_ptr + c, mask=cm, other=0.0).to(tl.float32)
     keep = 1.0
     if HAS_KEEP:
-        keep = tl.load(keep_ptr + b).to(tl.float32)
+        keep = tl.load(keep_ptr + b).to(tl.float32) * keep_scale
     dgamma = tl.zeros([BLOCK_C], dtype=tl.float32)
     for i in range(0, BLOCKS_PER_PROGRAM):
         s = (p * BLOCKS_PER_PROGRAM + i) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -137,7 +139,7 @@ def _blocks(C: int, S: int) -> tuple[int, int, int]:
     return channel_tile(C, S, _TILE)  # _TILE read at the call: the tests shrink it
 
 
-def _launch_forward(x, branch, gamma, keep):
+def _launch_forward(x, branch, gamma, keep, keep_scale):
     """out of the Triton forward. keep None: no stochastic depth (HAS_KEEP off); gamma None: none (HAS_GAMMA off).
     A pointer an operand lacks is given a one-element float32 tensor (one specialisation whatever x is), never read."""
     x3, b3 = spatial_flat(x), spatial_flat(branch)
@@ -153,6 +155,7 @@ def _launch_forward(x, branch, gamma, keep):
         unused if gamma is None else gamma.contiguous(),
         unused if keep is None else keep.contiguous(),
         o3,
+        float(keep_scale),
         C,
         S,
         *x3.stride(),
@@ -167,7 +170,7 @@ def _launch_forward(x, branch, gamma, keep):
     return out
 
 
-def _launch_backward(dout, dbranch, branch, gamma, keep):
+def _launch_backward(dout, dbranch, branch, gamma, keep, keep_scale):
     """Writes the branch's gradient into dbranch (the branch's layout and dtype); returns the fp32 partial sums of
     gamma's gradient (None without gamma, when branch is not read either and may be None)."""
     d3, g3 = spatial_flat(dout), spatial_flat(dbranch)
@@ -184,6 +187,7 @@ def _launch_backward(dout, dbranch, branch, gamma, keep):
         unused if keep is None else keep,
         g3,
         unused if partial is None else partial,
+        float(keep_scale),
         C,
         S,
         n_split,
@@ -202,14 +206,14 @@ def _launch_backward(dout, dbranch, branch, gamma, keep):
 
 class _ScaledResidual(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, branch, gamma, keep):
-        out = _launch_forward(x, branch, gamma, keep)
+    def forward(ctx, x, branch, gamma, keep, keep_scale):
+        out = _launch_forward(x, branch, gamma, keep, keep_scale)
         if gamma is None:  # the branch's gradient needs only its layout, not its values
             ctx.save_for_backward(keep)
             ctx.branch_like = (branch.shape, branch.stride(), branch.dtype)
         else:
             ctx.save_for_backward(keep, branch, gamma)
-        ctx.x_dtype = x.dtype
+        ctx.x_dtype, ctx.keep_scale = x.dtype, keep_scale
         return out
 
     @staticmethod
@@ -221,38 +225,53 @@ class _ScaledResidual(torch.autograd.Function):
             dbranch = torch.empty_strided(shape, stride, dtype=dtype, device=dout.device)
         else:
             dbranch = torch.empty_like(branch)  # the branch's strides (a channels-last view stays one)
-        partial = _launch_backward(dout, dbranch, branch, gamma, keep)
+        partial = _launch_backward(dout, dbranch, branch, gamma, keep, ctx.keep_scale)
         dx = dout if dout.dtype == ctx.x_dtype else dout.to(ctx.x_dtype)
         dgamma = None if gamma is None else partial.sum((0, 1)).to(gamma.dtype)
-        return dx, dbranch, dgamma, None
+        return dx, dbranch, dgamma, None, None
 
 
 def _kernel_takes(x: torch.Tensor) -> bool:
     return x.numel() > 0 and x.dtype in FLOAT_DTYPES and use_triton(x)
 
 
-def dropped_residual_forward(x: torch.Tensor, branch: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """``x + branch * keep[b]`` (``scaled_residual`` without gamma) outside autograd: for ops whose own backward
-    takes the residual's in (``kernels.convnext_block``), with ``dropped_residual_backward``."""
+def dropped_residual_forward(
+    x: torch.Tensor, branch: torch.Tensor, keep: torch.Tensor | None, keep_scale: float = 1.0
+) -> torch.Tensor:
+    """``x + branch * keep[b] * keep_scale`` (``scaled_residual`` without gamma) outside autograd: for ops whose own
+    backward takes the residual's in (``kernels.convnext_block``), with ``dropped_residual_backward``."""
     if _kernel_takes(x):
-        return _launch_forward(x, branch, None, keep)
-    return scaled_residual_reference(x, branch, None, keep)
+        return _launch_forward(x, branch, None, keep, keep_scale)
+    return scaled_residual_reference(x, branch, None, keep, keep_scale)
 
 
-def dropped_residual_backward(dout: torch.Tensor, keep: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """The branch's gradient of ``dropped_residual_forward``, ``dout * keep[b]``, written into out (in the branch's
-    dtype and layout) and returned; x's is dout itself."""
+def dropped_residual_backward(
+    dout: torch.Tensor, keep: torch.Tensor | None, out: torch.Tensor, keep_scale: float = 1.0
+) -> torch.Tensor:
+    """The branch's gradient of ``dropped_residual_forward``, ``dout * keep[b] * keep_scale``, written into out (in
+    the branch's dtype and layout) and returned; x's is dout itself."""
     if _kernel_takes(dout):
-        _launch_backward(dout, out, None, None, keep)
+        _launch_backward(dout, out, None, None, keep, keep_scale)
         return out
-    return out.copy_(dout if keep is None else dout * keep.view(-1, *(1,) * (dout.dim() - 1)))
+    factor = _factor(keep, keep_scale)
+    return out.copy_(dout if factor is None else dout * factor.view(-1, *(1,) * (dout.dim() - 1)))
+
+
+def _factor(keep: torch.Tensor | None, keep_scale: float) -> torch.Tensor | None:
+    """keep * keep_scale, the per-sample factor (keep itself for a scale of 1)."""
+    return keep if keep is None or keep_scale == 1.0 else keep * keep_scale
 
 
 def scaled_residual_reference(
-    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor | None, keep: torch.Tensor | None = None
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    gamma: torch.Tensor | None,
+    keep: torch.Tensor | None = None,
+    keep_scale: float = 1.0,
 ) -> torch.Tensor:
     """Plain torch, the block's eager ops in their order (on the CPU path exactly what the block computed before
-    the kernel existed): ``x + (gamma * branch) * keep``."""
+    the kernel existed): ``x + (gamma * branch) * (keep * keep_scale)``."""
+    keep = _factor(keep, keep_scale)
     scaled = branch if gamma is None else gamma.view(-1, *(1,) * (x.dim() - 2)) * branch
     if keep is not None:
         scaled = scaled * keep.view(-1, *(1,) * (x.dim() - 1))
@@ -260,17 +279,23 @@ def scaled_residual_reference(
 
 
 def scaled_residual(
-    x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor | None, keep: torch.Tensor | None = None
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    gamma: torch.Tensor | None,
+    keep: torch.Tensor | None = None,
+    keep_scale: float = 1.0,
 ) -> torch.Tensor:
-    """``x + branch * gamma[c] * keep[b]``, in the dtype torch promotes x, branch and gamma to.
+    """``x + branch * gamma[c] * keep[b] * keep_scale``, in the dtype torch promotes x, branch and gamma to.
 
     x, branch: (B, C, *spatial) in fp32/fp16/bf16, any layouts whose spatial dims merge (contiguous,
     channels-last; others are copied); gamma: (C,), or None for 1 (a branch that scaled itself); keep: (B,)
-    per-sample factor, or None for 1. keep takes no gradient (a drop mask); x's gradient is the output's.
+    per-sample factor, or None for 1; keep_scale: a float all of keep is multiplied by (a drop mask of 0 and 1 and
+    1 / keep probability: the multiply is made in the pass, not as an op of its own). keep takes no gradient;
+    x's gradient is the output's.
     """
     B, C = check_x("scaled_residual", x)
     operands = (("branch", branch, tuple(x.shape)),) + ((("gamma", gamma, (C,)),) if gamma is not None else ())
     check_operands("scaled_residual", x, operands + ((("keep", keep, (B,)),) if keep is not None else ()))
     if x.numel() == 0 or not use_triton(x):
-        return scaled_residual_reference(x, branch, gamma, keep)
-    return _ScaledResidual.apply(x, branch, gamma, keep)
+        return scaled_residual_reference(x, branch, gamma, keep, keep_scale)
+    return _ScaledResidual.apply(x, branch, gamma, keep, keep_scale)

@@ -70,7 +70,7 @@ def test_every_specialisation_compiles_without_spills(check):
     # the lean block's (kernels.convnext_block): no layer scale, which its fc2 carries, both ways
     for kernel in ("_scaled_residual_fwd", "_scaled_residual_bwd"):
         assert {s["constexprs"]["HAS_GAMMA"] for s in specs if s["kernel"] == kernel} == {True, False}, kernel
-    assert all(s["dtypes"]["keep"] == "fp32" for s in residual), "drop factors in fp32, as eager's scaled branch"
+    assert all(s["dtypes"]["keep"] == "fp32" for s in residual), "drop masks in fp32, as eager's scaled factors"
     # the noised latents: the network's bf16 input written by the pass in training, the stored fp16 in evaluation
     assert {s["dtypes"]["out"] for s in specs if s["kernel"] == "_add_noise_fwd"} == {"bf16", "fp16"}
     uses = " ".join(u for s in specs for u in s["uses"])

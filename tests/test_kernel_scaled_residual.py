@@ -65,6 +65,19 @@ def test_dropped_samples_pass_the_stream_through(poisoned):
     assert rel(y[0], inputs[0][0] + 1.25 * inputs[1][0] * inputs[2].view(-1, 1, 1).double()) < 1e-6
 
 
+@pytest.mark.parametrize("with_gamma", [True, False])
+def test_a_mask_and_its_scale_give_the_factors_results(poisoned, with_gamma):
+    """keep as a 0/1 mask with keep_scale (the block's stochastic depth) is the factor mask * scale, bit for bit,
+    forward and backward."""
+    inputs, _, dy = make_inputs(3, 6, 4, 4)
+    inputs = inputs[: 3 if with_gamma else 2]
+    mask, scale = torch.tensor([1.0, 0.0, 1.0]), 1.0 / 0.8
+    by_mask = with_grads(lambda *a: scaled_residual(*a[:2], a[2] if with_gamma else None, mask, scale), inputs, dy)
+    by_factor = with_grads(lambda *a: scaled_residual(*a[:2], a[2] if with_gamma else None, mask * scale), inputs, dy)
+    assert torch.equal(by_mask[0], by_factor[0])
+    assert all(torch.equal(a, b) for a, b in zip(by_mask[1], by_factor[1]))
+
+
 def test_backward_is_deterministic(poisoned):
     inputs, keep, dy = make_inputs(2, 96, 7, 7)
     first = with_grads(lambda x, b, g: scaled_residual(x, b, g, keep), inputs, dy)[1]

@@ -98,10 +98,10 @@ def test_convnext_lean_block_keeps_only_its_input():
     from kernels.fused_mlp import fused_mlp
     from kernels.scaled_residual import scaled_residual_reference
 
-    def conv_then_fused_mlp(x, conv_weight, conv_bias, norm, w1, b1, w2, b2, scale, keep=None):
+    def conv_then_fused_mlp(x, conv_weight, conv_bias, norm, w1, b1, w2, b2, scale, keep=None, keep_scale=1.0):
         h = F.conv2d(x, conv_weight, conv_bias, padding=conv_weight.shape[-1] // 2, groups=x.shape[1])
         branch = fused_mlp(h.permute(0, 2, 3, 1), w1, b1, w2, b2, scale, norm=norm).permute(0, 3, 1, 2)
-        return scaled_residual_reference(x, branch, None, keep)
+        return scaled_residual_reference(x, branch, None, keep, keep_scale)
 
     conv_outputs = []
     original = convnext_film.convnext_block

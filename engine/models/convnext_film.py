@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,17 +87,19 @@ class Permute(nn.Module):
         return x.permute(*self.dims)
 
 
-def stochastic_depth_factor(
+def stochastic_depth_mask(
     x: torch.Tensor, drop_prob: float, training: bool, dtype: torch.dtype | None = None
-) -> torch.Tensor | None:
-    """Per-sample factor (B,) of a residual branch x: 0 where it is dropped (with drop_prob), 1 / keep probability
-    where kept (torchvision's "row" mode), in dtype (x's by default); None when nothing is dropped (evaluation,
-    drop_prob 0)."""
+) -> tuple[torch.Tensor | None, float]:
+    """(mask, scale) of a residual branch x's stochastic depth: mask (B,) 0 where the branch is dropped (with
+    drop_prob), 1 where kept, in dtype (x's by default), and the factor survivors take, 1 / keep probability as a
+    float32 division gives it (torchvision's "row" mode: factor = mask * scale, which equals mask / keep in float32
+    exactly, as the op it replaces computed it); (None, 1.0) when nothing is dropped (evaluation, drop_prob 0). The
+    residual ops multiply by scale in their pass, so the factor costs no op of its own."""
     if not training or drop_prob == 0.0:
-        return None
+        return None, 1.0
     keep = 1.0 - drop_prob
     mask = x.new_empty(x.shape[0], dtype=dtype).bernoulli_(keep)
-    return mask / keep if keep > 0 else mask
+    return mask, float(np.float32(1.0) / np.float32(keep)) if keep > 0 else 1.0
 
 
 class RowLayerNorm(nn.LayerNorm):
@@ -153,14 +156,15 @@ class Block(nn.Module):
         self.lean = lean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the factor in the dtype eager's layer-scaled branch had (fp32 under autocast, where x may be bf16)
+        # the mask in the dtype eager's layer-scaled branch had (fp32 under autocast, where x may be bf16)
         scaled_dtype = torch.promote_types(x.dtype, self.layer_scale.dtype)
-        factor = stochastic_depth_factor(x, self.drop_prob, self.training, scaled_dtype)
+        mask, keep_scale = stochastic_depth_mask(x, self.drop_prob, self.training, scaled_dtype)
+        gamma = self.layer_scale.view(-1)
         if self.lean:
             conv, _, norm, fc1, _, fc2, _ = self.block
-            norm_args, scale = (norm.weight, norm.bias, norm.eps), self.layer_scale.view(-1)
-            return convnext_block(x, *conv.parameters(), norm_args, *fc1.parameters(), *fc2.parameters(), scale, factor)
-        return self.residual(x, self.block(x), self.layer_scale.view(-1), factor)
+            norm_args, weights = (norm.weight, norm.bias, norm.eps), (*fc1.parameters(), *fc2.parameters())
+            return convnext_block(x, *conv.parameters(), norm_args, *weights, gamma, mask, keep_scale)
+        return self.residual(x, self.block(x), gamma, mask, keep_scale)
 
 
 def _timm_block(m: re.Match) -> str:
