@@ -255,7 +255,7 @@ def _flat_moments(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) 
 def _moments_flat_again(optimizer: torch.optim.Optimizer) -> None:
     """After loading: the loaded moments (each its own tensor, in the parameter's dtype) back in flat buffers."""
     for group in optimizer.param_groups:
-        _flat_moments(optimizer, [p for p in group["params"] if optimizer.state[p]])
+        _flat_moments(optimizer, [p for p in group["params"] if optimizer.state.get(p)])  # get: adds no entry
 
 
 class Bf16MomentAdam(torch.optim.Optimizer):
