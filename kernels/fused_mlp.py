@@ -79,13 +79,16 @@ def backward_weights(w1, b1, w2, scale, dtype, approximate, ahead=()):
     return _cast(ahead, w1, b1, (), (w2,), scale, dtype, approximate)
 
 
-def _fc1_gelu(h, w1, b1, approximate):
-    """(what GELU's backward reads, fc1 + GELU of rows h): the pre-activation without the bias on the Triton pass,
-    with it otherwise."""
+def _fc1_gelu(h, w1, b1, approximate, in_place=False):
+    """(what GELU's backward reads, fc1 + GELU of h (..., C)): the pre-activation without the bias on the Triton
+    pass, with it otherwise; in_place: GELU written over it (one 4x-wide tensor alive, then both are that one)."""
     if _gelu_in_kernel(h, approximate):
         a = F.linear(h, w1)
-        return a, bias_gelu_forward(a, b1)
+        rows = a.view(-1, a.shape[-1])
+        return a, bias_gelu_forward(rows, b1, out=rows if in_place else None).view(a.shape)
     a = F.linear(h, w1, b1)
+    if in_place:
+        return a, torch.ops.aten.gelu.out(a, approximate=approximate, out=a)
     return a, F.gelu(a, approximate=approximate)
 
 
@@ -126,15 +129,8 @@ def mlp_output(x, norm, weights, approximate, dtype):
     """``_FusedMLP``'s function at x, in ``dtype``, given ``forward_weights``: its forward, which keeps no
     intermediate, so GELU overwrites its input (one 4x-wide tensor alive, not two)."""
     w1, b1, w2, b2 = weights
-    h = _fc1_input(x, norm, dtype)
-    if _gelu_in_kernel(h, approximate):
-        a = F.linear(h, w1)
-        rows = a.view(-1, a.shape[-1])
-        bias_gelu_forward(rows, b1, out=rows)
-    else:
-        a = F.linear(h, w1, b1)
-        torch.ops.aten.gelu.out(a, approximate=approximate, out=a)
-    return F.linear(a, w2, b2)
+    _, g = _fc1_gelu(_fc1_input(x, norm, dtype), w1, b1, approximate, in_place=True)
+    return F.linear(g, w2, b2)
 
 
 class _FusedMLP(torch.autograd.Function):
