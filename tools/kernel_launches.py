@@ -391,15 +391,19 @@ def adam_calls(quick: bool = False) -> list[Call]:
     return calls
 
 
+def _lean_block_widths() -> list[int]:
+    """The stage widths of ConvNeXt-T and of the smallest FiLM ConvNeXt (atto): the lean block's weight shapes."""
+    from engine.models.convnext_film import CONVNEXT_PRESETS
+
+    return sorted({c for preset in ("convnext-t", "convnext-atto") for c in CONVNEXT_PRESETS[preset]["dims"]})
+
+
 def unfold_calls(quick: bool = False) -> list[Call]:
     """unfold_layer_scale_ as the lean ConvNeXt blocks' backward calls it, per stage width (no batch)."""
     import torch
 
-    from engine.models.convnext_film import CONVNEXT_PRESETS
-
-    widths = sorted({c for preset in ("convnext-t", "convnext-atto") for c in CONVNEXT_PRESETS[preset]["dims"]})
     calls = []
-    for c in widths:
+    for c in _lean_block_widths():
         weight, vector = torch.empty(c, 4 * c), torch.empty(c)
         specs = {"dw_folded": weight, "db_folded": torch.empty(c, dtype=torch.bfloat16), "w2": weight}
         specs |= {"b2": vector, "scale": vector}
@@ -414,11 +418,8 @@ def cast_folded_calls(quick: bool = False) -> list[Call]:
     forward its bias) folded with the layer scale, to bf16; no batch."""
     import torch
 
-    from engine.models.convnext_film import CONVNEXT_PRESETS
-
-    widths = sorted({c for preset in ("convnext-t", "convnext-atto") for c in CONVNEXT_PRESETS[preset]["dims"]})
     calls = []
-    for c in widths:
+    for c in _lean_block_widths():
         plain, fc2 = [torch.empty(c, 1, 7, 7), torch.empty(c), torch.empty(4 * c, c)], torch.empty(c, 4 * c)
         for way, folded in (("forward", [fc2, torch.empty(c)]), ("backward", [fc2])):
             tensors = {f"plain{i}": TensorSpec.of(t, batched=False) for i, t in enumerate(plain)}
