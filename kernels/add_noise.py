@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import FLOAT_DTYPES, check_x, plane_tile, spatial_flat, use_triton
+from kernels.common import FLOAT_DTYPES, check_x, plane_tile, spatial_flat, unread_pointer, use_triton
 from kernels.philox import check_seed_offset, keep_uniform, uniform_and_normal, uniform_and_normal_reference
 
 _TILE = 2048  # elements per program: 8 per thread at 8 warps (one 16-byte fp16 vector), Philox state in registers
@@ -119,8 +119,7 @@ class _AddNoise(torch.autograd.Function):
         B, C, S = x3.shape
         rows, block_s, grid = _grid(B * C, S)
         out3 = torch.empty_like(x3, dtype=out_dtype)
-        # without return_noise the kernel writes no noise: its pointer gets a one-element tensor, never written
-        noise = torch.empty(x.shape if return_noise else (1,), dtype=torch.float32, device=x.device)
+        noise = torch.empty(x.shape, dtype=torch.float32, device=x.device) if return_noise else unread_pointer(x.device)
         _add_noise_fwd[grid](
             x3,
             out3,

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import cast_together, shaped_like, use_triton
+from kernels.common import cast_together, shaped_like, unread_pointer, use_triton
 
 _BLOCK = 1024  # elements per program
 MAX_PLAIN, MAX_FOLDED = 4, 2  # the kernel's segments; more take the torch ops
@@ -100,7 +100,7 @@ def cast_folded(
     device = scale.device
     plain_out = torch.empty(sum(t.numel() for t in plain), dtype=dtype, device=device)
     folded_out = torch.empty(sum(t.numel() for t in folded), dtype=dtype, device=device)
-    unused = torch.empty(1, dtype=torch.float32, device=device)
+    unused = unread_pointer(device)
     p = [*plain, *[unused] * (MAX_PLAIN - len(plain))]
     f = [*folded, *[unused] * (MAX_FOLDED - len(folded))]
     ends = list(accumulate([t.numel() for t in plain] + [0] * (MAX_PLAIN - len(plain))))

@@ -66,6 +66,12 @@ def shaped_like(flat: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.T
     return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
+def unread_pointer(device: torch.device) -> torch.Tensor:
+    """What a kernel is given for a pointer it does not read or write (an operand a call lacks): one fp32 element,
+    so the launch moves nothing more and its specialisation does not change with the other operands' dtypes."""
+    return torch.empty(1, dtype=torch.float32, device=device)
+
+
 def flat_span(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """The 1-d view of the memory the tensors fill where they lie back to back in one buffer, in order, each
     contiguous (as ``shaped_like``'s parts of one flat buffer, or slices of them); None otherwise."""

@@ -26,6 +26,7 @@ from kernels.common import (
     reduction_split,
     sm_count,
     spatial_flat,
+    unread_pointer,
     use_triton,
 )
 
@@ -141,11 +142,11 @@ def _blocks(C: int, S: int) -> tuple[int, int, int]:
 
 def _launch_forward(x, branch, gamma, keep, keep_scale):
     """out of the Triton forward. keep None: no stochastic depth (HAS_KEEP off); gamma None: none (HAS_GAMMA off).
-    A pointer an operand lacks is given a one-element float32 tensor (one specialisation whatever x is), never read."""
+    A pointer an operand lacks is given ``unread_pointer``."""
     x3, b3 = spatial_flat(x), spatial_flat(branch)
     B, C, S = x3.shape
     block_c, block_s, warps = _blocks(C, S)
-    unused = x.new_empty(1, dtype=torch.float32)
+    unused = unread_pointer(x.device)
     dtype = torch.promote_types(x.dtype, branch.dtype)
     out = torch.empty_like(x, dtype=dtype if gamma is None else torch.promote_types(dtype, gamma.dtype))
     o3 = spatial_flat(out)
@@ -178,7 +179,7 @@ def _launch_backward(dout, dbranch, branch, gamma, keep, keep_scale):
     B, C, S = g3.shape
     block_c, block_s, warps = _blocks(C, S)
     per_program, n_split = reduction_split(triton.cdiv(S, block_s), B, sm_count(g3.device))
-    unused = dout.new_empty(1, dtype=torch.float32)
+    unused = unread_pointer(dout.device)
     partial = None if gamma is None else torch.empty(B, n_split, C, device=g3.device, dtype=torch.float32)
     _scaled_residual_bwd[(n_split, B)](
         d3,
